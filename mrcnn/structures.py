@@ -1,0 +1,87 @@
+"""The tensors that travel between data, model and users.
+
+Shape shorthand used across the package:
+    B   images in a batch          S   padded input side (image_size)
+    G   ground-truth slots (MAX_GT, padded; `gt_valid` says which are real)
+    m   mini-mask side (e.g. 56)   K   classes including background
+    A   anchors over all levels    R   proposals (RoIs) per image
+    D   detections per image
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """A fixed-shape batch, as `mrcnn.data.collate` builds it and `MaskRCNN.forward` takes it.
+
+    images:         uint8  [B, 3, S, S] resized and zero-padded (see `mrcnn.data.resize`)
+    windows:        float  [B, 4] (y1, x1, y2, x2) of the real image inside the padded frame
+    scales:         float  [B] resize factor original -> padded frame
+    original_sizes: int64  [B, 2] (h, w) of the original image
+    image_ids:      int64  [B] source (COCO) image ids
+    gt_boxes:       float  [B, G, 4] xyxy in the padded frame       (training only)
+    gt_labels:      int64  [B, G] contiguous labels 1..K-1, 0 in empty slots
+    gt_mini_masks:  uint8  [B, G, m, m] each instance's mask cut to its box, resized to m x m
+    gt_valid:       bool   [B, G] which slots hold an instance
+    """
+
+    images: Tensor
+    windows: Tensor
+    scales: Tensor
+    original_sizes: Tensor
+    image_ids: Tensor
+    gt_boxes: Tensor | None = None
+    gt_labels: Tensor | None = None
+    gt_mini_masks: Tensor | None = None
+    gt_valid: Tensor | None = None
+
+    @property
+    def has_targets(self) -> bool:
+        return self.gt_boxes is not None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) so host->GPU copies can overlap compute."""
+        return Batch(
+            **{
+                f.name: (v.pin_memory() if isinstance(v, Tensor) else v)
+                for f in fields(self)
+                for v in [getattr(self, f.name)]
+            }
+        )
+
+
+@dataclass
+class Detections:
+    """One image's detections in original-image coordinates (what `MaskRCNN.detect` returns).
+
+    boxes:  float32 [N, 4] xyxy in original-image pixels
+    scores: float32 [N]
+    labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
+    masks:  bool    [N, H, W] at original resolution
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
