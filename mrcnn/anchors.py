@@ -75,7 +75,7 @@ class AnchorGenerator(nn.Module):
     def _build(self, image_size: int, device: torch.device, dtype) -> tuple[Tensor, list[int]]:
         per_level = []
         for size, (gh, gw), (fh, fw) in zip(
-            self.sizes, self.grid_sizes(image_size), feature_grid_sizes(image_size)
+            self.sizes, self.grid_sizes(image_size), feature_grid_sizes(image_size), strict=True
         ):
             stride_y = image_size // fh * self.anchor_stride
             stride_x = image_size // fw * self.anchor_stride

@@ -92,8 +92,11 @@ class RPNConfig:
         for name in ("post_nms_top_n_train", "post_nms_top_n_test", "batch_size_per_image"):
             _check(getattr(self, name) > 0, name, "must be > 0")
         _check(0 < self.nms_thresh <= 1, "nms_thresh", "must be in (0, 1]")
-        _check(0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1, "fg_iou_thresh",
-               "needs 0 <= bg_iou_thresh <= fg_iou_thresh <= 1")  # fmt: skip
+        _check(
+            0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1,
+            "fg_iou_thresh",
+            "needs 0 <= bg_iou_thresh <= fg_iou_thresh <= 1",
+        )
         _check(0 < self.positive_fraction <= 1, "positive_fraction", "must be in (0, 1]")
 
 
@@ -125,10 +128,16 @@ class RoIHeadsConfig:
     def validate(self) -> None:
         _check(self.batch_size_per_image > 0, "batch_size_per_image", "must be > 0")
         _check(0 < self.positive_fraction <= 1, "positive_fraction", "must be in (0, 1]")
-        _check(0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1, "fg_iou_thresh",
-               "needs 0 <= bg_iou_thresh <= fg_iou_thresh <= 1")  # fmt: skip
-        _check(len(self.box_weights) == 4 and all(w > 0 for w in self.box_weights),
-               "box_weights", "needs 4 positive values")  # fmt: skip
+        _check(
+            0 <= self.bg_iou_thresh <= self.fg_iou_thresh <= 1,
+            "fg_iou_thresh",
+            "needs 0 <= bg_iou_thresh <= fg_iou_thresh <= 1",
+        )
+        _check(
+            len(self.box_weights) == 4 and all(w > 0 for w in self.box_weights),
+            "box_weights",
+            "needs 4 positive values",
+        )
         for name in ("box_pool_size", "mask_pool_size", "box_head_dim", "mask_head_channels"):
             _check(getattr(self, name) > 0, name, "must be > 0")
         _check(self.sampling_ratio >= 0, "sampling_ratio", "must be >= 0")
@@ -163,13 +172,19 @@ class InputConfig:
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def validate(self) -> None:
-        _check(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-               "must be a multiple of 32 (the FPN's coarsest stride), >= 32")  # fmt: skip
+        _check(
+            self.image_size >= 32 and self.image_size % 32 == 0,
+            "image_size",
+            "must be a multiple of 32 (the FPN's coarsest stride), >= 32",
+        )
         _check(self.resize_mode in RESIZE_MODES, "resize_mode", f"must be one of {RESIZE_MODES}")
         _check(self.min_size > 0, "min_size", "must be > 0")
         _check(len(self.pixel_mean) == 3, "pixel_mean", "needs 3 values")
-        _check(len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std), "pixel_std",
-               "needs 3 positive values")  # fmt: skip
+        _check(
+            len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std),
+            "pixel_std",
+            "needs 3 positive values",
+        )
 
 
 @dataclass
@@ -207,15 +222,21 @@ class Config:
 
     def validate(self) -> None:
         _check(self.num_classes >= 2, "num_classes", "must be >= 2 (background + 1 class)")
-        _check(not self.class_names or len(self.class_names) == self.num_classes, "class_names",
-               f"needs num_classes={self.num_classes} names (index 0 = background) or none")  # fmt: skip
+        names_ok = not self.class_names or len(self.class_names) == self.num_classes
+        _check(
+            names_ok,
+            "class_names",
+            f"needs {self.num_classes} names (index 0 = background) or none",
+        )
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 try:
                     section.validate()
                 except ValueError as e:
-                    raise ValueError(f"config key '{f.name}.{str(e)[len('config key ') + 1:]}") from None
+                    raise ValueError(
+                        f"config key '{f.name}.{str(e)[len('config key ') + 1 :]}"
+                    ) from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -275,7 +296,7 @@ def _from_dict(cls: type, d: Any, prefix: str) -> Any:
     except ValueError as e:
         msg = str(e)
         if prefix and msg.startswith("config key '"):
-            msg = f"config key '{prefix}{msg[len('config key ') + 1:]}"
+            msg = f"config key '{prefix}{msg[len('config key ') + 1 :]}"
         raise ValueError(msg) from None
     return obj
 
@@ -288,9 +309,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{key}' must be a list, got {value!r}")
         item = args[0]
-        if len(args) != 2 or args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ValueError(f"config key '{key}' needs {len(args)} values, got {len(value)}")
+        fixed_length = len(args) != 2 or args[1] is not Ellipsis
+        if fixed_length and len(value) != len(args):
+            raise ValueError(f"config key '{key}' needs {len(args)} values, got {len(value)}")
         return tuple(_coerce(item, v, key) for v in value)
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported config type for {key}: {hint}")

@@ -54,9 +54,13 @@ def make_mini_masks(
     else:
         rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], b], dim=1)
         pooled = roi_align(
-            m[:, None].float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=0,
+            m[:, None].float(),
+            rois,
+            (size, size),
+            spatial_scale=1.0,
+            sampling_ratio=0,
             aligned=True,
-        )  # fmt: skip
+        )
         out = (pooled[:, 0] >= 0.5).to(torch.uint8)
     return out.numpy() if as_numpy else out
 

@@ -1,0 +1,168 @@
+"""ResNet / ResNeXt body + Feature Pyramid Network (P2..P6).
+
+The body reuses torchvision's residual blocks and keeps torchvision's module names (`conv1`,
+`bn1`, `layer1`..`layer4`), so ImageNet and COCO checkpoints map onto it one to one. The FPN is
+`torchvision.ops.FeaturePyramidNetwork` with P6 as a stride-2 subsample of P5 (FPN paper, sec. 4.1;
+`LastLevelMaxPool` with a 1x1 window is exactly that).
+
+Shapes: input [B, 3, S, S] -> P2..P6 [B, C, S/4, S/4] .. [B, C, S/64, S/64] (C = fpn_channels).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+# arch -> (block, blocks per stage, groups, width per group)
+_ARCHS: dict[str, tuple[type[nn.Module], tuple[int, ...], int, int]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 1, 64),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 1, 64),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 1, 64),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), 1, 64),
+    "resnext50_32x4d": (Bottleneck, (3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": (Bottleneck, (3, 4, 23, 3), 32, 8),
+}
+# torchvision's names for the stages, top first, as `trainable_stages` counts them.
+_STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
+
+
+def norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    """frozen_bn (fine-tuning), bn (from scratch, large batches) or gn (from scratch, any batch)."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "bn":
+        return nn.BatchNorm2d
+    if kind == "gn":
+        return lambda c: nn.GroupNorm(_gn_groups(c), c)
+    raise ValueError(f"unknown norm '{kind}' (expected frozen_bn, bn or gn)")
+
+
+def _gn_groups(channels: int) -> int:
+    """32 groups (Wu & He, 2018) when possible, else the largest divisor <= 32."""
+    return next(g for g in range(min(32, channels), 0, -1) if channels % g == 0)
+
+
+class ResNetBody(nn.Module):
+    """torchvision's ResNet without avgpool/fc, optionally narrower (`width_multiplier`).
+
+    forward: [B, 3, S, S] -> (C2, C3, C4, C5) at strides 4, 8, 16, 32.
+    """
+
+    def __init__(
+        self, arch: str, norm: Callable[[int], nn.Module], width_multiplier: float = 1.0
+    ) -> None:
+        super().__init__()
+        if arch not in _ARCHS:
+            raise ValueError(f"unknown backbone '{arch}' (known: {', '.join(_ARCHS)})")
+        block, layers, groups, width_per_group = _ARCHS[arch]
+        self._norm = norm
+        self._groups = groups
+        self._base_width = width_per_group
+        stem = _scaled(64, width_multiplier)
+        self.inplanes = stem
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        widths = [_scaled(w, width_multiplier) for w in (64, 128, 256, 512)]
+        self.layer1 = self._make_layer(block, widths[0], layers[0], stride=1)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.out_channels = [w * block.expansion for w in widths]
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                self._norm(planes * block.expansion),
+            )
+        kw = dict(groups=self._groups, base_width=self._base_width, norm_layer=self._norm)
+        layers = [block(self.inplanes, planes, stride, downsample, **kw)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, **kw) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return c2, c3, c4, c5
+
+
+def _scaled(width: int, multiplier: float) -> int:
+    return max(8, int(round(width * multiplier / 8)) * 8) if multiplier != 1.0 else width
+
+
+class FPNBackbone(nn.Module):
+    """Body + FPN. forward: images [B, 3, S, S] -> [P2, P3, P4, P5, P6]."""
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        norm: str = "frozen_bn",
+        trainable_stages: int = 3,
+        fpn_channels: int = 256,
+        width_multiplier: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.body = ResNetBody(arch, norm_layer(norm), width_multiplier)
+        # torchvision's FPN takes norm_layer for its convs; GN there too when training from
+        # scratch with GN (Wu & He, 2018), plain convs otherwise (as torchvision's model).
+        self.fpn = FeaturePyramidNetwork(
+            self.body.out_channels,
+            fpn_channels,
+            extra_blocks=LastLevelMaxPool(),
+            norm_layer=(lambda c: nn.GroupNorm(_gn_groups(c), c)) if norm == "gn" else None,
+        )
+        self.out_channels = fpn_channels
+        freeze_stages(self.body, trainable_stages)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        c2, c3, c4, c5 = self.body(images)
+        feats = self.fpn(OrderedDict([("0", c2), ("1", c3), ("2", c4), ("3", c5)]))
+        return list(feats.values())  # P2, P3, P4, P5, P6 ("pool")
+
+
+def freeze_stages(body: ResNetBody, trainable_stages: int) -> None:
+    """Train only the top `trainable_stages` of (layer4, layer3, layer2, layer1, conv1+bn1)."""
+    train = set(_STAGES_TOP_DOWN[:trainable_stages])
+    if "conv1" in train:
+        train.add("bn1")
+    for name, p in body.named_parameters():
+        if name.split(".")[0] not in train:
+            p.requires_grad_(False)
+
+
+@torch.no_grad()
+def load_backbone_state_dict(body: ResNetBody, state_dict: dict[str, Tensor]) -> None:
+    """Load an ImageNet ResNet/ResNeXt checkpoint (torchvision key names) into the body.
+
+    The classifier (`fc.*`) is dropped and BN's `num_batches_tracked` ignored; any other missing
+    or unexpected key raises.
+    """
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    own = {k for k in body.state_dict() if not k.endswith("num_batches_tracked")}
+    missing, extra = sorted(own - set(sd)), sorted(set(sd) - own)
+    if missing or extra:
+        raise ValueError(
+            f"backbone checkpoint does not fit the body: missing {missing[:5]}, "
+            f"unexpected {extra[:5]} (is `backbone.arch` right?)"
+        )
+    body.load_state_dict(sd, strict=False)

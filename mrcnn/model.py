@@ -1,0 +1,261 @@
+"""Mask R-CNN: composition, `build_model(cfg)` and `detect(images)`.
+
+    images uint8 [B, 3, S, S] --normalise--> backbone (ResNet + FPN) -> P2..P6
+      -> RPN (head, anchors, proposal layer)         -> proposals [B, R, 4]
+      -> RoI heads: training   detection targets -> box + mask heads -> losses
+                    inference  box head -> detection layer -> mask head -> RawDetections
+`detect` wraps inference for users: any-size uint8 images in, `Detections` in original pixels out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.profiler import record_function
+
+from mrcnn.anchors import AnchorGenerator
+from mrcnn.backbone import FPNBackbone
+from mrcnn.config import Config
+from mrcnn.data.resize import resize_and_pad
+from mrcnn.inference import paste_masks_in_image
+from mrcnn.losses import total_loss
+from mrcnn.roi_heads import BoxHead, MaskHead, RawDetections, RoIHeads
+from mrcnn.rpn import RegionProposalNetwork, RPNHead
+from mrcnn.structures import Batch, Detections
+
+
+class MaskRCNN(nn.Module):
+    """`forward(batch)`: a dict of named losses in training mode, `RawDetections` in eval mode."""
+
+    def __init__(
+        self,
+        *,
+        backbone: FPNBackbone,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+        num_classes: int,
+        image_size: int,
+        resize_mode: str,
+        min_size: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        mask_thresh: float,
+        loss_weights: dict[str, float],
+        class_names: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.min_size = min_size
+        self.mask_thresh = mask_thresh
+        self.loss_weights = dict(loss_weights)
+        self.class_names = tuple(class_names)
+        self.channels_last = False
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
+        self.cfg: Config | None = None  # set by build_model; saved with the weights
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def use_channels_last(self) -> MaskRCNN:
+        """NHWC convolutions (faster with tensor cores / bf16)."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
+    def normalize(self, images: Tensor, windows: Tensor) -> Tensor:
+        """uint8 [B, 3, S, S] -> float, ImageNet-normalised, exactly zero outside each window."""
+        x = (images.float() / 255 - self.pixel_mean) / self.pixel_std
+        s = images.shape[-1]
+        ar = torch.arange(s, device=images.device, dtype=windows.dtype)
+        rows = (ar >= windows[:, 0:1]) & (ar < windows[:, 2:3])  # [B, S]
+        cols = (ar >= windows[:, 1:2]) & (ar < windows[:, 3:4])
+        x = x * (rows[:, None, :, None] & cols[:, None, None, :])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, batch: Batch) -> dict[str, Tensor] | RawDetections:
+        s = batch.images.shape[-1]
+        if s != self.image_size or batch.images.shape[-2] != s:
+            raise ValueError(
+                f"batch images are {tuple(batch.images.shape[-2:])}, the model expects "
+                f"{self.image_size} x {self.image_size} (shards.image_size must match the model)"
+            )
+        with record_function("mrcnn.backbone"):
+            features = self.backbone(self.normalize(batch.images, batch.windows))
+        proposals, valid, rpn_losses = self.rpn(
+            features, batch.windows, s, batch.gt_boxes, batch.gt_valid
+        )
+        if not self.training:
+            return self.roi_heads.detect(features, s, proposals, valid, batch.windows)
+        return {**rpn_losses, **self.roi_heads.losses(features, s, proposals, valid, batch)}
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The weighted sum L = Lcls + Lbox + Lmask + RPN terms (weights from the config)."""
+        return total_loss(losses, self.loss_weights)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> RawDetections:
+        """Inference on a prepared batch (eval mode for the call, then restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(batch)
+        finally:
+            self.train(was_training)
+
+    def postprocess(self, raw: RawDetections, batch: Batch) -> list[Detections]:
+        """Fixed-shape detections -> one `Detections` per image in original-image pixels.
+
+        A loop over images: each has its own output size, so this is where shapes stop being
+        fixed. Box mapping is vectorised; masks are pasted with one batched matmul per image.
+        """
+        offsets = batch.windows[:, [1, 0, 1, 0]].to(raw.boxes)  # (x1, y1, x1, y1)
+        boxes = (raw.boxes - offsets[:, None]) / batch.scales.to(raw.boxes)[:, None, None]
+        out = []
+        for i in range(len(batch)):
+            h, w = (int(v) for v in batch.original_sizes[i])
+            keep = raw.valid[i]
+            b = boxes[i][keep]
+            b = torch.stack(
+                [
+                    b[:, 0].clamp(0, w),
+                    b[:, 1].clamp(0, h),
+                    b[:, 2].clamp(0, w),
+                    b[:, 3].clamp(0, h),
+                ],
+                dim=1,
+            )
+            masks = paste_masks_in_image(raw.mask_probs[i][keep], b, (h, w), self.mask_thresh)
+            out.append(
+                Detections(
+                    boxes=b.float().cpu().numpy(),
+                    scores=raw.scores[i][keep].float().cpu().numpy(),
+                    labels=raw.labels[i][keep].cpu().numpy(),
+                    masks=masks.cpu().numpy(),
+                )
+            )
+        return out
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[Detections]:
+        """Detect objects in uint8 `H x W x 3` RGB images of any size.
+
+        Each image is resized and padded as the shards are (`resize_mode`, `image_size`), run in
+        batches of `batch_size`, and its detections are mapped back to its own pixels.
+        """
+        images = _check_images(images)
+        results: list[Detections] = []
+        for start in range(0, len(images), batch_size):
+            batch = self.prepare(images[start : start + batch_size])
+            results += self.postprocess(self.predict(batch), batch)
+        return results
+
+    def prepare(self, images: Sequence[np.ndarray]) -> Batch:
+        """Resize + pad images into a `Batch` on the model's device (no ground truth)."""
+        resized = [
+            resize_and_pad(im, self.image_size, self.resize_mode, self.min_size) for im in images
+        ]
+        pixels = torch.from_numpy(np.stack([r.image for r in resized])).permute(0, 3, 1, 2)
+        dev = self.device
+        return Batch(
+            images=pixels.contiguous().to(dev),
+            windows=torch.tensor([r.window for r in resized], dtype=torch.float32, device=dev),
+            scales=torch.tensor([r.scale for r in resized], dtype=torch.float32, device=dev),
+            original_sizes=torch.tensor([im.shape[:2] for im in images], device=dev),
+            image_ids=torch.arange(len(images), device=dev),
+        )
+
+
+def _check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        raise ValueError(
+            "detect() takes a list of images; wrap a single H x W x 3 array as [image]"
+        )
+    images = list(images)
+    if not images:
+        raise ValueError("detect() got no images; pass a non-empty list of H x W x 3 arrays")
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray):
+            raise ValueError(f"image {i} is a {type(im).__name__}, expected a numpy uint8 array")
+        if im.dtype != np.uint8:
+            raise ValueError(f"image {i} has dtype {im.dtype}, expected uint8 (0..255 RGB)")
+        if im.ndim != 3:
+            raise ValueError(f"image {i} has shape {im.shape}, expected H x W x 3 (RGB)")
+        if im.shape[2] != 3:
+            raise ValueError(
+                f"image {i} has {im.shape[2]} channels, expected 3 (convert gray/RGBA to RGB)"
+            )
+        if im.shape[0] == 0 or im.shape[1] == 0:
+            raise ValueError(f"image {i} is empty ({im.shape[0]} x {im.shape[1]} pixels)")
+    return images
+
+
+def build_model(cfg: Config) -> MaskRCNN:
+    """Wire a MaskRCNN from its config: the one place the config is read."""
+    b, a, r, h, i = cfg.backbone, cfg.anchors, cfg.rpn, cfg.roi_heads, cfg.inference
+    backbone = FPNBackbone(
+        arch=b.arch,
+        norm=b.norm,
+        trainable_stages=b.trainable_stages,
+        fpn_channels=b.fpn_channels,
+        width_multiplier=b.width_multiplier,
+    )
+    c = backbone.out_channels
+    rpn = RegionProposalNetwork(
+        head=RPNHead(c, len(a.ratios), a.stride),
+        anchor_generator=AnchorGenerator(a.sizes, a.ratios, a.stride),
+        pre_nms_top_n=(r.pre_nms_top_n_train, r.pre_nms_top_n_test),
+        post_nms_top_n=(r.post_nms_top_n_train, r.post_nms_top_n_test),
+        nms_thresh=r.nms_thresh,
+        min_size=r.min_size,
+        score_thresh=r.score_thresh,
+        fg_iou_thresh=r.fg_iou_thresh,
+        bg_iou_thresh=r.bg_iou_thresh,
+        batch_size_per_image=r.batch_size_per_image,
+        positive_fraction=r.positive_fraction,
+    )
+    roi_heads = RoIHeads(
+        box_head=BoxHead(c, h.box_pool_size, h.box_head_dim, cfg.num_classes),
+        mask_head=MaskHead(c, h.mask_head_channels, h.mask_head_convs, cfg.num_classes),
+        box_pool_size=h.box_pool_size,
+        mask_pool_size=h.mask_pool_size,
+        sampling_ratio=h.sampling_ratio,
+        aligned=h.aligned,
+        canonical_scale=h.canonical_scale,
+        canonical_level=h.canonical_level,
+        batch_size_per_image=h.batch_size_per_image,
+        positive_fraction=h.positive_fraction,
+        fg_iou_thresh=h.fg_iou_thresh,
+        bg_iou_thresh=h.bg_iou_thresh,
+        box_weights=h.box_weights,
+        score_thresh=i.score_thresh,
+        nms_thresh=i.nms_thresh,
+        detections_per_img=i.detections_per_img,
+    )
+    model = MaskRCNN(
+        backbone=backbone,
+        rpn=rpn,
+        roi_heads=roi_heads,
+        num_classes=cfg.num_classes,
+        image_size=cfg.input.image_size,
+        resize_mode=cfg.input.resize_mode,
+        min_size=cfg.input.min_size,
+        pixel_mean=cfg.input.pixel_mean,
+        pixel_std=cfg.input.pixel_std,
+        mask_thresh=i.mask_thresh,
+        loss_weights=cfg.to_dict()["loss"],
+        class_names=cfg.class_names,
+    )
+    model.cfg = cfg
+    return model

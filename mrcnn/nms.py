@@ -1,0 +1,57 @@
+"""Non-maximum suppression over a whole batch into fixed-size slots.
+
+Proposal layer and detection layer both need "NMS within each (image, group), then the k best
+per image". One `torchvision.ops.batched_nms` call over all candidates of all images does the
+NMS; a stable sort by image and a rank computed from counts place the survivors into [B, k]
+slots, so no Python loop runs over images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+
+def batched_nms_top_k(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    candidates: Tensor,
+    iou_thresh: float,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    """NMS within each (image, group), then each image's k best survivors.
+
+    boxes [B, N, 4], scores [B, N], groups int64 [B, N] or [N] in [0, num_groups),
+    candidates bool [B, N] (only these take part).
+    -> index int64 [B, k] into N, best first; valid bool [B, k] (False slots hold index 0).
+    """
+    b, n = scores.shape
+    device = scores.device
+    groups = groups.expand(b, n)
+    flat = candidates.reshape(-1).nonzero().squeeze(1)
+    image = flat // n
+    keys = image * num_groups + groups.reshape(-1)[flat]
+    kept = flat[batched_nms(boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], keys, iou_thresh)]
+    # batched_nms returns survivors by descending score; a stable sort by image keeps that order.
+    image, order = torch.sort(kept // n, stable=True)
+    kept = kept[order]
+    counts = torch.bincount(image, minlength=b)
+    rank = torch.arange(kept.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[image]
+    take = rank < k
+    index = torch.zeros((b, k), dtype=torch.int64, device=device)
+    valid = torch.zeros((b, k), dtype=torch.bool, device=device)
+    index[image[take], rank[take]] = kept[take] % n
+    valid[image[take], rank[take]] = True
+    return index, valid
+
+
+def gather_slots(values: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+    """values [B, N, ...] at index [B, k] -> [B, k, ...], zeros where not valid."""
+    extra = values.shape[2:]
+    idx = index.reshape(*index.shape, *([1] * len(extra))).expand(*index.shape, *extra)
+    out = values.gather(1, idx)
+    mask = valid.reshape(*valid.shape, *([1] * len(extra)))
+    return torch.where(mask, out, torch.zeros_like(out))

@@ -1,0 +1,222 @@
+"""Box head and class-specific mask head (Mask R-CNN sec. 3, fig. 4 right: the FPN heads).
+
+Shape shorthand: N RoIs (all images, image-major), C feature channels, K classes incl.
+background, M = 28 mask side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.profiler import record_function
+
+from mrcnn.inference import detection_layer, select_class_masks
+from mrcnn.losses import box_losses, mask_loss
+from mrcnn.poolers import multilevel_roi_align
+from mrcnn.structures import Batch
+from mrcnn.targets import detection_targets
+
+
+class BoxHead(nn.Module):
+    """Two 1024-d FC layers ("2fc") then class scores and class-specific box deltas.
+
+    forward: pooled [N, C, 7, 7] -> class logits [N, K], deltas [N, K * 4] (class-major).
+    """
+
+    def __init__(self, in_channels: int, pool_size: int, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * pool_size * pool_size, hidden)
+        self.fc7 = nn.Linear(hidden, hidden)
+        self.cls_score = nn.Linear(hidden, num_classes)
+        self.bbox_pred = nn.Linear(hidden, num_classes * 4)
+        # Small initial predictions (as Detectron): training from scratch starts stable.
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.fc7(self.fc6(x.flatten(1)).relu()).relu()
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class MaskHead(nn.Module):
+    """n x (3x3 conv + ReLU), 2x2 deconv (stride 2) + ReLU, 1x1 conv to one mask per class.
+
+    forward: pooled [N, C, 14, 14] -> mask logits [N, K, 28, 28]. Predicting K masks and
+    training only the gt class's one decouples masks from classes (sec. 3, "Mask Representation").
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int) -> None:
+        super().__init__()
+        convs, c = [], in_channels
+        for _ in range(num_convs):
+            convs.append(nn.Conv2d(c, channels, kernel_size=3, padding=1))
+            c = channels
+        self.convs = nn.ModuleList(convs)
+        self.deconv = nn.ConvTranspose2d(c, channels, kernel_size=2, stride=2)
+        self.logits = nn.Conv2d(channels, num_classes, kernel_size=1)
+        for layer in [*self.convs, self.deconv, self.logits]:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = conv(x).relu()
+        return self.logits(self.deconv(x).relu())
+
+
+@dataclass
+class RawDetections:
+    """Fixed-shape detections in the padded frame, before pasting (D slots per image).
+
+    boxes [B, D, 4], scores [B, D], labels int64 [B, D], valid bool [B, D],
+    mask_probs [B, D, M, M] (the label's mask, after sigmoid).
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    valid: Tensor
+    mask_probs: Tensor
+
+
+class RoIHeads(nn.Module):
+    """Detection targets + multi-level RoIAlign + box head + mask head (+ detection layer).
+
+    `losses(...)` in training, `detect(...)` at inference. Features are P2..P6 of a square
+    input of side `image_size`; RoIs pool from P2..P5.
+    """
+
+    def __init__(
+        self,
+        *,
+        box_head: BoxHead,
+        mask_head: MaskHead,
+        box_pool_size: int,
+        mask_pool_size: int,
+        sampling_ratio: int,
+        aligned: bool,
+        canonical_scale: int,
+        canonical_level: int,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        box_weights: tuple[float, ...],
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
+    ) -> None:
+        super().__init__()
+        self.box_head = box_head
+        self.mask_head = mask_head
+        self.box_pool_size = box_pool_size
+        self.mask_pool_size = mask_pool_size
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.box_weights = tuple(box_weights)
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+
+    def _pool(self, features: list[Tensor], boxes: Tensor, image_size: int, size: int) -> Tensor:
+        return multilevel_roi_align(
+            features,
+            boxes,
+            image_size,
+            size,
+            self.sampling_ratio,
+            self.aligned,
+            self.canonical_scale,
+            self.canonical_level,
+        )
+
+    def losses(
+        self,
+        features: list[Tensor],
+        image_size: int,
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        batch: Batch,
+    ) -> dict[str, Tensor]:
+        """Sample RoIs, run both heads on them and return the box, class and mask losses."""
+        if not batch.has_targets:
+            raise ValueError("training the RoI heads needs ground truth in the batch")
+        with record_function("mrcnn.detection_targets"):
+            t = detection_targets(
+                proposals,
+                proposal_valid,
+                batch.gt_boxes,
+                batch.gt_labels,
+                batch.gt_valid,
+                batch.gt_mini_masks,
+                fg_iou_thresh=self.fg_iou_thresh,
+                bg_iou_thresh=self.bg_iou_thresh,
+                batch_size_per_image=self.batch_size_per_image,
+                positive_fraction=self.positive_fraction,
+                box_weights=self.box_weights,
+                mask_size=2 * self.mask_pool_size,
+            )
+        with record_function("mrcnn.box_head"):
+            pooled = self._pool(features, t.rois, image_size, self.box_pool_size)
+            class_logits, box_deltas = self.box_head(pooled)
+        p = t.mask_targets.shape[1]
+        with record_function("mrcnn.mask_head"):
+            pooled = self._pool(features, t.rois[:, :p], image_size, self.mask_pool_size)
+            mask_logits = self.mask_head(pooled)
+        with record_function("mrcnn.losses"):
+            losses = box_losses(
+                class_logits,
+                box_deltas,
+                t.labels.reshape(-1),
+                t.box_targets.reshape(-1, 4),
+                t.valid.reshape(-1),
+            )
+            losses["loss_mask"] = mask_loss(
+                mask_logits,
+                t.labels[:, :p].reshape(-1),
+                t.mask_targets.flatten(0, 1),
+                t.mask_valid.reshape(-1),
+            )
+        return losses
+
+    @torch.no_grad()
+    def detect(
+        self,
+        features: list[Tensor],
+        image_size: int,
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        windows: Tensor,
+    ) -> RawDetections:
+        """Box head on all proposals, detection layer, then the mask head on the kept boxes."""
+        b, r, _ = proposals.shape
+        with record_function("mrcnn.box_head"):
+            pooled = self._pool(features, proposals, image_size, self.box_pool_size)
+            class_logits, box_deltas = self.box_head(pooled)
+        with record_function("mrcnn.detection_layer"):
+            boxes, scores, labels, valid = detection_layer(
+                class_logits.reshape(b, r, -1),
+                box_deltas.reshape(b, r, -1),
+                proposals,
+                proposal_valid,
+                windows,
+                box_weights=self.box_weights,
+                score_thresh=self.score_thresh,
+                nms_thresh=self.nms_thresh,
+                detections_per_img=self.detections_per_img,
+            )
+        with record_function("mrcnn.mask_head"):
+            pooled = self._pool(features, boxes, image_size, self.mask_pool_size)
+            probs = select_class_masks(self.mask_head(pooled), labels.reshape(-1))
+        d = boxes.shape[1]
+        return RawDetections(boxes, scores, labels, valid, probs.reshape(b, d, *probs.shape[1:]))
