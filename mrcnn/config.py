@@ -247,12 +247,19 @@ class Config:
         """Plain nested dict (lists for tuples), the inverse of `from_dict`; YAML/JSON-safe."""
         return _to_plain(dataclasses.asdict(self))
 
-    def replace(self, **sections: Any) -> Config:
-        """A copy with top-level fields replaced (sections given as dicts or dataclasses)."""
-        d = self.to_dict()
-        for k, v in sections.items():
-            d[k] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-        return Config.from_dict(d)
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with `changes` merged in; a section given as a dict only changes
+        the keys it names (`cfg.replace(rpn={"nms_thresh": 0.6})` keeps the other RPN keys)."""
+        return Config.from_dict(_merge(self.to_dict(), _to_plain(changes)))
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in changes.items():
+        if dataclasses.is_dataclass(v):
+            v = _to_plain(dataclasses.asdict(v))
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _check(ok: bool, key: str, why: str) -> None:

@@ -72,6 +72,24 @@ class MaskRCNN(nn.Module):
         self.channels_last = True
         return self
 
+    def compile_static(self, **compile_kwargs) -> MaskRCNN:
+        """`torch.compile` the fixed-shape parts: backbone, RPN head, box head, mask head.
+
+        Their input shapes never change for a given image size, batch size and RoI count (the
+        point of fixed-shape batches), so each compiles once and can use CUDA graphs
+        (`mode="reduce-overhead"` / `"max-autotune"`). The data-dependent steps between them
+        (NMS, sampling) stay eager.
+        """
+        compile_kwargs.setdefault("dynamic", False)
+        for module in (
+            self.backbone,
+            self.rpn.head,
+            self.roi_heads.box_head,
+            self.roi_heads.mask_head,
+        ):
+            module.compile(**compile_kwargs)
+        return self
+
     def normalize(self, images: Tensor, windows: Tensor) -> Tensor:
         """uint8 [B, 3, S, S] -> float, ImageNet-normalised, exactly zero outside each window."""
         x = (images.float() / 255 - self.pixel_mean) / self.pixel_std
