@@ -81,6 +81,7 @@ class MaskRCNN(nn.Module):
         (NMS, sampling) stay eager.
         """
         compile_kwargs.setdefault("dynamic", False)
+        self.roi_heads.bucket_rois = True  # a few mask-head shapes, not one per RoI count
         for module in (
             self.backbone,
             self.rpn.head,

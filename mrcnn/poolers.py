@@ -33,25 +33,54 @@ def multilevel_roi_align(
     canonical_scale: int = 224,
     canonical_level: int = 4,
 ) -> Tensor:
-    """Pool RoIs from their level.
+    """Pool fixed-shape RoIs from their level.
 
     features: [P2, P3, P4, P5, ...] each [B, C, H_l, W_l]; extra levels are ignored.
     boxes: [B, R, 4] xyxy in the padded input frame of side `image_size`.
     -> [B * R, C, output_size, output_size], image-major (row b * R + r).
     """
     b, r, _ = boxes.shape
-    flat = boxes.reshape(-1, 4)
     batch_idx = torch.arange(b, device=boxes.device, dtype=torch.float32).repeat_interleave(r)
-    rois = torch.cat([batch_idx[:, None], flat.float()], dim=1)
-    levels = assign_levels(flat.float(), canonical_scale, canonical_level)
+    rois = torch.cat([batch_idx[:, None], boxes.reshape(-1, 4).float()], dim=1)
+    return roi_align_levels(
+        features,
+        rois,
+        image_size,
+        output_size,
+        sampling_ratio,
+        aligned,
+        canonical_scale,
+        canonical_level,
+    )
+
+
+def rois_with_image_index(boxes: Tensor) -> Tensor:
+    """[B, R, 4] -> [B * R, 5] rows (image index, x1, y1, x2, y2), as `roi_align` takes them."""
+    b, r, _ = boxes.shape
+    image = torch.arange(b, device=boxes.device, dtype=torch.float32).repeat_interleave(r)
+    return torch.cat([image[:, None], boxes.reshape(-1, 4).float()], dim=1)
+
+
+def roi_align_levels(
+    features: list[Tensor],
+    rois: Tensor,
+    image_size: int,
+    output_size: int,
+    sampling_ratio: int = 2,
+    aligned: bool = False,
+    canonical_scale: int = 224,
+    canonical_level: int = 4,
+) -> Tensor:
+    """Pool RoIs given as rows (image index, x1, y1, x2, y2): [N, 5] -> [N, C, o, o]."""
+    rois = rois.float()  # float32 coordinates: bf16 would move boxes by whole pixels
+    levels = assign_levels(rois[:, 1:], canonical_scale, canonical_level)
     feats = features[: K_MAX - K_MIN + 1]
-    out = feats[0].new_zeros((b * r, feats[0].shape[1], output_size, output_size))
+    out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], output_size, output_size))
     for level, feat in enumerate(feats):
         idx = torch.where(levels == level)[0]
         if idx.numel() == 0:
             continue
         scale = feat.shape[-1] / image_size  # 1/4, 1/8, 1/16, 1/32
-        # Coordinates stay float32 (bf16 would move boxes by pixels); features follow them.
         pooled = roi_align(
             feat.to(rois.dtype), rois[idx], output_size, scale, sampling_ratio, aligned
         )

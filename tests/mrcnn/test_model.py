@@ -16,13 +16,16 @@ def test_overfits_two_images():
     batch, scenes = make_batch()
     model = tiny_model()
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    steps = 100
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
     history = []
-    for _ in range(70):
+    for _ in range(steps):
         loss = model.total_loss(model(batch))
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         history.append(loss.item())
     assert np.mean(history[:3]) / np.mean(history[-3:]) > 10, history
     dets = model.detect([img for img, _, _ in scenes])
