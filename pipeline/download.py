@@ -150,8 +150,10 @@ def _local(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:
         parsed = load_coco_split(src / "annotations" / f"instances_{split}.json")  # validates
         missing = [r.file_name for r in parsed.records if not (src / split / r.file_name).is_file()]
         if missing:
-            logger.warning("%s: %d images listed in the annotations are missing (e.g. %s); the "
-                           "shards report will list them", split, len(missing), missing[0])  # fmt: skip
+            logger.warning(
+                "%s: %d images listed in the annotations are missing (e.g. %s); the shards "
+                "report will list them", split, len(missing), missing[0],
+            )  # fmt: skip
         _link_tree(src / split, tmp / split)
         (tmp / "annotations").mkdir(exist_ok=True)
         _link(src / "annotations" / f"instances_{split}.json",

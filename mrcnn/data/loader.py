@@ -220,7 +220,7 @@ class TrainLoader:
         """Read, augment and collate this rank's batch of global `iteration`."""
         indices, flips = self.order(self.positions(iteration))
         samples = []
-        for i, flip in zip(indices.tolist(), flips.tolist()):
+        for i, flip in zip(indices.tolist(), flips.tolist(), strict=True):
             s = self.dataset[i]
             samples.append(hflip_sample(s, inplace=True) if self.hflip and flip else s)
         return collate(samples, self.max_gt)

@@ -97,7 +97,7 @@ def generate_image(spec: ShapesSpec, split: str, index: int) -> ShapesImage:
             classes.append(cls + 1)
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[:] = background
-    for mask, colour in zip(full, colours):
+    for mask, colour in zip(full, colours, strict=True):
         image[mask] = colour
     return ShapesImage(
         image=image,
@@ -123,7 +123,7 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
             {"id": image_id, "file_name": file_name, "height": spec.image_size,
              "width": spec.image_size}
         )  # fmt: skip
-        for cat, mask in zip(sample.category_ids, sample.masks):
+        for cat, mask in zip(sample.category_ids, sample.masks, strict=True):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
             annotations.append(
@@ -175,7 +175,7 @@ def _shape_mask(
     hw = half / _SIN60
     verts = [(cx, cy - half), (cx + hw, cy + half), (cx - hw, cy + half)]  # clockwise on screen
     inside = np.ones_like(xx, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(verts, verts[1:] + verts[:1]):
+    for (x0, y0), (x1, y1) in zip(verts, verts[1:] + verts[:1], strict=True):
         inside &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) > 0
     return inside
 

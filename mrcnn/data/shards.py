@@ -25,6 +25,7 @@ annotation_ids, crowd_boxes (padded frame), converted (reason or null).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -221,10 +222,8 @@ class ShardDataset(torch.utils.data.Dataset):
         self._fds = {}
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
