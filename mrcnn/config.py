@@ -215,9 +215,7 @@ class Config:
                 try:
                     section.validate()
                 except ValueError as e:
-                    raise ValueError(
-                        f"config key '{f.name}.{str(e)[len('config key ') + 1 :]}"
-                    ) from None
+                    raise ValueError(f"config key '{f.name}.{str(e)[len('config key ') + 1:]}") from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
@@ -277,7 +275,7 @@ def _from_dict(cls: type, d: Any, prefix: str) -> Any:
     except ValueError as e:
         msg = str(e)
         if prefix and msg.startswith("config key '"):
-            msg = f"config key '{prefix}{msg[len('config key ') + 1 :]}"
+            msg = f"config key '{prefix}{msg[len('config key ') + 1:]}"
         raise ValueError(msg) from None
     return obj
 

@@ -74,10 +74,12 @@ def run(
 
     tiles = []
     for x in samples:
-        masks = expand_mini_masks(x.boxes, x.mini_masks, (s, s))
-        tiles.append(vis.draw_instances(zoom_all(x.image, factor), x.boxes * factor,
-                                        vis.zoom(masks.transpose(1, 2, 0), factor).transpose(2, 0, 1),
-                                        x.labels, ds.class_names))  # fmt: skip
+        masks = expand_mini_masks(x.boxes, x.mini_masks, (s, s))  # [N, S, S]
+        big_masks = vis.zoom(masks.transpose(1, 2, 0), factor).transpose(2, 0, 1)
+        tile = vis.draw_instances(
+            zoom_all(x.image, factor), x.boxes * factor, big_masks, x.labels, ds.class_names
+        )
+        tiles.append(tile)
     _save(tmp / "samples.png", vis.image_grid(tiles, cols=3))
 
     with_instances = [x for x in samples if len(x.labels)] or [ds[0]]
@@ -97,12 +99,15 @@ def run(
         "neutral": int((labels == -1).sum()),
     }
     a = anchors.numpy() * factor
-    _save(tmp / "anchors.png", vis.draw_anchors(zoom_all(x.image, factor), a, labels.numpy(),
-                                                gt_boxes=x.boxes * factor, seed=params.seed))  # fmt: skip
-    _save(tmp / "anchors_per_level.png", vis.draw_anchors_per_level(
-        zoom_all(x.image, factor), a, counts, per_level=params.anchors_per_level, sizes=sizes,
-        seed=params.seed,
-    ))  # fmt: skip
+    image = zoom_all(x.image, factor)
+    picture = vis.draw_anchors(
+        image, a, labels.numpy(), gt_boxes=x.boxes * factor, seed=params.seed
+    )
+    _save(tmp / "anchors.png", picture)
+    picture = vis.draw_anchors_per_level(
+        image, a, counts, per_level=params.anchors_per_level, sizes=sizes, seed=params.seed
+    )
+    _save(tmp / "anchors_per_level.png", picture)
 
     per_split = {}
     for split in SPLITS:
