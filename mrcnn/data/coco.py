@@ -329,7 +329,7 @@ def _rle_string_counts(s: str) -> list[int] | None:
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
     mode = im.mode
     if mode == "RGB":
-        return np.asarray(im), None
+        return np.array(im), None  # a writable copy (torch warns on read-only arrays)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         return np.asarray(im.convert("RGBA"))[..., :3].copy(), "alpha"
     if mode == "CMYK":

@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,11 @@ def build_split(
         finally:
             torch.set_num_threads(threads)
     else:
-        ctx = multiprocessing.get_context("spawn")  # fork after torch threads may deadlock
+        # fork: workers start at once with everything imported (spawn re-imports torch, seconds
+        # per worker). Safe because each worker runs torch single-threaded (`_init_worker`), so
+        # it never enters the OpenMP pool it inherited; the DataLoader relies on the same.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             futures = {pool.submit(build_shard, t): t for t in todo}
             for fut in cf.as_completed(futures):
@@ -371,7 +376,9 @@ def _mini_masks(
     out = np.zeros((len(kept), m, m), dtype=np.uint8)
     for j, i in enumerate(kept):
         x1, y1, x2, y2 = (int(v) for v in boxes[i])  # tight integer boxes from toBbox
-        full = mask_utils.decode(rles[i])  # uint8 [H, W] (Fortran order)
+        with warnings.catch_warnings():  # pycocotools vs numpy 2: a harmless copy= warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            full = mask_utils.decode(rles[i])  # uint8 [H, W] (Fortran order)
         crop = np.ascontiguousarray(full[y1:y2, x1:x2])[None]  # [1, h, w]
         local = np.array([[0, 0, x2 - x1, y2 - y1]], dtype=np.float32)
         out[j] = make_mini_masks(crop.astype(bool), local, m)[0]
