@@ -202,7 +202,8 @@ def load_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
     try:
         with Image.open(path) as im:
             im.load()
-            return _to_rgb(im)
+            image, converted = _to_rgb(im)
+        return np.require(image, requirements=["C", "W"]), converted  # torch wants writable
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError("corrupt_image", f"{path.name}: {e}") from None
 
@@ -329,7 +330,7 @@ def _rle_string_counts(s: str) -> list[int] | None:
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
     mode = im.mode
     if mode == "RGB":
-        return np.array(im), None  # a writable copy (torch warns on read-only arrays)
+        return np.asarray(im), None
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         return np.asarray(im.convert("RGBA"))[..., :3].copy(), "alpha"
     if mode == "CMYK":
