@@ -147,7 +147,9 @@ def test_every_bad_record_is_reported_and_nothing_valid_is_lost(messy, tmp_path)
     }
     assert report["converted_images"] == {"alpha": 1, "cmyk": 1, "grayscale": 1, "palette": 1}
     assert report["crowd_annotations"] == 1
-    by_reason = {(s["reason"], s.get("image_id"), s.get("annotation_id")) for s in report["skipped"]}
+    by_reason = {
+        (s["reason"], s.get("image_id"), s.get("annotation_id")) for s in report["skipped"]
+    }
     assert ("missing_image", 7, None) in by_reason and ("zero_area_box", 1, 104) in by_reason
 
     ds = ShardDataset(tmp_path / "shards" / "train")

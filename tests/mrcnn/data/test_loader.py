@@ -131,7 +131,7 @@ def test_ddp_split_uses_every_sample_once_per_epoch(n, b, w):
     assert stream[:n] != stream[n : 2 * n]  # reshuffled per epoch
     if n % (b * w) == 0:  # epochs align with iterations: check the batches themselves
         ids = []
-        for r, loader in enumerate(loaders):
+        for loader in loaders:
             it = iter(loader)
             ids += [next(it).image_ids.tolist() for _ in range(loader.iterations_per_epoch)]
         flat = [i for batch in ids for i in batch]

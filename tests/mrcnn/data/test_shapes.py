@@ -52,7 +52,9 @@ def test_written_split_is_valid_coco_and_reproducible(tmp_path):
     spec = ShapesSpec(num_train=5, num_val=2)
     for out in (tmp_path / "a", tmp_path / "b"):
         write_split(spec, out, "train")
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
     assert len(files) == 6
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()

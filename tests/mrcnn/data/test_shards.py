@@ -147,7 +147,9 @@ def test_rerun_resumes_and_rebuilds_only_what_is_missing(raw, built, tmp_path, m
 
     built_shards = []
     real = writer_mod.build_shard
-    monkeypatch.setattr(writer_mod, "build_shard", lambda t: built_shards.append(t.index) or real(t))
+    monkeypatch.setattr(
+        writer_mod, "build_shard", lambda t: built_shards.append(t.index) or real(t)
+    )
     build(raw, tmp_path.parent / tmp_path.name, samples_per_shard=3)
     assert sorted(built_shards) == [1, 2]
     assert tree_digest(out) == tree_digest(built / "train")
