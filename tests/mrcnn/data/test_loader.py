@@ -112,6 +112,9 @@ def test_hflip_keeps_image_boxes_and_mini_masks_together():
     back = expand_mini_masks(f.boxes, f.mini_masks, (s, s))
     np.testing.assert_array_equal(back, flipped_mask)
     np.testing.assert_array_equal(sample.image, image)  # not in place by default
+    chw_backed = np.ascontiguousarray(image.transpose(2, 0, 1)).transpose(1, 2, 0)
+    g = hflip_sample(Sample(**{**sample.__dict__, "image": chw_backed}), inplace=True)
+    np.testing.assert_array_equal(g.image, f.image)  # the CHW fast path agrees
     twice = hflip_sample(f)
     np.testing.assert_array_equal(twice.image, image)
     np.testing.assert_array_equal(twice.boxes, boxes)
