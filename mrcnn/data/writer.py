@@ -417,7 +417,8 @@ def _fingerprint(
     for r in records:
         path = image_dir / r.file_name
         size = path.stat().st_size if path.is_file() else -1
-        h.update(json.dumps([dataclasses.asdict(r), size], sort_keys=True).encode())
+        entry = [r.image_id, r.file_name, r.height, r.width, r.annotations, size]
+        h.update(json.dumps(entry, sort_keys=True).encode())
     return h.hexdigest()
 
 
