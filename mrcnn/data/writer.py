@@ -224,6 +224,8 @@ def build_split(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp*"):  # leftovers of an interrupted run
         stale.unlink()
+    for name in (fmt.MANIFEST, fmt.INDEX):  # until this build ends, the split is not readable
+        (out_dir / name).unlink(missing_ok=True)
     labels_by_category = {cat: i + 1 for i, (cat, _) in enumerate(classes)}
     records = sorted(records, key=lambda r: r.image_id)
     groups = [

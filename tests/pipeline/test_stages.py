@@ -60,6 +60,12 @@ def test_stages_end_to_end(tmp_path, monkeypatch, capsys):
     assert summary["mini_mask"]["iou"] > 0.9
     assert summary["anchors"]["positive"] >= 1
 
+    # a source without a train split: the old train shards must not outlive it
+    (tmp_path / "data/raw/shapes/annotations/instances_train.json").unlink()
+    shards.main([])
+    assert not (tmp_path / "data/shards/train").exists()
+    assert (tmp_path / "data/shards/val/manifest.json").is_file()
+
 
 def test_label_anchors_thresholds_and_best_anchor():
     anchors = torch.tensor(

@@ -180,3 +180,29 @@ def test_interrupted_build_leaves_no_half_shard(raw, built, tmp_path, monkeypatc
     monkeypatch.setattr(writer_mod, "prepare_example", real)
     build(raw, tmp_path, samples_per_shard=3)
     assert tree_digest(out) == tree_digest(built / "train")
+
+
+def test_an_interrupted_rebuild_does_not_leave_the_old_manifest(raw, built, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "train"
+    shutil.copytree(built / "train", out)  # a finished build, with other params
+    real = writer_mod.prepare_example
+    calls = []
+
+    def dying(record, *a, **k):
+        calls.append(record.image_id)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(record, *a, **k)
+
+    monkeypatch.setattr(writer_mod, "prepare_example", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build(raw, tmp_path, samples_per_shard=3, mini_mask_shape=28)
+    assert not (out / "manifest.json").exists() and not (out / "index.npy").exists()
+    with pytest.raises(FileNotFoundError):
+        ShardDataset(out)  # old and new shards are mixed: nothing may read them
+    monkeypatch.setattr(writer_mod, "prepare_example", real)
+    build(raw, tmp_path, samples_per_shard=3, mini_mask_shape=28)
+    ds = ShardDataset(out)
+    assert ds.mini_mask_shape == 28 and ds[len(ds) - 1].mini_masks.shape[1:] == (28, 28)
