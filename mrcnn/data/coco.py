@@ -12,6 +12,7 @@ is dropped silently. Reasons:
         image_size_mismatch    decoded size differs from the entry's height / width
         no_annotations         no annotations at all (unless negatives are kept)
         no_valid_annotations   annotations, but none usable (unless negatives are kept)
+        unexpected_error       anything else that went wrong (logged with its traceback)
     annotation level (the instance is left out, the image stays)
         invalid_annotation_entry  not a mapping / no int id
         unknown_image          image_id not among the images

@@ -66,7 +66,8 @@ def shard_name(i: int) -> str:
 class Sample:
     """One training / evaluation sample in the padded S x S frame.
 
-    image:          uint8 [S, S, 3] resized + zero-padded (bottom / right)
+    image:          uint8 [S, S, 3] resized + zero-padded (bottom / right); from ShardDataset
+                    a view of a channels-first buffer, so `collate` needs no transpose copy
     image_id:       source COCO image id
     window:         (y1, x1, y2, x2) of the real image inside the padded frame
     scale:          original -> padded frame factor

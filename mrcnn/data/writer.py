@@ -32,6 +32,7 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,9 +165,15 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
     labels: Counter[int] = Counter()
     crowd = negatives = 0
     for record in task.records:
-        example, skips = prepare_example(
-            record, Path(task.image_dir), task.labels_by_category, task.options
-        )
+        try:
+            example, skips = prepare_example(
+                record, Path(task.image_dir), task.labels_by_category, task.options
+            )
+        except Exception as e:  # a record nobody foresaw must not stop the build either
+            logger.exception("image %s: unexpected error", record.image_id)
+            detail = f"{type(e).__name__}: {e}"
+            example, skips = None, [Skip("unexpected_error", record.image_id, None,
+                                         record.file_name, detail)]  # fmt: skip
         skipped.extend(skips)
         if example is None:
             continue
@@ -207,7 +214,7 @@ def build_split(
     classes: list[tuple[int, str]],
     options: ShardOptions,
     *,
-    source_skipped: list[Skip] = (),
+    source_skipped: Sequence[Skip] = (),
     source_counts: dict[str, int] | None = None,
     num_workers: int = 0,
     extra_manifest: dict[str, Any] | None = None,
@@ -307,7 +314,8 @@ def _finish(
     skipped = [s.to_dict() for s in source_skipped]
     skipped += [s for rec in shard_records for s in rec["skipped"]]
     image_level = {"invalid_image_entry", "duplicate_image_id", "missing_image", "corrupt_image",
-                   "image_size_mismatch", "no_annotations", "no_valid_annotations"}  # fmt: skip
+                   "image_size_mismatch", "no_annotations", "no_valid_annotations",
+                   "unexpected_error"}  # fmt: skip
     skip_objs = [Skip(**s) for s in skipped]
     converted = [c for rec in shard_records for c in rec["converted"]]
     report = {

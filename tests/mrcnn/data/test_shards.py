@@ -206,3 +206,19 @@ def test_an_interrupted_rebuild_does_not_leave_the_old_manifest(raw, built, tmp_
     build(raw, tmp_path, samples_per_shard=3, mini_mask_shape=28)
     ds = ShardDataset(out)
     assert ds.mini_mask_shape == 28 and ds[len(ds) - 1].mini_masks.shape[1:] == (28, 28)
+
+
+def test_an_unforeseen_error_skips_only_that_image(raw, tmp_path, monkeypatch):
+    real = writer_mod.decode_instances
+
+    def broken(record, h, w):
+        if record.image_id == 3:
+            raise RuntimeError("boom")
+        return real(record, h, w)
+
+    monkeypatch.setattr(writer_mod, "decode_instances", broken)
+    build(raw, tmp_path)
+    report = json.loads((tmp_path / "train" / "report.json").read_text())
+    assert report["skipped_images"] == {"unexpected_error": 1}
+    assert report["skipped"][0]["image_id"] == 3 and "boom" in report["skipped"][0]["detail"]
+    assert len(ShardDataset(tmp_path / "train")) == len(SIZES) - 1
