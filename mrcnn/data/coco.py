@@ -1,0 +1,354 @@
+"""COCO-format annotations -> validated image records, and one record -> instance masks.
+
+Nothing here raises on a bad record: every image or annotation that cannot be used becomes a
+`Skip` with a reason (one of the names below), so the shard report can count them and nothing
+is dropped silently. Reasons:
+
+    image level (the whole image is left out)
+        invalid_image_entry    image entry without an int id / file_name
+        duplicate_image_id     a second image entry with an id already seen
+        missing_image          the file does not exist
+        corrupt_image          the file cannot be decoded (truncated, not an image, too large)
+        image_size_mismatch    decoded size differs from the entry's height / width
+        no_annotations         no annotations at all (unless negatives are kept)
+        no_valid_annotations   annotations, but none usable (unless negatives are kept)
+    annotation level (the instance is left out, the image stays)
+        invalid_annotation_entry  not a mapping / no int id
+        unknown_image          image_id not among the images
+        unknown_category       category_id not among the categories
+        missing_segmentation   no segmentation
+        empty_polygon          a polygon list that is empty (or holds an empty polygon)
+        invalid_polygon        odd length, fewer than 3 points, non-numbers or NaN
+        invalid_rle            RLE of the wrong size or with counts that do not add up
+        zero_area_box          the annotation's bbox has width or height <= 0
+        box_outside_image      the annotation's bbox lies entirely outside the image
+        empty_mask             the segmentation covers no pixel of the image
+        box_too_small          after resizing, the box is thinner than `min_box_size`
+
+Images that are not 8-bit RGB are converted, not skipped, and noted with a reason
+(`grayscale`, `cmyk`, `alpha` (dropped), `palette`, `other_mode`). Crowd annotations
+(`iscrowd=1`) never become training targets; their boxes are kept beside the sample.
+
+Boxes are computed from the masks (pycocotools `toBbox` on the RLE: tight, x2/y2 exclusive, the
+`boxes_from_masks` convention), never taken from the annotation's bbox.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+from PIL import Image
+
+
+@dataclass
+class ImageRecord:
+    """One image entry and its (entry-level valid) annotations, as in the COCO json."""
+
+    image_id: int
+    file_name: str
+    height: int | None
+    width: int | None
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Skip:
+    """A record left out, and why."""
+
+    reason: str
+    image_id: int | None = None
+    annotation_id: int | None = None
+    file_name: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+
+
+@dataclass
+class CocoSplit:
+    """A parsed annotation file: records sorted by image id, categories sorted by id."""
+
+    records: list[ImageRecord]
+    categories: list[dict[str, Any]]
+    skipped: list[Skip]
+    num_images: int
+    num_annotations: int
+
+
+@dataclass
+class Instances:
+    """One image's usable instances, in the original image frame.
+
+    rles:         N pycocotools RLEs (non-crowd)
+    boxes:        float64 [N, 4] tight xyxy from the masks (x2/y2 exclusive)
+    category_ids: int64 [N]
+    annotation_ids: int64 [N]
+    crowd_boxes:  float64 [C, 4] boxes of crowd regions (not targets)
+    """
+
+    rles: list[dict[str, Any]]
+    boxes: np.ndarray
+    category_ids: np.ndarray
+    annotation_ids: np.ndarray
+    crowd_boxes: np.ndarray
+
+
+class ImageError(Exception):
+    """An image that cannot be used; `reason` is one of the image-level skip reasons."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def load_coco_split(ann_file: str | Path) -> CocoSplit:
+    """Parse a COCO instances json; entry-level problems become `Skip`s.
+
+    A file that is not valid JSON or lacks `images` / `annotations` / `categories` raises
+    `ValueError` (that is not a bad record but a wrong input).
+    """
+    with open(ann_file) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or not all(
+        isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise ValueError(f"{ann_file}: not a COCO instances file (needs lists 'images', "
+                         "'annotations', 'categories')")  # fmt: skip
+    categories = validate_categories(doc["categories"], str(ann_file))
+    cat_ids = {c["id"] for c in categories}
+    skipped: list[Skip] = []
+    records: dict[int, ImageRecord] = {}
+    for entry in doc["images"]:
+        image_id = entry.get("id") if isinstance(entry, dict) else None
+        file_name = entry.get("file_name") if isinstance(entry, dict) else None
+        if not _is_int(image_id) or not isinstance(file_name, str) or not file_name:
+            skipped.append(Skip("invalid_image_entry", detail=repr(entry)[:200]))
+            continue
+        if image_id in records:
+            skipped.append(Skip("duplicate_image_id", image_id, file_name=file_name))
+            continue
+        h, w = entry.get("height"), entry.get("width")
+        records[image_id] = ImageRecord(
+            image_id, file_name, h if _is_int(h) else None, w if _is_int(w) else None
+        )
+    for ann in doc["annotations"]:
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            skipped.append(Skip("invalid_annotation_entry", detail=repr(ann)[:200]))
+            continue
+        image_id, ann_id = ann.get("image_id"), ann["id"]
+        if not _is_int(image_id) or image_id not in records:
+            skipped.append(Skip("unknown_image", image_id if _is_int(image_id) else None, ann_id))
+        elif ann.get("category_id") not in cat_ids:
+            skipped.append(Skip("unknown_category", image_id, ann_id,
+                                detail=f"category_id={ann.get('category_id')!r}"))  # fmt: skip
+        else:
+            records[image_id].annotations.append(ann)
+    return CocoSplit(
+        records=[records[k] for k in sorted(records)],
+        categories=categories,
+        skipped=skipped,
+        num_images=len(doc["images"]),
+        num_annotations=len(doc["annotations"]),
+    )
+
+
+def validate_categories(categories: list[Any], where: str) -> list[dict[str, Any]]:
+    """Categories sorted by id; malformed or duplicate ids raise `ValueError`."""
+    seen: dict[int, str] = {}
+    for c in categories:
+        if (
+            not isinstance(c, dict)
+            or not _is_int(c.get("id"))
+            or not isinstance(c.get("name"), str)
+        ):
+            raise ValueError(f"{where}: malformed category {c!r} (needs int id and str name)")
+        if c["id"] in seen:
+            raise ValueError(f"{where}: duplicate category id {c['id']}")
+        seen[c["id"]] = c["name"]
+    return [{"id": k, "name": seen[k]} for k in sorted(seen)]
+
+
+def class_map(category_lists: list[list[dict[str, Any]]]) -> list[tuple[int, str]]:
+    """Union of the splits' categories, sorted by id -> [(category_id, name)], where contiguous
+    label `i + 1` is entry `i` (label 0 = background). Conflicting names raise `ValueError`."""
+    names: dict[int, str] = {}
+    for cats in category_lists:
+        for c in cats:
+            if names.setdefault(c["id"], c["name"]) != c["name"]:
+                raise ValueError(
+                    f"category {c['id']} is '{names[c['id']]}' in one split and "
+                    f"'{c['name']}' in another"
+                )
+    return [(k, names[k]) for k in sorted(names)]
+
+
+def load_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """Decode an image file -> (uint8 [H, W, 3], conversion reason or None).
+
+    Raises `ImageError("missing_image" | "corrupt_image")`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError("missing_image", str(path))
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError("corrupt_image", f"{path.name}: {e}") from None
+
+
+def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Instances, list[Skip]]:
+    """Validate and rasterise one image's annotations (RLE, not pixels) at `height x width`."""
+    rles, boxes, cats, ann_ids, crowd = [], [], [], [], []
+    skipped: list[Skip] = []
+    for ann in record.annotations:
+        try:
+            rle = _annotation_rle(ann, height, width)
+        except _BadAnnotation as e:
+            skipped.append(Skip(e.reason, record.image_id, ann["id"], record.file_name, e.detail))
+            continue
+        x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+        box = [x, y, x + w, y + h]
+        if ann.get("iscrowd"):
+            crowd.append(box)
+        else:
+            rles.append(rle)
+            boxes.append(box)
+            cats.append(int(ann["category_id"]))
+            ann_ids.append(int(ann["id"]))
+    return (
+        Instances(
+            rles=rles,
+            boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            category_ids=np.asarray(cats, dtype=np.int64),
+            annotation_ids=np.asarray(ann_ids, dtype=np.int64),
+            crowd_boxes=np.asarray(crowd, dtype=np.float64).reshape(-1, 4),
+        ),
+        skipped,
+    )
+
+
+def group_reasons(skips: list[Skip]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for s in skips:
+        counts[s.reason] += 1
+    return dict(sorted(counts.items()))
+
+
+class _BadAnnotation(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _annotation_rle(ann: dict[str, Any], h: int, w: int) -> dict[str, Any]:
+    """One annotation -> a single RLE at h x w, or `_BadAnnotation`."""
+    bbox = ann.get("bbox")
+    if bbox is not None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise _BadAnnotation("invalid_annotation_entry", f"bbox={bbox!r}")
+        bx, by, bw, bh = bbox
+        if bw <= 0 or bh <= 0:
+            raise _BadAnnotation("zero_area_box", f"bbox={bbox!r}")
+        if bx >= w or by >= h or bx + bw <= 0 or by + bh <= 0:
+            raise _BadAnnotation("box_outside_image", f"bbox={bbox!r} image={w}x{h}")
+    segm = ann.get("segmentation")
+    if segm is None:
+        raise _BadAnnotation("missing_segmentation")
+    if isinstance(segm, list):
+        if not segm or any(isinstance(p, list) and not p for p in segm):
+            raise _BadAnnotation("empty_polygon")
+        for poly in segm:
+            if not (isinstance(poly, list) and all(_is_number(v) for v in poly)):
+                raise _BadAnnotation("invalid_polygon", "not a list of numbers")
+            if len(poly) % 2 or len(poly) < 6:
+                raise _BadAnnotation("invalid_polygon", f"{len(poly)} coordinates")
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+    elif isinstance(segm, dict):
+        rle = _checked_rle(segm, h, w)
+    else:
+        raise _BadAnnotation("missing_segmentation", f"type {type(segm).__name__}")
+    if mask_utils.area(rle) == 0:
+        raise _BadAnnotation("empty_mask")
+    return rle
+
+
+def _checked_rle(segm: dict[str, Any], h: int, w: int) -> dict[str, Any]:
+    """Validate an RLE before pycocotools sees it (its C decoder trusts the counts)."""
+    size, counts = segm.get("size"), segm.get("counts")
+    if size != [h, w] and tuple(size or ()) != (h, w):
+        raise _BadAnnotation("invalid_rle", f"size {size!r} != image {[h, w]}")
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
+            raise _BadAnnotation("invalid_rle", "counts do not add up to height * width")
+        return mask_utils.frPyObjects(segm, h, w)
+    if isinstance(counts, (str, bytes)):
+        s = counts.decode() if isinstance(counts, bytes) else counts
+        decoded = _rle_string_counts(s)
+        if decoded is None or min(decoded, default=0) < 0 or sum(decoded) != h * w:
+            raise _BadAnnotation("invalid_rle", "compressed counts do not add up")
+        return {"size": [h, w], "counts": s.encode()}
+    raise _BadAnnotation("invalid_rle", f"counts of type {type(counts).__name__}")
+
+
+def _rle_string_counts(s: str) -> list[int] | None:
+    """Decode COCO's compressed RLE string (pycocotools `rleFrString`); None if malformed."""
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(s):
+                return None
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im), None
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        return np.asarray(im.convert("RGBA"))[..., :3].copy(), "alpha"
+    if mode == "CMYK":
+        return np.asarray(im.convert("RGB")), "cmyk"
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("RGB")), "grayscale"
+    if mode.startswith("I") or mode == "F":  # 16/32-bit or float grayscale -> 8 bit
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(255.0, float(a.max()))
+        g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2), "grayscale"
+    if mode == "P":
+        return np.asarray(im.convert("RGB")), "palette"
+    return np.asarray(im.convert("RGB")), "other_mode"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

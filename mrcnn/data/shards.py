@@ -1,0 +1,235 @@
+"""The shard format and its random-access reader, `ShardDataset`.
+
+A split folder (`data/shards/train/`) holds:
+
+    shard-000000.tar ...  plain POSIX (ustar) tars, WebDataset-style: one sample is three
+                          consecutive members sharing a key (the COCO image id, 12 digits)
+                              <key>.json           metadata, boxes, labels (below)
+                              <key>.png | .jpg     the resized, *unpadded* image
+                              <key>.minimasks.npy  uint8 [N, ceil(m*m/8)] bit-packed mini-masks
+    shard-000000.json     per-shard record written after the tar: its sha256 and size, the byte
+                          range of every member, the records it skipped, and the fingerprint of
+                          its inputs (what lets an interrupted build resume)
+    index.npy             int64 [num_samples, 8], the concatenated per-shard byte ranges
+                          (`INDEX_COLUMNS`), so `ds[i]` is three `pread`s and no tar parsing
+    manifest.json         counts, per-shard checksums, class map, the parameters used
+    report.json           every skipped or converted record, with its reason
+
+Why tar: it streams (sequential reads, any tool can list or extract it, the WebDataset loader
+reads it as is) and needs no dependency, while the index gives random access for `ds[i]`.
+
+Per-sample json: image_id, file_name, original_size (h, w), scale, window (y1, x1, y2, x2),
+boxes [[x1, y1, x2, y2], ...] in the padded frame, labels (1..K), category_ids,
+annotation_ids, crowd_boxes (padded frame), converted (reason or null).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from mrcnn.data.minimask import unpack_mini_masks
+
+FORMAT = "mrcnn-shards"
+FORMAT_VERSION = 1
+INDEX_COLUMNS = (
+    "shard", "image_id", "json_offset", "json_size", "image_offset", "image_size",
+    "masks_offset", "masks_size",
+)  # fmt: skip
+MANIFEST = "manifest.json"
+INDEX = "index.npy"
+REPORT = "report.json"
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:06d}.tar"
+
+
+@dataclass
+class Sample:
+    """One training / evaluation sample in the padded S x S frame.
+
+    image:          uint8 [S, S, 3] resized + zero-padded (bottom / right)
+    image_id:       source COCO image id
+    window:         (y1, x1, y2, x2) of the real image inside the padded frame
+    scale:          original -> padded frame factor
+    original_size:  (h, w) of the source image
+    boxes:          float32 [N, 4] xyxy in the padded frame (x2 / y2 exclusive)
+    labels:         int64 [N] contiguous labels 1..K
+    mini_masks:     bool [N, m, m] each mask cut to its box, resized to m x m
+    crowd_boxes:    float32 [C, 4] crowd regions (not targets), padded frame
+    file_name:      the source image file
+    """
+
+    image: np.ndarray
+    image_id: int
+    window: tuple[int, int, int, int]
+    scale: float
+    original_size: tuple[int, int]
+    boxes: np.ndarray
+    labels: np.ndarray
+    mini_masks: np.ndarray
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    file_name: str = ""
+
+
+def encode_masks(packed: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(packed, dtype=np.uint8), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
+    """Write `(name, data)` members into a deterministic ustar file (mtime 0, root owner)
+    -> the (offset, size) of each member's data."""
+    ranges = []
+    with (
+        open(path, "wb") as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tf,
+    ):
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            header = info.tobuf(tarfile.USTAR_FORMAT, tf.encoding, tf.errors)
+            ranges.append((tf.offset + len(header), len(data)))
+            tf.addfile(info, io.BytesIO(data))
+        tf.close()
+        f.flush()
+        os.fsync(f.fileno())
+    return ranges
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Random access to one split's shards: `len(ds)`, `ds[i] -> Sample`.
+
+    path: a split folder written by `pipeline.shards` (e.g. `data/shards/train`).
+    Attributes from the manifest: `image_size`, `mini_mask_shape`, `num_classes` (K + 1),
+    `class_names` (index 0 = "background"), `manifest` (the whole json).
+
+    Reads are `os.pread` on file descriptors opened lazily per process, so one instance can be
+    shared by DataLoader workers (forked or spawned).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.root = Path(path)
+        manifest_path = self.root / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"no {MANIFEST} in {self.root}: pass a finished split folder such as "
+                "data/shards/train (run `python -m pipeline.shards` first)"
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != 1:
+            raise ValueError(f"{manifest_path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+        self.index = np.load(self.root / INDEX)
+        self.shard_files = [self.root / s["file"] for s in self.manifest["shards"]]
+        self.image_size = int(self.manifest["image_size"])
+        self.mini_mask_shape = int(self.manifest["mini_mask_shape"])
+        self.num_classes = int(self.manifest["num_classes"])
+        self.class_names = list(self.manifest["class_names"])
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def __getitem__(self, i: int) -> Sample:
+        meta, image_bytes, masks_bytes = self.read_raw(i)
+        return self.decode(meta, image_bytes, masks_bytes)
+
+    def read_meta(self, i: int) -> dict[str, Any]:
+        """Only the sample's json (no image decoding): cheap, e.g. for statistics."""
+        row = self._row(i)
+        return json.loads(self._pread(int(row[0]), int(row[2]), int(row[3])))
+
+    def read_raw(self, i: int) -> tuple[dict[str, Any], bytearray, bytearray]:
+        """(metadata, encoded image, .npy mini-masks) of sample `i`, undecoded."""
+        row = self._row(i)
+        shard = int(row[0])
+        meta = json.loads(self._pread(shard, int(row[2]), int(row[3])))
+        return (
+            meta,
+            self._pread(shard, int(row[4]), int(row[5])),
+            self._pread(shard, int(row[6]), int(row[7])),
+        )
+
+    def decode(self, meta: dict[str, Any], image_bytes: bytearray, masks_bytes: bytes) -> Sample:
+        s = self.image_size
+        data = torch.frombuffer(image_bytes, dtype=torch.uint8)
+        chw = decode_image(data, mode=ImageReadMode.RGB)  # [3, h', w'] (torchvision: fast)
+        y1, x1, y2, x2 = meta["window"]
+        if chw.shape[1:] != (y2 - y1, x2 - x1):
+            raise ValueError(f"image {meta['image_id']}: decoded {tuple(chw.shape[1:])} "
+                             f"!= window {meta['window']}")  # fmt: skip
+        # numpy, not torch, for the copies: tiny torch ops go multi-threaded (OpenMP) and stall
+        # when the training step holds the other cores.
+        padded = np.zeros((3, s, s), dtype=np.uint8)
+        padded[:, y1:y2, x1:x2] = chw.numpy()
+        packed = np.load(io.BytesIO(masks_bytes), allow_pickle=False)
+        mini = unpack_mini_masks(packed, self.mini_mask_shape).view(bool)
+        n = len(meta["labels"])
+        return Sample(
+            # A [S, S, 3] view of the CHW buffer: collate stacks it back to CHW with no copy.
+            image=padded.transpose(1, 2, 0),
+            image_id=int(meta["image_id"]),
+            window=(y1, x1, y2, x2),
+            scale=float(meta["scale"]),
+            original_size=(int(meta["original_size"][0]), int(meta["original_size"][1])),
+            boxes=np.asarray(meta["boxes"], dtype=np.float32).reshape(n, 4),
+            labels=np.asarray(meta["labels"], dtype=np.int64),
+            mini_masks=mini.reshape(n, self.mini_mask_shape, self.mini_mask_shape),
+            crowd_boxes=np.asarray(meta.get("crowd_boxes", []), np.float32).reshape(-1, 4),
+            file_name=meta.get("file_name", ""),
+        )
+
+    def _row(self, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        return self.index[i]
+
+    def _pread(self, shard: int, offset: int, size: int) -> bytearray:
+        buf = bytearray(size)
+        got = os.preadv(self._fd(shard), [buf], offset)
+        if got != size:
+            raise OSError(f"{self.shard_files[shard]}: short read at {offset} ({got}/{size})")
+        return buf
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are shared
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.shard_files[shard], os.O_RDONLY)
+        return fd
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds = {}
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()

@@ -1,0 +1,466 @@
+"""Building shards: COCO records -> resized images, boxes, labels, mini-masks -> tar shards.
+
+`build_split` plans fixed groups of `samples_per_shard` source images (in image-id order, so the
+plan and every byte of output are the same for the same inputs), builds each group in a process
+pool, then writes `index.npy`, `report.json` and `manifest.json` (see `mrcnn.data.shards`).
+
+Per image (`prepare_example`):
+  1. decode (converting grayscale / CMYK / alpha to RGB, noting it), check its size;
+  2. rasterise the annotations to RLE and take the boxes from the masks (`mrcnn.data.coco`);
+  3. resize with the same function `MaskRCNN.detect` uses (`mrcnn.data.resize`), and scale the
+     boxes: a box in the padded frame is the original box times `scale`;
+  4. mini-masks: each mask cut to its box in the *original* frame and resized to m x m
+     (`make_mini_masks`), so the mask is resampled once; it covers the box exactly in both
+     frames, since the resize is a pure scaling.
+
+Crash safety: each shard is written to a temporary name, fsynced and renamed, and only then is
+its `.json` record written (atomically). A shard counts as done only if its record exists, its
+fingerprint (options + class map + the records and the sizes of their image files) matches and
+the tar's size and sha256 match the record. A re-run skips done shards and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from mrcnn.data import shards as fmt
+from mrcnn.data.coco import (
+    ImageError,
+    ImageRecord,
+    Skip,
+    decode_instances,
+    group_reasons,
+    load_rgb,
+)
+from mrcnn.data.minimask import make_mini_masks, pack_mini_masks
+from mrcnn.data.resize import compute_scale, resize_image, resized_shape
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How to build shards (`params.yaml` section `shards`, minus the process count)."""
+
+    image_size: int = 1024
+    resize_mode: str = "square"
+    min_size: int = 800
+    mini_mask_shape: int = 56
+    image_format: str = "auto"  # auto (PNG for PNG sources, else JPEG) | png | jpeg
+    jpeg_quality: int = 95
+    samples_per_shard: int = 256
+    keep_negatives: bool = False
+    min_box_size: float = 1.0
+
+
+@dataclass
+class Example:
+    """One encoded sample, ready for a tar: its members and what the report counts."""
+
+    key: str
+    members: list[tuple[str, bytes]]
+    labels: list[int]
+    num_crowd: int
+    converted: str | None
+
+
+@dataclass
+class ShardTask:
+    index: int
+    out_dir: str
+    image_dir: str
+    records: list[ImageRecord]
+    labels_by_category: dict[int, int]
+    options: ShardOptions
+    fingerprint: str
+
+
+def prepare_example(
+    record: ImageRecord,
+    image_dir: Path,
+    labels_by_category: dict[int, int],
+    options: ShardOptions,
+) -> tuple[Example | None, list[Skip]]:
+    """One source image -> an `Example` (None if the image is skipped) and its skips."""
+    path = Path(image_dir) / record.file_name
+    try:
+        image, converted = load_rgb(path)
+    except ImageError as e:
+        return None, [Skip(e.reason, record.image_id, file_name=record.file_name, detail=e.detail)]
+    h, w = image.shape[:2]
+    if (record.height, record.width) != (None, None) and (record.height, record.width) != (h, w):
+        detail = f"entry says {record.height}x{record.width}, file is {h}x{w}"
+        return None, [Skip("image_size_mismatch", record.image_id, None, record.file_name, detail)]
+    inst, skips = decode_instances(record, h, w)
+
+    s = options.image_size
+    scale = compute_scale(h, w, s, options.resize_mode, options.min_size)
+    nh, nw = resized_shape(h, w, scale, s)
+    boxes = _clip(inst.boxes * scale, nh, nw)
+    wide = boxes[:, 2] - boxes[:, 0]
+    tall = boxes[:, 3] - boxes[:, 1]
+    keep = (wide >= max(options.min_box_size, 1e-3)) & (tall >= max(options.min_box_size, 1e-3))
+    for i in np.flatnonzero(~keep):
+        skips.append(Skip("box_too_small", record.image_id, int(inst.annotation_ids[i]),
+                          record.file_name, f"{wide[i]:.2f}x{tall[i]:.2f} px"))  # fmt: skip
+    kept = np.flatnonzero(keep)
+    if len(kept) == 0 and not options.keep_negatives:
+        reason = "no_annotations" if not record.annotations else "no_valid_annotations"
+        return None, [*skips, Skip(reason, record.image_id, file_name=record.file_name)]
+
+    mini = _mini_masks(inst.rles, inst.boxes, kept, options.mini_mask_shape)
+    labels = [labels_by_category[int(c)] for c in inst.category_ids[kept]]
+    resized = resize_image(image, nh, nw)
+    ext, image_bytes = _encode_image(resized, path, options)
+    key = f"{record.image_id:012d}"
+    meta = {
+        "image_id": record.image_id,
+        "file_name": record.file_name,
+        "original_size": [h, w],
+        "scale": scale,
+        "window": [0, 0, nh, nw],
+        "boxes": boxes[kept].tolist(),
+        "labels": labels,
+        "category_ids": inst.category_ids[kept].tolist(),
+        "annotation_ids": inst.annotation_ids[kept].tolist(),
+        "crowd_boxes": _clip(inst.crowd_boxes * scale, nh, nw).tolist(),
+        "converted": converted,
+    }
+    members = [
+        (f"{key}.json", json.dumps(meta, separators=(",", ":")).encode()),
+        (f"{key}.{ext}", image_bytes),
+        (f"{key}.minimasks.npy", fmt.encode_masks(pack_mini_masks(mini))),
+    ]
+    return Example(key, members, labels, len(inst.crowd_boxes), converted), skips
+
+
+def build_shard(task: ShardTask) -> dict[str, Any]:
+    """Build one shard (tar + its json record) atomically -> the record."""
+    out_dir = Path(task.out_dir)
+    name = fmt.shard_name(task.index)
+    members: list[tuple[str, bytes]] = []
+    samples: list[dict[str, Any]] = []
+    skipped: list[Skip] = []
+    converted: list[dict[str, Any]] = []
+    labels: Counter[int] = Counter()
+    crowd = negatives = 0
+    for record in task.records:
+        example, skips = prepare_example(
+            record, Path(task.image_dir), task.labels_by_category, task.options
+        )
+        skipped.extend(skips)
+        if example is None:
+            continue
+        samples.append({"key": example.key, "image_id": record.image_id, "first": len(members)})
+        members.extend(example.members)
+        labels.update(example.labels)
+        crowd += example.num_crowd
+        negatives += not example.labels
+        if example.converted:
+            converted.append({"reason": example.converted, "image_id": record.image_id,
+                              "file_name": record.file_name})  # fmt: skip
+    tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+    ranges = fmt.write_tar(tmp, members)
+    for sample in samples:
+        first = sample.pop("first")
+        sample["members"] = [list(ranges[first + k]) for k in range(3)]
+    result = {
+        "file": name,
+        "fingerprint": task.fingerprint,
+        "bytes": tmp.stat().st_size,
+        "sha256": _sha256(tmp),
+        "samples": samples,
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "crowd": crowd,
+        "negatives": negatives,
+        "skipped": [s.to_dict() for s in skipped],
+        "converted": converted,
+    }
+    os.replace(tmp, out_dir / name)
+    _write_json_atomic(out_dir / _record_name(task.index), result)
+    return result
+
+
+def build_split(
+    records: list[ImageRecord],
+    image_dir: Path,
+    out_dir: Path,
+    classes: list[tuple[int, str]],
+    options: ShardOptions,
+    *,
+    source_skipped: list[Skip] = (),
+    source_counts: dict[str, int] | None = None,
+    num_workers: int = 0,
+    extra_manifest: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build (or resume) one split's shards into `out_dir` -> the manifest.
+
+    records:  the split's images (any order; they are sorted by image id)
+    classes:  [(category_id, name)]; contiguous label i + 1 is entry i
+    source_skipped: records already rejected while parsing the annotation file (reported)
+    num_workers: processes (0 = all cores, 1 = this process)
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp*"):  # leftovers of an interrupted run
+        stale.unlink()
+    labels_by_category = {cat: i + 1 for i, (cat, _) in enumerate(classes)}
+    records = sorted(records, key=lambda r: r.image_id)
+    groups = [
+        records[i : i + options.samples_per_shard]
+        for i in range(0, len(records), options.samples_per_shard)
+    ]
+    tasks = [
+        ShardTask(k, str(out_dir), str(image_dir), group, labels_by_category, options,
+                  _fingerprint(group, Path(image_dir), labels_by_category, options))
+        for k, group in enumerate(groups)
+    ]  # fmt: skip
+    _remove_unplanned(out_dir, len(tasks))
+    results: dict[int, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        done = _finished_record(out_dir, task)
+        if done is None:
+            todo.append(task)
+        else:
+            results[task.index] = done
+    if results:
+        logger.info(
+            "%s: %d of %d shards already built, resuming", out_dir, len(results), len(tasks)
+        )
+    workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
+    bar = tqdm(total=len(records), initial=len(records) - sum(len(t.records) for t in todo),
+               desc=f"shards {out_dir.name}", unit="img")  # fmt: skip
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # like a pool worker: one core
+        try:
+            for task in todo:
+                results[task.index] = build_shard(task)
+                bar.update(len(task.records))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fork after torch threads may deadlock
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            futures = {pool.submit(build_shard, t): t for t in todo}
+            for fut in cf.as_completed(futures):
+                task = futures[fut]
+                results[task.index] = fut.result()
+                bar.update(len(task.records))
+    bar.close()
+    manifest = _finish(out_dir, [results[t.index] for t in tasks], classes, options,
+                       list(source_skipped), source_counts or {}, extra_manifest or {})  # fmt: skip
+    seconds = time.perf_counter() - t0
+    logger.info("%s: %d samples in %d shards (%.1fs)", out_dir, manifest["counts"]["images"],
+                len(tasks), seconds)  # fmt: skip
+    return manifest
+
+
+def _finish(
+    out_dir: Path,
+    shard_records: list[dict[str, Any]],
+    classes: list[tuple[int, str]],
+    options: ShardOptions,
+    source_skipped: list[Skip],
+    source_counts: dict[str, int],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Aggregate the per-shard records into index.npy, report.json and manifest.json."""
+    rows = []
+    for k, rec in enumerate(shard_records):
+        for s in rec["samples"]:
+            (jo, js), (io_, is_), (mo, ms) = s["members"]
+            rows.append([k, s["image_id"], jo, js, io_, is_, mo, ms])
+    index = np.asarray(rows, dtype=np.int64).reshape(-1, len(fmt.INDEX_COLUMNS))
+    tmp = out_dir / f".{fmt.INDEX}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, index)
+    os.replace(tmp, out_dir / fmt.INDEX)
+
+    skipped = [s.to_dict() for s in source_skipped]
+    skipped += [s for rec in shard_records for s in rec["skipped"]]
+    image_level = {"invalid_image_entry", "duplicate_image_id", "missing_image", "corrupt_image",
+                   "image_size_mismatch", "no_annotations", "no_valid_annotations"}  # fmt: skip
+    skip_objs = [Skip(**s) for s in skipped]
+    converted = [c for rec in shard_records for c in rec["converted"]]
+    report = {
+        "skipped_images": group_reasons([s for s in skip_objs if s.reason in image_level]),
+        "skipped_annotations": group_reasons([s for s in skip_objs if s.reason not in image_level]),
+        "converted_images": dict(sorted(Counter(c["reason"] for c in converted).items())),
+        "crowd_annotations": sum(rec["crowd"] for rec in shard_records),
+        "negatives_kept": sum(rec["negatives"] for rec in shard_records),
+        "skipped": skipped,
+        "converted": converted,
+    }
+    _write_json_atomic(out_dir / fmt.REPORT, report)
+
+    per_label: Counter[int] = Counter()
+    for rec in shard_records:
+        per_label.update({int(k): v for k, v in rec["labels"].items()})
+    names = ["background"] + [name for _, name in classes]
+    manifest = {
+        "format": fmt.FORMAT,
+        "format_version": fmt.FORMAT_VERSION,
+        "split": out_dir.name,
+        "image_size": options.image_size,
+        "resize_mode": options.resize_mode,
+        "mini_mask_shape": options.mini_mask_shape,
+        "num_classes": len(names),
+        "class_names": names,
+        "class_map": {
+            str(i + 1): {"category_id": cat, "name": name} for i, (cat, name) in enumerate(classes)
+        },
+        "counts": {
+            "images": int(index.shape[0]),
+            "instances": sum(per_label.values()),
+            "instances_per_class": {names[k]: per_label.get(k, 0) for k in range(1, len(names))},
+            "negatives": report["negatives_kept"],
+            "crowd": report["crowd_annotations"],
+            "skipped_images": sum(report["skipped_images"].values()),
+            "skipped_annotations": sum(report["skipped_annotations"].values()),
+            "converted_images": len(converted),
+            "shards": len(shard_records),
+            **{f"source_{k}": v for k, v in source_counts.items()},
+        },
+        "index": {
+            "file": fmt.INDEX,
+            "columns": list(fmt.INDEX_COLUMNS),
+            "sha256": _sha256(out_dir / fmt.INDEX),
+        },  # fmt: skip
+        "shards": [
+            {
+                "file": r["file"],
+                "samples": len(r["samples"]),
+                "bytes": r["bytes"],
+                "sha256": r["sha256"],
+            }
+            for r in shard_records
+        ],  # fmt: skip
+        "report": fmt.REPORT,
+        "params": dataclasses.asdict(options),
+        **extra,
+    }
+    _write_json_atomic(out_dir / fmt.MANIFEST, manifest)
+    return manifest
+
+
+def _mini_masks(
+    rles: list[dict[str, Any]], boxes: np.ndarray, kept: np.ndarray, m: int
+) -> np.ndarray:
+    """uint8 [len(kept), m, m]: each kept mask cut to its (original-frame) box, resized."""
+    out = np.zeros((len(kept), m, m), dtype=np.uint8)
+    for j, i in enumerate(kept):
+        x1, y1, x2, y2 = (int(v) for v in boxes[i])  # tight integer boxes from toBbox
+        full = mask_utils.decode(rles[i])  # uint8 [H, W] (Fortran order)
+        crop = np.ascontiguousarray(full[y1:y2, x1:x2])[None]  # [1, h, w]
+        local = np.array([[0, 0, x2 - x1, y2 - y1]], dtype=np.float32)
+        out[j] = make_mini_masks(crop.astype(bool), local, m)[0]
+    return out
+
+
+def _encode_image(image: np.ndarray, source: Path, options: ShardOptions) -> tuple[str, bytes]:
+    fmt_name = options.image_format
+    if fmt_name == "auto":
+        fmt_name = "png" if source.suffix.lower() == ".png" else "jpeg"
+    buf = io.BytesIO()
+    if fmt_name == "png":
+        Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+        return "png", buf.getvalue()
+    Image.fromarray(image).save(buf, format="JPEG", quality=options.jpeg_quality)
+    return "jpg", buf.getvalue()
+
+
+def _clip(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+    boxes = boxes.astype(np.float64, copy=True).reshape(-1, 4)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return boxes
+
+
+def _fingerprint(
+    records: list[ImageRecord],
+    image_dir: Path,
+    labels_by_category: dict[int, int],
+    options: ShardOptions,
+) -> str:
+    """sha256 of everything a shard's bytes depend on (file sizes stand in for pixels)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([fmt.FORMAT_VERSION, dataclasses.asdict(options),
+                         sorted(labels_by_category.items())]).encode())  # fmt: skip
+    for r in records:
+        path = image_dir / r.file_name
+        size = path.stat().st_size if path.is_file() else -1
+        h.update(json.dumps([dataclasses.asdict(r), size], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _record_name(index: int) -> str:
+    return fmt.shard_name(index).replace(".tar", ".json")
+
+
+def _finished_record(out_dir: Path, task: ShardTask) -> dict[str, Any] | None:
+    """The shard's record if the shard is complete and built from the same inputs."""
+    rec_path = out_dir / _record_name(task.index)
+    tar_path = out_dir / fmt.shard_name(task.index)
+    try:
+        rec = json.loads(rec_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("fingerprint") != task.fingerprint or not tar_path.is_file():
+        return None
+    if tar_path.stat().st_size != rec.get("bytes") or _sha256(tar_path) != rec.get("sha256"):
+        logger.warning("%s does not match its record; rebuilding it", tar_path)
+        return None
+    return rec
+
+
+def _remove_unplanned(out_dir: Path, num_shards: int) -> None:
+    """Drop shards (and records) beyond the plan, e.g. from an earlier, larger build."""
+    for path in list(out_dir.glob("shard-*.tar")) + list(out_dir.glob("shard-*.json")):
+        try:
+            k = int(path.stem.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if k >= num_shards:
+            path.unlink()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe

@@ -1,0 +1,222 @@
+"""`params.yaml` -> typed, validated sections: one dataclass per stage section.
+
+    >>> load_section("params.yaml", "shards", ShardsParams).image_size
+    128
+
+Each section is a dataclass whose fields are the section's keys, with defaults, and a
+`validate()` that raises `ValueError` naming the key. `load_section` reads one section, rejects
+unknown keys (`ValueError: unknown params key 'data.sorce' ...`), checks types and runs
+`validate()`. A missing section or key keeps its default. A field may itself be a dataclass
+(a nested mapping in the YAML, e.g. `data.shapes`).
+
+To add a section: write its dataclass below and call `load_section(path, "name", NameParams)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mrcnn.config import RESIZE_MODES
+from mrcnn.data.shapes import ShapesSpec
+
+T = TypeVar("T")
+
+DATA_SOURCES = ("shapes", "coco", "local")
+SPLITS = ("train", "val")
+IMAGE_FORMATS = ("auto", "png", "jpeg")
+
+
+def check(ok: bool, key: str, why: str) -> None:
+    """Raise `ValueError("params key 'key' why")` unless `ok` (the section prefix is added by
+    `load_section`)."""
+    if not ok:
+        raise ValueError(f"params key '{key}' {why}")
+
+
+@dataclass
+class DataParams:
+    """`data`: where the raw COCO-layout dataset comes from (`pipeline.download`)."""
+
+    source: str = "shapes"  # shapes | coco | local
+    local_dir: str = ""  # source=local: a folder in the layout `download` writes
+    splits: tuple[str, ...] = SPLITS
+    # source=coco: the official server; tests point it at a local http.server.
+    coco_base_url: str = "http://images.cocodataset.org"
+    keep_archives: bool = True  # source=coco: keep the zips (in data/downloads/) after extracting
+    shapes: ShapesSpec = field(default_factory=ShapesSpec)
+
+    def validate(self) -> None:
+        check(self.source in DATA_SOURCES, "source", f"must be one of {DATA_SOURCES}")
+        check(self.source != "local" or bool(self.local_dir), "local_dir",
+              "must name a COCO-layout folder when source is 'local'")  # fmt: skip
+        check(len(self.splits) > 0 and set(self.splits) <= set(SPLITS), "splits",
+              f"must be a non-empty subset of {SPLITS}")  # fmt: skip
+        check(self.coco_base_url.startswith(("http://", "https://")), "coco_base_url",
+              "must be an http(s) URL")  # fmt: skip
+        try:
+            self.shapes.validate()
+        except ValueError as e:
+            raise ValueError(_prefixed(str(e), "shapes.")) from None
+
+
+@dataclass
+class ShardsParams:
+    """`shards`: resize/pad, mini-masks and the shard files (`pipeline.shards`).
+
+    The library default image_size is 1024 (COCO); params.yaml sets 128 for shapes.
+    """
+
+    image_size: int = 1024
+    resize_mode: str = "square"  # square | pad64 | short_side
+    min_size: int = 800  # short_side mode only
+    mini_mask_shape: int = 56  # side m of the m x m mini-masks
+    # Encoding of the resized image: auto = PNG for PNG sources (exact), JPEG for the rest.
+    image_format: str = "auto"
+    jpeg_quality: int = 95
+    samples_per_shard: int = 256
+    # Images without a usable instance: kept as negatives (val keeps them so that evaluation
+    # sees every image) or reported as skipped.
+    keep_negatives_train: bool = False
+    keep_negatives_val: bool = True
+    # Instances whose box in the padded frame is narrower or shorter than this are reported.
+    min_box_size: float = 1.0
+    num_workers: int = 0  # processes; 0 = all cores
+
+    def validate(self) -> None:
+        check(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
+              "must be a multiple of 32 (the FPN's coarsest stride), >= 32")  # fmt: skip
+        check(self.resize_mode in RESIZE_MODES, "resize_mode", f"must be one of {RESIZE_MODES}")
+        check(self.min_size > 0, "min_size", "must be > 0")
+        check(4 <= self.mini_mask_shape <= 256, "mini_mask_shape", "must be in 4..256")
+        check(self.image_format in IMAGE_FORMATS, "image_format",
+              f"must be one of {IMAGE_FORMATS}")  # fmt: skip
+        check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
+        check(self.samples_per_shard >= 1, "samples_per_shard", "must be >= 1")
+        check(self.min_box_size >= 0, "min_box_size", "must be >= 0")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = all cores)")
+
+
+@dataclass
+class InspectParams:
+    """`inspect`: the data / anchor / mini-mask pictures (`pipeline.inspect`)."""
+
+    split: str = "train"
+    num_samples: int = 6
+    seed: int = 0
+    # One anchor size per level P2..P6; empty = image_size / 16 * (1, 2, 4, 8, 16).
+    anchor_sizes: tuple[float, ...] = ()
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    positive_iou: float = 0.7
+    negative_iou: float = 0.3
+    anchors_per_level: int = 6
+
+    def validate(self) -> None:
+        check(self.split in SPLITS, "split", f"must be one of {SPLITS}")
+        check(1 <= self.num_samples <= 64, "num_samples", "must be in 1..64")
+        check(len(self.anchor_sizes) in (0, 5), "anchor_sizes",
+              "needs one size per level P2..P6 (5 values) or none")  # fmt: skip
+        check(all(s > 0 for s in self.anchor_sizes), "anchor_sizes", "must be > 0")
+        check(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios),
+              "anchor_ratios", "must be > 0")  # fmt: skip
+        check(0 <= self.negative_iou <= self.positive_iou <= 1, "positive_iou",
+              "needs 0 <= negative_iou <= positive_iou <= 1")  # fmt: skip
+        check(self.anchors_per_level >= 1, "anchors_per_level", "must be >= 1")
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """The whole YAML file as a dict (empty for an empty file)."""
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
+    return doc
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    """Read `section` of the YAML file at `path` into the dataclass `cls` (validated)."""
+    return from_dict(cls, load_params(path).get(section) or {}, section)
+
+
+def from_dict(cls: type[T], d: Any, section: str) -> T:
+    """Build and validate `cls` from a mapping; errors name `section.key`."""
+    prefix = f"{section}."
+    if not isinstance(d, dict):
+        raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(
+            f"unknown params key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in d.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value if value is not None else {}, prefix + name)
+        else:
+            kwargs[name] = _coerce(hint, value, prefix + name)
+    obj = cls(**kwargs)
+    try:
+        obj.validate()
+    except ValueError as e:
+        raise ValueError(_prefixed(str(e), prefix)) from None
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A section as a plain, JSON/YAML-safe dict (tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(obj))
+
+
+def _prefixed(msg: str, prefix: str) -> str:
+    """ "params key 'k' ..." or "config key 'k' ..." -> "params key '<prefix>k' ..."."""
+    for head in ("params key '", "config key '"):
+        if msg.startswith(head):
+            return f"params key '{prefix}{msg[len(head) :]}"
+    return msg
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check a value against a field's type; ints pass for floats, lists for tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"params key '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(typing.get_args(hint)[0], v, key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported params type for {key}: {hint}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"params key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"params key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"params key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"params key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params type for {key}: {hint}")
