@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import logging
-import re
 import shutil
 import tempfile
 import warnings
@@ -34,11 +33,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.params import ExportParams, MlflowParams, load_section
 from pipeline.tracking import (
-    MlflowParams,
     check_tracking_uri,
     default_artifact_location,
-    load_section,
     project_root,
     redact,
     start_run,
@@ -54,27 +52,6 @@ PORTABLE_FILE = "backbone_rpn.onnx"
 PARAM_SECTIONS = ("shards", "model", "train")  # the params.yaml sections training used
 METRIC_TAG = "metrics."
 _REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pycocotools", "safetensors")
-
-
-@dataclass
-class ExportParams:
-    """`export` section of params.yaml."""
-
-    registered_model: str = "mrcnn-shapes"
-    portable: bool = True  # write + check the ONNX backbone/RPN file
-    champion_metric: str = "segm.AP"  # a key of metrics/eval.json; higher is better
-
-    def validate(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.registered_model):
-            raise ValueError(
-                "params key 'registered_model' must be letters, digits, '.', '_' or '-', "
-                f"got {self.registered_model!r}"
-            )
-        if not re.fullmatch(r"\w+(\.\w+)*", self.champion_metric):
-            raise ValueError(
-                f"params key 'champion_metric' must be a dotted key such as segm.AP, "
-                f"got {self.champion_metric!r}"
-            )
 
 
 @dataclass(frozen=True)

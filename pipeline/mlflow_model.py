@@ -61,8 +61,9 @@ class MaskRCNNModel(PythonModel):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = weights.load(context.artifacts["model"], device)
 
-    # No type hints here: MLflow would take them as the input schema (the signature is explicit).
-    def predict(self, context, model_input, params=None):
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if INPUT_COLUMN not in frame.columns:
             raise ValueError(

@@ -20,91 +20,29 @@ import os
 import re
 import socket
 import tempfile
-import typing
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import yaml
+
+from pipeline.params import MlflowParams
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# MLflow 3 accepts 6000 characters per param value; servers older than 2.x took 500. Values are
-# cut at 500 so the same params log to either.
+# MLflow 3.17 accepts 6000 characters per param value, older servers only 500; values are cut at
+# 500 so the same params log to either.
 MAX_PARAM_LENGTH = 500
 _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 
-@dataclass
-class MlflowParams:
-    """`mlflow` section of params.yaml."""
-
-    # sqlite:///relative.db is taken from the project root (the folder holding params.yaml);
-    # http(s)://host:port is a tracking server (see docs/mlflow.md for one on PostgreSQL).
-    tracking_uri: str = DEFAULT_TRACKING_URI
-    experiment: str = "mrcnn"
-    # Where new experiments keep artifacts: "" = <project>/mlartifacts/<experiment> for a local
-    # store, the server's default for an http store. A relative path is taken from the project.
-    artifact_location: str = ""
-
-    def validate(self) -> None:
-        if not self.tracking_uri.strip():
-            raise ValueError("params key 'tracking_uri' must not be empty")
-        if not self.experiment.strip():
-            raise ValueError("params key 'experiment' must not be empty")
-
-
-def load_section(path: str | Path, section: str, cls: type[T]) -> T:
-    """Read `section` of the YAML file at `path` into the dataclass `cls` (validated).
-
-    Unknown keys raise `ValueError("unknown params key 'section.key' ...")`; missing keys keep
-    their defaults. (Same contract as `pipeline.params.load_section` on the data branch; this
-    copy serves the mlflow / export / predict sections until they move there.)
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file {path} does not exist")
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
-    d = doc.get(section) or {}
-    if not isinstance(d, dict):
-        raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(
-            f"unknown params key '{section}.{unknown[0]}' (known: {', '.join(sorted(names))})"
-        )
-    for name, value in d.items():
-        if not _type_ok(hints[name], value):
-            raise ValueError(
-                f"params key '{section}.{name}' must be a {hints[name].__name__}, got {value!r}"
-            )
-    obj = cls(**{k: float(v) if hints[k] is float else v for k, v in d.items()})
-    try:
-        obj.validate()
-    except ValueError as e:
-        raise ValueError(str(e).replace("params key '", f"params key '{section}.", 1)) from None
-    return obj
-
-
-def _type_ok(hint: Any, value: Any) -> bool:
-    if isinstance(value, bool):
-        return hint is bool
-    if hint is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, hint)
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which and how to fix it."""
 
 
 def project_root(params_path: str | Path) -> Path:
@@ -206,10 +144,10 @@ def _check_http(uri: str, timeout_s: float) -> None:
                 break
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise RuntimeError(
+            raise TrackingError(
                 f"MLflow tracking server {redact(uri)} is not reachable ({reason}). {_FIX}"
             ) from None
-    raise RuntimeError(
+    raise TrackingError(
         f"{redact(uri)} does not answer as an MLflow tracking server ({last}). {_FIX}"
     )
 
@@ -217,9 +155,9 @@ def _check_http(uri: str, timeout_s: float) -> None:
 def _check_writable_file(path: Path, uri: str) -> None:
     if path.exists():
         if not path.is_file():
-            raise RuntimeError(f"tracking store {uri}: {path} exists but is not a file. {_FIX}")
+            raise TrackingError(f"tracking store {uri}: {path} exists but is not a file. {_FIX}")
         if not os.access(path, os.R_OK | os.W_OK):
-            raise RuntimeError(f"tracking store {uri}: {path} is not writable. {_FIX}")
+            raise TrackingError(f"tracking store {uri}: {path} is not writable. {_FIX}")
     _check_writable_dir(path.parent, uri, what="its folder ")
 
 
@@ -230,11 +168,11 @@ def _check_writable_dir(path: Path, uri: str, what: str = "") -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise RuntimeError(f"tracking store {uri}: {what}{probe} is not a folder. {_FIX}")
+        raise TrackingError(f"tracking store {uri}: {what}{probe} is not a folder. {_FIX}")
     if what and probe != path:
-        raise RuntimeError(f"tracking store {uri}: {what}{path} does not exist. {_FIX}")
+        raise TrackingError(f"tracking store {uri}: {what}{path} does not exist. {_FIX}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise RuntimeError(f"tracking store {uri}: {what}{probe} is not writable. {_FIX}")
+        raise TrackingError(f"tracking store {uri}: {what}{probe} is not writable. {_FIX}")
 
 
 def _check_tcp(uri: str, default_port: int, timeout_s: float) -> None:
@@ -247,7 +185,7 @@ def _check_tcp(uri: str, default_port: int, timeout_s: float) -> None:
         with socket.create_connection((host, port), timeout=timeout_s):
             return
     except OSError as e:
-        raise RuntimeError(
+        raise TrackingError(
             f"tracking database {redact(uri)} is not reachable at {host}:{port} ({e}). {_FIX}"
         ) from None
 
@@ -289,7 +227,7 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
-        raise RuntimeError(
+        raise TrackingError(
             f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore "
             f"--experiment-id {exp.experiment_id}`) or set mlflow.experiment in params.yaml"
         )
