@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -51,7 +52,16 @@ MODEL_ARTIFACT = "model"  # the key `MaskRCNNModel.load_context` reads
 PORTABLE_FILE = "backbone_rpn.onnx"
 PARAM_SECTIONS = ("shards", "model", "train")  # the params.yaml sections training used
 METRIC_TAG = "metrics."
-_REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "pycocotools", "safetensors")
+_REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pycocotools",
+    "safetensors",
+    "tqdm",
+)
 
 
 @dataclass(frozen=True)
@@ -119,11 +129,8 @@ def run(
         run_id = active.info.run_id
         into_training_run = run_id == train_run
         if not into_training_run:
-            log.warning(
-                "logging the model into a new run %s (training run %s not in the store)",
-                run_id,
-                train_run,
-            )
+            why = f"training run {train_run} is not in the store" if train_run else "no run id"
+            log.warning("logging the model into a new run %s (%s)", run_id, why)
         portable = None
         (paths.out_dir / PORTABLE_FILE).unlink(missing_ok=True)  # never leave a stale file
         if params.portable:
@@ -338,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     params = load_section(args.params, "export", ExportParams)
     uri = tracking_uri(args.params, mlflow_params.tracking_uri)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-thresh", type=float, help="overrides predict.score_thresh")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         params = _params(args.params, PredictParams, "predict")
         if args.score_thresh is not None:

@@ -85,9 +85,21 @@ def default_artifact_location(
             return loc
         return str((project_root(params_path) / loc).resolve())
     if uri.startswith(("sqlite:", "file:")):
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", params.experiment).strip("_") or "default"
-        return str(project_root(params_path) / "mlartifacts" / safe)
+        return str(project_root(params_path) / "mlartifacts" / _folder_name(params.experiment))
     return None
+
+
+def _folder_name(experiment: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "default"
+
+
+def _beside_database(uri: str, experiment: str) -> str | None:
+    """For an SQLite store: `mlartifacts/<experiment>` in the database's folder (the project
+    root with the default URI), rather than MLflow's `./mlruns` of the working directory."""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    if not path.startswith("/"):
+        return None
+    return str(Path(path).parent / "mlartifacts" / _folder_name(experiment))
 
 
 def redact(uri: str) -> str:
@@ -259,12 +271,15 @@ def start_run(
     """Set the tracking URI and experiment, then resume `run_id` if the store has it, else start
     a new run (named `run_name`). Yields the `mlflow.ActiveRun`; `tags` are set either way.
 
-    `artifact_location` applies only when the experiment is created here.
+    `artifact_location` applies only when the experiment is created here; by default (None) an
+    SQLite store keeps artifacts in `mlartifacts/<experiment>` beside the database, any other
+    store where its server decides.
     """
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    experiment_id = ensure_experiment(experiment, artifact_location)
+    location = artifact_location or _beside_database(uri, experiment)
+    experiment_id = ensure_experiment(experiment, location)
     if run_id and run_exists(run_id):
         ctx = mlflow.start_run(run_id=run_id, nested=nested)
         log.info("resuming MLflow run %s", run_id)

@@ -129,3 +129,11 @@ def test_start_run_resumes_an_existing_run_else_starts_one(tmp_path: Path) -> No
     assert [f.path for f in client.list_artifacts(first, "pictures")] == ["pictures/black.png"]
     exp = client.get_experiment_by_name("exp")
     assert exp.artifact_location.endswith("artifacts")
+
+
+def test_new_experiments_keep_artifacts_beside_the_database(tmp_path: Path) -> None:
+    uri = fresh_store(tmp_path / "proj")
+    with start_run(uri, "my exp") as run:
+        log_figure_png(np.zeros((4, 4, 3), np.uint8), "x.png")
+    expected = tmp_path / "proj" / "mlartifacts" / "my_exp" / run.info.run_id / "artifacts"
+    assert (expected / "x.png").is_file()
