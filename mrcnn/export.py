@@ -110,7 +110,8 @@ def check_onnx(
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - onnxruntime is in the `export` extra
         raise RuntimeError(
-            "checking the ONNX file needs onnxruntime: pip install -e '.[export]'"
+            "checking the ONNX file needs onnxruntime: pip install -e '.[export]' "
+            "(or set export.portable: false in params.yaml)"
         ) from e
     if images is None:
         rng = np.random.default_rng(0)

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import yaml
 
 from pipeline.params import ExportParams, MlflowParams, load_section
 from pipeline.tracking import (
+    TrackingError,
     check_tracking_uri,
     default_artifact_location,
     project_root,
@@ -268,15 +270,19 @@ def is_improvement(value: float, champion: float | None) -> bool:
     return champion is None or value > champion
 
 
+class ExportError(RuntimeError):
+    """Export cannot go on; the message says why and what to do."""
+
+
 def metric_value(evals: dict[str, Any], key: str, where: Path | str = "eval.json") -> float:
-    """`evals["segm"]["AP"]` for key "segm.AP"; raises naming the key when it is missing."""
+    """`evals["segm"]["AP"]` for key "segm.AP"; raises `ExportError` naming the key."""
     node: Any = evals
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"{where} has no '{key}' (export.champion_metric)")
+            raise ExportError(f"{where} has no '{key}' (export.champion_metric in params.yaml)")
         node = node[part]
     if isinstance(node, bool) or not isinstance(node, (int, float)):
-        raise ValueError(f"'{key}' in {where} is not a number: {node!r}")
+        raise ExportError(f"'{key}' in {where} is not a number: {node!r}")
     return float(node)
 
 
@@ -349,15 +355,19 @@ def main(argv: list[str] | None = None) -> None:
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     params = load_section(args.params, "export", ExportParams)
     uri = tracking_uri(args.params, mlflow_params.tracking_uri)
-    check_tracking_uri(uri)
     root = project_root(args.params)
-    run(
-        ExportPaths.under(root, params_file=Path(args.params).resolve()),
-        params,
-        tracking_uri=uri,
-        experiment=mlflow_params.experiment,
-        artifact_location=default_artifact_location(args.params, uri, mlflow_params),
-    )
+    try:
+        check_tracking_uri(uri)
+        run(
+            ExportPaths.under(root, params_file=Path(args.params).resolve()),
+            params,
+            tracking_uri=uri,
+            experiment=mlflow_params.experiment,
+            artifact_location=default_artifact_location(args.params, uri, mlflow_params),
+        )
+    except (ExportError, FileNotFoundError, TrackingError) as e:
+        log.error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

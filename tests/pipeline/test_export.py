@@ -181,6 +181,7 @@ def _save_pngs(images: list[np.ndarray], folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch + mlflow: ~20 s on 2 CPU cores
 def test_pyfunc_pulled_by_alias_gives_the_in_memory_detections(registry: dict, tmp_path: Path):
     """A fresh interpreter outside the repo (no PYTHONPATH): the model must bring its own code."""
     images = synthetic_images()
@@ -263,6 +264,12 @@ def test_predict_missing_alias_or_model_is_a_clear_error(
         _predict_cli(registry, "models:/nothing@champion", tmp_path)
     assert "no registered model 'nothing'" in caplog.text and NAME in caplog.text
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_export_with_a_metric_eval_json_lacks(tmp_path: Path) -> None:
+    with pytest.raises(export.ExportError, match="has no 'segm.APx'"):
+        export.metric_value({"segm": {"AP": 0.1}}, "segm.APx")
+    assert export.metric_value({"segm": {"AP": 0.25}}, "segm.AP") == 0.25
 
 
 def test_export_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
