@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ def run(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
     if not splits:
         raise FileNotFoundError(f"no annotations/instances_{{train,val}}.json under {raw_dir}; "
                                 "run `python -m pipeline.download` first")  # fmt: skip
+    for stale in sorted(set(SPLITS) - set(splits)):  # e.g. train from an earlier source
+        if (out_dir / stale).exists():
+            logger.warning("removing %s: %s has no %s split", out_dir / stale, raw_dir, stale)
+            shutil.rmtree(out_dir / stale)
     parsed = {s: load_coco_split(ann_files[s]) for s in splits}
     classes = class_map([parsed[s].categories for s in splits])
     summary: dict[str, Any] = {}

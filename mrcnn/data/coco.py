@@ -12,6 +12,7 @@ is dropped silently. Reasons:
         image_size_mismatch    decoded size differs from the entry's height / width
         no_annotations         no annotations at all (unless negatives are kept)
         no_valid_annotations   annotations, but none usable (unless negatives are kept)
+        unexpected_error       anything else that went wrong (logged with its traceback)
     annotation level (the instance is left out, the image stays)
         invalid_annotation_entry  not a mapping / no int id
         unknown_image          image_id not among the images
@@ -202,7 +203,8 @@ def load_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
     try:
         with Image.open(path) as im:
             im.load()
-            return _to_rgb(im)
+            image, converted = _to_rgb(im)
+        return np.require(image, requirements=["C", "W"]), converted  # torch wants writable
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError("corrupt_image", f"{path.name}: {e}") from None
 

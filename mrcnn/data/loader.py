@@ -86,9 +86,14 @@ def hflip_sample(sample: Sample, inplace: bool = False) -> Sample:
     exactly). Padding stays where it is.
     """
     y1, x1, y2, x2 = sample.window
-    image = sample.image if inplace else sample.image.copy()
-    region = image[y1:y2, x1:x2]  # a view
-    region[:] = region[:, ::-1].copy()
+    image = sample.image if inplace else sample.image.copy(order="K")  # keeps the layout
+    chw = image.transpose(2, 0, 1)
+    if chw.flags.c_contiguous:  # ShardDataset's CHW buffer: reversing rows is ~5x faster
+        region = chw[:, y1:y2, x1:x2]
+        region[:] = region[:, :, ::-1].copy()
+    else:
+        region = image[y1:y2, x1:x2]
+        region[:] = region[:, ::-1].copy()
     return replace(
         sample,
         image=image,

@@ -93,8 +93,8 @@ def expand_mini_masks(
 
 def pack_mini_masks(mini_masks: np.ndarray) -> np.ndarray:
     """uint8/bool [N, m, m] -> bit-packed uint8 [N, ceil(m*m/8)] (8x smaller on disk)."""
-    n = mini_masks.shape[0]
-    return np.packbits(mini_masks.reshape(n, -1).astype(bool), axis=1)
+    n, mh, mw = mini_masks.shape
+    return np.packbits(mini_masks.reshape(n, mh * mw).astype(bool), axis=1)
 
 
 def unpack_mini_masks(packed: np.ndarray, size: int) -> np.ndarray:

@@ -30,15 +30,22 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from mrcnn.data.minimask import unpack_mini_masks
+
+try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% faster than PIL
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as _tv_decode_image
+except ImportError:  # a torchvision without image decoders: Pillow does the job
+    _tv_decode_image = None
 
 FORMAT = "mrcnn-shards"
 FORMAT_VERSION = 1
@@ -59,7 +66,8 @@ def shard_name(i: int) -> str:
 class Sample:
     """One training / evaluation sample in the padded S x S frame.
 
-    image:          uint8 [S, S, 3] resized + zero-padded (bottom / right)
+    image:          uint8 [S, S, 3] resized + zero-padded (bottom / right); from ShardDataset
+                    a view of a channels-first buffer, so `collate` needs no transpose copy
     image_id:       source COCO image id
     window:         (y1, x1, y2, x2) of the real image inside the padded frame
     scale:          original -> padded frame factor
@@ -109,6 +117,19 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> list[tuple[int, i
         f.flush()
         os.fsync(f.fileno())
     return ranges
+
+
+def decode_chw(data: bytearray) -> np.ndarray:
+    """Encoded PNG / JPEG -> uint8 [3, h, w] (channels first, as the model takes it)."""
+    if _tv_decode_image is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tensor = _tv_decode_image(
+                torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB
+            )
+        return tensor.numpy()
+    with Image.open(io.BytesIO(data)) as im:
+        return np.stack([np.asarray(band) for band in im.convert("RGB").split()])
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -167,8 +188,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def decode(self, meta: dict[str, Any], image_bytes: bytearray, masks_bytes: bytes) -> Sample:
         s = self.image_size
-        data = torch.frombuffer(image_bytes, dtype=torch.uint8)
-        chw = decode_image(data, mode=ImageReadMode.RGB)  # [3, h', w'] (torchvision: fast)
+        chw = decode_chw(image_bytes)  # uint8 [3, h', w']
         y1, x1, y2, x2 = meta["window"]
         if chw.shape[1:] != (y2 - y1, x2 - x1):
             raise ValueError(f"image {meta['image_id']}: decoded {tuple(chw.shape[1:])} "
@@ -176,7 +196,7 @@ class ShardDataset(torch.utils.data.Dataset):
         # numpy, not torch, for the copies: tiny torch ops go multi-threaded (OpenMP) and stall
         # when the training step holds the other cores.
         padded = np.zeros((3, s, s), dtype=np.uint8)
-        padded[:, y1:y2, x1:x2] = chw.numpy()
+        padded[:, y1:y2, x1:x2] = chw
         packed = np.load(io.BytesIO(masks_bytes), allow_pickle=False)
         mini = unpack_mini_masks(packed, self.mini_mask_shape).view(bool)
         n = len(meta["labels"])

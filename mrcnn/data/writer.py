@@ -30,7 +30,9 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,9 +165,15 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
     labels: Counter[int] = Counter()
     crowd = negatives = 0
     for record in task.records:
-        example, skips = prepare_example(
-            record, Path(task.image_dir), task.labels_by_category, task.options
-        )
+        try:
+            example, skips = prepare_example(
+                record, Path(task.image_dir), task.labels_by_category, task.options
+            )
+        except Exception as e:  # a record nobody foresaw must not stop the build either
+            logger.exception("image %s: unexpected error", record.image_id)
+            detail = f"{type(e).__name__}: {e}"
+            example, skips = None, [Skip("unexpected_error", record.image_id, None,
+                                         record.file_name, detail)]  # fmt: skip
         skipped.extend(skips)
         if example is None:
             continue
@@ -206,7 +214,7 @@ def build_split(
     classes: list[tuple[int, str]],
     options: ShardOptions,
     *,
-    source_skipped: list[Skip] = (),
+    source_skipped: Sequence[Skip] = (),
     source_counts: dict[str, int] | None = None,
     num_workers: int = 0,
     extra_manifest: dict[str, Any] | None = None,
@@ -223,6 +231,8 @@ def build_split(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp*"):  # leftovers of an interrupted run
         stale.unlink()
+    for name in (fmt.MANIFEST, fmt.INDEX):  # until this build ends, the split is not readable
+        (out_dir / name).unlink(missing_ok=True)
     labels_by_category = {cat: i + 1 for i, (cat, _) in enumerate(classes)}
     records = sorted(records, key=lambda r: r.image_id)
     groups = [
@@ -260,7 +270,11 @@ def build_split(
         finally:
             torch.set_num_threads(threads)
     else:
-        ctx = multiprocessing.get_context("spawn")  # fork after torch threads may deadlock
+        # fork: workers start at once with everything imported (spawn re-imports torch, seconds
+        # per worker). Safe because each worker runs torch single-threaded (`_init_worker`), so
+        # it never enters the OpenMP pool it inherited; the DataLoader relies on the same.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             futures = {pool.submit(build_shard, t): t for t in todo}
             for fut in cf.as_completed(futures):
@@ -300,7 +314,8 @@ def _finish(
     skipped = [s.to_dict() for s in source_skipped]
     skipped += [s for rec in shard_records for s in rec["skipped"]]
     image_level = {"invalid_image_entry", "duplicate_image_id", "missing_image", "corrupt_image",
-                   "image_size_mismatch", "no_annotations", "no_valid_annotations"}  # fmt: skip
+                   "image_size_mismatch", "no_annotations", "no_valid_annotations",
+                   "unexpected_error"}  # fmt: skip
     skip_objs = [Skip(**s) for s in skipped]
     converted = [c for rec in shard_records for c in rec["converted"]]
     report = {
@@ -371,7 +386,9 @@ def _mini_masks(
     out = np.zeros((len(kept), m, m), dtype=np.uint8)
     for j, i in enumerate(kept):
         x1, y1, x2, y2 = (int(v) for v in boxes[i])  # tight integer boxes from toBbox
-        full = mask_utils.decode(rles[i])  # uint8 [H, W] (Fortran order)
+        with warnings.catch_warnings():  # pycocotools vs numpy 2: a harmless copy= warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            full = mask_utils.decode(rles[i])  # uint8 [H, W] (Fortran order)
         crop = np.ascontiguousarray(full[y1:y2, x1:x2])[None]  # [1, h, w]
         local = np.array([[0, 0, x2 - x1, y2 - y1]], dtype=np.float32)
         out[j] = make_mini_masks(crop.astype(bool), local, m)[0]
@@ -410,7 +427,8 @@ def _fingerprint(
     for r in records:
         path = image_dir / r.file_name
         size = path.stat().st_size if path.is_file() else -1
-        h.update(json.dumps([dataclasses.asdict(r), size], sort_keys=True).encode())
+        entry = [r.image_id, r.file_name, r.height, r.width, r.annotations, size]
+        h.update(json.dumps(entry, sort_keys=True).encode())
     return h.hexdigest()
 
 

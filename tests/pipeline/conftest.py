@@ -1,0 +1,85 @@
+"""A local HTTP server (127.0.0.1, random port) with Range support and scripted failures."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class ServerState:
+    root: Path
+    # path -> number of bytes after which the *first* GET of that path drops the connection
+    cut_first_request_at: dict[str, int] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    state: ServerState  # set on the subclass made per server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.lstrip("/")
+        rng = self.headers.get("Range")
+        first = all(p != path for p, _ in self.state.requests)
+        self.state.requests.append((path, rng))
+        file = self.state.root / path
+        if not file.is_file():
+            self.send_error(404)
+            return
+        data = file.read_bytes()
+        start = 0
+        if rng:
+            m = re.fullmatch(r"bytes=(\d+)-", rng)
+            if not m or int(m.group(1)) >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.end_headers()
+                return
+            start = int(m.group(1))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        cut = self.state.cut_first_request_at.get(path) if first else None
+        if cut is not None:
+            body = body[:cut]
+            self.close_connection = True
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.state.bytes_sent[path] = self.state.bytes_sent.get(path, 0) + len(body)
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+
+@dataclass
+class LocalServer:
+    url: str
+    state: ServerState
+
+
+@pytest.fixture()
+def http_server(tmp_path) -> Iterator[LocalServer]:
+    root = tmp_path / "served"
+    root.mkdir()
+    state = ServerState(root)
+    handler = type("Handler", (RangeHandler,), {"state": state})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield LocalServer(f"http://127.0.0.1:{server.server_address[1]}", state)
+    finally:
+        server.shutdown()
+        server.server_close()

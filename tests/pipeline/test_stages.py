@@ -1,0 +1,80 @@
+"""End to end on tiny data: download -> shards -> inspect through the stage CLIs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mrcnn.data import ShardDataset, TrainLoader
+from pipeline import download, inspect, shards
+from pipeline.inspect import label_anchors
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+PARAMS = """
+data:
+  source: shapes
+  shapes: {num_train: 12, num_val: 5, image_size: 96, min_size: 8, max_size: 20}
+shards:
+  image_size: 96
+  mini_mask_shape: 28
+  samples_per_shard: 5
+  num_workers: 2
+inspect:
+  num_samples: 4
+"""
+
+
+def test_stages_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    download.main([])
+    shards.main(["--params", "params.yaml"])
+    inspect.main([])
+    out = capsys.readouterr().out
+    assert '"images": 12' in out
+
+    for split, n in (("train", 12), ("val", 5)):
+        manifest = json.loads((tmp_path / "data/shards" / split / "manifest.json").read_text())
+        assert manifest["counts"]["images"] == n and manifest["counts"]["shards"] == -(-n // 5)
+        assert manifest["num_classes"] == 4
+        assert manifest["class_names"] == ["background", "square", "circle", "triangle"]
+        assert (manifest["image_size"], manifest["mini_mask_shape"]) == (96, 28)
+        assert manifest["resize_mode"] == "square"
+        assert manifest["params"]["num_workers"] == 2
+    ds = ShardDataset(tmp_path / "data/shards/train")
+    batch = next(iter(TrainLoader(ds, 4, seed=0, max_gt=10)))
+    assert batch.images.shape == (4, 3, 96, 96) and batch.gt_valid.any()
+
+    pictures = sorted(p.name for p in (tmp_path / "reports/inspect").glob("*.png"))
+    assert pictures == ["anchors.png", "anchors_per_level.png", "class_distribution.png",
+                        "mini_mask_round_trip.png", "samples.png"]  # fmt: skip
+    for name in pictures:
+        with Image.open(tmp_path / "reports/inspect" / name) as im:
+            assert im.size[0] > 100 and im.mode == "RGB"
+    summary = json.loads((tmp_path / "reports/inspect/summary.json").read_text())
+    assert summary["mini_mask"]["iou"] > 0.9
+    assert summary["anchors"]["positive"] >= 1
+
+    # a source without a train split: the old train shards must not outlive it
+    (tmp_path / "data/raw/shapes/annotations/instances_train.json").unlink()
+    shards.main([])
+    assert not (tmp_path / "data/shards/train").exists()
+    assert (tmp_path / "data/shards/val/manifest.json").is_file()
+
+
+def test_label_anchors_thresholds_and_best_anchor():
+    anchors = torch.tensor(
+        [[0, 0, 10, 10], [0, 0, 10, 12], [0, 0, 20, 20], [50, 50, 60, 60], [100, 100, 105, 140]],
+        dtype=torch.float32,
+    )
+    gt = torch.tensor([[0, 0, 10, 10], [100, 100, 130, 130]], dtype=torch.float32)
+    labels = label_anchors(anchors, gt, positive_iou=0.7, negative_iou=0.3)
+    # IoU with gt0: 1, 0.83, 0.25, 0; gt1's best anchor has IoU 150/1050 < 0.3 but is positive
+    assert labels.tolist() == [1, 1, 0, 0, 1]
+    assert label_anchors(anchors, torch.zeros((0, 4)), 0.7, 0.3).tolist() == [0] * 5
+    np.testing.assert_array_equal(labels.numpy().dtype, np.int8)
