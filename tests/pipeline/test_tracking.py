@@ -137,3 +137,33 @@ def test_new_experiments_keep_artifacts_beside_the_database(tmp_path: Path) -> N
         log_figure_png(np.zeros((4, 4, 3), np.uint8), "x.png")
     expected = tmp_path / "proj" / "mlartifacts" / "my_exp" / run.info.run_id / "artifacts"
     assert (expected / "x.png").is_file()
+
+
+def test_project_params_have_valid_mlflow_export_predict_sections() -> None:
+    from pipeline.params import ExportParams, PredictParams
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_section(root / "params.yaml", "mlflow", MlflowParams).experiment == "mrcnn"
+    assert load_section(root / "params.yaml", "export", ExportParams).champion_metric == "segm.AP"
+    assert load_section(root / "params.yaml", "predict", PredictParams).score_thresh < 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("export:\n  registered_model: 'a b'\n", "params key 'export.registered_model'"),
+        ("export:\n  champion_metric: 'segm AP'\n", "params key 'export.champion_metric'"),
+        ("export:\n  portable: yes please\n", "'export.portable' must be true or false"),
+        ("predict:\n  device: gpu\n", "params key 'predict.device'"),
+        ("predict:\n  batch_size: 0\n", "params key 'predict.batch_size'"),
+        ("predict:\n  thresh: 0.5\n", "unknown params key 'predict.thresh'"),
+    ],
+)
+def test_bad_export_and_predict_params_name_the_key(tmp_path: Path, text: str, message: str):
+    from pipeline.params import ExportParams, PredictParams
+
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    cls = ExportParams if text.startswith("export") else PredictParams
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        load_section(p, text.split(":")[0], cls)
