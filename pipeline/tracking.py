@@ -202,7 +202,9 @@ def _check_tcp(uri: str, default_port: int, timeout_s: float) -> None:
         ) from None
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "", max_len: int = MAX_PARAM_LENGTH) -> dict:
+def flatten(
+    d: Mapping[str, Any], prefix: str = "", max_len: int = MAX_PARAM_LENGTH
+) -> dict[str, str]:
     """Nested params -> `{"a.b.c": "value"}` for `mlflow.log_params`.
 
     Strings stay as they are, everything else is JSON (`true`, `0.5`, `[8, 16]`, `null`);
