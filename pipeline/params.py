@@ -15,6 +15,7 @@ To add a section: write its dataclass below and call `load_section(path, "name",
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +129,53 @@ class InspectParams:
         check(0 <= self.negative_iou <= self.positive_iou <= 1, "positive_iou",
               "needs 0 <= negative_iou <= positive_iou <= 1")  # fmt: skip
         check(self.anchors_per_level >= 1, "anchors_per_level", "must be >= 1")
+
+
+@dataclass
+class MlflowParams:
+    """`mlflow`: the tracking store every stage logs to (`pipeline.tracking`)."""
+
+    # sqlite:///relative.db is taken from the project root (the folder holding params.yaml);
+    # http(s)://host:port is a tracking server (docs/mlflow.md: one on PostgreSQL).
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "mrcnn"
+    # Where new experiments keep artifacts: "" = <project>/mlartifacts/<experiment> for a local
+    # store, the server's default for an http store. A relative path is taken from the project.
+    artifact_location: str = ""
+
+    def validate(self) -> None:
+        check(bool(self.tracking_uri.strip()), "tracking_uri", "must not be empty")
+        check(bool(self.experiment.strip()), "experiment", "must not be empty")
+
+
+@dataclass
+class ExportParams:
+    """`export`: registration in the MLflow model registry (`pipeline.export`)."""
+
+    registered_model: str = "mrcnn-shapes"
+    portable: bool = True  # also write + check the ONNX backbone/RPN file (see mrcnn/export.py)
+    champion_metric: str = "segm.AP"  # a key of metrics/eval.json; higher is better
+
+    def validate(self) -> None:
+        name_ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.registered_model)
+        check(name_ok is not None, "registered_model", "must be letters, digits, '.', '_', '-'")
+        key_ok = re.fullmatch(r"\w+(\.\w+)*", self.champion_metric)
+        check(key_ok is not None, "champion_metric", "must be a key of eval.json, e.g. segm.AP")
+
+
+@dataclass
+class PredictParams:
+    """`predict`: inference on image files (`pipeline.predict`)."""
+
+    score_thresh: float = -1.0  # < 0: the model's own inference.score_thresh
+    batch_size: int = 4
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
+        check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""Image files -> the uint8 `H x W x 3` RGB arrays `MaskRCNN.detect` takes.
+
+`read_image` accepts a path or the encoded bytes of a file (what the MLflow pyfunc receives), so
+`pipeline.predict` and the registered model decode images identically. Pillow reads the formats
+(JPEG, PNG, BMP, WebP, ...); other colour modes are converted to RGB: grayscale is repeated over
+three channels, alpha is dropped, CMYK and palettes are converted, 16-bit / float grayscale is
+scaled to 8 bits. EXIF orientation is not applied: coordinates refer to the pixels as stored, as
+COCO's tools read them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageReadError(ValueError):
+    """A file that is not a readable image; the message names the file."""
+
+
+def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """Decode an image file (path or encoded bytes) -> uint8 `[H, W, 3]` RGB.
+
+    `name` is used in error messages (defaults to the path; "<bytes>" for bytes).
+    Raises `ImageReadError` naming the file when it is missing, empty or not a decodable image.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<bytes>"
+        data = bytes(source)
+        if not data:
+            raise ImageReadError(f"cannot read image {label}: it is empty (0 bytes)")
+        opener = io.BytesIO(data)
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.is_file():
+            raise ImageReadError(f"cannot read image {label}: no such file")
+        opener = path
+    try:
+        with Image.open(opener) as im:
+            im.load()
+            rgb = to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot read image {label}: {e}") from None
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageReadError(f"cannot read image {label}: it has no pixels")
+    return rgb
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded Pillow image in any mode -> uint8 `[H, W, 3]` RGB (a new, writable array)."""
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":  # 16/32-bit or float grayscale -> 8 bits
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(255.0, float(a.max(initial=0)))
+        g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        return np.array(im.convert("RGBA"))[..., :3].copy()  # alpha dropped, not composited
+    return np.array(im.convert("RGB"))

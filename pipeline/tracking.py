@@ -1,0 +1,322 @@
+"""MLflow helpers every stage uses: where the tracking store is, whether it answers, and runs.
+
+    uri = tracking_uri("params.yaml", params.tracking_uri)   # sqlite:///mlflow.db -> absolute
+    check_tracking_uri(uri)                                    # clear error, before any work
+    with start_run(uri, "mrcnn", run_name="train", run_id=resume_id) as run:
+        mlflow.log_params(flatten(model_section, prefix="model."))
+
+The default store is an SQLite file in the project root (`mlflow.db`): a real database, so it
+also holds the model registry. Artifacts of experiments created here go to `mlartifacts/` in
+the project root unless `mlflow.artifact_location` says otherwise (an http tracking server keeps
+its own default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.params import MlflowParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# MLflow 3.17 accepts 6000 characters per param value, older servers only 500; values are cut at
+# 500 so the same params log to either.
+MAX_PARAM_LENGTH = 500
+_DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which and how to fix it."""
+
+
+def project_root(params_path: str | Path) -> Path:
+    """The project root: the folder holding params.yaml."""
+    return Path(params_path).resolve().parent
+
+
+def tracking_uri(params_path: str | Path, uri: str) -> str:
+    """Resolve a tracking URI from params.yaml: relative sqlite / file paths are taken from the
+    project root (so every stage, whatever its working directory, uses the same store);
+    anything else (http(s)://, postgresql://, databricks, absolute paths) is returned as is.
+
+    >>> tracking_uri("/proj/params.yaml", "sqlite:///mlflow.db")
+    'sqlite:////proj/mlflow.db'
+    """
+    root = project_root(params_path)
+    uri = uri.strip()
+    if uri.startswith("sqlite:///"):
+        rest = uri[len("sqlite:///") :]
+        if rest.startswith("/") or rest.startswith(":memory:") or not rest:
+            return uri
+        return "sqlite:///" + str((root / rest).resolve())
+    if uri.startswith("file:"):
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.path.startswith("/"):
+            return uri
+        return (root / parsed.path).resolve().as_uri()
+    if "://" not in uri and uri != "databricks" and not uri.startswith("databricks"):
+        return (root / uri).resolve().as_uri()  # a bare folder: MLflow's file store
+    return uri
+
+
+def default_artifact_location(
+    params_path: str | Path, uri: str, params: MlflowParams
+) -> str | None:
+    """Artifact location for experiments this project creates (None: the server decides)."""
+    if params.artifact_location:
+        loc = params.artifact_location
+        if "://" in loc or loc.startswith("/"):
+            return loc
+        return str((project_root(params_path) / loc).resolve())
+    if uri.startswith(("sqlite:", "file:")):
+        return str(project_root(params_path) / "mlartifacts" / _folder_name(params.experiment))
+    return None
+
+
+def _folder_name(experiment: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "default"
+
+
+def _beside_database(uri: str, experiment: str) -> str | None:
+    """For an SQLite store: `mlartifacts/<experiment>` in the database's folder (the project
+    root with the default URI), rather than MLflow's `./mlruns` of the working directory."""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    if not path.startswith("/"):
+        return None
+    return str(Path(path).parent / "mlartifacts" / _folder_name(experiment))
+
+
+def redact(uri: str) -> str:
+    """The URI without a password (for messages and logs)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5) -> None:
+    """Fail fast, with a message saying how to fix it, when the tracking store is unusable.
+
+    http(s): a GET to `/health` (then the experiments API) must answer within `timeout_s`.
+    sqlite / file: the database file or folder must be creatable and writable.
+    postgresql / mysql / mssql: the database host must accept a TCP connection.
+    Anything else (e.g. databricks) is not checked.
+    """
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("http", "https"):
+        _check_http(uri, timeout_s)
+    elif scheme == "sqlite":
+        path = uri[len("sqlite:///") :]
+        if path and not path.startswith(":memory:"):
+            _check_writable_file(Path(path), uri)
+    elif scheme == "file":
+        _check_writable_dir(Path(urllib.parse.urlparse(uri).path), uri)
+    elif "://" not in uri and scheme not in ("databricks", "databricks-uc"):
+        _check_writable_dir(Path(uri), uri)
+    elif scheme in _DB_PORTS:
+        _check_tcp(uri, _DB_PORTS[scheme], timeout_s)
+
+
+_FIX = (
+    "Start the server (see docs/mlflow.md) or set mlflow.tracking_uri in params.yaml "
+    f"(default {DEFAULT_TRACKING_URI}, an SQLite file in the project)."
+)
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    base = uri.rstrip("/")
+    last = ""
+    for endpoint in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(base + endpoint, timeout=timeout_s) as r:
+                if r.status < 400:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):  # reachable, needs credentials (MLFLOW_TRACKING_TOKEN ...)
+                return
+            last = f"HTTP {e.code} from {endpoint.split('?')[0]}"
+            if e.code >= 500:
+                break
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(
+                f"MLflow tracking server {redact(uri)} is not reachable ({reason}). {_FIX}"
+            ) from None
+    raise TrackingError(
+        f"{redact(uri)} does not answer as an MLflow tracking server ({last}). {_FIX}"
+    )
+
+
+def _check_writable_file(path: Path, uri: str) -> None:
+    if path.exists():
+        if not path.is_file():
+            raise TrackingError(f"tracking store {uri}: {path} exists but is not a file. {_FIX}")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise TrackingError(f"tracking store {uri}: {path} is not writable. {_FIX}")
+    _check_writable_dir(path.parent, uri, what="its folder ")
+
+
+def _check_writable_dir(path: Path, uri: str, what: str = "") -> None:
+    # The nearest existing ancestor decides: MLflow creates missing folders for a file store,
+    # SQLite does not create the database's folder.
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TrackingError(f"tracking store {uri}: {what}{probe} is not a folder. {_FIX}")
+    if what and probe != path:
+        raise TrackingError(f"tracking store {uri}: {what}{path} does not exist. {_FIX}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise TrackingError(f"tracking store {uri}: {what}{probe} is not writable. {_FIX}")
+
+
+def _check_tcp(uri: str, default_port: int, timeout_s: float) -> None:
+    parsed = urllib.parse.urlsplit(uri)
+    host = parsed.hostname
+    if not host:  # e.g. a unix socket: let the driver report
+        return
+    port = parsed.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as e:
+        raise TrackingError(
+            f"tracking database {redact(uri)} is not reachable at {host}:{port} ({e}). {_FIX}"
+        ) from None
+
+
+def flatten(
+    d: Mapping[str, Any], prefix: str = "", max_len: int = MAX_PARAM_LENGTH
+) -> dict[str, str]:
+    """Nested params -> `{"a.b.c": "value"}` for `mlflow.log_params`.
+
+    Strings stay as they are, everything else is JSON (`true`, `0.5`, `[8, 16]`, `null`);
+    dataclasses are flattened like dicts. Values longer than `max_len` are cut and end in "...".
+    """
+    if dataclasses.is_dataclass(d) and not isinstance(d, type):
+        d = dataclasses.asdict(d)
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}.", max_len))
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if len(text) > max_len:
+            text = text[: max_len - 3] + "..."
+        out[name] = text
+    return out
+
+
+def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name` in the current tracking store, created if missing."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return mlflow.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # created meanwhile by another process
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}`) or set mlflow.experiment in params.yaml"
+        )
+    return exp.experiment_id
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether `run_id` is an active (not deleted) run in the current tracking store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.lifecycle_stage == "active"
+
+
+@contextmanager
+def start_run(
+    uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, str] | None = None,
+    artifact_location: str | None = None,
+) -> Iterator[Any]:
+    """Set the tracking URI and experiment, then resume `run_id` if the store has it, else start
+    a new run (named `run_name`). Yields the `mlflow.ActiveRun`; `tags` are set either way.
+
+    `artifact_location` applies only when the experiment is created here; by default (None) an
+    SQLite store keeps artifacts in `mlartifacts/<experiment>` beside the database, any other
+    store where its server decides.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    location = artifact_location or _beside_database(uri, experiment)
+    experiment_id = ensure_experiment(experiment, location)
+    if run_id and run_exists(run_id):
+        ctx = mlflow.start_run(run_id=run_id, nested=nested)
+        log.info("resuming MLflow run %s", run_id)
+    else:
+        if run_id:
+            log.warning("MLflow run %s is not in %s; starting a new run", run_id, redact(uri))
+        ctx = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested)
+    with ctx as run:
+        if tags:
+            mlflow.set_tags(dict(tags))
+        yield run
+
+
+def log_figure_png(image: str | Path | np.ndarray | Any, artifact_path: str) -> None:
+    """Log a picture as a PNG artifact of the active run at `artifact_path` (e.g.
+    "pictures/detections.png"): a PNG file, a uint8 H x W x 3 (or H x W) array, or a
+    matplotlib figure."""
+    import mlflow
+    from PIL import Image
+
+    if not artifact_path.endswith(".png"):
+        raise ValueError(f"artifact_path must end in .png, got {artifact_path!r}")
+    if hasattr(image, "savefig"):  # matplotlib Figure
+        mlflow.log_figure(image, artifact_path)
+        return
+    folder, name = os.path.split(artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / name
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8:
+                raise ValueError(f"image arrays must be uint8, got {image.dtype}")
+            Image.fromarray(image).save(target)
+        else:
+            src = Path(image)
+            if not src.is_file():
+                raise FileNotFoundError(f"no picture at {src}")
+            target.write_bytes(src.read_bytes())
+        mlflow.log_artifact(str(target), artifact_path=folder or None)

@@ -1,0 +1,67 @@
+"""`make ui`: the MLflow UI over the project's tracking store, on 127.0.0.1 unless told otherwise.
+
+    python -m pipeline.ui --params params.yaml [--port 5000] [--host 127.0.0.1]
+
+Runs `mlflow ui --backend-store-uri <mlflow.tracking_uri>` (the SQLite file in the project by
+default): runs, their metric curves and pictures, and the model registry. When the tracking URI
+is an http(s) server, that server already is the UI; this prints its address instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.params import MlflowParams, load_section
+from pipeline.tracking import check_tracking_uri, project_root, redact, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def build_command(params_path: str | Path, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """argv of the `mlflow ui` process for the store in params.yaml; [] for an http(s) store."""
+    params = load_section(params_path, "mlflow", MlflowParams)
+    uri = tracking_uri(params_path, params.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return []
+    check_tracking_uri(uri)
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        # Only for experiments created from the UI; ours carry their own artifact location.
+        "--default-artifact-root",
+        str(project_root(params_path) / "mlartifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", default="params.yaml", help="default: %(default)s")
+    parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s (local only)")
+    parser.add_argument("--port", type=int, default=5000, help="default: %(default)s")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv_ui = build_command(args.params, args.host, args.port)
+    if not argv_ui:
+        uri = load_section(args.params, "mlflow", MlflowParams).tracking_uri
+        print(
+            f"mlflow.tracking_uri is a tracking server; its UI is the server itself: {redact(uri)}"
+        )
+        return
+    log.info("MLflow UI on http://%s:%d (Ctrl-C stops it)", args.host, args.port)
+    os.execv(argv_ui[0], argv_ui)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""pipeline.export + the registry: champion moves only on improvement, versions carry their
+metrics and hashes, nothing is pickled, and a model pulled by alias (through the pyfunc, and
+through `pipeline.predict`) gives exactly the in-memory model's detections."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from mrcnn.coco_results import to_coco_results
+from pipeline import export, predict
+from pipeline.export import md5_file, md5_json
+from pipeline.mlflow_model import frame_detections
+from pipeline.params import PredictParams
+from pipeline.tracking import start_run
+from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_images, tiny_model
+
+NAME = "mrcnn-test"
+CLASS_MAP = {"1": 11, "2": 12, "3": 13}
+SECTIONS = {
+    "shards": {"image_size": 128},
+    "model": {"preset": "shapes_small"},
+    "train": {"iterations": 5},
+}
+
+
+def _write_params(root: Path, portable: bool) -> None:
+    doc = {
+        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "mrcnn"},
+        "export": {"registered_model": NAME, "portable": portable},
+        **SECTIONS,
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(doc))
+
+
+def _export(root: Path, segm_ap: float, train_run_id: str, portable: bool) -> dict:
+    (root / "metrics").mkdir(exist_ok=True)
+    evals = {"bbox": {"AP": segm_ap / 2, "AP50": 0.9}, "segm": {"AP": segm_ap, "AP50": 0.8}}
+    (root / "metrics" / "eval.json").write_text(json.dumps(evals))
+    train = {"mlflow_run_id": train_run_id, "iterations": 5}
+    (root / "metrics" / "train.json").write_text(json.dumps(train))
+    _write_params(root, portable)
+    export.main(["--params", str(root / "params.yaml")])
+    return json.loads((root / "models" / "export" / "export.json").read_text())
+
+
+def _aliases(uri: str) -> dict[str, str]:
+    return {
+        k: str(v) for k, v in mlflow.MlflowClient(uri).get_registered_model(NAME).aliases.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Three exports of the same tiny model with mask AP 0.5, 0.4, 0.6."""
+    root = tmp_path_factory.mktemp("project")
+    uri = fresh_store(root)
+    model = tiny_model()
+    save_model(model, root / "models" / "final", extra={"class_map": CLASS_MAP})
+    manifest = root / "data" / "shards" / "train" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"count": 3}')
+    with start_run(uri, "mrcnn", run_name="train") as run:  # what pipeline.train does
+        train_id = run.info.run_id
+    first = _export(root, 0.5, train_id, portable=True)
+    after_first = _aliases(uri)
+    second = _export(root, 0.4, train_id, portable=False)
+    after_second = _aliases(uri)
+    third = _export(root, 0.6, "f" * 32, portable=False)  # a run the store does not have
+    after_third = _aliases(uri)
+    return {
+        "root": root,
+        "uri": uri,
+        "model": model,
+        "train_id": train_id,
+        "exports": [first, second, third],
+        "aliases": [after_first, after_second, after_third],
+    }
+
+
+def test_champion_moves_only_on_improvement(registry: dict) -> None:
+    first, second, third = registry["exports"]
+    assert [e["version"] for e in registry["exports"]] == [1, 2, 3]
+    assert [e["alias"] for e in registry["exports"]] == ["champion", "challenger", "champion"]
+    assert registry["aliases"][0] == {"champion": "1"}
+    assert registry["aliases"][1] == {"champion": "1", "challenger": "2"}
+    assert registry["aliases"][2]["champion"] == "3"
+    assert second["previous_champion"] == {"version": 1, "value": 0.5}
+    assert third["previous_champion"] == {"version": 1, "value": 0.5}
+    assert export.is_improvement(0.5, None) and not export.is_improvement(0.5, 0.5)
+
+
+def test_versions_are_tagged_with_metrics_and_hashes(registry: dict) -> None:
+    root = registry["root"]
+    client = mlflow.MlflowClient(registry["uri"])
+    v1 = client.get_model_version(NAME, "1").tags
+    assert v1["metrics.segm.AP"] == "0.5"
+    assert v1["metrics.bbox.AP"] == "0.25"
+    assert v1["metrics.segm.AP50"] == "0.8"
+    assert v1["data.train_manifest_md5"] == md5_file(root / "data/shards/train/manifest.json")
+    assert "data.val_manifest_md5" not in v1  # absent manifest: skipped
+    for section, value in SECTIONS.items():
+        assert v1[f"params.{section}_md5"] == md5_json(value)
+    assert v1["weights_md5"] == md5_file(root / "models/final/model.safetensors")
+    assert v1["train.iterations"] == "5"
+    assert v1["export.decision"] == "champion"
+    assert v1["portable.onnx"].endswith("portable/backbone_rpn.onnx")
+    assert client.get_model_version(NAME, "2").tags["export.decision"] == "challenger"
+    assert client.get_model_version(NAME, "2").tags["metrics.segm.AP"] == "0.4"
+
+
+def test_model_is_logged_into_the_training_run_when_it_exists(registry: dict) -> None:
+    client = mlflow.MlflowClient(registry["uri"])
+    first, _, third = registry["exports"]
+    assert first["logged_into_training_run"] and first["run_id"] == registry["train_id"]
+    assert client.get_model_version(NAME, "1").run_id == registry["train_id"]
+    assert not third["logged_into_training_run"]
+    assert client.get_model_version(NAME, "3").run_id == third["run_id"] != registry["train_id"]
+    assert client.get_run(registry["train_id"]).data.tags["export.version"] == "2"
+
+
+def test_logged_model_has_no_pickle_and_ships_weights_and_code(registry: dict, tmp_path: Path):
+    mlflow.set_tracking_uri(registry["uri"])
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path)))
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth"))], files
+    assert "artifacts/weights/model.safetensors" in files
+    assert "artifacts/weights/config.json" in files
+    assert "code/mrcnn/model.py" in files
+    assert "mlflow_model.py" in files
+    pyfunc = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "model_code_path" in pyfunc and "python_model" not in pyfunc
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+
+
+def test_portable_file_was_checked_and_logged(registry: dict, tmp_path: Path) -> None:
+    first, second, _ = registry["exports"]
+    portable = first["portable"]
+    assert portable["ok"] and portable["worst_relative"] <= portable["tolerance"]
+    mlflow.set_tracking_uri(registry["uri"])
+    logged = mlflow.artifacts.download_artifacts(
+        f"runs:/{first['run_id']}/portable/backbone_rpn.onnx", dst_path=str(tmp_path)
+    )
+    assert Path(logged).stat().st_size > 100_000
+    # Later exports had portable: false; they must not leave the old file behind as theirs.
+    assert second["portable"] is None
+    assert not (registry["root"] / "models" / "export" / "backbone_rpn.onnx").exists()
+
+
+_PYFUNC_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import mlflow, pandas as pd
+    uri, out, *images = sys.argv[1:]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/NAME@champion")
+    frame = model.predict(pd.DataFrame({"image": [open(p, "rb").read() for p in images]}))
+    import mrcnn
+    frame.to_json(out, orient="records", double_precision=15)
+    print(mrcnn.__file__)
+    """
+).replace("NAME", NAME)
+
+
+def _save_pngs(images: list[np.ndarray], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(im).save(paths[-1])
+    return paths
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch + mlflow: ~20 s on 2 CPU cores
+def test_pyfunc_pulled_by_alias_gives_the_in_memory_detections(registry: dict, tmp_path: Path):
+    """A fresh interpreter outside the repo (no PYTHONPATH): the model must bring its own code."""
+    images = synthetic_images()
+    expected = registry["model"].detect(images)
+    assert all(len(d) > 0 for d in expected)
+    paths = _save_pngs(images, tmp_path / "imgs")
+    script = tmp_path / "load.py"
+    script.write_text(_PYFUNC_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    out = tmp_path / "frame.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), registry["uri"], str(out), *map(str, paths)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "/code/mrcnn/" in proc.stdout  # mrcnn came from the logged model, not the repo
+    import pandas as pd
+
+    frame = pd.DataFrame(json.loads(out.read_text()))
+    got = frame_detections(frame, len(images))
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(g.labels, e.labels)
+        np.testing.assert_allclose(g.scores, e.scores, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(g.masks, e.masks)
+
+
+def test_predict_by_alias_gives_the_in_memory_detections(registry: dict, tmp_path: Path) -> None:
+    images = synthetic_images()
+    expected = registry["model"].detect(images)
+    assert all(len(d) > 0 for d in expected)
+    folder = tmp_path / "imgs"
+    _save_pngs(images, folder)
+    out = tmp_path / "out"
+    summary = predict.run(
+        f"models:/{NAME}@champion", [folder], out, PredictParams(), tracking_uri=registry["uri"]
+    )
+    assert summary["model"] == {
+        "registered_model": NAME,
+        "version": 3,
+        "alias": "champion",
+        "uri": f"models:/{NAME}/3",
+    }
+    class_map = {int(k): v for k, v in CLASS_MAP.items()}
+    want = []
+    for i, det in enumerate(expected):
+        want += to_coco_results(det, i + 1, class_map, file_name=f"imgs/img{i}.png")
+    got = json.loads((out / "results.json").read_text())
+    assert got == json.loads(json.dumps(want))  # exactly the same numbers, masks and ids
+    assert {r["category_id"] for r in got} <= {11, 12, 13}
+    for i, im in enumerate(images):
+        overlay = np.asarray(Image.open(out / "overlays" / "imgs" / f"img{i}.png.png"))
+        assert overlay.shape == im.shape and not np.array_equal(overlay, im)
+
+
+def _predict_cli(registry: dict, model: str, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    _save_pngs(synthetic_images()[:1], folder)
+    predict.main(
+        ["--model", model, "--input", str(folder), "--out", str(tmp_path / "out"),
+         "--params", str(registry["root"] / "params.yaml")]
+    )  # fmt: skip
+
+
+def test_predict_missing_alias_or_model_is_a_clear_error(
+    registry: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        _predict_cli(registry, f"models:/{NAME}@nope", tmp_path)
+    assert e.value.code == 1
+    assert f"'{NAME}' has no alias 'nope'" in caplog.text
+    assert "@champion -> v3" in caplog.text and "@challenger -> v2" in caplog.text
+    assert "dvc repro" in caplog.text
+    caplog.clear()
+    with pytest.raises(SystemExit):
+        _predict_cli(registry, "models:/nothing@champion", tmp_path)
+    assert "no registered model 'nothing'" in caplog.text and NAME in caplog.text
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_export_with_a_metric_eval_json_lacks(tmp_path: Path) -> None:
+    with pytest.raises(export.ExportError, match="has no 'segm.APx'"):
+        export.metric_value({"segm": {"AP": 0.1}}, "segm.APx")
+    assert export.metric_value({"segm": {"AP": 0.25}}, "segm.AP") == 0.25
+
+
+def test_export_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
+    paths = export.ExportPaths.under(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pipeline.evaluate"):
+        export.run(paths, export.ExportParams(), tracking_uri="sqlite:///unused.db", experiment="x")
