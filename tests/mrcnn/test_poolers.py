@@ -40,3 +40,24 @@ def test_matches_torchvision_multiscale_roi_align(aligned):
     named = OrderedDict((str(i), f) for i, f in enumerate(feats[:4]))
     ref = tv(named, [boxes[0], boxes[1]], [(s, s), (s, s)])
     torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_cpu_backward_equals_torchvision(aligned):
+    from torchvision.ops import roi_align
+
+    from mrcnn.poolers import RoIAlignCPU
+
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 3, 12, 10, generator=g, requires_grad=True)
+    xy = torch.rand(40, 2, generator=g) * 60 - 10  # some start outside the map
+    wh = torch.rand(40, 2, generator=g) * 40 + 0.5
+    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), xy, xy + wh], dim=1)
+    rois[0, 1:] = torch.tensor([-30.0, -30, -10, -10])  # entirely off the map
+    grad_out = torch.randn(40, 3, 7, 7, generator=g)
+    ref = torch.autograd.grad(roi_align(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[0]
+    ours = torch.autograd.grad(RoIAlignCPU.apply(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[
+        0
+    ]
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert ref.abs().sum() > 0
