@@ -58,9 +58,12 @@ class MaskHead(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.deconv = nn.ConvTranspose2d(c, channels, kernel_size=2, stride=2)
         self.logits = nn.Conv2d(channels, num_classes, kernel_size=1)
-        for layer in [*self.convs, self.deconv, self.logits]:
+        for layer in [*self.convs, self.deconv]:
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
+        # Near-zero initial logits (as Detectron): the mask loss starts at ln 2, not at ~4.
+        nn.init.normal_(self.logits.weight, std=0.001)
+        nn.init.zeros_(self.logits.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mrcnn.config import RESIZE_MODES
+from mrcnn import presets
+from mrcnn.config import RESIZE_MODES, Config
 from mrcnn.data.shapes import ShapesSpec
 
 T = TypeVar("T")
@@ -55,12 +56,21 @@ class DataParams:
 
     def validate(self) -> None:
         check(self.source in DATA_SOURCES, "source", f"must be one of {DATA_SOURCES}")
-        check(self.source != "local" or bool(self.local_dir), "local_dir",
-              "must name a COCO-layout folder when source is 'local'")  # fmt: skip
-        check(len(self.splits) > 0 and set(self.splits) <= set(SPLITS), "splits",
-              f"must be a non-empty subset of {SPLITS}")  # fmt: skip
-        check(self.coco_base_url.startswith(("http://", "https://")), "coco_base_url",
-              "must be an http(s) URL")  # fmt: skip
+        check(
+            self.source != "local" or bool(self.local_dir),
+            "local_dir",
+            "must name a COCO-layout folder when source is 'local'",
+        )
+        check(
+            len(self.splits) > 0 and set(self.splits) <= set(SPLITS),
+            "splits",
+            f"must be a non-empty subset of {SPLITS}",
+        )
+        check(
+            self.coco_base_url.startswith(("http://", "https://")),
+            "coco_base_url",
+            "must be an http(s) URL",
+        )
         try:
             self.shapes.validate()
         except ValueError as e:
@@ -91,13 +101,15 @@ class ShardsParams:
     num_workers: int = 0  # processes; 0 = all cores
 
     def validate(self) -> None:
-        check(self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-              "must be a multiple of 32 (the FPN's coarsest stride), >= 32")  # fmt: skip
+        check(
+            self.image_size >= 32 and self.image_size % 32 == 0,
+            "image_size",
+            "must be a multiple of 32 (the FPN's coarsest stride), >= 32",
+        )
         check(self.resize_mode in RESIZE_MODES, "resize_mode", f"must be one of {RESIZE_MODES}")
         check(self.min_size > 0, "min_size", "must be > 0")
         check(4 <= self.mini_mask_shape <= 256, "mini_mask_shape", "must be in 4..256")
-        check(self.image_format in IMAGE_FORMATS, "image_format",
-              f"must be one of {IMAGE_FORMATS}")  # fmt: skip
+        check(self.image_format in IMAGE_FORMATS, "image_format", f"must be one of {IMAGE_FORMATS}")
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
         check(self.samples_per_shard >= 1, "samples_per_shard", "must be >= 1")
         check(self.min_box_size >= 0, "min_box_size", "must be >= 0")
@@ -121,13 +133,22 @@ class InspectParams:
     def validate(self) -> None:
         check(self.split in SPLITS, "split", f"must be one of {SPLITS}")
         check(1 <= self.num_samples <= 64, "num_samples", "must be in 1..64")
-        check(len(self.anchor_sizes) in (0, 5), "anchor_sizes",
-              "needs one size per level P2..P6 (5 values) or none")  # fmt: skip
+        check(
+            len(self.anchor_sizes) in (0, 5),
+            "anchor_sizes",
+            "needs one size per level P2..P6 (5 values) or none",
+        )
         check(all(s > 0 for s in self.anchor_sizes), "anchor_sizes", "must be > 0")
-        check(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios),
-              "anchor_ratios", "must be > 0")  # fmt: skip
-        check(0 <= self.negative_iou <= self.positive_iou <= 1, "positive_iou",
-              "needs 0 <= negative_iou <= positive_iou <= 1")  # fmt: skip
+        check(
+            len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios),
+            "anchor_ratios",
+            "must be > 0",
+        )
+        check(
+            0 <= self.negative_iou <= self.positive_iou <= 1,
+            "positive_iou",
+            "needs 0 <= negative_iou <= positive_iou <= 1",
+        )
         check(self.anchors_per_level >= 1, "anchors_per_level", "must be >= 1")
 
 
@@ -176,6 +197,82 @@ class PredictParams:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
         check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class TrainParams:
+    """`train`: data-parallel training with Ray Train (`pipeline.train`).
+
+    `lr`, `iterations`, `warmup_iters` and `steps` are given at `reference_batch` images per
+    iteration and scale with the real global batch (workers x batch_size): the lr linearly, the
+    iteration counts inversely (Goyal et al., 2017), so one setting serves 1 CPU or 8 GPUs.
+    """
+
+    num_workers: int = 1  # Ray Train workers: CPU processes here, one per GPU with use_gpu
+    use_gpu: bool = False
+    cpus_per_worker: int = 2  # torch threads per worker on CPU
+    batch_size: int = 8  # images per worker per iteration
+    reference_batch: int = 8
+    iterations: int = 1200
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, the paper's recipe)
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step
+    warmup_iters: int = 50
+    steps: tuple[float, ...] = (0.75, 1.0)  # step schedule: lr x0.1 at these fractions
+    grad_clip: float = 10.0  # max gradient norm; 0 = off
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    compile: bool = False  # torch.compile the fixed-shape parts (GPU)
+    channels_last: bool = False
+    max_gt: int = 16  # ground-truth slots per image (COCO: 100)
+    loader_workers: int = 0  # DataLoader processes per Ray worker
+    hflip: bool = True
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 200
+    eval_every: int = 0  # val segm AP every N iterations (sweeps); 0 = only in `evaluate`
+    eval_images: int = 100  # val images used by those periodic evaluations
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    run_name: str = "shapes"  # Ray run = <run_name>-<hash of shards/model/train params>
+    storage_path: str = "runs"  # Ray Train storage (a shared path on a cluster)
+    init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
+
+    def validate(self) -> None:
+        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = in-process, no Ray)")
+        for name in ("cpus_per_worker", "batch_size", "reference_batch", "iterations"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.optimizer in ("adamw", "sgd"), "optimizer", "must be adamw or sgd")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.schedule in ("cosine", "step"), "schedule", "must be cosine or step")
+        check(self.warmup_iters >= 0, "warmup_iters", "must be >= 0")
+        check(all(0 < s <= 1 for s in self.steps), "steps", "must be fractions in (0, 1]")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        check(self.max_gt >= 1, "max_gt", "must be >= 1")
+        for name in ("log_every", "checkpoint_every"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.eval_every >= 0, "eval_every", "must be >= 0")
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name) is not None,
+            "run_name",
+            "must be letters, digits, '.', '_', '-'",
+        )
+
+
+def load_model_config(
+    path: str | Path, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
+) -> Config:
+    """The `model` section -> `mrcnn.Config`: a preset (`model.preset`) with the section's
+    other keys merged over it; the dataset fixes classes and input size."""
+    section = dict(load_params(path).get("model") or {})
+    preset = section.pop("preset", "shapes_small")
+    try:
+        cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
+        return cfg.replace(**section, class_names=list(class_names))
+    except ValueError as e:
+        raise ValueError(_prefixed(str(e), "model.")) from None
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

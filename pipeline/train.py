@@ -1,0 +1,571 @@
+"""Stage `train`: data-parallel Mask R-CNN training with Ray Train, tracked in MLflow.
+
+    python -m pipeline.train [--params params.yaml]
+
+The driver checks the tracking store, opens (or resumes) the MLflow run, and starts a Ray Train
+`TorchTrainer` with `train.num_workers` workers (DDP: gloo on CPU, NCCL on GPU). Each worker
+runs `train_loop`: its share of every global batch (`mrcnn.data.TrainLoader`), bf16 autocast on
+GPU, gradient clipping, the lr schedule, and every `train.checkpoint_every` iterations a
+checkpoint through `ray.train.report` (weights, optimiser, schedule, iteration, RNG). Rank 0
+logs losses, lr, images/s and memory to MLflow.
+
+Restarting with the same parameters resumes: the Ray run is named `<train.run_name>-<hash of
+the shards, model and train params>`, Ray Train V2 restores the latest checkpoint of that name,
+and the MLflow run id stored beside it is continued. A worker that dies is replaced and the
+group resumes from the last checkpoint (`train.max_failures`). A non-finite loss stops all
+workers together with an error naming the iteration and the losses; the last good checkpoint
+stays in `runs/`.
+
+Outputs: `models/final/` (weights + config, `mrcnn.weights.save`), `metrics/train.json`,
+`reports/train/losses.csv` (for `dvc plots`) and `reports/train/losses.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mrcnn import weights
+from mrcnn.config import Config
+from mrcnn.data import ShardDataset, TrainLoader
+from mrcnn.model import build_model
+from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
+from pipeline.params import (
+    MlflowParams,
+    TrainParams,
+    from_dict,
+    load_model_config,
+    load_section,
+    to_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+MLFLOW_RUN_FILE = "mlflow_run.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the run stopped before using it."""
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    shards: Path  # data/shards (train/ and val/ inside)
+    model_dir: Path  # models/final
+    metrics: Path  # metrics/train.json
+    reports: Path  # reports/train
+    storage: Path  # Ray Train storage (runs/)
+
+    @classmethod
+    def under(cls, root: Path, params: TrainParams) -> TrainPaths:
+        storage = Path(params.storage_path)
+        return cls(
+            shards=root / "data" / "shards",
+            model_dir=root / "models" / "final",
+            metrics=root / "metrics" / "train.json",
+            reports=root / "reports" / "train",
+            storage=storage if storage.is_absolute() else root / storage,
+        )
+
+
+def run(
+    params: TrainParams,
+    cfg: Config,
+    paths: TrainPaths,
+    mlflow_params: MlflowParams,
+    tracking_uri: str,
+    *,
+    fault: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, then write the final model, metrics/train.json and the loss curves."""
+    from pipeline import tracking
+
+    tracking.check_tracking_uri(tracking_uri)
+    train_set = ShardDataset(paths.shards / "train")  # fails early on a missing/broken shard set
+    run_name = f"{params.run_name}-{config_hash(params, cfg, train_set.manifest)}"
+    run_dir = paths.storage / run_name
+    run_id = _mlflow_run(run_dir, run_name, params, cfg, train_set, mlflow_params, tracking_uri)
+    logger.info("Ray run %s (storage %s), MLflow run %s", run_name, paths.storage, run_id)
+    loop_config = {
+        "train": to_dict(params),
+        "model": cfg.to_dict(),
+        "shards": str(paths.shards.resolve()),
+        "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
+        "fault": fault,
+    }
+    start = time.time()
+    result = fit(loop_config, params, run_name, paths.storage)
+    wall = time.time() - start
+    if result.metrics and "nonfinite_iteration" in result.metrics:
+        m = result.metrics
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {m['nonfinite_iteration']}: {m['nonfinite_losses']}; "
+            f"training stopped, the last good checkpoint is kept in {run_dir} "
+            "(lower train.lr, raise train.warmup_iters or set train.grad_clip)"
+        )
+    state = load_state(Path(result.checkpoint.path) / STATE_FILE)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    class_map = {k: v["category_id"] for k, v in train_set.manifest.get("class_map", {}).items()}
+    weights.save(model, paths.model_dir, extra={"class_map": class_map, "run_name": run_name})
+    history = _loss_history(tracking_uri, run_id)
+    summary = {
+        "iterations": int(state["iteration"]),
+        "images_seen": int(state["iteration"]) * _global_batch(params),
+        "final_loss": history[-1]["loss"] if history else None,
+        "wall_s": round(wall, 1),
+        "resumes": int(state.get("resumes", 0)),
+        "run_name": run_name,
+        "mlflow_run_id": run_id,
+    }
+    _write_reports(history, paths.reports)
+    _atomic_json(paths.metrics, summary)
+    with tracking.start_run(tracking_uri, mlflow_params.experiment, run_id=run_id):  # resumes
+        import mlflow
+
+        mlflow.log_metrics({"train/wall_s": wall, "train/images_seen": summary["images_seen"]})
+        if (paths.reports / "losses.png").exists():
+            mlflow.log_artifact(str(paths.reports / "losses.png"), "train")
+    return summary
+
+
+def fit(
+    loop_config: dict[str, Any],
+    params: TrainParams,
+    run_name: str,
+    storage: Path,
+    callbacks: list | None = None,
+):
+    """Run `train_loop` under a Ray Train `TorchTrainer`; returns its `Result`.
+
+    Also the entry point of sweeps: `pipeline.tune` calls it from each trial with
+    `TuneReportCallback`.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=params.num_workers,
+            use_gpu=params.use_gpu,
+            resources_per_worker={"CPU": params.cpus_per_worker}
+            | ({"GPU": 1} if params.use_gpu else {}),
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage).resolve()),
+            failure_config=FailureConfig(max_failures=params.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
+        ),
+    )
+    return trainer.fit()
+
+
+def config_hash(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:
+    """8 hex digits identifying a training run: same data, model and recipe -> same name.
+
+    Scaling, logging and fault-tolerance settings are left out, so changing them resumes."""
+    recipe = to_dict(params)
+    for key in ("max_failures", "log_every", "loader_workers", "storage_path", "run_name"):
+        recipe.pop(key)
+    data = {k: manifest.get(k) for k in ("index", "params", "counts", "class_map")}
+    blob = json.dumps({"train": recipe, "model": cfg.to_dict(), "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop every Ray worker runs.
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = from_dict(TrainParams, config["train"], "train")
+    cfg = Config.from_dict(config["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(p.cpus_per_worker)
+    global_batch = p.batch_size * world
+    sched = scale_schedule(
+        p.lr, p.iterations, p.warmup_iters, global_batch, p.reference_batch, p.schedule, p.steps
+    )
+
+    torch.manual_seed(p.seed)  # identical initial weights on every rank
+    model = build_model(cfg)
+    if p.init_weights:
+        _load_init_weights(model, Path(p.init_weights))
+    if p.channels_last:
+        model.use_channels_last()
+    model.to(device)
+    if p.compile:
+        model.compile_static()
+    optimizer = build_optimizer(model, p.optimizer, sched.lr, p.weight_decay, p.momentum)
+    scheduler = lr_scheduler(optimizer, sched)
+    ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1
+
+    start, resumes = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(Path(d) / STATE_FILE)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start, resumes = int(state["iteration"]), int(state.get("resumes", 0)) + 1
+            rng = Path(d) / f"rng_rank{rank}.pt"
+            if rng.exists():
+                torch.set_rng_state(torch.load(rng, weights_only=True))
+        logger.info("rank %d resumed at iteration %d (resume #%d)", rank, start, resumes)
+    else:
+        torch.manual_seed(p.seed * 1000 + rank)  # sampling randomness differs per rank
+
+    loader = TrainLoader(
+        ShardDataset(Path(config["shards"]) / "train"),
+        p.batch_size,
+        seed=p.seed,
+        rank=rank,
+        world_size=world,
+        start_iteration=start,
+        hflip=p.hflip,
+        max_gt=p.max_gt,
+        num_workers=p.loader_workers,
+        pin_memory=device.type == "cuda",
+    )
+    log = _RankZeroLog(config["mlflow"], enabled=rank == 0, resumed=checkpoint is not None)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if p.amp and device.type == "cuda"
+        else nullcontext()
+    )
+    fault = config.get("fault") or {}
+    batches = iter(loader)
+    ddp.train()
+    try:
+        for it in range(start, sched.iterations):
+            _maybe_inject_fault(fault, rank, it)
+            batch = next(batches).to(device, non_blocking=True)
+            with amp:
+                losses = ddp(batch)
+            loss = model.total_loss(losses)
+            if not _all_finite(loss, world):
+                ray.train.report(
+                    {
+                        "nonfinite_iteration": it,
+                        "nonfinite_losses": {k: v.item() for k, v in losses.items()},
+                    }
+                )
+                return
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if p.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            log.step(
+                it + 1,
+                losses,
+                loss,
+                scheduler.get_last_lr()[0],
+                global_batch,
+                device,
+                every=p.log_every,
+                total=sched.iterations,
+            )
+            done = it + 1 == sched.iterations
+            if (it + 1) % p.checkpoint_every == 0 or done:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "iteration": it + 1,
+                    "resumes": resumes,
+                }
+                metrics = {"iteration": it + 1, "loss": loss.item()}
+                _report_checkpoint(state, metrics, rank)
+    finally:
+        log.close()
+
+
+def _all_finite(loss: torch.Tensor, world: int) -> bool:
+    """True when every rank's loss is finite (one tiny all-reduce, so all ranks stop together)."""
+    ok = torch.isfinite(loss.detach()).float().reshape(1)
+    if world > 1:
+        ok = ok.cpu() if dist.get_backend() == "gloo" else ok
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() == 1.0)
+
+
+def _report_checkpoint(state: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
+    """Every rank reports (a barrier); rank 0 writes the weights, each rank its RNG state."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        if rank == 0:
+            torch.save(state, Path(d) / STATE_FILE)
+        torch.save(torch.get_rng_state(), Path(d) / f"rng_rank{rank}.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A training checkpoint (tensors and plain values only: loaded with weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_init_weights(model, path: Path) -> None:
+    sd = weights.read_state_dict(path)
+    if any(k.startswith("roi_heads.") for k in sd):
+        weights.load_torchvision(model, sd)
+    else:
+        weights.load_backbone(model, sd)
+
+
+def _maybe_inject_fault(fault: dict[str, Any], rank: int, it: int) -> None:
+    """Tests only: SIGKILL this worker once at `fault["iteration"]` on `fault["rank"]`."""
+    if not fault or fault.get("rank") != rank or fault.get("iteration") != it:
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} at iteration {it}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _RankZeroLog:
+    """Losses, lr, images/s and memory to MLflow (rank 0 only) and a progress line to the log."""
+
+    def __init__(self, mlflow_cfg: dict[str, Any], enabled: bool, resumed: bool) -> None:
+        self.enabled = enabled
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.t0 = time.time()
+        self.start = time.time()
+        if enabled:
+            import mlflow
+
+            mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
+            mlflow.start_run(run_id=mlflow_cfg["run_id"], log_system_metrics=True)
+            mlflow.set_tag("train.status", "resumed" if resumed else "running")
+
+    def step(self, it, losses, loss, lr, global_batch, device, *, every: int, total: int) -> None:
+        if not self.enabled:
+            return
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.item()
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss.item()
+        self.count += 1
+        if it % every and it != total:
+            return
+        import mlflow
+
+        dt = time.time() - self.t0
+        metrics = {k: v / self.count for k, v in self.sums.items()}
+        metrics["lr"] = lr
+        metrics["images_per_s"] = self.count * global_batch / max(dt, 1e-9)
+        metrics["memory_gb"] = _memory_gb(device)
+        mlflow.log_metrics(metrics, step=it)
+        eta = (total - it) * dt / self.count
+        logger.info(
+            "iter %d/%d loss %.4f lr %.2e %.1f img/s eta %s",
+            it,
+            total,
+            metrics["loss"],
+            lr,
+            metrics["images_per_s"],
+            _hms(eta),
+        )
+        self.sums, self.count, self.t0 = {}, 0, time.time()
+
+    def close(self) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.end_run()
+
+
+def _memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e9
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver helpers.
+
+
+def _global_batch(params: TrainParams) -> int:
+    return params.batch_size * max(1, params.num_workers)
+
+
+def _mlflow_run(
+    run_dir: Path,
+    run_name: str,
+    params: TrainParams,
+    cfg: Config,
+    train_set: ShardDataset,
+    mlflow_params: MlflowParams,
+    uri: str,
+) -> str:
+    """The MLflow run of this training run: resumed from `run_dir/mlflow_run.json`, else new
+    (with the flattened params logged once)."""
+    import mlflow
+
+    from pipeline import tracking
+
+    marker = run_dir / MLFLOW_RUN_FILE
+    if marker.exists():
+        run_id = json.loads(marker.read_text())["run_id"]
+        mlflow.set_tracking_uri(uri)
+        if tracking.run_exists(run_id):
+            return run_id
+        logger.warning("MLflow run %s (from %s) is gone; starting a new one", run_id, marker)
+    location = mlflow_params.artifact_location or None
+    with tracking.start_run(
+        uri, mlflow_params.experiment, run_name=run_name, artifact_location=location
+    ) as active:
+        flat = tracking.flatten({"train": to_dict(params), "model": cfg.to_dict()})
+        flat["data.train_images"] = str(len(train_set))
+        flat["data.manifest_sha256"] = train_set.manifest.get("index", {}).get("sha256", "")
+        mlflow.log_params(flat)
+        mlflow.set_tags({"stage": "train", "ray_run": run_name})
+        run_id = active.info.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    return run_id
+
+
+def _loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
+    """Per-step loss terms from MLflow (covers resumed runs as one curve)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    keys = [
+        "loss",
+        "loss_rpn_objectness",
+        "loss_rpn_box",
+        "loss_classifier",
+        "loss_box",
+        "loss_mask",
+        "lr",
+    ]
+    rows: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(m.step, {"step": m.step})[key] = m.value
+    return [rows[s] for s in sorted(rows)]
+
+
+def _write_reports(history: list[dict[str, float]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [
+        k
+        for k in (
+            "step",
+            "loss",
+            "loss_rpn_objectness",
+            "loss_rpn_box",
+            "loss_classifier",
+            "loss_box",
+            "loss_mask",
+            "lr",
+        )
+        if any(k in r for r in history)
+    ]
+    tmp = out / "losses.csv.tmp"
+    with open(tmp, "w") as f:
+        f.write(",".join(keys) + "\n")
+        for r in history:
+            f.write(",".join(f"{r.get(k, float('nan')):.6g}" for k in keys) + "\n")
+    tmp.replace(out / "losses.csv")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for k in keys:
+        if k.startswith("loss"):
+            ax.plot(
+                [r["step"] for r in history],
+                [r.get(k, math.nan) for r in history],
+                label=k,
+                linewidth=2.0 if k == "loss" else 1.0,
+            )
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (log)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "losses.png.tmp.png")
+    plt.close(fig)
+    (out / "losses.png.tmp.png").replace(out / "losses.png")
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train Mask R-CNN with Ray Train (params: train).")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from pipeline import tracking
+
+    root = args.params.resolve().parent
+    params = load_section(args.params, "train", TrainParams)
+    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
+    manifest = ShardDataset(root / "data" / "shards" / "train").manifest
+    cfg = load_model_config(
+        args.params,
+        num_classes=manifest["num_classes"],
+        image_size=manifest["image_size"],
+        class_names=tuple(manifest["class_names"]),
+    )
+    uri = tracking.tracking_uri(args.params, mlflow_params.tracking_uri)
+    summary = run(params, cfg, TrainPaths.under(root, params), mlflow_params, uri)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
