@@ -132,6 +132,7 @@ def run(
         "resumes": int(state.get("resumes", 0)),
         "run_name": run_name,
         "mlflow_run_id": run_id,
+        "checkpoint": str(result.checkpoint.path),
     }
     _write_reports(history, paths.reports)
     _atomic_json(paths.metrics, summary)
@@ -272,11 +273,11 @@ def train_loop(config: dict[str, Any]) -> None:
     ddp.train()
     try:
         for it in range(start, sched.iterations):
-            _maybe_inject_fault(fault, rank, it)
+            nan = _inject_fault(fault, rank, it)
             batch = next(batches).to(device, non_blocking=True)
             with amp:
                 losses = ddp(batch)
-            loss = model.total_loss(losses)
+            loss = model.total_loss(losses) * (float("nan") if nan else 1.0)
             if not _all_finite(loss, world):
                 ray.train.report(
                     {
@@ -311,7 +312,8 @@ def train_loop(config: dict[str, Any]) -> None:
                     "resumes": resumes,
                 }
                 metrics = {"iteration": it + 1, "loss": loss.item()}
-                _report_checkpoint(state, metrics, rank)
+                digest = parameters_digest(model) if done else None
+                _report_checkpoint(state, metrics, rank, digest)
     finally:
         log.close()
 
@@ -325,15 +327,29 @@ def _all_finite(loss: torch.Tensor, world: int) -> bool:
     return bool(ok.item() == 1.0)
 
 
-def _report_checkpoint(state: dict[str, Any], metrics: dict[str, Any], rank: int) -> None:
-    """Every rank reports (a barrier); rank 0 writes the weights, each rank its RNG state."""
+def _report_checkpoint(
+    state: dict[str, Any], metrics: dict[str, Any], rank: int, digest: str | None = None
+) -> None:
+    """Every rank reports (a barrier); rank 0 writes the weights, each rank its RNG state (and
+    on the last one a digest of its parameters, which DDP keeps equal across ranks)."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
             torch.save(state, Path(d) / STATE_FILE)
         torch.save(torch.get_rng_state(), Path(d) / f"rng_rank{rank}.pt")
+        if digest:
+            (Path(d) / f"weights_rank{rank}.sha256").write_text(digest)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """sha256 of every learnable parameter. (BatchNorm's running statistics are buffers that
+    each rank updates from its own images, so they are left out.)"""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -349,15 +365,16 @@ def _load_init_weights(model, path: Path) -> None:
         weights.load_backbone(model, sd)
 
 
-def _maybe_inject_fault(fault: dict[str, Any], rank: int, it: int) -> None:
-    """Tests only: SIGKILL this worker once at `fault["iteration"]` on `fault["rank"]`."""
-    if not fault or fault.get("rank") != rank or fault.get("iteration") != it:
-        return
-    marker = Path(fault["marker"])
-    if marker.exists():
-        return
-    marker.write_text(f"killed rank {rank} at iteration {it}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
+def _inject_fault(fault: dict[str, Any], rank: int, it: int) -> bool:
+    """Tests only. `fault["kill"] = {rank, iteration, marker}` SIGKILLs that worker once;
+    `fault["nan_iteration"] = it` makes that iteration's loss NaN (returns True)."""
+    kill = fault.get("kill")
+    if kill and kill["rank"] == rank and kill["iteration"] == it:
+        marker = Path(kill["marker"])
+        if not marker.exists():
+            marker.write_text(f"killed rank {rank} at iteration {it}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return fault.get("nan_iteration") == it
 
 
 class _RankZeroLog:

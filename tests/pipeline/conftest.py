@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -83,3 +84,42 @@ def http_server(tmp_path) -> Iterator[LocalServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+TINY_PARAMS = """
+data:
+  source: shapes
+  shapes: {num_train: 16, num_val: 6, image_size: 64, min_size: 6, max_size: 14}
+shards:
+  image_size: 64
+  mini_mask_shape: 14
+  samples_per_shard: 8
+  num_workers: 1
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """A 16 + 6 image shapes dataset at 64 px, built by the real stages (session-wide)."""
+    from pipeline import download, shards
+
+    root = tmp_path_factory.mktemp("tiny_project")
+    (root / "params.yaml").write_text(TINY_PARAMS)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        download.main(["--params", "params.yaml"])
+        shards.main(["--params", "params.yaml"])
+    finally:
+        os.chdir(cwd)
+    return root / "data" / "shards"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test that trains (its start-up costs seconds)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
