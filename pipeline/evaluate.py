@@ -33,7 +33,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ def predict_dataset(
     device = model.device
     results: list[dict[str, Any]] = []
     bar = tqdm(total=n, desc="evaluate", unit="img", disable=None if progress else True)
-    with torch.no_grad():
+    with torch.no_grad(), _flush_denormals():
         for batch in eval_batches(source, batch_size, num_workers=num_workers):
             # Ground truth is not needed for inference: only the image tensors travel.
             inputs = replace(
@@ -159,6 +159,21 @@ def predict_dataset(
             bar.update(len(batch))
     bar.close()
     return results
+
+
+@contextlib.contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Treat subnormal floats as zero on the CPU for the block, then restore PyTorch's default.
+
+    Untrained and early models produce subnormal activations; x86 arithmetic on them is
+    ~10x slower (an untrained shapes_small: 1.9 s -> 0.2 s per batch of 3). The values
+    flushed are below 1e-38, far under anything a detection depends on.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default; nothing in this project sets it
 
 
 # --------------------------------------------------------------------------------------------
