@@ -40,15 +40,16 @@ class CocoScores:
     """What `coco_evaluate` measured.
 
     metrics:       {"bbox": {"AP": .., "AP50": .., ...}, "segm": {...}} = COCOeval.stats[0:6]
-    per_category:  {name: {"category_id", "bbox_AP", "segm_AP"}}: AP over IoU .50:.95 (area
-                   all, 100 detections), None for a category without ground truth
+    per_category:  {name: {"bbox_AP", "segm_AP"}} in the ground truth's category order: AP
+                   over IoU .50:.95 (area all, 100 detections), None for a category without
+                   ground truth; a name two categories share gets its id: "name (id)"
     precision:     {iou_type: float [T, R, K, A, M]} = COCOeval.eval["precision"] (-1 undefined)
     iou_thresholds float [T]; recall_thresholds float [R]
     summary:       {iou_type: the table COCOeval.summarize() prints}
     """
 
     metrics: dict[str, dict[str, float]]
-    per_category: dict[str, dict[str, Any]]
+    per_category: dict[str, dict[str, float | None]]
     precision: dict[str, np.ndarray]
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
@@ -109,13 +110,14 @@ def coco_evaluate(
         metrics[iou_type] = {k: float(v) for k, v in zip(METRIC_NAMES, ev.stats[:6], strict=True)}
         precision[iou_type] = np.asarray(ev.eval["precision"])
     params = ev.params
-    per_category: dict[str, dict[str, Any]] = {}
-    for k, cat_id in enumerate(params.catIds):
-        entry: dict[str, Any] = {"category_id": int(cat_id)}
+    names = [str(coco_gt.cats[c]["name"]) for c in params.catIds]
+    per_category: dict[str, dict[str, float | None]] = {}
+    for k, (cat_id, name) in enumerate(zip(params.catIds, names, strict=True)):
+        entry: dict[str, float | None] = {}
         for iou_type in iou_types:
             p = precision[iou_type][:, :, k, 0, -1]  # [T, R]: area all, 100 detections
             entry[f"{iou_type}_AP"] = float(p[p > -1].mean()) if (p > -1).any() else None
-        per_category[str(coco_gt.cats[cat_id]["name"])] = entry
+        per_category[name if names.count(name) == 1 else f"{name} ({cat_id})"] = entry
     return CocoScores(
         metrics=metrics,
         per_category=per_category,

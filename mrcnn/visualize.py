@@ -306,9 +306,8 @@ def plot_pr_curves(
     """Precision-recall curves: `curves[label]` float [R] precision at `recall` [R] (NaN points
     are not drawn)."""
     styles = ("-", "--", ":", "-.")
-    palette = colors(len(curves)) / 255.0
-    for k, (label, precision) in enumerate(curves.items()):
-        ax.plot(recall, precision, styles[k % len(styles)], color=palette[k], label=label)
+    for k, (label, precision) in enumerate(curves.items()):  # matplotlib's colour cycle
+        ax.plot(recall, precision, styles[k % len(styles)], color=f"C{k % 10}", label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")

@@ -65,9 +65,7 @@ def test_ground_truth_as_predictions_gives_ap_1(coco_gt: COCO) -> None:
     assert _metric_values(scores) == {
         f"{t}.{k}": ONE for t in ("bbox", "segm") for k in METRIC_NAMES
     }
-    assert scores.per_category == {
-        c["name"]: {"category_id": c["id"], "bbox_AP": 1.0, "segm_AP": 1.0} for c in CATEGORIES
-    }
+    assert scores.per_category == {c["name"]: {"bbox_AP": ONE, "segm_AP": ONE} for c in CATEGORIES}
     curves = pr_curves(scores)
     for iou_type in ("bbox", "segm"):
         for values in curves[iou_type].values():
@@ -139,9 +137,10 @@ def test_image_subset_and_undefined_ranges(coco_gt: COCO) -> None:
     scores = coco_evaluate(coco_gt, results, image_ids=small)
     assert scores.metrics["segm"]["AP"] == 1.0
     assert scores.metrics["segm"]["APl"] == -1.0
-    present = {r["category_id"] for r in results}
-    for entry in scores.per_category.values():  # categories absent from these images: None
-        assert (entry["segm_AP"] is None) == (entry["category_id"] not in present)
+    present = {coco_gt.cats[r["category_id"]]["name"] for r in results}
+    for name, entry in scores.per_category.items():  # categories absent from these images: None
+        assert (entry["segm_AP"] is None) == (name not in present)
+    assert len(present) < len(CATEGORIES)  # (so that the line above checks a None)
     # ... while against all images the same results miss most of the ground truth
     assert coco_evaluate(coco_gt, results).metrics["segm"]["AP"] < 0.5
 
