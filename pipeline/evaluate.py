@@ -33,10 +33,10 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,6 +53,10 @@ from mrcnn.coco_eval import (
     pr_curves,
 )
 from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section, to_dict
+
+if TYPE_CHECKING:
+    from mrcnn.data import ShardDataset
+    from mrcnn.model import MaskRCNN
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +121,8 @@ def category_ids_from_manifest(manifest: Mapping[str, Any]) -> dict[int, int]:
 
 
 def predict_dataset(
-    model: Any,
-    dataset: Any,
+    model: MaskRCNN,
+    dataset: ShardDataset,
     batch_size: int,
     *,
     category_ids: Mapping[int, int] | None = None,
@@ -126,7 +130,7 @@ def predict_dataset(
     num_workers: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Detect on every sample of `dataset` (a `ShardDataset`) -> COCO results.
+    """Detect on every sample of `dataset` -> COCO results.
 
     Batches of `batch_size` images from `eval_batches` go through `model.predict` and
     `model.postprocess` (boxes and masks in original-image pixels) on the model's device.
@@ -147,7 +151,7 @@ def predict_dataset(
     device = model.device
     results: list[dict[str, Any]] = []
     bar = tqdm(total=n, desc="evaluate", unit="img", disable=None if progress else True)
-    with torch.no_grad(), _flush_denormals():
+    with torch.no_grad():
         for batch in eval_batches(source, batch_size, num_workers=num_workers):
             # Ground truth is not needed for inference: only the image tensors travel.
             inputs = replace(
@@ -159,22 +163,6 @@ def predict_dataset(
             bar.update(len(batch))
     bar.close()
     return results
-
-
-@contextlib.contextmanager
-def _flush_denormals() -> Iterator[None]:
-    """Treat subnormal floats as zero on the CPU for the block, then restore PyTorch's default.
-
-    Untrained and early models can produce subnormal activations, and x86 arithmetic on them
-    is ~10x slower: an untrained shapes_small on noise images took 1.9 s instead of 0.2 s per
-    batch of 3 (the tests' images: 4x). No difference on the shapes val set. The values flushed
-    are below 1e-38, far under anything a detection depends on.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)  # PyTorch's default; nothing in this project sets it
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +185,7 @@ def pr_rows(scores: CocoScores) -> list[dict[str, Any]]:
 
 
 def draw_overlays(
-    dataset: Any,
+    dataset: ShardDataset,
     indices: Sequence[int],
     coco_gt: COCO,
     results: Sequence[Mapping[str, Any]],
@@ -316,6 +304,19 @@ def run(
     if params.score_thresh >= 0:
         model.roi_heads.score_thresh = params.score_thresh
     category_ids = category_ids_from_manifest(dataset.manifest)
+    unmapped = sorted(set(range(1, model.num_classes)) - set(category_ids))
+    if unmapped:
+        raise EvaluateError(
+            f"the model has {model.num_classes - 1} classes, the val shards' class_map has no "
+            f"category for labels {unmapped}: model and shards come from different datasets"
+        )
+    if model.class_names and list(model.class_names) != list(dataset.class_names):
+        log.warning(
+            "the model's class names %s differ from the shards' %s; evaluating with the "
+            "shards' class_map",
+            list(model.class_names),
+            dataset.class_names,
+        )
     _check_annotations(paths.annotations, dataset.manifest)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(paths.annotations))
@@ -334,9 +335,9 @@ def run(
     image_ids = [int(v) for v in dataset.index[:n, 1]]
     missing = len(set(coco_gt.getImgIds()) - set(image_ids))
     if missing:
-        log.warning("%d of the %d annotated val images are not evaluated (%s)", missing,
-                    len(coco_gt.getImgIds()), "max_images" if n < len(dataset)
-                    else "not in the shards: see data/shards/val/report.json")  # fmt: skip
+        why = "evaluate.max_images" if n < len(dataset) else "see the shards' report.json"
+        total = len(coco_gt.getImgIds())
+        log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
     start = time.perf_counter()
     scores = coco_evaluate(coco_gt, results, IOU_TYPES, image_ids)
     eval_s = time.perf_counter() - start

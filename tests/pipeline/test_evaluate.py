@@ -264,6 +264,21 @@ def test_main_fails_clearly_without_a_model(project: Path, tmp_path: Path, caplo
     assert not (root / "metrics" / "eval.json").exists()
 
 
+def test_model_and_shards_that_do_not_belong_together(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "data").symlink_to(project / "data", target_is_directory=True)
+    paths = EvaluatePaths.under(root, "shapes")
+    for cfg, message in (
+        (presets.shapes_small(num_classes=6, image_size=SIZE), r"labels \[4, 5\]"),
+        (presets.shapes_small(image_size=2 * SIZE), "takes 128 px images"),
+    ):
+        weights.save(build_model(cfg), paths.model_dir)
+        with pytest.raises(evaluate.EvaluateError, match=message):
+            evaluate.run(paths, EvaluateParams(), tracking_uri=None)
+    assert not paths.metrics_out.exists() and not paths.reports_dir.exists()
+
+
 def test_project_params_and_bad_keys(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     params = load_section(root / "params.yaml", "evaluate", EvaluateParams)
