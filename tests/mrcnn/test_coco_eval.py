@@ -154,3 +154,31 @@ def test_results_for_unknown_images_raise(coco_gt: COCO, tmp_path: Path) -> None
         coco_evaluate(coco_gt, [], image_ids=[777])
     with pytest.raises(ValueError, match="iou_types"):
         coco_evaluate(coco_gt, [], iou_types=["keypoints"])
+
+
+def test_a_shared_category_name_keeps_both_categories() -> None:
+    """Two categories called "shape" (ids 1, 2): per_category keeps them apart by id."""
+    rle = {"size": [8, 8], "counts": "0440`1"}  # rows 0..3 of columns 0..1
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": 1, "height": 8, "width": 8}],
+        "categories": [{"id": 1, "name": "shape"}, {"id": 2, "name": "shape"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": rle,
+                "area": 8.0,
+                "bbox": [0, 0, 2, 4],
+                "iscrowd": 0,
+            },  # fmt: skip
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    scores = coco_evaluate(gt, ground_truth_results(gt))
+    assert scores.per_category == {
+        "shape (1)": {"bbox_AP": ONE, "segm_AP": ONE},
+        "shape (2)": {"bbox_AP": None, "segm_AP": None},
+    }

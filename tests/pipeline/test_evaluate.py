@@ -99,7 +99,7 @@ def test_ground_truth_through_postprocess_scores_ap50_1(project: Path) -> None:
     scores = coco_evaluate(gt, results)
     for iou_type in ("bbox", "segm"):
         assert scores.metrics[iou_type]["AP50"] == pytest.approx(1.0, abs=1e-12)
-        assert scores.metrics[iou_type]["AP"] > 0.7
+        assert scores.metrics[iou_type]["AP"] > 0.85  # measured 0.91 bbox, 0.95 segm
     assert {r["category_id"] for r in results} <= {c["id"] for c in CATEGORIES}
 
 
