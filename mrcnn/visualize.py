@@ -266,6 +266,58 @@ def plot_class_distribution(
     return ax
 
 
+def plot_per_category_ap(
+    ax: Axes,
+    per_category: Mapping[str, Mapping[str, float | None]],
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    *,
+    title: str = "per-category AP (IoU .50:.95)",
+) -> Axes:
+    """Grouped bars, one group per category, one bar per IoU type: `per_category[name]
+    [f"{iou_type}_AP"]` in 0..1 (None: no ground truth, drawn as "n/a")."""
+    names = list(per_category)
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(iou_types))
+    palette = colors(len(iou_types)) / 255.0
+    for k, iou_type in enumerate(iou_types):
+        values = [per_category[n].get(f"{iou_type}_AP") for n in names]
+        heights = [0.0 if v is None else float(v) for v in values]
+        offset = (k - (len(iou_types) - 1) / 2) * width
+        bars = ax.bar(x + offset, heights, width, label=iou_type, color=palette[k])
+        if len(names) <= 20:  # numbers on 80 COCO classes would be unreadable
+            texts = ["n/a" if v is None else f"{v:.2f}" for v in values]
+            ax.bar_label(bars, labels=texts, fontsize=7)
+    many = len(names) > 8
+    ax.set_xticks(x, names, rotation=90 if many else 0, fontsize=7 if many else 9)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("AP")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def plot_pr_curves(
+    ax: Axes,
+    recall: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    *,
+    title: str = "precision / recall",
+) -> Axes:
+    """Precision-recall curves: `curves[label]` float [R] precision at `recall` [R] (NaN points
+    are not drawn)."""
+    styles = ("-", "--", ":", "-.")
+    for k, (label, precision) in enumerate(curves.items()):  # matplotlib's colour cycle
+        ax.plot(recall, precision, styles[k % len(styles)], color=f"C{k % 10}", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return ax
+
+
 def image_grid(images: Sequence[np.ndarray], cols: int, gap: int = 4) -> np.ndarray:
     """Tile equally sized uint8 [H, W, 3] images into one, `cols` per row, white gaps."""
     if not images:

@@ -170,6 +170,30 @@ class MlflowParams:
 
 
 @dataclass
+class EvaluateParams:
+    """`evaluate`: COCO bbox + segm AP of models/final on the val shards (`pipeline.evaluate`)."""
+
+    batch_size: int = 8
+    num_overlays: int = 8  # val images drawn (prediction next to ground truth) in overlays.png
+    score_thresh: float = -1.0  # < 0: the model's own inference.score_thresh
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    max_images: int = 0  # the first N val images only; 0 = all
+    # Also write reports/evaluate/results.json (every detection, COCO results format; for COCO
+    # val with 100 detections per image that is hundreds of MB).
+    write_results: bool = False
+    num_workers: int = 0  # DataLoader processes decoding the shards; 0 = in the main process
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(1 <= self.num_overlays <= 64, "num_overlays", "must be in 1..64")
+        check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
+        device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
+        check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
+        check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+
+
+@dataclass
 class ExportParams:
     """`export`: registration in the MLflow model registry (`pipeline.export`)."""
 

@@ -1,0 +1,184 @@
+"""COCO evaluation: `COCOeval` (pycocotools) for bbox and segm AP, per category, with the
+precision / recall arrays kept for plots.
+
+    scores = coco_evaluate(COCO("instances_val.json"), results)   # results: mrcnn.coco_results
+    scores.metrics["segm"]["AP"]          # = COCOeval.stats[0]
+
+Shape shorthand: T IoU thresholds (.50:.05:.95, 10), R recall thresholds (0:.01:1, 101),
+K categories, A area ranges (all, small < 32^2, medium, large > 96^2 px), M max detections
+per image (1, 10, 100). COCO writes -1 for "undefined": a statistic of an area range, or a
+precision of a category, that has no ground truth.
+
+Feeding the ground truth back as results (`ground_truth_results`) gives AP = 1: that is the
+test that the evaluation itself is sound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from mrcnn.coco_results import encode_masks
+
+log = logging.getLogger(__name__)
+
+IOU_TYPES = ("bbox", "segm")
+# COCOeval.stats[0:6]: AP over IoU .50:.95, at .50, at .75, then small / medium / large objects.
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@dataclass
+class CocoScores:
+    """What `coco_evaluate` measured.
+
+    metrics:       {"bbox": {"AP": .., "AP50": .., ...}, "segm": {...}} = COCOeval.stats[0:6]
+    per_category:  {name: {"bbox_AP", "segm_AP"}} in the ground truth's category order: AP
+                   over IoU .50:.95 (area all, 100 detections), None for a category without
+                   ground truth; a name two categories share gets its id: "name (id)"
+    precision:     {iou_type: float [T, R, K, A, M]} = COCOeval.eval["precision"] (-1 undefined)
+    iou_thresholds float [T]; recall_thresholds float [R]
+    summary:       {iou_type: the table COCOeval.summarize() prints}
+    """
+
+    metrics: dict[str, dict[str, float]]
+    per_category: dict[str, dict[str, float | None]]
+    precision: dict[str, np.ndarray]
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    summary: dict[str, str]
+
+
+class EvaluationInputError(ValueError):
+    """Results and ground truth do not belong together (the message names the image ids)."""
+
+
+def coco_evaluate(
+    coco_gt: COCO,
+    results: Sequence[Mapping[str, Any]],
+    iou_types: Sequence[str] = IOU_TYPES,
+    image_ids: Sequence[int] | None = None,
+) -> CocoScores:
+    """`COCOeval` of COCO `results` against `coco_gt` for each of `iou_types`.
+
+    results:   [{"image_id", "category_id", "bbox": [x, y, w, h], "score", "segmentation": RLE}]
+               (`mrcnn.coco_results.to_coco_results`); not modified
+    image_ids: the images evaluated (default every image of `coco_gt`); the ground truth of
+               other images is not counted
+    An empty `results` is evaluated as "nothing detected" (AP 0 wherever there is ground truth),
+    with a warning, instead of pycocotools' `loadRes` failing on it.
+    """
+    for t in iou_types:
+        if t not in IOU_TYPES:
+            raise ValueError(f"iou_types must be among {IOU_TYPES}, got {t!r}")
+    if not iou_types:
+        raise ValueError("iou_types is empty")
+    known = set(coco_gt.getImgIds())
+    ids = sorted(known) if image_ids is None else sorted({int(i) for i in image_ids})
+    strangers = sorted(({int(r["image_id"]) for r in results} | set(ids)) - known)
+    if strangers:
+        raise EvaluationInputError(
+            f"image ids {strangers[:5]} ({len(strangers)} in all) are not in the ground truth: "
+            "the predictions and the annotations do not belong together"
+        )
+    if not results:
+        log.warning("no detections at all: every AP is 0 (or -1 where there is no ground truth)")
+    metrics: dict[str, dict[str, float]] = {}
+    precision: dict[str, np.ndarray] = {}
+    summary: dict[str, str] = {}
+    for iou_type in iou_types:
+        # Without "bbox", pycocotools takes a mask result's area from the mask, so small / medium
+        # / large mean the same for segm results as for the ground truth (as in detectron2).
+        drop = "segmentation" if iou_type == "bbox" else "bbox"
+        copies = [{k: v for k, v in r.items() if k != drop} for r in results]
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):  # pycocotools prints its progress
+            ev = COCOeval(coco_gt, _load_results(coco_gt, copies), iouType=iou_type)
+            ev.params.imgIds = ids
+            ev.evaluate()
+            ev.accumulate()
+            summary_start = text.tell()
+            ev.summarize()
+        summary[iou_type] = text.getvalue()[summary_start:].rstrip()
+        metrics[iou_type] = {k: float(v) for k, v in zip(METRIC_NAMES, ev.stats[:6], strict=True)}
+        precision[iou_type] = np.asarray(ev.eval["precision"])
+    params = ev.params
+    names = [str(coco_gt.cats[c]["name"]) for c in params.catIds]
+    per_category: dict[str, dict[str, float | None]] = {}
+    for k, (cat_id, name) in enumerate(zip(params.catIds, names, strict=True)):
+        entry: dict[str, float | None] = {}
+        for iou_type in iou_types:
+            p = precision[iou_type][:, :, k, 0, -1]  # [T, R]: area all, 100 detections
+            entry[f"{iou_type}_AP"] = float(p[p > -1].mean()) if (p > -1).any() else None
+        per_category[name if names.count(name) == 1 else f"{name} ({cat_id})"] = entry
+    return CocoScores(
+        metrics=metrics,
+        per_category=per_category,
+        precision=precision,
+        iou_thresholds=np.asarray(params.iouThrs),
+        recall_thresholds=np.asarray(params.recThrs),
+        summary=summary,
+    )
+
+
+def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    """`coco_gt.loadRes(results)`, or an empty results set (which `loadRes` cannot build)."""
+    if results:
+        return coco_gt.loadRes(results)
+    empty = COCO()
+    empty.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": list(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
+    empty.createIndex()
+    return empty
+
+
+def ground_truth_results(
+    coco_gt: COCO, image_ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """The ground truth written as COCO results (score 1, RLE masks, crowd regions left out):
+    what a perfect detector returns."""
+    ids = coco_gt.getImgIds() if image_ids is None else list(image_ids)
+    out = []
+    for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids, iscrowd=False)):
+        mask = coco_gt.annToMask(ann).astype(bool)
+        out.append(
+            {
+                "image_id": int(ann["image_id"]),
+                "category_id": int(ann["category_id"]),
+                "bbox": [float(v) for v in ann["bbox"]],
+                "score": 1.0,
+                "segmentation": encode_masks(mask[None])[0],
+            }
+        )
+    return out
+
+
+def pr_curves(scores: CocoScores) -> dict[str, dict[str, np.ndarray]]:
+    """Precision at each recall threshold, averaged over the categories with ground truth (area
+    all, 100 detections) -> {iou_type: {"iou50", "iou75", "iou50_95": float [R]}}; "iou50_95"
+    is the mean of the ten IoU thresholds' curves (its mean over recall is the AP). NaN where
+    no category has ground truth."""
+    iou = np.round(scores.iou_thresholds, 2)
+    out = {}
+    for iou_type, p in scores.precision.items():
+        p = p[:, :, :, 0, -1]  # [T, R, K]
+        valid = p > -1
+        count = valid.sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_t = np.where(valid, p, 0).sum(axis=2) / count  # [T, R], NaN where count = 0
+        out[iou_type] = {
+            "iou50": per_t[int(np.flatnonzero(iou == 0.5)[0])],
+            "iou75": per_t[int(np.flatnonzero(iou == 0.75)[0])],
+            "iou50_95": per_t.mean(axis=0),
+        }
+    return out
