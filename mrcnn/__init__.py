@@ -1,7 +1,13 @@
-"""Mask R-CNN (He et al., 2017) in PyTorch + torchvision."""
+"""Mask R-CNN (He et al., 2017) in PyTorch + torchvision.
+
+    import mrcnn
+    model = mrcnn.build_model(mrcnn.presets.shapes_small())
+    detections = model.detect([image])        # uint8 H x W x 3 -> list[mrcnn.Detections]
+"""
 
 from mrcnn import presets
 from mrcnn.config import Config
+from mrcnn.model import MaskRCNN, build_model
 from mrcnn.structures import Batch, Detections
 
-__all__ = ["Batch", "Config", "Detections", "presets"]
+__all__ = ["Batch", "Config", "Detections", "MaskRCNN", "build_model", "presets"]
