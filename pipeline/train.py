@@ -101,13 +101,7 @@ def run(
     run_dir = paths.storage / run_name
     run_id = _mlflow_run(run_dir, run_name, params, cfg, train_set, mlflow_params, tracking_uri)
     logger.info("Ray run %s (storage %s), MLflow run %s", run_name, paths.storage, run_id)
-    loop_config = {
-        "train": to_dict(params),
-        "model": cfg.to_dict(),
-        "shards": str(paths.shards.resolve()),
-        "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
-        "fault": fault,
-    }
+    loop_config = make_loop_config(params, cfg, paths.shards, tracking_uri, run_id, fault=fault)
     start = time.time()
     result = fit(loop_config, params, run_name, paths.storage)
     wall = time.time() - start
@@ -143,6 +137,28 @@ def run(
         if (paths.reports / "losses.png").exists():
             mlflow.log_artifact(str(paths.reports / "losses.png"), "train")
     return summary
+
+
+def make_loop_config(
+    params: TrainParams,
+    cfg: Config,
+    shards: Path,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    *,
+    fault: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What `train_loop` gets on every worker: plain, serialisable values only.
+
+    Rank 0 logs into the MLflow run `mlflow_run_id` (a sweep passes each trial's nested run)."""
+    return {
+        "train": to_dict(params),
+        "model": cfg.to_dict(),
+        "shards": str(Path(shards).resolve()),
+        "val_annotations": str(_val_annotations(Path(shards))) if params.eval_every else "",
+        "mlflow": {"tracking_uri": tracking_uri, "run_id": mlflow_run_id},
+        "fault": fault,
+    }
 
 
 def fit(
@@ -263,6 +279,7 @@ def train_loop(config: dict[str, Any]) -> None:
         pin_memory=device.type == "cuda",
     )
     log = _RankZeroLog(config["mlflow"], enabled=rank == 0, resumed=checkpoint is not None)
+    evaluate = _PeriodicEval(config, p) if p.eval_every and rank == 0 else None
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if p.amp and device.type == "cuda"
@@ -303,7 +320,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 total=sched.iterations,
             )
             done = it + 1 == sched.iterations
-            if (it + 1) % p.checkpoint_every == 0 or done:
+            eval_due = p.eval_every > 0 and ((it + 1) % p.eval_every == 0 or done)
+            if (it + 1) % p.checkpoint_every == 0 or done or eval_due:
                 state = {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -312,6 +330,8 @@ def train_loop(config: dict[str, Any]) -> None:
                     "resumes": resumes,
                 }
                 metrics = {"iteration": it + 1, "loss": loss.item()}
+                if eval_due and evaluate is not None:  # rank 0; the others wait in report
+                    metrics |= evaluate(model, it + 1)
                 digest = parameters_digest(model) if done else None
                 _report_checkpoint(state, metrics, rank, digest)
     finally:
@@ -375,6 +395,44 @@ def _inject_fault(fault: dict[str, Any], rank: int, it: int) -> bool:
             marker.write_text(f"killed rank {rank} at iteration {it}\n")
             os.kill(os.getpid(), signal.SIGKILL)
     return fault.get("nan_iteration") == it
+
+
+class _PeriodicEval:
+    """Val AP of the first `train.eval_images` val images (rank 0), for sweeps and curves."""
+
+    def __init__(self, config: dict[str, Any], p: TrainParams) -> None:
+        import contextlib
+        import io
+
+        from pycocotools.coco import COCO
+
+        self.val = ShardDataset(Path(config["shards"]) / "val")
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints
+            self.gt = COCO(config["val_annotations"])
+        n = min(p.eval_images, len(self.val))
+        self.image_ids = [int(self.val.read_meta(i)["image_id"]) for i in range(n)]
+        self.batch_size = p.batch_size
+
+    def __call__(self, model, iteration: int) -> dict[str, float]:
+        import mlflow
+
+        from mrcnn.coco_eval import coco_evaluate
+        from pipeline.evaluate import predict_dataset
+
+        results = predict_dataset(
+            model, self.val, self.batch_size, max_images=len(self.image_ids), progress=False
+        )
+        scores = coco_evaluate(self.gt, results, image_ids=self.image_ids)
+        metrics = {"bbox_AP": scores.metrics["bbox"]["AP"], "segm_AP": scores.metrics["segm"]["AP"]}
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=iteration)
+        logger.info(
+            "iteration %d: val bbox AP %.3f, segm AP %.3f",
+            iteration,
+            metrics["bbox_AP"],
+            metrics["segm_AP"],
+        )
+        return metrics
 
 
 class _RankZeroLog:
@@ -444,6 +502,19 @@ def _hms(seconds: float) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Driver helpers.
+
+
+def _val_annotations(shards: Path) -> Path:
+    """The val split's original COCO annotations, as recorded in its shard manifest."""
+    manifest = ShardDataset(shards / "val").manifest
+    path = Path(manifest["source"]["annotations"])
+    if not path.is_absolute():  # recorded relative to the project root (shards = root/data/shards)
+        path = shards.resolve().parent.parent / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"train.eval_every needs the val annotations {path} (run the download stage)"
+        )
+    return path
 
 
 def _global_batch(params: TrainParams) -> int:
