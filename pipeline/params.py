@@ -297,6 +297,17 @@ def load_model_config(
         raise ValueError(reprefix(str(e), "model.", "params key")) from None
 
 
+def resolve_device(device: str, key: str = "device") -> str:
+    """A params `device` value -> a torch device string: "auto" is cuda when available."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"{key} is {device!r} but no CUDA device is available")
+    return device
+
+
 def load_params(path: str | Path) -> dict[str, Any]:
     """The whole YAML file as a dict (empty for an empty file)."""
     with open(path) as f:
