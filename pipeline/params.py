@@ -235,7 +235,7 @@ class TrainParams:
     cpus_per_worker: int = 2  # torch threads per worker on CPU
     batch_size: int = 8  # images per worker per iteration
     reference_batch: int = 8
-    iterations: int = 1200
+    iterations: int = 800
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, the paper's recipe)
     lr: float = 1e-3
     momentum: float = 0.9
