@@ -252,18 +252,16 @@ def train_loop(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1
 
     start, resumes = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(Path(d) / STATE_FILE)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start, resumes = int(state["iteration"]), int(state.get("resumes", 0)) + 1
-            rng = Path(d) / f"rng_rank{rank}.pt"
-            if rng.exists():
-                torch.set_rng_state(torch.load(rng, weights_only=True))
+    state = _resume_state(rank)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, resumes = int(state["iteration"]), int(state.get("resumes", 0)) + 1
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
         logger.info("rank %d resumed at iteration %d (resume #%d)", rank, start, resumes)
+        del state
     else:
         torch.manual_seed(p.seed * 1000 + rank)  # sampling randomness differs per rank
 
@@ -279,7 +277,7 @@ def train_loop(config: dict[str, Any]) -> None:
         num_workers=p.loader_workers,
         pin_memory=device.type == "cuda",
     )
-    log = _RankZeroLog(config["mlflow"], enabled=rank == 0, resumed=checkpoint is not None)
+    log = _RankZeroLog(config["mlflow"], enabled=rank == 0, resumed=start > 0)
     evaluate = _PeriodicEval(config, p) if p.eval_every and rank == 0 else None
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -337,6 +335,54 @@ def train_loop(config: dict[str, Any]) -> None:
                 _report_checkpoint(state, metrics, rank, digest)
     finally:
         log.close()
+
+
+def _resume_state(rank: int) -> dict[str, Any] | None:
+    """The training state to resume from (with this rank's RNG state under "rng"), or None.
+
+    Usually Ray's latest registered checkpoint. But the Ray Train controller collects the
+    workers' reports every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so a worker that dies just
+    after `report` leaves a complete checkpoint on storage that Ray never registered; on local
+    or mounted storage a newer such directory is used instead of losing those iterations."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    registered = Path(checkpoint.path).name if checkpoint is not None else ""
+    for d in _unregistered_checkpoints(registered):
+        try:
+            return _read_checkpoint(d, rank)
+        except Exception as e:  # a half-written copy: the worker died while persisting it
+            logger.warning("skipping unregistered checkpoint %s: %s", d, e)
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return _read_checkpoint(Path(d), rank)
+
+
+def _unregistered_checkpoints(registered: str) -> list[Path]:
+    """Checkpoint directories of this run newer than `registered` (by name, which Ray stamps
+    with the time), newest first; [] on remote storage."""
+    import pyarrow.fs
+    import ray.train
+
+    try:  # a DeveloperAPI of Ray Train: without it, only registered checkpoints are used
+        storage = ray.train.get_context().get_storage()
+        local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+        experiment = Path(storage.experiment_fs_path)
+    except AttributeError:
+        return []
+    if not local:
+        return []
+    found = experiment.glob("checkpoint_*")
+    return sorted((d for d in found if d.name > registered), reverse=True)
+
+
+def _read_checkpoint(d: Path, rank: int) -> dict[str, Any]:
+    state = load_state(d / STATE_FILE)
+    rng = d / f"rng_rank{rank}.pt"
+    if rng.exists():
+        state["rng"] = torch.load(rng, weights_only=True)
+    return state
 
 
 def _all_finite(loss: torch.Tensor, world: int) -> bool:

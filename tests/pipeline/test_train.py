@@ -32,12 +32,15 @@ def _cfg():
 
 
 def _train(tmp_path: Path, shards: Path, fault=None, **overrides):
+    # The schedule is given at the global batch, so every test runs 6 iterations whatever the
+    # worker count (a larger global batch would scale the iteration count down).
+    workers = overrides.get("num_workers", 1)
     params = TrainParams(
         **{
             "num_workers": 1,
             "cpus_per_worker": 1,
             "batch_size": 2,
-            "reference_batch": 2,
+            "reference_batch": 2 * workers,
             "iterations": 6,
             "checkpoint_every": 3,
             "log_every": 2,
