@@ -256,7 +256,9 @@ def run(
         logger.info("--fresh: removing the previous sweep %s", exp_dir)
         shutil.rmtree(exp_dir)
     state = _sweep_state(exp_dir, identity)
-    _init_ray(needs_state_api=tp.scheduler == "asha")
+    init_ray()
+    if tp.scheduler == "asha":
+        check_state_api()
 
     start = time.time()
     with tracking.start_run(
@@ -331,30 +333,56 @@ def _sweep_state(exp_dir: Path, identity: str) -> dict[str, Any]:
     return state
 
 
-def _init_ray(*, needs_state_api: bool) -> None:
-    """Start (or join, with RAY_ADDRESS) Ray. Ray Train V2 frees the workers of a trial that
-    Tune stopped through the state API (the dashboard), so ASHA needs it."""
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local Ray with its dashboard (the state API:
+    Ray Train V2 frees the workers of a trial that Tune stopped through it, see
+    `check_state_api`). No-op when Ray is up already."""
     import ray
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:
-            ray.init(include_dashboard=True, log_to_driver=True, configure_logging=False)
-    if needs_state_api:
-        from ray.util.state import list_actors
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    port = _free_port()
+    # Ray's own processes look the dashboard up through this variable; without it they give up
+    # when the machine runs more than one Ray instance ("Found multiple active Ray instances").
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        log_to_driver=True,
+        configure_logging=False,
+    )
 
-        try:
-            list_actors(limit=1, timeout=20, raise_on_missing_output=False)
-        except Exception as e:
-            raise RuntimeError(
-                "Ray's state API does not answer (Ray started without its dashboard?). ASHA "
-                "stops trials early, and Ray Train frees a stopped trial's workers through that "
-                "API: start Ray with the dashboard (`ray start --head`, or ray.init() with "
-                "include_dashboard=True), or set tune.scheduler: fifo. "
-                f"({type(e).__name__}: {e})"
-            ) from None
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_state_api() -> None:
+    """Raise unless Ray's state API answers. A trial that ASHA stops is killed with its Ray
+    Train controller; Ray Train V2 then removes the trial's worker placement group from a
+    watcher that polls the state API. Without it the workers' resources stay reserved and the
+    next trial waits for them forever."""
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, timeout=20, raise_on_missing_output=False)
+    except Exception as e:
+        raise RuntimeError(
+            "Ray's state API does not answer (Ray started without its dashboard?). ASHA stops "
+            "trials early, and Ray Train frees a stopped trial's workers through that API: "
+            "start Ray with the dashboard (`ray start --head`, or leave Ray to pipeline.tune), "
+            f"or set tune.scheduler: fifo. ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _tuner(tp: TuneParams, sweep: Sweep, storage: Path, exp_dir: Path, retry_failed: bool):
@@ -389,7 +417,7 @@ def _tuner(tp: TuneParams, sweep: Sweep, storage: Path, exp_dir: Path, retry_fai
             metric=tp.metric,
             mode=tp.mode,
             scheduler=scheduler,
-            search_alg=search_algorithm(tp),
+            search_alg=search_algorithm(tp, concurrent),
             num_samples=tp.num_samples,
             max_concurrent_trials=concurrent,
             time_budget_s=tp.time_budget_s or None,
@@ -422,15 +450,18 @@ def max_concurrent_trials(params: TrainParams, resources: dict[str, float] | Non
     return max(1, math.floor(have / per_trial))
 
 
-def search_algorithm(tp: TuneParams):
-    """`tune.search_alg` -> a Tune search algorithm (random: Tune's BasicVariantGenerator)."""
+def search_algorithm(tp: TuneParams, max_concurrent: int = 0):
+    """`tune.search_alg` -> a Tune search algorithm (random: Tune's BasicVariantGenerator).
+
+    `max_concurrent` is given here: Tune applies `TuneConfig.max_concurrent_trials` only to
+    searchers it wraps itself, not to a BasicVariantGenerator passed in."""
     import importlib
     import importlib.util
 
     if tp.search_alg == "random":
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=tp.seed)
+        return BasicVariantGenerator(random_state=tp.seed, max_concurrent=max_concurrent)
     if tp.search_alg not in SEARCH_ALGS:
         known = ", ".join(["random", *SEARCH_ALGS])
         raise ValueError(f"params key 'tune.search_alg': unknown '{tp.search_alg}' ({known})")
@@ -445,10 +476,15 @@ def search_algorithm(tp: TuneParams):
 
 def _records(grid, sweep: Sweep, metric: str) -> list[TrialRecord]:
     """One TrialRecord per trial of Tune's ResultGrid."""
+    from ray.tune import ExperimentAnalysis
+
+    # Every trial's config (a restored grid has none in the Result of a trial that never
+    # reported).
+    configs = ExperimentAnalysis(grid.experiment_path).get_all_configs()
     records = []
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial-")
-        values = sweep.space.decode(result.config)
+        values = sweep.space.decode(result.config or configs[trial_id])
         metrics = result.metrics or {}
         try:
             planned = planned_iterations(sweep.trial_params(values)[0])

@@ -161,7 +161,8 @@ def test_concurrency_from_resources():
 def test_search_algorithms():
     from ray.tune.search import BasicVariantGenerator
 
-    assert isinstance(search_algorithm(TuneParams()), BasicVariantGenerator)
+    alg = search_algorithm(TuneParams(), max_concurrent=1)
+    assert isinstance(alg, BasicVariantGenerator) and alg.max_concurrent == 1
     with pytest.raises(ValueError, match="unknown 'grid_walk'"):
         search_algorithm(from_dict(TuneParams, {"search_alg": "grid_walk"}, "tune"))
     import importlib.util
