@@ -410,6 +410,7 @@ def _tuner(tp: TuneParams, sweep: Sweep, storage: Path, exp_dir: Path, retry_fai
             reduction_factor=tp.reduction_factor,
             stop_last_trials=False,  # a surviving trial ends by itself, after its last eval
         )
+    search_alg = search_algorithm(tp, concurrent)
     return tune.Tuner(
         trainable,
         param_space=sweep.space.param_space(),
@@ -417,9 +418,10 @@ def _tuner(tp: TuneParams, sweep: Sweep, storage: Path, exp_dir: Path, retry_fai
             metric=tp.metric,
             mode=tp.mode,
             scheduler=scheduler,
-            search_alg=search_algorithm(tp, concurrent),
+            search_alg=search_alg,
             num_samples=tp.num_samples,
-            max_concurrent_trials=concurrent,
+            # Set on the random search itself; Tune wraps other searchers in a limiter.
+            max_concurrent_trials=None if tp.search_alg == "random" else concurrent,
             time_budget_s=tp.time_budget_s or None,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
