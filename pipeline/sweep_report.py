@@ -172,28 +172,29 @@ def plot_sweep(
     ax.set_title("trials (x: stopped early)")
     ax.grid(alpha=0.3)
 
-    scored = [r for r in records if r.status != FAILED and _finite(r.metrics.get(metric))]
+    # The scatters compare trials at one iteration that all of them reached (ASHA's first rung
+    # when some were stopped there): last values would set stopped trials against longer ones.
+    scored = [r for r in records if r.status != FAILED and r.curve]
+    at = min((r.curve[-1][0] for r in scored), default=0)
+    points = {r.trial_id: _value_at(r.curve, at) for r in scored}
     for ax, dim in zip(flat[1:], space.dims, strict=False):
         for status, (marker, color) in style.items():
             group = [r for r in scored if r.status == status]
             xs = [_axis_value(dim, r.values[dim.key]) for r in group]
-            ax.scatter(xs, [r.metrics[metric] for r in group], marker=marker, c=color, label=status)
-        if best is not None:
+            ys = [points[r.trial_id] for r in group]
+            ax.scatter(xs, ys, marker=marker, c=color, label=status)
+        if best is not None and best.trial_id in points:
             ax.scatter(
                 [_axis_value(dim, best.values[dim.key])],
-                [best.metrics[metric]],
+                [points[best.trial_id]],
                 s=160,
                 facecolors="none",
                 edgecolors="red",
                 label="best",
             )
-        if dim.log_scale:
-            ax.set_xscale("log")
-        if not dim.numeric:
-            ax.set_xticks(range(len(dim.values)))
-            ax.set_xticklabels([_short(v) for v in dim.values], fontsize=7, rotation=15)
+        _x_axis(ax, dim)
         ax.set_xlabel(dim.key)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} at iteration {at}")
         ax.grid(alpha=0.3)
     if len(flat) > 1:
         flat[1].legend(fontsize=7)
@@ -208,6 +209,34 @@ def plot_sweep(
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _value_at(curve: Sequence[tuple[int, float]], iteration: int) -> float:
+    """The curve's value at the last point at or before `iteration`."""
+    before = [v for i, v in curve if i <= iteration]
+    return before[-1] if before else curve[0][1]
+
+
+def _x_axis(ax: Any, dim: Any) -> None:
+    """The declared range as the x-axis (log for log-uniform, with plain labels), or the
+    options as categories."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if dim.kind in ("loguniform", "uniform", "randint"):
+        lo, hi = dim.values
+        if dim.log_scale:
+            ax.set_xscale("log")
+            ax.set_xlim(lo / 1.1, hi * 1.1)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            pad = 0.05 * (hi - lo)
+            ax.set_xlim(lo - pad, hi + pad)
+    elif not dim.numeric:
+        ax.set_xticks(range(len(dim.values)))
+        ax.set_xticklabels([_short(v) for v in dim.values], fontsize=7, rotation=15)
+        ax.set_xlim(-0.5, len(dim.values) - 0.5)
 
 
 def _axis_value(dim: Any, value: Any) -> Any:
