@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.solver import scale_schedule
-from pipeline import sweep_report
+from pipeline import sweep_report, sweep_tracking
 from pipeline.params import (
     MlflowParams,
     TrainParams,
@@ -148,10 +148,10 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trial_id = ray.tune.get_context().get_trial_id()
     values = sweep.space.decode(config)
-    client, run_id = _trial_run(sweep, trial_id, values)
+    client, run_id = sweep_tracking.trial_run(sweep, trial_id, values)
     try:
         params, cfg = sweep.trial_params(values)  # an impossible combination raises here
-        _log_trial_params(client, run_id, params, cfg)
+        sweep_tracking.log_trial_params(client, run_id, params, cfg)
         loop_config = make_loop_config(
             params, cfg, Path(sweep.shards), sweep.tracking_uri, run_id, fault=sweep.fault
         )
@@ -175,58 +175,6 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         client.set_tag(run_id, "tune.error", f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(run_id, "FAILED")
         raise
-
-
-def _trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]):
-    """The trial's MLflow run under the parent: found again after a restart, else created."""
-    from mlflow.tracking import MlflowClient
-
-    from pipeline import tracking
-
-    client = MlflowClient(sweep.tracking_uri)
-    found = client.search_runs(
-        [sweep.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}' "
-        f"and tags.trial_id = '{trial_id}'",
-        max_results=1,
-    )
-    if found:
-        client.set_tag(found[0].info.run_id, "tune.status", "running")
-        return client, found[0].info.run_id
-    run = client.create_run(
-        sweep.experiment_id,
-        run_name=f"{sweep.name}-{trial_id}",
-        tags={
-            "mlflow.parentRunId": sweep.parent_run_id,
-            "trial_id": trial_id,
-            "sweep": sweep.name,
-            "stage": "tune",
-            "tune.status": "running",
-            "tune.swept": ",".join(values),
-        },
-    )
-    run_id = run.info.run_id
-    # What was sampled, as drawn (the full params follow once they are valid).
-    client.log_batch(
-        run_id,
-        params=[_param(f"sampled.{k}", v) for k, v in tracking.flatten(values).items()],
-    )
-    return client, run_id
-
-
-def _log_trial_params(client, run_id: str, params: TrainParams, cfg) -> None:
-    from pipeline import tracking
-
-    flat = tracking.flatten({"train": to_dict(params), "model": cfg.to_dict()})
-    items = [_param(k, v) for k, v in flat.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[i : i + 100])
-
-
-def _param(key: str, value: str):
-    from mlflow.entities import Param
-
-    return Param(key, value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,13 +235,13 @@ def run(
         grid = _tuner(tp, sweep, storage, exp_dir, retry_failed).fit()
         records = _records(grid, sweep, tp.metric)
         wall = time.time() - start
-        _finish_trial_runs(records, sweep)
+        sweep_tracking.finish_trial_runs(records, sweep)
         best = sweep_report.best_trial(records, tp.metric, tp.mode)
         summary = _summary(tp, sweep, records, best, params_doc, wall)
         files = sweep_report.write_reports(
             out_dir / tp.name, records, best, sweep.space, tp.metric, params_doc, summary
         )
-        _log_parent(records, best, sweep, tp, files, wall)
+        sweep_tracking.log_parent(records, best, sweep, tp, files, wall)
     _log_outcome(summary, files)
     if best is None:
         raise RuntimeError(f"sweep {tp.name}: no trial reported {tp.metric}; see {out_dir}")
@@ -519,32 +467,6 @@ def _records(grid, sweep: Sweep, metric: str) -> list[TrialRecord]:
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def _finish_trial_runs(records: list[TrialRecord], sweep: Sweep) -> None:
-    """Status of each trial's nested MLflow run (FINISHED / KILLED for stopped / FAILED)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(sweep.tracking_uri)
-    runs = client.search_runs(
-        [sweep.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'",
-        max_results=10000,
-    )
-    by_trial = {r.data.tags.get("trial_id"): r for r in runs}
-    mlflow_status = {COMPLETED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
-    for rec in records:
-        run = by_trial.get(rec.trial_id)
-        if run is None:  # the trial failed before its run existed
-            continue
-        rec.mlflow_run_id = run.info.run_id
-        client.set_tag(rec.mlflow_run_id, "tune.status", rec.status)
-        client.set_tag(rec.mlflow_run_id, "tune.iterations", str(rec.iteration))
-        if rec.error:
-            client.set_tag(rec.mlflow_run_id, "tune.error", rec.error[:5000])
-        for k, v in rec.metrics.items():
-            client.log_metric(rec.mlflow_run_id, f"final/{k}", v, step=rec.iteration)
-        client.set_terminated(rec.mlflow_run_id, mlflow_status[rec.status])
-
-
 def _summary(tp, sweep, records, best, params_doc, wall) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": tp.name,
@@ -568,29 +490,6 @@ def _summary(tp, sweep, records, best, params_doc, wall) -> dict[str, Any]:
         }
         out["dvc_command"] = "dvc exp run " + " ".join(dvc_set_args(best.values, params_doc))
     return out
-
-
-def _log_parent(records, best, sweep: Sweep, tp: TuneParams, files, wall: float) -> None:
-    import mlflow
-
-    rows = sweep_report.table_rows(records, sweep.space)
-    if rows:
-        mlflow.log_table({c: [r[c] for r in rows] for c in rows[0]}, "sweep/trials.json")
-    for path in files.values():
-        mlflow.log_artifact(str(path), "sweep")
-    mlflow.log_metrics(
-        {
-            "sweep/trials": len(records),
-            "sweep/stopped_early": sum(r.status == STOPPED for r in records),
-            "sweep/failed": sum(r.status == FAILED for r in records),
-            "sweep/wall_s": wall,
-        }
-    )
-    if best is not None:
-        mlflow.log_metric(f"best/{tp.metric}", best.metrics[tp.metric])
-        # Tags, not params: a resumed sweep may find a new best (params cannot change).
-        mlflow.set_tags({f"best.{k}": json.dumps(v) for k, v in best.values.items()})
-        mlflow.set_tags({"best.trial_id": best.trial_id, "best.run_id": best.mlflow_run_id})
 
 
 def _log_outcome(summary: dict[str, Any], files: dict[str, Path]) -> None:

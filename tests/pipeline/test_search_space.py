@@ -147,6 +147,7 @@ def test_dvc_set_args_apply_the_values_through_dvc(tmp_path):
     assert after["model"]["rpn"]["nms_thresh"] == 0.65
     assert after["model"]["anchors"]["sizes"] == [12, 24, 48, 96, 192]
     assert after["model"]["preset"] == "shapes_small" and after["data"] == doc["data"]
+    assert after["tune"] == doc["tune"]  # the space's dotted keys survive DVC's rewrite
 
 
 def test_concurrency_from_resources():
