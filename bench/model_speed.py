@@ -37,12 +37,13 @@ from mrcnn import presets  # noqa: E402
 from mrcnn.data.minimask import boxes_from_masks, make_mini_masks  # noqa: E402
 from mrcnn.model import build_model  # noqa: E402
 from mrcnn.structures import Batch  # noqa: E402
+from mrcnn.weights import load_torchvision  # noqa: E402
 
 MAX_GT = 8
 
 
 def scenes(batch: int, size: int, seed: int = 0):
-    """`batch` images with 3..6 ellipses each: (images uint8 [B,S,S,3], [masks [N,S,S]], [labels])."""
+    """`batch` images with 3..6 ellipses: images uint8 [B,S,S,3], masks [N,S,S] and labels each."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     images, masks, labels = [], [], []
@@ -86,10 +87,12 @@ def our_batch(images, masks, labels, device) -> Batch:
     ).to(device)
 
 
-def torchvision_model(size: int) -> TVMaskRCNN:
+def torchvision_model(size: int, score_thresh: float) -> TVMaskRCNN:
     body = resnet50(norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(body, trainable_layers=3)
-    return TVMaskRCNN(backbone, num_classes=91, min_size=size, max_size=size)
+    return TVMaskRCNN(
+        backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=score_thresh
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -137,6 +140,12 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile our static parts")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.0,
+        help="detection score threshold of both models (0: 100 detections each)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if args.threads:
@@ -146,12 +155,17 @@ def main() -> None:
     images, masks, labels = scenes(args.batch, args.size)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext()
 
-    ours = build_model(presets.torchvision_r50_fpn(image_size=args.size)).to(device)
+    # Same weights in both (torchvision's random init loaded into ours), so both models find the
+    # same proposals and detections and do the same amount of work.
+    tv = torchvision_model(args.size, args.score_thresh).to(device)
+    cfg = presets.torchvision_r50_fpn(image_size=args.size, box_score_thresh=args.score_thresh)
+    ours = build_model(cfg)
+    load_torchvision(ours, tv.state_dict())
+    ours.to(device)
     if args.channels_last:
         ours.use_channels_last()
     if args.compile:
         ours.compile_static(mode="max-autotune-no-cudagraphs" if device.type == "cuda" else None)
-    tv = torchvision_model(args.size).to(device)
     batch = our_batch(images, masks, labels, device)
     tv_images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
     tv_targets = [
@@ -197,6 +211,7 @@ def main() -> None:
         "amp": args.amp,
         "compile": args.compile,
         "channels_last": args.channels_last,
+        "score_thresh": args.score_thresh,
         "commit": _commit(),
     }
     ours.train()

@@ -1,8 +1,8 @@
 """Mask R-CNN (He et al., 2017) in PyTorch + torchvision.
 
-    import mrcnn
-    model = mrcnn.build_model(mrcnn.presets.shapes_small())
-    detections = model.detect([image])        # uint8 H x W x 3 -> list[mrcnn.Detections]
+import mrcnn
+model = mrcnn.build_model(mrcnn.presets.shapes_small())
+detections = model.detect([image])        # uint8 H x W x 3 -> list[mrcnn.Detections]
 """
 
 from mrcnn import presets

@@ -119,7 +119,6 @@ class RoIAlignCPU(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: D102
         (rois,) = ctx.saved_tensors
         (b, c, h, w), size, scale, s, aligned = ctx.args
-        n = rois.shape[0]
         offset = 0.5 if aligned else 0.0
         start = rois[:, 1:3] * scale - offset  # [N, 2] (x, y)
         extent = rois[:, 3:5] * scale - offset - start

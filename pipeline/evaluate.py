@@ -52,7 +52,15 @@ from mrcnn.coco_eval import (
     ground_truth_results,
     pr_curves,
 )
-from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section, to_dict
+from mrcnn.fileio import write_json_atomic
+from pipeline.params import (
+    DataParams,
+    EvaluateParams,
+    MlflowParams,
+    load_section,
+    resolve_device,
+    to_dict,
+)
 
 if TYPE_CHECKING:
     from mrcnn.data import ShardDataset
@@ -295,7 +303,7 @@ def run(
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; {how}")
     dataset = ShardDataset(paths.shards_dir)
-    model = weights.load(paths.model_dir, pick_device(params.device))
+    model = weights.load(paths.model_dir, resolve_device(params.device, "evaluate.device"))
     if model.image_size != dataset.image_size:
         raise EvaluateError(
             f"the model takes {model.image_size} px images, the val shards are "
@@ -366,7 +374,7 @@ def run(
         ),
         results if params.write_results else None,
     )
-    _write_json_atomic(paths.metrics_out, metrics)
+    write_json_atomic(paths.metrics_out, metrics)
     log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
     if tracking_uri is not None:
         log_to_mlflow(
@@ -503,28 +511,12 @@ def log_to_mlflow(
     return run_id
 
 
-def pick_device(device: str) -> str:
-    """ "auto" -> cuda when available, else cpu."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"evaluate.device is {device!r} but no CUDA device is available")
-    return device
-
-
 def _check_annotations(annotations: Path, manifest: Mapping[str, Any]) -> None:
     """Warn when the shards were built from another version of the annotation file."""
     expected = manifest.get("source", {}).get("annotations_sha256")
     if expected and expected != hashlib.sha256(annotations.read_bytes()).hexdigest():
         log.warning("%s differs from the file the val shards were built from; rebuild the "
                     "shards (`dvc repro shards`) if the images changed", annotations)  # fmt: skip
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

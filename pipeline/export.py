@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from mrcnn.fileio import write_json_atomic
 from pipeline.params import ExportParams, MlflowParams, load_section
 from pipeline.tracking import (
     TrackingError,
@@ -167,7 +168,7 @@ def run(
         "portable": portable,
         "tags": tags,
     }
-    _write_json_atomic(paths.out_dir / "export.json", result)
+    write_json_atomic(paths.out_dir / "export.json", result)
     log.info(
         "registered %s version %s as %s (%s = %.4f; previous champion %s)",
         params.registered_model,
@@ -335,13 +336,6 @@ def _read_json(path: Path, how_to_create: str = "") -> dict[str, Any]:
             f"{path} does not exist" + (f"; {how_to_create}" if how_to_create else "")
         )
     return json.loads(path.read_text())
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

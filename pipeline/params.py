@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mrcnn import presets
-from mrcnn.config import RESIZE_MODES, Config
+from mrcnn.config import RESIZE_MODES, Config, from_mapping, reprefix
 from mrcnn.data.shapes import ShapesSpec
 
 T = TypeVar("T")
@@ -75,7 +73,7 @@ class DataParams:
         try:
             self.shapes.validate()
         except ValueError as e:
-            raise ValueError(_prefixed(str(e), "shapes.")) from None
+            raise ValueError(reprefix(str(e), "shapes.", "params key")) from None
 
 
 @dataclass
@@ -238,7 +236,7 @@ class TrainParams:
     cpus_per_worker: int = 2  # torch threads per worker on CPU
     batch_size: int = 8  # images per worker per iteration
     reference_batch: int = 8
-    iterations: int = 1200
+    iterations: int = 800
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, the paper's recipe)
     lr: float = 1e-3
     momentum: float = 0.9
@@ -369,7 +367,18 @@ def model_config(
         cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
         return cfg.replace(**section, class_names=list(class_names))
     except ValueError as e:
-        raise ValueError(_prefixed(str(e), "model.")) from None
+        raise ValueError(reprefix(str(e), "model.", "params key")) from None
+
+
+def resolve_device(device: str, key: str = "device") -> str:
+    """A params `device` value -> a torch device string: "auto" is cuda when available."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"{key} is {device!r} but no CUDA device is available")
+    return device
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -388,29 +397,9 @@ def load_section(path: str | Path, section: str, cls: type[T]) -> T:
 
 def from_dict(cls: type[T], d: Any, section: str) -> T:
     """Build and validate `cls` from a mapping; errors name `section.key`."""
-    prefix = f"{section}."
     if not isinstance(d, dict):
         raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(
-            f"unknown params key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})"
-        )
-    kwargs = {}
-    for name, value in d.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value if value is not None else {}, prefix + name)
-        else:
-            kwargs[name] = _coerce(hint, value, prefix + name)
-    obj = cls(**kwargs)
-    try:
-        obj.validate()
-    except ValueError as e:
-        raise ValueError(_prefixed(str(e), prefix)) from None
-    return obj
+    return from_mapping(cls, d, prefix=f"{section}.", noun="params key")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -424,41 +413,3 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return x
 
     return plain(dataclasses.asdict(obj))
-
-
-def _prefixed(msg: str, prefix: str) -> str:
-    """ "params key 'k' ..." or "config key 'k' ..." -> "params key '<prefix>k' ..."."""
-    for head in ("params key '", "config key '"):
-        if msg.startswith(head):
-            return f"params key '{prefix}{msg[len(head) :]}"
-    return msg
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check a value against a field's type; ints pass for floats, lists for tuples."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"params key '{key}' must be a list, got {value!r}")
-        return tuple(_coerce(typing.get_args(hint)[0], v, key) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported params type for {key}: {hint}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"params key '{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"params key '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"params key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"params key '{key}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported params type for {key}: {hint}")

@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image
 from tqdm import tqdm
 
 from mrcnn.coco_results import to_coco_results
+from mrcnn.fileio import save_png_atomic, write_json_atomic
 from mrcnn.images import IMAGE_SUFFIXES, ImageReadError, read_image
-from pipeline.params import MlflowParams, PredictParams, load_section
+from pipeline.params import MlflowParams, PredictParams, load_section, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run(
     files = collect_inputs(inputs)
     with tempfile.TemporaryDirectory(prefix="mrcnn-model-") as tmp:
         weights_dir, source = resolve_model(model, tracking_uri, Path(tmp))
-        net = weights.load(weights_dir, pick_device(params.device))
+        net = weights.load(weights_dir, resolve_device(params.device, "predict.device"))
         class_map = read_class_map(weights_dir, net.num_classes)
     if params.score_thresh >= 0:
         net.roi_heads.score_thresh = params.score_thresh
@@ -109,7 +109,7 @@ def run(
             picture = draw_instances(
                 image, det.boxes, det.masks, det.labels, class_names, det.scores
             )
-            _save_png_atomic(picture, overlays / (item.name + ".png"))
+            save_png_atomic(picture, overlays / (item.name + ".png"))
             results += to_coco_results(det, image_id, class_map, file_name=item.name)
             h, w = image.shape[:2]
             images.append(
@@ -134,8 +134,8 @@ def run(
         "images": images,
         "skipped": skipped,
     }
-    _write_json_atomic(out_dir / "results.json", results)
-    _write_json_atomic(out_dir / "images.json", summary)
+    write_json_atomic(out_dir / "results.json", results, indent=None)
+    write_json_atomic(out_dir / "images.json", summary)
     log.info(
         "%d images, %d detections -> %s (%d skipped)",
         len(images),
@@ -302,30 +302,6 @@ def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None
             f"class_map in {weights_dir / CONFIG_FILE} has no category id for labels {missing}"
         )
     return mapping
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"predict.device is {device!r} but no CUDA device is available")
-    return device
-
-
-def _save_png_atomic(image: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from mrcnn import weights
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, TrainLoader
+from mrcnn.fileio import write_json_atomic
 from mrcnn.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
 from pipeline.params import (
@@ -129,7 +130,7 @@ def run(
         "checkpoint": str(result.checkpoint.path),
     }
     _write_reports(history, paths.reports)
-    _atomic_json(paths.metrics, summary)
+    write_json_atomic(paths.metrics, summary)
     with tracking.start_run(tracking_uri, mlflow_params.experiment, run_id=run_id):  # resumes
         import mlflow
 
@@ -624,13 +625,6 @@ def _write_reports(history: list[dict[str, float]], out: Path) -> None:
     fig.savefig(out / "losses.png.tmp.png")
     plt.close(fig)
     (out / "losses.png.tmp.png").replace(out / "losses.png")
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,7 @@ from mrcnn.data.coco import (
 )
 from mrcnn.data.minimask import make_mini_masks, pack_mini_masks
 from mrcnn.data.resize import compute_scale, resize_image, resized_shape
+from mrcnn.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
         "converted": converted,
     }
     os.replace(tmp, out_dir / name)
-    _write_json_atomic(out_dir / _record_name(task.index), result)
+    write_json_atomic(out_dir / _record_name(task.index), result, indent=1)
     return result
 
 
@@ -327,7 +328,7 @@ def _finish(
         "skipped": skipped,
         "converted": converted,
     }
-    _write_json_atomic(out_dir / fmt.REPORT, report)
+    write_json_atomic(out_dir / fmt.REPORT, report, indent=1)
 
     per_label: Counter[int] = Counter()
     for rec in shard_records:
@@ -375,7 +376,7 @@ def _finish(
         "params": dataclasses.asdict(options),
         **extra,
     }
-    _write_json_atomic(out_dir / fmt.MANIFEST, manifest)
+    write_json_atomic(out_dir / fmt.MANIFEST, manifest, indent=1)
     return manifest
 
 
@@ -469,15 +470,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _init_worker() -> None:

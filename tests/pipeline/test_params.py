@@ -55,3 +55,28 @@ def test_bad_params_name_the_key(tmp_path, text, message):
     cls = {"data": DataParams, "shards": ShardsParams, "inspect": InspectParams}[section]
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         load_section(p, section, cls)
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml"])
+def test_shipped_params_files_are_valid(path):
+    """Every section of the shipped params files loads and the model config builds."""
+    from pathlib import Path
+
+    from pipeline import params as P
+
+    root = Path(__file__).resolve().parents[2]
+    file = root / path
+    sections = {
+        "data": P.DataParams,
+        "shards": P.ShardsParams,
+        "inspect": P.InspectParams,
+        "train": P.TrainParams,
+        "evaluate": P.EvaluateParams,
+        "mlflow": P.MlflowParams,
+        "export": P.ExportParams,
+    }
+    for name, cls in sections.items():
+        P.load_section(file, name, cls)
+    shards = P.load_section(file, "shards", P.ShardsParams)
+    cfg = P.load_model_config(file, num_classes=81, image_size=shards.image_size)
+    assert cfg.input.image_size == shards.image_size
