@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 MLFLOW_RUN_FILE = "mlflow_run.json"
+NONFINITE_FILE = "nonfinite.json"  # rank 0 writes it into the run directory on a NaN/inf loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,13 +107,6 @@ def run(
     start = time.time()
     result = fit(loop_config, params, run_name, paths.storage)
     wall = time.time() - start
-    if result.metrics and "nonfinite_iteration" in result.metrics:
-        m = result.metrics
-        raise NonFiniteLossError(
-            f"non-finite loss at iteration {m['nonfinite_iteration']}: {m['nonfinite_losses']}; "
-            f"training stopped, the last good checkpoint is kept in {run_dir} "
-            "(lower train.lr, raise train.warmup_iters or set train.grad_clip)"
-        )
     state = load_state(Path(result.checkpoint.path) / STATE_FILE)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
@@ -172,19 +166,12 @@ def fit(
     """Run `train_loop` under a Ray Train `TorchTrainer`; returns its `Result`.
 
     Also the entry point of sweeps: `pipeline.tune` calls it from each trial with
-    `TuneReportCallback`.
+    `TuneReportCallback`. Raises `NonFiniteLossError` when the loss went NaN/inf.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            include_dashboard=False,
-            log_to_driver=True,
-            configure_logging=False,
-        )
+    init_ray()
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -202,7 +189,46 @@ def fit(
             callbacks=callbacks or [],
         ),
     )
-    return trainer.fit()
+    run_dir = Path(storage).resolve() / run_name
+    (run_dir / NONFINITE_FILE).unlink(missing_ok=True)  # from an earlier attempt of this run
+    result = trainer.fit()
+    _raise_if_nonfinite(run_dir)
+    return result
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local Ray with its dashboard. Ray Train V2
+    cleans up a run's worker placement group through the dashboard's state API (for a sweep's
+    stopped trials, see `pipeline.tune.check_state_api`); without it its watcher logs "State
+    API may be temporarily unavailable" every few seconds. No-op when Ray is up already."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    port = _free_port()
+    # Ray's own processes look the dashboard up through this variable; without it they give up
+    # when the machine runs more than one Ray instance ("Found multiple active Ray instances").
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        log_to_driver=True,
+        configure_logging=False,
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def config_hash(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:
@@ -295,12 +321,11 @@ def train_loop(config: dict[str, Any]) -> None:
                 losses = ddp(batch)
             loss = model.total_loss(losses) * (float("nan") if nan else 1.0)
             if not _all_finite(loss, world):
-                ray.train.report(
-                    {
-                        "nonfinite_iteration": it,
-                        "nonfinite_losses": {k: v.item() for k, v in losses.items()},
-                    }
-                )
+                if rank == 0:
+                    _write_run_file(
+                        NONFINITE_FILE,
+                        {"iteration": it, "losses": {k: v.item() for k, v in losses.items()}},
+                    )
                 return
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -374,7 +399,7 @@ def _unregistered_checkpoints(registered: str) -> list[Path]:
     if not local:
         return []
     found = experiment.glob("checkpoint_*")
-    return sorted((d for d in found if d.name > registered), reverse=True)
+    return sorted((d for d in found if d.is_dir() and d.name > registered), reverse=True)
 
 
 def _read_checkpoint(d: Path, rank: int) -> dict[str, Any]:
@@ -383,6 +408,30 @@ def _read_checkpoint(d: Path, rank: int) -> dict[str, Any]:
     if rng.exists():
         state["rng"] = torch.load(rng, weights_only=True)
     return state
+
+
+def _write_run_file(name: str, data: dict[str, Any]) -> None:
+    """A JSON file in this run's Ray Train storage directory (local or remote). Ray V2's
+    `Result.metrics` only holds the metrics of the latest checkpoint, so what the driver must
+    learn without a checkpoint travels this way."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    path = f"{storage.experiment_fs_path}/{name}"
+    with storage.storage_filesystem.open_output_stream(path) as f:
+        f.write(json.dumps(data).encode())
+
+
+def _raise_if_nonfinite(run_dir: Path) -> None:
+    marker = run_dir / NONFINITE_FILE
+    if not marker.is_file():
+        return
+    info = json.loads(marker.read_text())
+    raise NonFiniteLossError(
+        f"non-finite loss at iteration {info['iteration']}: {info['losses']}; training stopped, "
+        f"the last good checkpoint is kept in {run_dir} (lower train.lr, raise "
+        "train.warmup_iters or set train.grad_clip)"
+    )
 
 
 def _all_finite(loss: torch.Tensor, world: int) -> bool:

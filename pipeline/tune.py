@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -53,6 +52,7 @@ from pipeline.params import (
 )
 from pipeline.search_space import SearchSpace, apply, dvc_set_args, parse_space
 from pipeline.sweep_report import COMPLETED, FAILED, STOPPED, TrialRecord
+from pipeline.train import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train import NonFiniteLossError, fit, make_loop_config
+    from pipeline.train import fit, make_loop_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trial_id = ray.tune.get_context().get_trial_id()
@@ -164,12 +164,6 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         )
         if result.error is not None:
             raise result.error
-        metrics = result.metrics or {}
-        if "nonfinite_iteration" in metrics:
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {metrics['nonfinite_iteration']}: "
-                f"{metrics['nonfinite_losses']}"
-            )
     except Exception as e:
         client.set_tag(run_id, "tune.status", FAILED)
         client.set_tag(run_id, "tune.error", f"{type(e).__name__}: {e}"[:5000])
@@ -279,40 +273,6 @@ def _sweep_state(exp_dir: Path, identity: str) -> dict[str, Any]:
         )
     logger.info("resuming sweep %s (MLflow run %s)", exp_dir.name, state.get("parent_run_id"))
     return state
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster at RAY_ADDRESS, or start a local Ray with its dashboard (the state API:
-    Ray Train V2 frees the workers of a trial that Tune stopped through it, see
-    `check_state_api`). No-op when Ray is up already."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    port = _free_port()
-    # Ray's own processes look the dashboard up through this variable; without it they give up
-    # when the machine runs more than one Ray instance ("Found multiple active Ray instances").
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        log_to_driver=True,
-        configure_logging=False,
-    )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_state_api() -> None:

@@ -117,9 +117,11 @@ def tiny_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for every test that trains (its start-up costs seconds)."""
+    """One local Ray instance for every test that trains (its start-up costs seconds), started
+    as the stages start it (with the dashboard, whose state API Ray Train's cleanup uses)."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    from pipeline.train import init_ray
+
+    init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

@@ -42,7 +42,8 @@ def ray_state_api():
     workers of a trial that ASHA stopped through the state API. Replaces a session Ray started
     without it (the ray_session fixture's)."""
     ray = pytest.importorskip("ray")
-    from pipeline.tune import check_state_api, init_ray
+    from pipeline.train import init_ray
+    from pipeline.tune import check_state_api
 
     if ray.is_initialized():
         try:
