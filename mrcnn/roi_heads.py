@@ -38,7 +38,7 @@ class BoxHead(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.fc7(self.fc6(x.flatten(1)).relu()).relu()
+        x = self.fc7(self.fc6(x.flatten(1)).relu_()).relu_()  # in place: one buffer less
         return self.cls_score(x), self.bbox_pred(x)
 
 
@@ -67,8 +67,8 @@ class MaskHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
-            x = conv(x).relu()
-        return self.logits(self.deconv(x).relu())
+            x = conv(x).relu_()
+        return self.logits(self.deconv(x).relu_())
 
 
 @dataclass

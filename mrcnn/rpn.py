@@ -40,7 +40,7 @@ class RPNHead(nn.Module):
         logits, deltas = [], []
         s = self.anchor_stride
         for x in features:
-            t = torch.relu(self.conv(x))
+            t = torch.relu_(self.conv(x))
             if s > 1:  # anchors sit on every s-th cell (matterport's RPN_ANCHOR_STRIDE)
                 t = t[:, :, ::s, ::s]
             b, _, h, w = t.shape

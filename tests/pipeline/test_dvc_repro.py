@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.pipeline.tiny_model import TINY_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {
@@ -20,16 +22,7 @@ TINY = {
     },
     "shards": {"image_size": 64, "mini_mask_shape": 14, "samples_per_shard": 8, "num_workers": 1},
     "inspect": {"num_samples": 2},
-    "model": {
-        "backbone": {"width_multiplier": 0.25, "fpn_channels": 16},
-        "roi_heads": {
-            "batch_size_per_image": 16,
-            "box_head_dim": 64,
-            "mask_head_channels": 16,
-            "mask_head_convs": 1,
-        },
-        "inference": {"score_thresh": 0.0},
-    },
+    "model": {**TINY_MODEL, "inference": {"score_thresh": 0.0}},
     "train": {
         "iterations": 4,
         "batch_size": 2,

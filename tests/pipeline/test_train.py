@@ -13,22 +13,13 @@ from mrcnn import presets
 from mrcnn.data import ShardDataset
 from pipeline.params import MlflowParams, TrainParams
 from pipeline.train import NonFiniteLossError, TrainPaths, load_state, run
+from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 
 def _cfg():
-    return presets.shapes_small(
-        num_classes=4,
-        image_size=64,
-        backbone={"width_multiplier": 0.25, "fpn_channels": 16},
-        roi_heads={
-            "batch_size_per_image": 16,
-            "box_head_dim": 64,
-            "mask_head_channels": 16,
-            "mask_head_convs": 1,
-        },
-    )
+    return presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL)
 
 
 def _train(tmp_path: Path, shards: Path, fault=None, **overrides):

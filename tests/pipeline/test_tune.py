@@ -12,19 +12,11 @@ import yaml
 from mrcnn.data import ShardDataset
 from pipeline.params import MlflowParams
 from pipeline.tune import load_sweep, run
+from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = pytest.mark.slow
 
-MODEL = {  # the slim model of tests/pipeline/test_train.py
-    "preset": "shapes_small",
-    "backbone": {"width_multiplier": 0.25, "fpn_channels": 16},
-    "roi_heads": {
-        "batch_size_per_image": 16,
-        "box_head_dim": 64,
-        "mask_head_channels": 16,
-        "mask_head_convs": 1,
-    },
-}
+MODEL = {"preset": "shapes_small", **TINY_MODEL}
 TRAIN = {
     "num_workers": 1,
     "cpus_per_worker": 1,
