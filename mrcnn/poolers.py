@@ -7,16 +7,22 @@ One `roi_align` call per level covers all images of the batch.
 On CPU, training uses torchvision's RoIAlign forward with our own backward (`RoIAlignCPU`):
 torchvision's CPU backward is a single-threaded loop over every (RoI, channel, bin, sample) and
 took ~40% of a small model's training step; ours computes every sample's four bilinear weights
-at once and accumulates them with one `index_add_`.
+at once and accumulates them with one `index_add_`. torchvision's CPU forward also runs on one
+core, so on CPU the RoIs are split over torch's intra-op thread count (`roi_align_cpu`): each
+RoI is pooled on its own, so the result is the same to the bit.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
 K_MIN, K_MAX = 2, 5  # RoIs pool from P2..P5 (P6 only feeds the RPN)
+MIN_ROIS_PER_THREAD = 64  # below this a thread hand-off costs more than it saves
 
 
 def assign_levels(
@@ -98,7 +104,33 @@ def _roi_align(
 ) -> Tensor:
     if feat.device.type == "cpu" and feat.requires_grad and sampling_ratio > 0:
         return RoIAlignCPU.apply(feat, rois, size, scale, sampling_ratio, aligned)
+    if feat.device.type == "cpu" and not feat.requires_grad:
+        return roi_align_cpu(feat, rois, size, scale, sampling_ratio, aligned)
     return roi_align(feat, rois, size, scale, sampling_ratio, aligned)
+
+
+_threads: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _threads
+    if _threads is None or _threads[0] != os.getpid():
+        _threads = (os.getpid(), ThreadPoolExecutor(os.cpu_count() or 1, "mrcnn-roi-align"))
+    return _threads[1]
+
+
+def roi_align_cpu(
+    feat: Tensor, rois: Tensor, size: int, scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """torchvision's `roi_align` (no autograd) with the RoIs split over torch's intra-op threads:
+    its CPU kernel is a single-threaded loop over RoIs. The ops release the GIL."""
+    n = min(torch.get_num_threads(), rois.shape[0] // MIN_ROIS_PER_THREAD, os.cpu_count() or 1)
+    if n <= 1 or torch.compiler.is_compiling():
+        return roi_align(feat, rois, size, scale, sampling_ratio, aligned)
+    parts = _thread_pool().map(
+        lambda r: roi_align(feat, r, size, scale, sampling_ratio, aligned), rois.chunk(n)
+    )
+    return torch.cat(list(parts))
 
 
 class RoIAlignCPU(torch.autograd.Function):
@@ -113,7 +145,7 @@ class RoIAlignCPU(torch.autograd.Function):
     def forward(ctx, feat, rois, size, scale, sampling_ratio, aligned):  # noqa: D102
         ctx.save_for_backward(rois)
         ctx.args = (feat.shape, size, scale, sampling_ratio, aligned)
-        return roi_align(feat, rois, size, scale, sampling_ratio, aligned)
+        return roi_align_cpu(feat.detach(), rois, size, scale, sampling_ratio, aligned)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102

@@ -61,3 +61,28 @@ def test_cpu_backward_equals_torchvision(aligned):
     ]
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert ref.abs().sum() > 0
+
+
+def test_cpu_forward_split_over_threads_is_bitwise_torchvision(monkeypatch):
+    from torchvision.ops import roi_align
+
+    from mrcnn import poolers
+
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 4, 16, 16, generator=g)
+    xy = torch.rand(301, 2, generator=g) * 50
+    rois = torch.cat([torch.randint(0, 2, (301, 1), generator=g).float(), xy, xy + 9], dim=1)
+    ref = roi_align(feat, rois, 7, 0.25, 2, True)
+    calls = []
+    real = poolers.roi_align
+    monkeypatch.setattr(poolers, "roi_align", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    monkeypatch.setattr(poolers.os, "cpu_count", lambda: 4)
+    with torch.no_grad():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(4)
+        try:
+            ours = poolers.roi_align_cpu(feat, rois, 7, 0.25, 2, True)
+        finally:
+            torch.set_num_threads(threads)
+    assert len(calls) == 4 and sum(calls) == 301  # really split: 4 chunks of the 301 RoIs
+    assert torch.equal(ours, ref)
