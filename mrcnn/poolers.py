@@ -50,12 +50,9 @@ def multilevel_roi_align(
     boxes: [B, R, 4] xyxy in the padded input frame of side `image_size`.
     -> [B * R, C, output_size, output_size], image-major (row b * R + r).
     """
-    b, r, _ = boxes.shape
-    batch_idx = torch.arange(b, device=boxes.device, dtype=torch.float32).repeat_interleave(r)
-    rois = torch.cat([batch_idx[:, None], boxes.reshape(-1, 4).float()], dim=1)
     return roi_align_levels(
         features,
-        rois,
+        rois_with_image_index(boxes),
         image_size,
         output_size,
         sampling_ratio,
