@@ -1,0 +1,76 @@
+"""Session-wide real services for every test folder (see tests/services.py): an S3 server, a
+throwaway PostgreSQL and a two-node Ray cluster, each started on first use and stopped by pid at
+the end of the session. A test that needs one skips only when it cannot start here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import services
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[services.S3Server]:
+    """moto's S3 server on 127.0.0.1; its credentials and endpoint are put in os.environ for the
+    rest of the session (as a user's shell would have them), so every client, Ray node and
+    subprocess started afterwards finds them the production way."""
+    try:
+        server = services.start_s3(tmp_path_factory.mktemp("s3"))
+    except services.ServiceUnavailable as e:
+        pytest.skip(f"S3 server cannot start here: {e}")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env.items():
+            mp.setenv(key, value)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket for one test -> "s3://<name>"."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    return s3_server.make_bucket(f"t-{name}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[services.Postgres]:
+    try:
+        server = services.start_postgres()
+    except services.ServiceUnavailable as e:
+        pytest.skip(f"PostgreSQL cannot start here: {e}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(server.datadir.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server) -> Iterator[services.RayCluster]:
+    """A real two-node Ray cluster on this machine (head: resource `node_a`, second node:
+    `node_b`, one CPU each), reached through RAY_ADDRESS by subprocesses the tests start. Its
+    nodes see the S3 credentials (as a cluster's nodes would from their environment) and this
+    checkout on PYTHONPATH, so workers import the code under test."""
+    import os
+    from pathlib import Path
+
+    pytest.importorskip("ray")
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(s3_server.env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    try:
+        cluster = services.start_ray_cluster(env)
+    except services.ServiceUnavailable as e:
+        pytest.skip(f"a two-node Ray cluster cannot start here: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
