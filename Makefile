@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARAMS ?= params.yaml
 
-.PHONY: setup repro test test-fast lint format ui sweep bench clean
+.PHONY: setup repro test test-fast lint format ui sweep bench clean services-deps
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev,export]"
+	$(BIN)/python -m pip install -q -e ".[dev,export,cloud]"
 	@touch $(STAMP)
 
 repro: $(STAMP)  ## run the whole DVC pipeline (shapes dataset by default)
@@ -43,6 +43,15 @@ sweep: $(STAMP)  ## Ray Tune sweep over the space in params.yaml
 bench: $(STAMP)
 	$(BIN)/python bench/model_speed.py
 	$(BIN)/python bench/data_speed.py
+
+services-deps:  ## PostgreSQL's initdb/postgres for the tracking-server tests (Debian, as root)
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	  echo "postgresql: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "postgresql missing: install it (e.g. sudo apt-get install postgresql); its tests skip"; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mrcnn.data import storage
 from mrcnn.data.minimask import unpack_mini_masks
 
 try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% faster than PIL
@@ -135,33 +136,58 @@ def decode_chw(data: bytearray) -> np.ndarray:
 class ShardDataset(torch.utils.data.Dataset):
     """Random access to one split's shards: `len(ds)`, `ds[i] -> Sample`.
 
-    path: a split folder written by `pipeline.shards` (e.g. `data/shards/train`).
-    Attributes from the manifest: `image_size`, `mini_mask_shape`, `num_classes` (K + 1),
-    `class_names` (index 0 = "background"), `manifest` (the whole json).
+    path: a split folder written by `pipeline.shards` (e.g. `data/shards/train`), or the URL of
+        one in an object store (`s3://bucket/prefix/train`, any scheme `fsspec` has a driver
+        for; credentials from the environment, see `mrcnn.data.storage`).
+    cache_dir: for a URL, a local folder where each shard is downloaded whole on first use and
+        read from then on (one copy per node; None reads every sample with a ranged GET).
+    storage_options: extra `fsspec` options for a URL (e.g. `{"anon": True}`).
 
-    Reads are `os.pread` on file descriptors opened lazily per process, so one instance can be
-    shared by DataLoader workers (forked or spawned).
+    Attributes from the manifest: `image_size`, `mini_mask_shape`, `num_classes` (K + 1),
+    `class_names` (index 0 = "background"), `manifest` (the whole json). The samples, their
+    order and their bytes are the same wherever the split is read from.
+
+    Local reads are `os.pread` on file descriptors opened lazily per process and remote
+    filesystems are made lazily per process, so one instance can be shared by DataLoader
+    workers (forked or spawned).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.root = Path(path)
-        manifest_path = self.root / MANIFEST
-        if not manifest_path.is_file():
+    def __init__(
+        self,
+        path: str | Path,
+        cache_dir: str | Path | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.root: str | Path
+        if storage.is_url(path):
+            self.root = str(path).rstrip("/")
+            self._reader: storage.LocalSplit | storage.RemoteSplit = storage.RemoteSplit(
+                self.root, cache_dir, storage_options
+            )
+        else:
+            self.root = Path(str(path).removeprefix("file://"))
+            self._reader = storage.LocalSplit(self.root)
+        try:
+            manifest_bytes = self._reader.read(MANIFEST)
+        except FileNotFoundError:
             raise FileNotFoundError(
                 f"no {MANIFEST} in {self.root}: pass a finished split folder such as "
                 "data/shards/train (run `python -m pipeline.shards` first)"
-            )
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+            ) from None
+        self.manifest: dict[str, Any] = json.loads(manifest_bytes)
         if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != 1:
-            raise ValueError(f"{manifest_path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
-        self.index = np.load(self.root / INDEX)
-        self.shard_files = [self.root / s["file"] for s in self.manifest["shards"]]
+            raise ValueError(f"{self.root}/{MANIFEST}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+        self.index = np.load(io.BytesIO(self._reader.read(INDEX)), allow_pickle=False)
+        shards = self.manifest["shards"]
+        self.shard_files = [storage.join(self.root, s["file"]) for s in shards]
+        if isinstance(self._reader, storage.RemoteSplit):
+            self._reader.bind(manifest_bytes, shards)
+        else:
+            self._reader = storage.LocalSplit(self.root, [s["file"] for s in shards])
         self.image_size = int(self.manifest["image_size"])
         self.mini_mask_shape = int(self.manifest["mini_mask_shape"])
         self.num_classes = int(self.manifest["num_classes"])
         self.class_names = list(self.manifest["class_names"])
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -173,18 +199,16 @@ class ShardDataset(torch.utils.data.Dataset):
     def read_meta(self, i: int) -> dict[str, Any]:
         """Only the sample's json (no image decoding): cheap, e.g. for statistics."""
         row = self._row(i)
-        return json.loads(self._pread(int(row[0]), int(row[2]), int(row[3])))
+        (meta,) = self._reader.pread(int(row[0]), [(int(row[2]), int(row[3]))])
+        return json.loads(meta)
 
     def read_raw(self, i: int) -> tuple[dict[str, Any], bytearray, bytearray]:
         """(metadata, encoded image, .npy mini-masks) of sample `i`, undecoded."""
-        row = self._row(i)
-        shard = int(row[0])
-        meta = json.loads(self._pread(shard, int(row[2]), int(row[3])))
-        return (
-            meta,
-            self._pread(shard, int(row[4]), int(row[5])),
-            self._pread(shard, int(row[6]), int(row[7])),
+        row = [int(v) for v in self._row(i)]
+        meta, image, masks = self._reader.pread(
+            row[0], [(row[2], row[3]), (row[4], row[5]), (row[6], row[7])]
         )
+        return json.loads(meta), image, masks
 
     def decode(self, meta: dict[str, Any], image_bytes: bytearray, masks_bytes: bytes) -> Sample:
         s = self.image_size
@@ -220,36 +244,9 @@ class ShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample {i} out of range for {n} samples")
         return self.index[i]
 
-    def _pread(self, shard: int, offset: int, size: int) -> bytearray:
-        buf = bytearray(size)
-        got = os.preadv(self._fd(shard), [buf], offset)
-        if got != size:
-            raise OSError(f"{self.shard_files[shard]}: short read at {offset} ({got}/{size})")
-        return buf
-
-    def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # a forked worker: the parent's descriptors are shared
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.shard_files[shard], os.O_RDONLY)
-        return fd
-
     def close(self) -> None:
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
+        self._reader.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_fds"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
