@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARAMS ?= params.yaml
 
-.PHONY: setup repro test test-fast lint format ui sweep bench clean services-deps
+.PHONY: setup repro test test-fast lint format ui sweep bench clean services-deps tracking-server
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ format: $(STAMP)
 
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1 over the tracking URI in params.yaml
 	$(BIN)/python -m pipeline.ui --params $(PARAMS)
+
+tracking-server: $(STAMP)  ## team MLflow server: PostgreSQL ($$MLFLOW_BACKEND_STORE_URI) + S3/folder artifacts
+	$(BIN)/python -m pipeline.server $(SERVER_ARGS)
 
 sweep: $(STAMP)  ## Ray Tune sweep over the space in params.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.tune --params $(PARAMS)

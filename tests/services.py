@@ -69,7 +69,7 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         proc.wait(5)
 
 
-def _wait(what: str, ready, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_until(what: str, ready, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
@@ -138,7 +138,7 @@ def start_s3(workdir: Path, timeout: float = 60.0) -> S3Server:
         except OSError:
             return False
 
-    _wait("moto server", ready, proc, log, timeout)
+    wait_until("moto server", ready, proc, log, timeout)
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -261,7 +261,7 @@ def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float 
         start_new_session=True,
         **run_as,
     )
-    _wait("postgres", lambda: port_open(port), proc, log, timeout)
+    wait_until("postgres", lambda: port_open(port), proc, log, timeout)
     created = subprocess.run(
         [str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", user, dbname],
         capture_output=True,
@@ -376,7 +376,7 @@ def start_ray_node(
     def ready() -> bool:
         return "Ray runtime started" in _tail(log, 100_000)
 
-    _wait("ray start" + (" --head" if head_address is None else ""), ready, proc, log, timeout)
+    wait_until("ray start" + (" --head" if head_address is None else ""), ready, proc, log, timeout)
     return RayNode(address, resources, temp_dir, proc, log, dashboard_url)
 
 
