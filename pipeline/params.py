@@ -25,6 +25,7 @@ import yaml
 from mrcnn import presets
 from mrcnn.config import RESIZE_MODES, Config, from_mapping, reprefix
 from mrcnn.data.shapes import ShapesSpec
+from mrcnn.data.writer import ShardOptions
 
 T = TypeVar("T")
 
@@ -32,6 +33,14 @@ DATA_SOURCES = ("shapes", "coco", "local")
 SPLITS = ("train", "val")
 IMAGE_FORMATS = ("auto", "png", "jpeg")
 TUNE_METRICS = {"segm_AP": "max", "bbox_AP": "max", "loss": "min"}  # what train_loop reports
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """`auto`, `cpu`, `cuda` or `cuda:N` (see `resolve_device`)."""
+    check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
 
 
 def check(ok: bool, key: str, why: str) -> None:
@@ -114,40 +123,40 @@ class ShardsParams:
         check(self.min_box_size >= 0, "min_box_size", "must be >= 0")
         check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = all cores)")
 
+    @staticmethod
+    def normalize(d: dict[str, Any]) -> dict[str, Any]:
+        """`mini_mask_shape: [56, 56]` (matterport's spelling) is `56`; mini-masks are square."""
+        shape = d.get("mini_mask_shape")
+        if isinstance(shape, (list, tuple)):
+            check(
+                len(shape) == 2 and shape[0] == shape[1],
+                "mini_mask_shape",
+                f"must be one side (56) or a square [h, w] with h == w, got {list(shape)}",
+            )
+            d = {**d, "mini_mask_shape": shape[0]}
+        return d
+
+    def options(self, split: str) -> ShardOptions:
+        """The writer's options for `split`: this section's shared fields, and the split's
+        keep_negatives_<split>."""
+        names = [f.name for f in dataclasses.fields(ShardOptions) if f.name != "keep_negatives"]
+        shared = {name: getattr(self, name) for name in names}
+        return ShardOptions(**shared, keep_negatives=getattr(self, f"keep_negatives_{split}"))
+
 
 @dataclass
 class InspectParams:
-    """`inspect`: the data / anchor / mini-mask pictures (`pipeline.inspect`)."""
+    """`inspect`: the data / anchor / mini-mask pictures (`pipeline.inspect`). The anchors and
+    their IoU thresholds are the `model` section's, so the pictures show what the model uses."""
 
     split: str = "train"
     num_samples: int = 6
     seed: int = 0
-    # One anchor size per level P2..P6; empty = image_size / 16 * (1, 2, 4, 8, 16).
-    anchor_sizes: tuple[float, ...] = ()
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    positive_iou: float = 0.7
-    negative_iou: float = 0.3
-    anchors_per_level: int = 6
+    anchors_per_level: int = 6  # drawn per level in anchors_per_level.png
 
     def validate(self) -> None:
         check(self.split in SPLITS, "split", f"must be one of {SPLITS}")
         check(1 <= self.num_samples <= 64, "num_samples", "must be in 1..64")
-        check(
-            len(self.anchor_sizes) in (0, 5),
-            "anchor_sizes",
-            "needs one size per level P2..P6 (5 values) or none",
-        )
-        check(all(s > 0 for s in self.anchor_sizes), "anchor_sizes", "must be > 0")
-        check(
-            len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios),
-            "anchor_ratios",
-            "must be > 0",
-        )
-        check(
-            0 <= self.negative_iou <= self.positive_iou <= 1,
-            "positive_iou",
-            "needs 0 <= negative_iou <= positive_iou <= 1",
-        )
         check(self.anchors_per_level >= 1, "anchors_per_level", "must be >= 1")
 
 
@@ -186,8 +195,7 @@ class EvaluateParams:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(1 <= self.num_overlays <= 64, "num_overlays", "must be in 1..64")
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
-        device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
-        check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
+        check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
 
@@ -218,8 +226,7 @@ class PredictParams:
     def validate(self) -> None:
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
-        check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
+        check_device(self.device)
 
 
 @dataclass
@@ -260,6 +267,10 @@ class TrainParams:
     run_name: str = "shapes"  # Ray run = <run_name>-<hash of shards/model/train params>
     storage_path: str = "runs"  # Ray Train storage (a shared path on a cluster)
     init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
+
+    def global_batch(self, world_size: int | None = None) -> int:
+        """Images per iteration over all workers (`world_size` defaults to num_workers)."""
+        return self.batch_size * max(1, world_size or self.num_workers)
 
     def validate(self) -> None:
         check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = in-process, no Ray)")
@@ -399,6 +410,11 @@ def from_dict(cls: type[T], d: Any, section: str) -> T:
     """Build and validate `cls` from a mapping; errors name `section.key`."""
     if not isinstance(d, dict):
         raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
+    if hasattr(cls, "normalize"):
+        try:
+            d = cls.normalize(d)
+        except ValueError as e:
+            raise ValueError(reprefix(str(e), f"{section}.", "params key")) from None
     return from_mapping(cls, d, prefix=f"{section}.", noun="params key")
 
 

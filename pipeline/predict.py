@@ -231,7 +231,7 @@ def _pull_registered(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipeline.tracking import redact
+    from pipeline.tracking.store import redact
 
     if uri:
         mlflow.set_tracking_uri(uri)
@@ -305,7 +305,7 @@ def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.tracking import TrackingError, check_tracking_uri, tracking_uri
+    from pipeline.tracking.store import TrackingError, check_tracking_uri, tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or a model folder")
