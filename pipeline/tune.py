@@ -1,4 +1,4 @@
-"""`python -m pipeline.tune`: the Ray Tune sweep (not a DVC stage), implemented in `pipeline.sweep.entry`."""
+"""`python -m pipeline.tune`: the Ray Tune sweep (not a DVC stage), in `pipeline.sweep.entry`."""
 
 from pipeline.sweep.entry import main
 

@@ -43,6 +43,8 @@ def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, cfg: Config) ->
     """The RPN's anchor labels for one image, from `mrcnn.matcher` with the model's thresholds
     (`model.rpn.fg_iou_thresh` / `bg_iou_thresh`, each box's best anchors positive):
     int8 [A], 1 positive, 0 negative, -1 neutral. anchors [A, 4], gt_boxes [G, 4] xyxy."""
+    if gt_boxes.numel() == 0:  # nothing to match: every anchor is background
+        return torch.zeros(anchors.shape[0], dtype=torch.int8)
     gt = gt_boxes.float()[None]  # [1, G, 4]
     valid = torch.ones(gt.shape[:2], dtype=torch.bool)
     iou = batched_iou(gt, anchors[None])  # [1, G, A]
@@ -91,7 +93,7 @@ def run(
 
     sizes = cfg.anchors.sizes
     anchors, counts = AnchorGenerator(sizes, cfg.anchors.ratios, cfg.anchors.stride)(s)
-    labels = label_anchors(anchors, torch.from_numpy(x.boxes), cfg)  # fmt: skip
+    labels = label_anchors(anchors, torch.from_numpy(x.boxes), cfg)
     summary["anchors"] = {
         "image_id": x.image_id,
         "sizes": list(sizes),

@@ -8,8 +8,8 @@ trial builds its `train` and `model` params (the base sections with the sampled 
 nested under the sweep's parent run, and starts a Ray Train `TorchTrainer` through
 `pipeline.training.driver.fit` with `TuneReportCallback`: the workers' reports (`iteration`,
 `loss`, and every `tune.eval_every` iterations the val `segm_AP` / `bbox_AP`) reach Tune,
-where ASHA stops the trials that are behind at its rungs. A trial that raises (an impossible config, a
-non-finite loss, a crash) is recorded as failed and the sweep goes on.
+where ASHA stops the trials that are behind at its rungs. A trial that raises (an impossible
+config, a non-finite loss, a crash) is recorded as failed and the sweep goes on.
 
 Resources: the driver function holds no CPU (only a little memory); the TorchTrainer's workers
 take `train.num_workers` x `train.cpus_per_worker` CPUs (or one GPU each with `train.use_gpu`),
