@@ -81,7 +81,7 @@ def test_dvc_repro_produces_every_declared_output(tmp_path):
                 out = next(iter(entry)) if isinstance(entry, dict) else entry
                 out = out.replace("${data.source}", "shapes")
                 for key, value in paths.items():
-                    out = out.replace("${paths.%s}" % key, value)
+                    out = out.replace("${paths." + key + "}", value)
                 assert (repo / out).exists(), f"stage {name}: {kind} {out} missing"
     assert (repo / "dvc.lock").is_file()
     ev = json.loads((repo / "metrics/eval.json").read_text())
