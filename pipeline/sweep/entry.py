@@ -44,7 +44,6 @@ from pipeline import layout
 from pipeline.params import (
     MlflowParams,
     TrainParams,
-    TuneParams,
     from_dict,
     load_params,
     load_section,
@@ -52,7 +51,7 @@ from pipeline.params import (
 )
 from pipeline.sweep import report as sweep_report
 from pipeline.sweep import tracking as sweep_tracking
-from pipeline.sweep.config import Sweep, load_sweep, planned_iterations
+from pipeline.sweep.config import Sweep, TuneParams, load_sweep, planned_iterations
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, best_trial, trial_records
 from pipeline.sweep.space import dvc_set_args
 from pipeline.sweep.trial import run_trial

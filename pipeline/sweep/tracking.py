@@ -17,8 +17,8 @@ from pipeline.sweep import report as sweep_report
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord
 
 if TYPE_CHECKING:
-    from pipeline.params import TrainParams, TuneParams
-    from pipeline.sweep.config import Sweep
+    from pipeline.params import TrainParams
+    from pipeline.sweep.config import Sweep, TuneParams
 
 
 def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]):

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.params import TrainParams, TuneParams, from_dict, load_section
-from pipeline.sweep.config import Sweep, load_sweep
+from pipeline.params import TrainParams, from_dict, load_section
+from pipeline.sweep.config import Sweep, TuneParams, load_sweep
 from pipeline.sweep.entry import max_concurrent_trials, search_algorithm
 from pipeline.sweep.space import (
     Dimension,
