@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mrcnn import presets
-from mrcnn.config import RESIZE_MODES, Config, from_mapping, reprefix
+from mrcnn.config import Config, InputConfig, from_mapping, reprefix
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
 
@@ -108,13 +108,11 @@ class ShardsParams:
     num_workers: int = 0  # processes; 0 = all cores
 
     def validate(self) -> None:
-        check(
-            self.image_size >= 32 and self.image_size % 32 == 0,
-            "image_size",
-            "must be a multiple of 32 (the FPN's coarsest stride), >= 32",
-        )
-        check(self.resize_mode in RESIZE_MODES, "resize_mode", f"must be one of {RESIZE_MODES}")
-        check(self.min_size > 0, "min_size", "must be > 0")
+        # The model's own input rules (mrcnn.config.InputConfig): shards and model must agree.
+        try:
+            InputConfig(self.image_size, self.resize_mode, self.min_size).validate()
+        except ValueError as e:
+            raise ValueError(reprefix(str(e), "", "params key")) from None
         check(4 <= self.mini_mask_shape <= 256, "mini_mask_shape", "must be in 4..256")
         check(self.image_format in IMAGE_FORMATS, "image_format", f"must be one of {IMAGE_FORMATS}")
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")

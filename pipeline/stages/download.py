@@ -28,6 +28,7 @@ from typing import Any
 
 from mrcnn.data import shapes
 from mrcnn.data.coco import load_coco_split
+from mrcnn.fileio import write_json_atomic
 from pipeline import layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
 from pipeline.params import SPLITS, DataParams, load_section, to_dict
@@ -210,9 +211,7 @@ def _read_stamp(target: Path) -> dict[str, Any] | None:
 
 
 def _write_stamp(target: Path, stamp: dict[str, Any]) -> None:
-    tmp = target / f".{STAMP}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=1))
-    os.replace(tmp, target / STAMP)
+    write_json_atomic(target / STAMP, stamp, indent=1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,15 +48,23 @@ class TrainPaths:
 
 
 def run(
-    params: TrainParams, cfg: Config, paths: TrainPaths, mlflow_params: MlflowParams, uri: str
+    params: TrainParams,
+    cfg: Config,
+    paths: TrainPaths,
+    mlflow_params: MlflowParams,
+    uri: str,
+    artifact_location: str | None = None,
 ) -> dict[str, Any]:
     """Train, then write the final model, the metrics and the loss curves -> train.json's
-    metrics and train_run.json's run info in one dict."""
+    metrics and train_run.json's run info in one dict. `artifact_location`: for an experiment
+    created here (see `pipeline.tracking.store.default_artifact_location`)."""
     store.check_tracking_uri(uri)
     train_set = ShardDataset(paths.shards / "train")  # fails early on a missing/broken shard set
     name = driver.run_name(params, cfg, train_set.manifest)
     run_dir = paths.storage / name
-    run_id = driver.mlflow_run(run_dir, name, params, cfg, train_set, mlflow_params, uri)
+    run_id = driver.mlflow_run(
+        run_dir, name, params, cfg, train_set, mlflow_params.experiment, uri, artifact_location
+    )
     logger.info("Ray run %s (storage %s), MLflow run %s", name, paths.storage, run_id)
     start = time.time()
     config = driver.loop_config(params, cfg, paths.shards, uri, run_id)
@@ -123,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         storage=layout.under(root, params.storage_path),
     )
     uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
-    print(json.dumps(run(params, cfg, paths, mlflow_params, uri), indent=2))
+    location = store.default_artifact_location(args.params, uri, mlflow_params)
+    print(json.dumps(run(params, cfg, paths, mlflow_params, uri, location), indent=2))
 
 
 if __name__ == "__main__":

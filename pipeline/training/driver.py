@@ -17,7 +17,7 @@ from typing import Any
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset
 from mrcnn.fileio import json_digest
-from pipeline.params import MlflowParams, TrainParams, to_dict
+from pipeline.params import TrainParams, to_dict
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
 from pipeline.training.periodic_eval import val_annotations
@@ -97,11 +97,13 @@ def mlflow_run(
     params: TrainParams,
     cfg: Config,
     train_set: ShardDataset,
-    mlflow_params: MlflowParams,
+    experiment: str,
     uri: str,
+    artifact_location: str | None = None,
 ) -> str:
     """The MLflow run of this training run: resumed from `run_dir/mlflow_run.json`, else new
-    (with the flattened params logged once) -> its id."""
+    (with the flattened params logged once) -> its id. `artifact_location` applies when the
+    experiment is created here (`pipeline.tracking.store.default_artifact_location`)."""
     import mlflow
 
     from pipeline.tracking import store
@@ -113,9 +115,8 @@ def mlflow_run(
         if store.run_exists(run_id):
             return run_id
         logger.warning("MLflow run %s (from %s) is gone; starting a new one", run_id, marker)
-    location = mlflow_params.artifact_location or None
     with store.start_run(
-        uri, mlflow_params.experiment, run_name=name, artifact_location=location
+        uri, experiment, run_name=name, artifact_location=artifact_location
     ) as active:
         flat = store.flatten({"train": to_dict(params), "model": cfg.to_dict()})
         flat["data.train_images"] = str(len(train_set))
