@@ -20,7 +20,13 @@ from mrcnn.targets import detection_targets
 class BoxHead(nn.Module):
     """Two 1024-d FC layers ("2fc") then class scores and class-specific box deltas.
 
-    forward: pooled [N, C, 7, 7] -> class logits [N, K], deltas [N, K * 4] (class-major).
+    forward: pooled [N, C, P, P] -> class logits [N, K], deltas [N, K * 4] (class-major).
+
+    Args:
+        in_channels: C, the FPN's channels.
+        pool_size: P, the RoIAlign output side (7).
+        hidden: width of both FC layers (1024 in the paper).
+        num_classes: K, including background.
     """
 
     def __init__(self, in_channels: int, pool_size: int, hidden: int, num_classes: int) -> None:
@@ -45,6 +51,12 @@ class MaskHead(nn.Module):
 
     forward: pooled [N, C, 14, 14] -> mask logits [N, K, 28, 28]. Predicting K masks and
     training only the gt class's one decouples masks from classes (sec. 3, "Mask Representation").
+
+    Args:
+        in_channels: C, the FPN's channels.
+        channels: width of the convs and the deconv (256 in the paper).
+        num_convs: n, the 3x3 convs before the deconv (4 in the paper, fig. 4 right).
+        num_classes: K, including background: one mask per class.
     """
 
     def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int) -> None:
