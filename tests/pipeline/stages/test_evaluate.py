@@ -30,8 +30,7 @@ from mrcnn.coco_eval import METRIC_NAMES, coco_evaluate
 from mrcnn.data import ShardDataset
 from mrcnn.evaluation import predict_dataset
 from mrcnn.model import MaskRCNN, build_model
-from mrcnn.roi_heads import RawDetections
-from mrcnn.structures import Batch
+from mrcnn.structures import Batch, RawDetections
 from pipeline.params import EvaluateParams, ShardsParams, load_section
 from pipeline.stages import evaluate
 from pipeline.stages.evaluate import EvaluatePaths
