@@ -39,7 +39,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.tracking import check_tracking_uri, redact
+from pipeline.tracking.store import check_tracking_uri, redact
 
 log = logging.getLogger(__name__)
 

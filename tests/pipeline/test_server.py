@@ -195,7 +195,8 @@ def test_registered_model_pulled_by_alias_through_the_server(tracking_server, tm
     import mlflow
 
     from mrcnn import weights
-    from pipeline import export, predict
+    from pipeline import predict
+    from pipeline.tracking import registry
     from tests.pipeline.registry_helpers import save_model, tiny_model
 
     uri, _ = tracking_server
@@ -204,9 +205,9 @@ def test_registered_model_pulled_by_alias_through_the_server(tracking_server, tm
     saved = save_model(model, tmp_path / "final")
     mlflow.set_experiment("registry-over-http")
     with mlflow.start_run():
-        info = export.log_model(saved)
-    version = export.register("tiny-http", info.model_uri, {"metrics.segm_AP": "0.5"})
-    alias, previous = export.assign_alias("tiny-http", version, "segm_AP", 0.5)
+        info = registry.log_model(saved)
+    version = registry.register("tiny-http", info.model_uri, {"metrics.segm_AP": "0.5"})
+    alias, previous = registry.assign_alias("tiny-http", version, "segm_AP", 0.5)
     assert (alias, previous) == ("champion", None)
 
     pulled, source = predict.resolve_model("models:/tiny-http@champion", uri, tmp_path / "dl")
