@@ -226,6 +226,10 @@ class PredictParams:
         check_device(self.device)
 
 
+# train.placement -> Ray's placement-group strategy for the worker group
+PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
+
+
 @dataclass
 class TrainParams:
     """`train`: data-parallel training with Ray Train (`pipeline.train`).
@@ -262,7 +266,9 @@ class TrainParams:
     eval_images: int = 100  # val images used by those periodic evaluations
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     run_name: str = "shapes"  # Ray run = <run_name>-<hash of shards/model/train params>
-    storage_path: str = "runs"  # Ray Train storage (a shared path on a cluster)
+    storage_path: str = "runs"  # Ray Train storage: a folder, or s3://bucket/prefix on a cluster
+    placement: str = "pack"  # workers' placement group: pack | spread | strict_spread (nodes)
+    shard_cache: str = ""  # s3:// shards: a local folder per node for whole shards; "" = none
     init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
 
     def global_batch(self, world_size: int | None = None) -> int:
@@ -285,6 +291,7 @@ class TrainParams:
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.placement in PLACEMENTS, "placement", f"must be one of {sorted(PLACEMENTS)}")
         check(
             re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name) is not None,
             "run_name",

@@ -231,3 +231,33 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_text(location: Location) -> str:
+    """The whole text file at a path or URL (FileNotFoundError when it is not there)."""
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        return fs.cat_file(path).decode()
+    return Path(str(location).removeprefix("file://")).read_text()
+
+
+def write_text(location: Location, text: str) -> None:
+    """A whole text file at a path (atomically: temp file, then rename) or a URL (an object
+    PUT is whole by nature)."""
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        fs.pipe_file(path, text.encode())
+        return
+    from mrcnn.fileio import write_text_atomic
+
+    write_text_atomic(Path(str(location).removeprefix("file://")), text)
+
+
+def remove(location: Location) -> None:
+    """Delete the file at a path or URL if it is there."""
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        if fs.exists(path):
+            fs.rm_file(path)
+        return
+    Path(str(location).removeprefix("file://")).unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 from mrcnn import weights
 from mrcnn.config import Config
-from mrcnn.data import ShardDataset
+from mrcnn.data import ShardDataset, storage
 from mrcnn.fileio import write_json_atomic
 from mrcnn.model import build_model
 from pipeline import layout
@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainPaths:
-    shards: Path  # train/ and val/ inside
+    shards: Path | str  # train/ and val/ inside; a folder or s3://bucket/prefix
     model_dir: Path
     metrics: Path  # train.json
     run_info: Path  # train_run.json
     reports: Path
-    storage: Path  # Ray Train storage
+    storage: Path | str  # Ray Train storage: a folder or s3://bucket/prefix
 
 
 def run(
@@ -59,9 +59,10 @@ def run(
     metrics and train_run.json's run info in one dict. `artifact_location`: for an experiment
     created here (see `pipeline.tracking.store.default_artifact_location`)."""
     store.check_tracking_uri(uri)
-    train_set = ShardDataset(paths.shards / "train")  # fails early on a missing/broken shard set
+    # fails early on a missing/broken shard set
+    train_set = ShardDataset(storage.join(paths.shards, "train"))
     name = driver.run_name(params, cfg, train_set.manifest)
-    run_dir = paths.storage / name
+    run_dir = storage.join(driver.resolve(paths.storage), name)
     run_id = driver.mlflow_run(
         run_dir, name, params, cfg, train_set, mlflow_params.experiment, uri, artifact_location
     )
@@ -70,7 +71,8 @@ def run(
     config = driver.loop_config(params, cfg, paths.shards, uri, run_id)
     result = driver.fit(config, params, name, paths.storage)
     wall = time.time() - start
-    state = load_state(Path(result.checkpoint.path) / STATE_FILE)
+    with result.checkpoint.as_directory() as d:  # downloaded first from object storage
+        state = load_state(Path(d) / STATE_FILE)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     class_map = train_set.manifest.get("class_map", {})
@@ -102,7 +104,7 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Train Mask R-CNN with Ray Train (params: train).")
     ap.add_argument("--params", type=Path, default=layout.PARAMS)
-    ap.add_argument("--shards", type=Path, default=layout.SHARDS)
+    ap.add_argument("--shards", default=str(layout.SHARDS), help="a folder or s3://bucket/prefix")
     ap.add_argument("--model", type=Path, default=layout.MODEL, help="final model folder")
     ap.add_argument("--metrics", type=Path, default=layout.TRAIN_METRICS)
     ap.add_argument("--run-info", type=Path, default=layout.TRAIN_RUN)
@@ -114,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     if params.init_weights:  # Ray workers do not run in the project folder
         params = replace(params, init_weights=str(layout.under(root, params.init_weights)))
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
-    shards = layout.under(root, args.shards)
-    manifest = ShardDataset(shards / "train").manifest
+    shards = args.shards if storage.is_url(args.shards) else layout.under(root, args.shards)
+    manifest = ShardDataset(storage.join(shards, "train")).manifest
     cfg = load_model_config(
         args.params,
         num_classes=manifest["num_classes"],
@@ -128,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics=layout.under(root, args.metrics),
         run_info=layout.under(root, args.run_info),
         reports=layout.under(root, args.reports),
-        storage=layout.under(root, params.storage_path),
+        storage=params.storage_path
+        if storage.is_url(params.storage_path)
+        else layout.under(root, params.storage_path),
     )
     uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
     location = store.default_artifact_location(args.params, uri, mlflow_params)

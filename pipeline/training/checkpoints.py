@@ -54,39 +54,45 @@ def resume_state(rank: int) -> dict[str, Any] | None:
 
     Usually Ray's latest registered checkpoint. But the Ray Train controller collects the
     workers' reports every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so a worker that dies just
-    after `report` leaves a complete checkpoint on storage that Ray never registered; on local
-    or mounted storage a newer such directory is used instead of losing those iterations."""
+    after `report` leaves a complete checkpoint on storage that Ray never registered; a newer
+    such directory is used instead of losing those iterations, on local storage and in object
+    storage alike (listed through Ray's own pyarrow filesystem of the run)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     registered = Path(checkpoint.path).name if checkpoint is not None else ""
-    for d in _unregistered_checkpoints(registered):
+    for candidate in _unregistered_checkpoints(registered):
         try:
-            return _read_checkpoint(d, rank)
+            with candidate.as_directory() as d:
+                return _read_checkpoint(Path(d), rank)
         except Exception as e:  # a half-written copy: the worker died while persisting it
-            logger.warning("skipping unregistered checkpoint %s: %s", d, e)
+            logger.warning("skipping unregistered checkpoint %s: %s", candidate.path, e)
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
         return _read_checkpoint(Path(d), rank)
 
 
-def _unregistered_checkpoints(registered: str) -> list[Path]:
-    """Checkpoint directories of this run newer than `registered` (by name, which Ray stamps
-    with the time), newest first; [] on remote storage."""
+def _unregistered_checkpoints(registered: str) -> list:
+    """`ray.train.Checkpoint`s of this run newer than `registered` (by name, which Ray stamps
+    with the time), newest first, wherever the run's storage is."""
     import pyarrow.fs
     import ray.train
 
     try:  # a DeveloperAPI of Ray Train: without it, only registered checkpoints are used
         storage = ray.train.get_context().get_storage()
-        local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
-        experiment = Path(storage.experiment_fs_path)
+        fs, experiment = storage.storage_filesystem, storage.experiment_fs_path
     except AttributeError:
         return []
-    if not local:
-        return []
-    found = experiment.glob("checkpoint_*")
-    return sorted((d for d in found if d.is_dir() and d.name > registered), reverse=True)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True))
+    found = [
+        i.path
+        for i in infos
+        if i.type == pyarrow.fs.FileType.Directory
+        and i.base_name.startswith("checkpoint_")
+        and i.base_name > registered
+    ]
+    return [ray.train.Checkpoint(p, filesystem=fs) for p in sorted(found, reverse=True)]
 
 
 def _read_checkpoint(d: Path, rank: int) -> dict[str, Any]:
@@ -112,12 +118,15 @@ def write_run_file(name: str, data: dict[str, Any]) -> None:
         f.write(json.dumps(data).encode())
 
 
-def raise_if_nonfinite(run_dir: Path) -> None:
-    """Raise `NonFiniteLossError` when a worker wrote the non-finite marker of `run_dir`."""
-    marker = run_dir / NONFINITE_FILE
-    if not marker.is_file():
+def raise_if_nonfinite(run_dir: Path | str) -> None:
+    """Raise `NonFiniteLossError` when a worker wrote the non-finite marker of `run_dir` (a
+    folder or a URL)."""
+    from mrcnn.data import storage
+
+    try:
+        info = json.loads(storage.read_text(storage.join(run_dir, NONFINITE_FILE)))
+    except FileNotFoundError:
         return
-    info = json.loads(marker.read_text())
     raise NonFiniteLossError(
         f"non-finite loss at iteration {info['iteration']}: {info['losses']}; training stopped, "
         f"the last good checkpoint is kept in {run_dir} (lower train.lr, raise "

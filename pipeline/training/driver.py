@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.config import Config
-from mrcnn.data import ShardDataset
+from mrcnn.data import ShardDataset, storage
 from mrcnn.fileio import json_digest
-from pipeline.params import TrainParams, to_dict
+from pipeline.params import PLACEMENTS, TrainParams, to_dict
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
 from pipeline.training.periodic_eval import val_annotations
@@ -27,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run directory: the MLflow run it logs to
 # Settings that do not change what is trained: changing them resumes the same run.
-NOT_IN_RUN_NAME = ("max_failures", "log_every", "loader_workers", "storage_path", "run_name")
+NOT_IN_RUN_NAME = (
+    "max_failures", "log_every", "loader_workers", "storage_path", "run_name", "placement",
+    "shard_cache",
+)  # fmt: skip
 
 
 def run_name(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:
@@ -39,30 +42,40 @@ def run_name(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:
 
 
 def loop_config(
-    params: TrainParams, cfg: Config, shards: Path, tracking_uri: str, mlflow_run_id: str
+    params: TrainParams, cfg: Config, shards: Path | str, tracking_uri: str, mlflow_run_id: str
 ) -> dict[str, Any]:
     """What `train_loop` gets on every worker: plain, serialisable values only.
 
-    Rank 0 logs into the MLflow run `mlflow_run_id` (a sweep passes each trial's nested run)."""
+    Rank 0 logs into the MLflow run `mlflow_run_id` (a sweep passes each trial's nested run).
+    `shards` is a folder every node sees or a URL (s3://...), which every node reads itself."""
     return {
         "train": to_dict(params),
         "model": cfg.to_dict(),
-        "shards": str(Path(shards).resolve()),
+        "shards": resolve(shards),
         "val_annotations": str(val_annotations(Path(shards))) if params.eval_every else "",
         "mlflow": {"tracking_uri": tracking_uri, "run_id": mlflow_run_id},
     }
+
+
+def resolve(location: Path | str) -> str:
+    """A URL as is, a folder made absolute (Ray workers do not run in the project folder)."""
+    return str(location) if storage.is_url(location) else str(Path(location).resolve())
 
 
 def fit(
     config: dict[str, Any],
     params: TrainParams,
     name: str,
-    storage: Path,
+    storage_path: Path | str,
     callbacks: list | None = None,
 ):
     """Run `train_loop` under a Ray Train `TorchTrainer` -> its `Result`.
 
-    Raises `NonFiniteLossError` when the loss went NaN/inf."""
+    `storage_path`: a folder every node sees, or a URL (s3://bucket/prefix: checkpoints and run
+    files go there through Ray's pyarrow filesystem, credentials from each node's environment).
+    Workers are placed by `train.placement` (Ray placement-group strategy: PACK fills a node
+    first, SPREAD / STRICT_SPREAD put them on different nodes). Raises `NonFiniteLossError`
+    when the loss went NaN/inf."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -75,24 +88,25 @@ def fit(
             use_gpu=params.use_gpu,
             resources_per_worker={"CPU": params.cpus_per_worker}
             | ({"GPU": 1} if params.use_gpu else {}),
+            placement_strategy=PLACEMENTS[params.placement],
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage).resolve()),
+            storage_path=resolve(storage_path),
             failure_config=FailureConfig(max_failures=params.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],
         ),
     )
-    run_dir = Path(storage).resolve() / name
-    (run_dir / NONFINITE_FILE).unlink(missing_ok=True)  # from an earlier attempt of this run
+    run_dir = storage.join(resolve(storage_path), name)
+    storage.remove(storage.join(run_dir, NONFINITE_FILE))  # from an earlier attempt of this run
     result = trainer.fit()
     raise_if_nonfinite(run_dir)
     return result
 
 
 def mlflow_run(
-    run_dir: Path,
+    run_dir: Path | str,
     name: str,
     params: TrainParams,
     cfg: Config,
@@ -108,9 +122,12 @@ def mlflow_run(
 
     from pipeline.tracking import store
 
-    marker = run_dir / MLFLOW_RUN_FILE
-    if marker.exists():
-        run_id = json.loads(marker.read_text())["run_id"]
+    marker = storage.join(run_dir, MLFLOW_RUN_FILE)  # a folder or a URL
+    try:
+        run_id = json.loads(storage.read_text(marker))["run_id"]
+    except FileNotFoundError:
+        run_id = None
+    if run_id is not None:
         mlflow.set_tracking_uri(uri)
         if store.run_exists(run_id):
             return run_id
@@ -124,8 +141,7 @@ def mlflow_run(
         mlflow.log_params(flat)
         mlflow.set_tags({"stage": "train", "ray_run": name})
         run_id = active.info.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    storage.write_text(marker, json.dumps({"run_id": run_id, "tracking_uri": uri}))
     return run_id
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from mrcnn import weights
 from mrcnn.config import Config
-from mrcnn.data import ShardDataset, TrainLoader
+from mrcnn.data import ShardDataset, TrainLoader, storage
 from mrcnn.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
 from pipeline.params import TrainParams, from_dict
@@ -84,7 +84,9 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.manual_seed(p.seed * 1000 + rank)  # sampling randomness differs per rank
 
     loader = TrainLoader(
-        ShardDataset(Path(config["shards"]) / "train"),
+        ShardDataset(
+            storage.join(config["shards"], "train"), cache_dir=p.shard_cache or None
+        ),  # a folder, or s3://... read by each worker itself (cached per node with shard_cache)
         p.batch_size,
         seed=p.seed,
         rank=rank,
