@@ -392,6 +392,12 @@ class RayCluster:
     def address(self) -> str:
         return self.head.address
 
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a driver needs to join: RAY_ADDRESS and the cluster's auth token."""
+        auth = {k: v for k, v in self.env.items() if k.startswith("RAY_AUTH")}
+        return {"RAY_ADDRESS": self.address, **auth}
+
     def add_node(self, resources: dict[str, float], num_cpus: int = 1) -> RayNode:
         node = start_ray_node(resources, self.address, num_cpus=num_cpus, env=self.env)
         self.nodes.append(node)
@@ -405,9 +411,17 @@ class RayCluster:
 
 def start_ray_cluster(env: dict[str, str] | None = None) -> RayCluster:
     """Head with resource `node_a` and one worker node with `node_b`, one CPU each. `env` (e.g.
-    S3 credentials, PYTHONPATH) is what every node's processes, hence its workers, see."""
+    S3 credentials, PYTHONPATH) is what every node's processes, hence its workers, see.
+
+    The cluster uses Ray's token authentication with a fresh token (`client_env` carries it to
+    drivers), as a production cluster should, and so that a token another Ray user left in
+    ~/.ray/auth_token (which a head without RAY_AUTH_MODE picks up, and a joining node does
+    not) cannot split it."""
+    import secrets
+
+    env = {**(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = start_ray_node({"node_a": 1}, env=env)
-    cluster = RayCluster(head, env=dict(env or {}))
+    cluster = RayCluster(head, env=env)
     try:
         cluster.add_node({"node_b": 1})
     except BaseException:

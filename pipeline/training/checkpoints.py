@@ -3,7 +3,8 @@
 A checkpoint is a directory that every rank reports together through `ray.train.report` (a
 barrier): rank 0 writes `state.pt` (model, optimizer, scheduler, iteration, resume count), each
 rank its RNG state `rng_rank<r>.pt`, and on the last iteration a digest of its parameters
-`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them). Ray Train registers the
+`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them) and the Ray node it ran
+on, `node_rank<r>.txt`. Ray Train registers the
 directory under the run's storage and restores the latest one when the run is started again
 with the same name (`resume_state`).
 
@@ -38,6 +39,7 @@ def report_checkpoint(
 ) -> None:
     """Every rank reports (a barrier); rank 0 writes the weights, each rank its RNG state (and
     on the last one a digest of its parameters)."""
+    import ray
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
@@ -46,6 +48,8 @@ def report_checkpoint(
         torch.save(torch.get_rng_state(), Path(d) / f"rng_rank{rank}.pt")
         if digest:
             (Path(d) / f"weights_rank{rank}.sha256").write_text(digest)
+            node = ray.get_runtime_context().get_node_id()  # where this rank ran
+            (Path(d) / f"node_rank{rank}.txt").write_text(node)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
