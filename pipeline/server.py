@@ -93,13 +93,24 @@ def build_command(args: argparse.Namespace, environ: dict[str, str] | None = Non
         )
     env = {BACKEND_ENV: backend}
     argv = [
-        sys.executable, "-m", "mlflow", "server",
-        "--serve-artifacts", "--artifacts-destination", artifacts,
-        "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
         # uvicorn restarts a worker that misses a 5 s health check: on a busy machine a worker
         # still importing MLflow does, and they are restarted forever.
-        "--uvicorn-opts", f"--timeout-worker-healthcheck {args.worker_timeout}",
-    ]  # fmt: skip
+        "--uvicorn-opts",
+        f"--timeout-worker-healthcheck {args.worker_timeout}",
+    ]
     if args.allowed_hosts:
         argv += ["--allowed-hosts", args.allowed_hosts]
     auth_config = None

@@ -227,7 +227,7 @@ def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float 
             "UTF8",
             "--locale=C",
             "--no-sync",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         cwd=root,
@@ -253,7 +253,7 @@ def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float 
             "fsync=off",
             "-c",
             "max_connections=60",
-        ],  # fmt: skip
+        ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         cwd=root,
@@ -326,28 +326,66 @@ def start_ray_node(
     num_cpus: int = 1,
     env: dict[str, str] | None = None,
     timeout: float = 120.0,
+    attempts: int = 3,
 ) -> RayNode:
     """A head node (`head_address=None`) or a node joining `head_address`, with every port its
     own (free ones, or the OS's choice), a short temp dir of its own (Ray's unix sockets live
-    there) and a 100 MB object store. Returns once `ray start` says the node is up."""
+    there) and a 100 MB object store. Returns once `ray start` says the node is up.
+
+    Ray gives a starting raylet a fixed 30 s to register; on a machine loaded far beyond its
+    cores that can fail, so a failed start is retried (`attempts`) with fresh ports and dir."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_ray_node(resources, head_address, num_cpus, env, timeout)
+        except ServiceUnavailable:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_ray_node(
+    resources: dict[str, float],
+    head_address: str | None,
+    num_cpus: int,
+    env: dict[str, str] | None,
+    timeout: float,
+) -> RayNode:
     import json
 
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     log = temp_dir / "ray-start.log"
     cmd = [
-        ray_executable(), "start", "--block", "--disable-usage-stats",
-        "--num-cpus", str(num_cpus), "--num-gpus", "0",
-        "--resources", json.dumps(resources),
-        "--temp-dir", str(temp_dir),
-        "--object-store-memory", str(100 * 1024 * 1024),
-        "--node-manager-port", str(free_port()),
-        "--object-manager-port", str(free_port()),
-        "--min-worker-port", "0", "--max-worker-port", "0",  # the OS picks each worker's
-        "--dashboard-agent-listen-port", str(free_port()),
-        "--dashboard-agent-grpc-port", str(free_port()),
-        "--runtime-env-agent-port", str(free_port()),
-        "--metrics-export-port", str(free_port()),
-    ]  # fmt: skip
+        ray_executable(),
+        "start",
+        "--block",
+        "--disable-usage-stats",
+        "--num-cpus",
+        str(num_cpus),
+        "--num-gpus",
+        "0",
+        "--resources",
+        json.dumps(resources),
+        "--temp-dir",
+        str(temp_dir),
+        "--object-store-memory",
+        str(100 * 1024 * 1024),
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",  # the OS picks each worker's
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+    ]
     dashboard_url = None
     if head_address is None:
         port = free_port()
@@ -355,11 +393,18 @@ def start_ray_node(
         address = f"{HOST}:{port}"
         dashboard_url = f"http://{HOST}:{dash}"
         cmd += [
-            "--head", "--port", str(port),
-            "--ray-client-server-port", str(free_port()),
-            "--include-dashboard", "true",
-            "--dashboard-host", HOST, "--dashboard-port", str(dash),
-        ]  # fmt: skip
+            "--head",
+            "--port",
+            str(port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            HOST,
+            "--dashboard-port",
+            str(dash),
+        ]
     else:
         address = head_address
         cmd += ["--address", head_address]
@@ -376,7 +421,14 @@ def start_ray_node(
     def ready() -> bool:
         return "Ray runtime started" in _tail(log, 100_000)
 
-    wait_until("ray start" + (" --head" if head_address is None else ""), ready, proc, log, timeout)
+    try:
+        wait_until(
+            "ray start" + (" --head" if head_address is None else ""), ready, proc, log, timeout
+        )
+    except ServiceUnavailable:
+        stop_process(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     return RayNode(address, resources, temp_dir, proc, log, dashboard_url)
 
 

@@ -28,9 +28,14 @@ logger = logging.getLogger(__name__)
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run directory: the MLflow run it logs to
 # Settings that do not change what is trained: changing them resumes the same run.
 NOT_IN_RUN_NAME = (
-    "max_failures", "log_every", "loader_workers", "storage_path", "run_name", "placement",
+    "max_failures",
+    "log_every",
+    "loader_workers",
+    "storage_path",
+    "run_name",
+    "placement",
     "shard_cache",
-)  # fmt: skip
+)
 
 
 def run_name(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:

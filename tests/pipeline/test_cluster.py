@@ -150,9 +150,15 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_last_checkpoint(
     import mlflow
 
     project = _project(
-        tmp_path, s3_bucket, tiny_shards, iterations=14, checkpoint_every=2, log_every=1,
-        max_failures=2, run_name="cluster-ft",
-    )  # fmt: skip
+        tmp_path,
+        s3_bucket,
+        tiny_shards,
+        iterations=14,
+        checkpoint_every=2,
+        log_every=1,
+        max_failures=2,
+        run_name="cluster-ft",
+    )
     proc = _train(project, ray_cluster, s3_bucket)
     bucket = s3_bucket.removeprefix("s3://")
     try:
@@ -163,8 +169,10 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_last_checkpoint(
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("no checkpoint in S3 before the deadline: " + (
-                (project / "train.log").read_text()[-3000:]))  # fmt: skip
+            pytest.fail(
+                "no checkpoint in S3 before the deadline: "
+                + ((project / "train.log").read_text()[-3000:])
+            )
         second = ray_cluster.nodes[0]
         second.kill()
         ray_cluster.nodes.remove(second)

@@ -29,10 +29,21 @@ def _command(argv: list[str], environ: dict[str, str]) -> server.ServerCommand:
 def test_command_binds_locally_and_keeps_the_password_out_of_argv():
     cmd = _command(["--artifacts-destination", "s3://team/mlflow"], {server.BACKEND_ENV: PG})
     assert cmd.argv[1:] == [
-        "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination",
-        "s3://team/mlflow", "--host", "127.0.0.1", "--port", "5000", "--workers", "4",
-        "--uvicorn-opts", "--timeout-worker-healthcheck 60",
-    ]  # fmt: skip
+        "-m",
+        "mlflow",
+        "server",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        "s3://team/mlflow",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+        "--workers",
+        "4",
+        "--uvicorn-opts",
+        "--timeout-worker-healthcheck 60",
+    ]
     assert "s3cret" not in " ".join(cmd.argv)
     assert cmd.env == {server.BACKEND_ENV: PG} and cmd.auth_config is None
 
@@ -53,15 +64,18 @@ def test_command_for_a_team(tmp_path):
             "--allowed-hosts",
             "mlflow.team.lan,10.0.0.5:5005",
             "--auth",
-        ],  # fmt: skip
+        ],
         {"MLFLOW_AUTH_ADMIN_PASSWORD": "first-password"},
     )
     i = cmd.argv.index("--artifacts-destination")
     assert cmd.argv[i + 1] == str(tmp_path / "art")
     assert cmd.argv[cmd.argv.index("--workers") + 1] == "8"
     assert cmd.argv[-4:] == [
-        "--allowed-hosts", "mlflow.team.lan,10.0.0.5:5005", "--app-name", "basic-auth"
-    ]  # fmt: skip
+        "--allowed-hosts",
+        "mlflow.team.lan,10.0.0.5:5005",
+        "--app-name",
+        "basic-auth",
+    ]
     ini = cmd.auth_config
     assert cmd.env["MLFLOW_AUTH_CONFIG_PATH"] == str(ini)
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600  # it holds the database password
@@ -73,15 +87,24 @@ def test_command_for_a_team(tmp_path):
     "argv, environ, message",
     [
         (["--artifacts-destination", "/a"], {}, "no backend store: set MLFLOW_BACKEND_STORE_URI"),
-        (["--backend-store-uri", "http://x:5000", "--artifacts-destination", "/a"], {},
-         "is not a database URL"),
+        (
+            ["--backend-store-uri", "http://x:5000", "--artifacts-destination", "/a"],
+            {},
+            "is not a database URL",
+        ),
         ([], {server.BACKEND_ENV: PG}, "no artifact store"),
-        (["--artifacts-destination", "/a", "--host", "0.0.0.0"], {server.BACKEND_ENV: PG},
-         "also pass --allowed-hosts"),
-        (["--artifacts-destination", "/a", "--auth"], {server.BACKEND_ENV: PG},
-         "MLFLOW_AUTH_ADMIN_PASSWORD"),
+        (
+            ["--artifacts-destination", "/a", "--host", "0.0.0.0"],
+            {server.BACKEND_ENV: PG},
+            "also pass --allowed-hosts",
+        ),
+        (
+            ["--artifacts-destination", "/a", "--auth"],
+            {server.BACKEND_ENV: PG},
+            "MLFLOW_AUTH_ADMIN_PASSWORD",
+        ),
     ],
-)  # fmt: skip
+)
 def test_command_errors_say_what_to_set(argv, environ, message):
     with pytest.raises(server.ServerConfigError, match=message):
         _command(argv, environ)
@@ -121,7 +144,7 @@ def tracking_server(postgres, s3_server, tmp_path_factory):
             str(port),
             "--workers",
             "2",
-        ],  # fmt: skip
+        ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
