@@ -13,10 +13,13 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from mrcnn.inference import detection_layer, select_class_masks
-from mrcnn.losses import box_losses, mask_loss
+from mrcnn.keypoint_head import KeypointHead, heatmaps_to_keypoints
+from mrcnn.keypoint_targets import keypoint_targets
+from mrcnn.losses import box_losses, keypoint_loss, mask_iou_loss, mask_loss
+from mrcnn.mask_iou_head import MaskIoUHead
 from mrcnn.poolers import multilevel_roi_align, roi_align_levels, rois_with_image_index
 from mrcnn.structures import Batch
-from mrcnn.targets import detection_targets
+from mrcnn.targets import detection_targets, mask_iou_targets
 
 
 class BoxHead(nn.Module):
@@ -76,14 +79,18 @@ class RawDetections:
     """Fixed-shape detections in the padded frame, before pasting (D slots per image).
 
     boxes [B, D, 4], scores [B, D], labels int64 [B, D], valid bool [B, D],
-    mask_probs [B, D, M, M] (the label's mask, after sigmoid).
+    mask_probs [B, D, M, M] (the label's mask, after sigmoid; None without a mask head),
+    keypoints [B, D, Kp, 3] (x, y, heatmap logit) in the padded frame (keypoint models only),
+    mask_scores [B, D] class score x predicted mask IoU (Mask Scoring R-CNN only).
     """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     valid: Tensor
-    mask_probs: Tensor
+    mask_probs: Tensor | None
+    keypoints: Tensor | None = None
+    mask_scores: Tensor | None = None
 
 
 class RoIHeads(nn.Module):
@@ -97,7 +104,7 @@ class RoIHeads(nn.Module):
         self,
         *,
         box_head: BoxHead,
-        mask_head: MaskHead,
+        mask_head: MaskHead | None,
         box_pool_size: int,
         mask_pool_size: int,
         sampling_ratio: int,
@@ -112,10 +119,18 @@ class RoIHeads(nn.Module):
         score_thresh: float,
         nms_thresh: float,
         detections_per_img: int,
+        keypoint_head: KeypointHead | None = None,
+        keypoint_pool_size: int = 14,
+        mask_iou_head: MaskIoUHead | None = None,
     ) -> None:
         super().__init__()
+        if mask_iou_head is not None and mask_head is None:
+            raise ValueError("a MaskIoU head needs a mask head to score")
         self.box_head = box_head
         self.mask_head = mask_head
+        self.keypoint_head = keypoint_head
+        self.keypoint_pool_size = keypoint_pool_size
+        self.mask_iou_head = mask_iou_head
         self.box_pool_size = box_pool_size
         self.mask_pool_size = mask_pool_size
         self.sampling_ratio = sampling_ratio
@@ -146,12 +161,14 @@ class RoIHeads(nn.Module):
             self.canonical_level,
         )
 
-    def _pool_rois(self, features: list[Tensor], rois: Tensor, image_size: int) -> Tensor:
+    def _pool_rois(
+        self, features: list[Tensor], rois: Tensor, image_size: int, size: int | None = None
+    ) -> Tensor:
         return roi_align_levels(
             features,
             rois,
             image_size,
-            self.mask_pool_size,
+            self.mask_pool_size if size is None else size,
             self.sampling_ratio,
             self.aligned,
             self.canonical_scale,
@@ -204,12 +221,11 @@ class RoIHeads(nn.Module):
             pooled = self._pool(features, t.rois, image_size, self.box_pool_size)
             class_logits, box_deltas = self.box_head(pooled)
         p = t.mask_targets.shape[1]
-        with record_function("mrcnn.mask_head"):
-            # Only positive RoIs need masks: pool and run the head on those alone (~1 GFLOP
-            # per RoI for a 4 x 256 head), not on all P slots.
-            sel, keep = self._select(t.mask_valid)
-            rois = rois_with_image_index(t.rois[:, :p])[sel]
-            mask_logits = self.mask_head(self._pool_rois(features, rois, image_size))
+        # Only positive RoIs need masks and keypoints: pool and run those heads on them alone
+        # (~1 GFLOP per RoI for a 4 x 256 mask head), not on all P slots.
+        sel, keep = self._select(t.mask_valid)
+        rois = rois_with_image_index(t.rois[:, :p])[sel]
+        labels = t.labels[:, :p].reshape(-1)[sel]
         with record_function("mrcnn.losses"):
             losses = box_losses(
                 class_logits,
@@ -218,11 +234,34 @@ class RoIHeads(nn.Module):
                 t.box_targets.reshape(-1, 4),
                 t.valid.reshape(-1),
             )
-            losses["loss_mask"] = mask_loss(
-                mask_logits,
-                t.labels[:, :p].reshape(-1)[sel],
-                t.mask_targets.flatten(0, 1)[sel],
-                keep,
+        if self.mask_head is not None:
+            with record_function("mrcnn.mask_head"):
+                mask_features = self._pool_rois(features, rois, image_size)
+                mask_logits = self.mask_head(mask_features)
+            mask_targets = t.mask_targets.flatten(0, 1)[sel]
+            losses["loss_mask"] = mask_loss(mask_logits, labels, mask_targets, keep)
+            if self.mask_iou_head is not None:
+                with record_function("mrcnn.mask_iou_head"):
+                    own = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+                    iou_pred = self.mask_iou_head(mask_features, own.float().sigmoid())
+                    iou_targets = mask_iou_targets(own.detach(), mask_targets)
+                losses["loss_mask_iou"] = mask_iou_loss(iou_pred, labels, iou_targets, keep)
+        if self.keypoint_head is not None:
+            if batch.gt_keypoints is None:
+                raise ValueError(
+                    "this model has a keypoint head: the batch needs gt_keypoints "
+                    "(shards written with keypoints)"
+                )
+            with record_function("mrcnn.keypoint_head"):
+                kp_features = self._pool_rois(features, rois, image_size, self.keypoint_pool_size)
+                kp_logits = self.keypoint_head(kp_features)
+                kp_targets, kp_valid = keypoint_targets(
+                    t.rois[:, :p], t.gt_index[:, :p], batch.gt_keypoints, kp_logits.shape[-1]
+                )
+            losses["loss_keypoint"] = keypoint_loss(
+                kp_logits,
+                kp_targets.flatten(0, 1)[sel],
+                kp_valid.flatten(0, 1)[sel] & keep[:, None],
             )
         return losses
 
@@ -235,7 +274,8 @@ class RoIHeads(nn.Module):
         proposal_valid: Tensor,
         windows: Tensor,
     ) -> RawDetections:
-        """Box head on all proposals, detection layer, then the mask head on the kept boxes."""
+        """Box head on all proposals, detection layer, then the mask (+ MaskIoU) and keypoint
+        heads on the kept boxes."""
         b, r, _ = proposals.shape
         with record_function("mrcnn.box_head"):
             pooled = self._pool(features, proposals, image_size, self.box_pool_size)
@@ -252,13 +292,33 @@ class RoIHeads(nn.Module):
                 nms_thresh=self.nms_thresh,
                 detections_per_img=self.detections_per_img,
             )
-        with record_function("mrcnn.mask_head"):
-            sel, keep = self._select(valid)
-            rois = rois_with_image_index(boxes)[sel]
-            logits = self.mask_head(self._pool_rois(features, rois, image_size))
-            probs = select_class_masks(logits, labels.reshape(-1)[sel])
-            d = boxes.shape[1]
-            m = probs.shape[-1]
-            mask_probs = probs.new_zeros((b * d, m, m))
-            mask_probs[sel[keep]] = probs[keep]
-        return RawDetections(boxes, scores, labels, valid, mask_probs.reshape(b, d, m, m))
+        sel, keep = self._select(valid)
+        rois = rois_with_image_index(boxes)[sel]
+        d = boxes.shape[1]
+        out = RawDetections(boxes, scores, labels, valid, None)
+        if self.mask_head is not None:
+            with record_function("mrcnn.mask_head"):
+                mask_features = self._pool_rois(features, rois, image_size)
+                sel_labels = labels.reshape(-1)[sel]
+                probs = select_class_masks(self.mask_head(mask_features), sel_labels)
+                m = probs.shape[-1]
+                mask_probs = probs.new_zeros((b * d, m, m))
+                mask_probs[sel[keep]] = probs[keep]
+                out.mask_probs = mask_probs.reshape(b, d, m, m)
+            if self.mask_iou_head is not None:
+                with record_function("mrcnn.mask_iou_head"):
+                    iou = self.mask_iou_head(mask_features, probs).float()
+                    iou = iou[torch.arange(sel.shape[0], device=sel.device), sel_labels]
+                    # Mask Scoring R-CNN sec. 3.3: s_mask = s_cls x s_iou.
+                    mask_scores = scores.new_zeros(b * d)
+                    mask_scores[sel[keep]] = iou[keep].clamp(0, 1)
+                    out.mask_scores = mask_scores.reshape(b, d) * scores
+        if self.keypoint_head is not None:
+            with record_function("mrcnn.keypoint_head"):
+                pooled = self._pool_rois(features, rois, image_size, self.keypoint_pool_size)
+                heatmaps = self.keypoint_head(pooled)
+                kp = heatmaps_to_keypoints(heatmaps[keep], rois[keep, 1:])  # [n, Kp, 3]
+                keypoints = kp.new_zeros((b * d, *kp.shape[1:]))
+                keypoints[sel[keep]] = kp
+                out.keypoints = keypoints.reshape(b, d, *kp.shape[1:])
+        return out
