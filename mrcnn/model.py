@@ -51,16 +51,20 @@ class MaskRCNN(nn.Module):
         gt_labels       int64   [B, G] 1..K-1 (0 in empty slots)
         gt_mini_masks   uint8   [B, G, m, m] each instance's mask inside its box
         gt_valid        bool    [B, G]
+        gt_keypoints    float32 [B, G, Kp, 3] (x, y, visibility) (keypoint models only)
     Training mode returns a dict of scalar losses, `loss_rpn_objectness`, `loss_rpn_box`,
-    `loss_classifier`, `loss_box`, `loss_mask` (unweighted; `total_loss` weights and sums
+    `loss_classifier`, `loss_box`, `loss_mask` (+ `loss_keypoint` with `model.keypoints`,
+    `loss_mask_iou` with `model.mask_scoring`; unweighted: `total_loss` weights and sums
     them). Eval mode returns `RawDetections` in the padded frame, D = detections_per_img slots:
         boxes float32 [B, D, 4] xyxy, scores float32 [B, D], labels int64 [B, D],
-        valid bool [B, D], mask_probs float32 [B, D, M, M] (the label's mask, after sigmoid).
+        valid bool [B, D], mask_probs float32 [B, D, M, M] (the label's mask, after sigmoid),
+        keypoints float32 [B, D, Kp, 3] / mask_scores float32 [B, D] with those heads.
     A batch whose images are not S x S raises `ValueError`.
 
     `detect(images)` is the user's entry point: uint8 numpy `H x W x 3` RGB images of any
     size -> one `Detections` per image, in that image's pixels: boxes float32 [N, 4] xyxy,
-    scores float32 [N], labels int64 [N] (1..K-1), masks bool [N, H, W]. It is
+    scores float32 [N], labels int64 [N] (1..K-1), masks bool [N, H, W] (+ keypoints float32
+    [N, Kp, 3] (x, y, score) and mask_scores float32 [N] with those heads). It is
     `prepare` (resize + pad into a `Batch`) -> `predict` (eval-mode forward, the mode restored
     after) -> `postprocess` (boxes to original pixels, masks pasted and thresholded at
     `mask_thresh`).

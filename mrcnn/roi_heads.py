@@ -85,16 +85,18 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """Detection targets + multi-level RoIAlign + box head + mask head (+ detection layer).
+    """Detection targets + multi-level RoIAlign + box head + mask head (+ detection layer),
+    optionally a keypoint head (Mask R-CNN sec. 5) and a MaskIoU head (Mask Scoring R-CNN).
 
     `losses(...)` in training, `detect(...)` at inference. Features are P2..P6 of a square
     input of side `image_size`; RoIs pool from P2..P5, each from the level its size picks
     (FPN eq. 1, `mrcnn.poolers`).
 
     losses(features, image_size, proposals [B, R, 4], proposal_valid bool [B, R], batch)
-        -> {"loss_classifier", "loss_box", "loss_mask"}: scalar tensors. Samples
-        `batch_size_per_image` RoIs per image (gt boxes added to the proposals), runs the box
-        head on all of them and the mask head on the positives only.
+        -> {"loss_classifier", "loss_box", "loss_mask"}: scalar tensors (+ "loss_keypoint"
+        with a keypoint head, "loss_mask_iou" with a MaskIoU head; no "loss_mask" without a
+        mask head). Samples `batch_size_per_image` RoIs per image (gt boxes added to the
+        proposals), runs the box head on all of them and the other heads on the positives only.
     detect(features, image_size, proposals [B, R, 4], proposal_valid [B, R], windows [B, 4])
         -> `RawDetections` with D = `detections_per_img` slots per image (padded frame).
 
@@ -117,6 +119,12 @@ class RoIHeads(nn.Module):
         score_thresh: inference: class scores at or below this are dropped before NMS (0.05).
         nms_thresh: inference: IoU threshold of the per-class NMS (0.5).
         detections_per_img: inference: D, the detections kept per image (100).
+        keypoint_head: optional `KeypointHead`, pooled [N, C, Pk, Pk] -> heatmap logits
+            [N, Kp, 4 Pk, 4 Pk]; needs `batch.gt_keypoints` in training and fills
+            `RawDetections.keypoints` at inference.
+        keypoint_pool_size: RoIAlign output side Pk for the keypoint head (14 -> 56 heatmaps).
+        mask_iou_head: optional `MaskIoUHead` (needs the mask head), (mask-head features,
+            mask probabilities) -> IoU [N, K]; fills `RawDetections.mask_scores`.
     """
 
     def __init__(
