@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,9 +264,12 @@ def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Inst
 
 
 def _keypoint_count(annotations: list[dict[str, Any]]) -> int:
-    """K of an image's keypoint annotations: the most common length / 3 (0 if none has any)."""
-    counts = [len(a["keypoints"]) // 3 for a in annotations if isinstance(a.get("keypoints"), list)]
-    return max(set(counts), key=counts.count) if counts else 0
+    """K of an image's keypoint annotations: the most common length / 3, the first annotation's
+    on a tie (0 if none has any)."""
+    counts = Counter(
+        len(a["keypoints"]) // 3 for a in annotations if isinstance(a.get("keypoints"), list)
+    )
+    return counts.most_common(1)[0][0] if counts else 0
 
 
 def _annotation_keypoints(ann: dict[str, Any], k: int) -> np.ndarray | None:
