@@ -164,3 +164,23 @@ def test_compiled_keypoint_head_gives_the_same_loss(keypoint_model):
     model.total_loss(out).backward()
     model.eval()
     assert model.predict(batch).keypoints.shape[-2:] == (4, 3)
+
+
+def test_targets_and_inference_round_trip():
+    """A heatmap peaked at the target cell decodes to within half a cell of the keypoint."""
+    g = torch.Generator().manual_seed(1)
+    n, k = 6, 5
+    xy = torch.rand(n, 2, generator=g) * 100
+    wh = torch.rand(n, 2, generator=g) * 150 + 20
+    rois = torch.cat([xy, xy + wh], 1)
+    inside = xy[:, None] + torch.rand(n, k, 2, generator=g) * wh[:, None]
+    kp = torch.cat([inside, torch.full((n, k, 1), 2.0)], -1)  # [n, k, 3], all visible
+    targets, valid = keypoint_targets(rois[None], torch.arange(n)[None], kp[None], M)
+    assert valid.all()
+    logits = torch.zeros(n * k, M * M)
+    logits[torch.arange(n * k), targets.reshape(-1)] = 10.0
+    decoded = heatmaps_to_keypoints(logits.reshape(n, k, M, M), rois)
+    cell = (wh / M)[:, None]  # [n, 1, 2] cell size in pixels
+    err = (decoded[..., :2] - kp[..., :2]).abs()
+    # Half a heatmap cell, plus half a pixel: the resized map's argmax is a whole pixel.
+    assert (err <= cell / 2 + 0.5 + 1e-4).all(), (err - cell / 2).max()
