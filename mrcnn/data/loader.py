@@ -215,6 +215,7 @@ class TrainLoader:
     pin_memory:  page-locked batches for fast host -> GPU copies
     keypoint_flip_map: keypoint k becomes `keypoint_flip_map[k]` when a sample is flipped
                  (`model.keypoints.flip_map`); None or empty = no swaps
+    num_keypoints: K for `Batch.gt_keypoints` (`collate`); None = from the samples
 
     Attribute `iterations_per_epoch` = ceil(N / (B * W)).
     """
@@ -233,6 +234,7 @@ class TrainLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         keypoint_flip_map: tuple[int, ...] | None = None,
+        num_keypoints: int | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -252,6 +254,7 @@ class TrainLoader:
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.keypoint_flip_map = tuple(keypoint_flip_map or ())
+        self.num_keypoints = num_keypoints
         self.order = SampleOrder(len(dataset), seed)
         self.iterations_per_epoch = math.ceil(len(dataset) / (batch_size * world_size))
 
@@ -273,7 +276,7 @@ class TrainLoader:
             if self.hflip and flip:
                 s = hflip_sample(s, inplace=True, flip_map=self.keypoint_flip_map)
             samples.append(s)
-        return collate(samples, self.max_gt)
+        return collate(samples, self.max_gt, self.num_keypoints)
 
     def __iter__(self) -> Iterator[Batch]:
         stream = _TrainStream(self)
