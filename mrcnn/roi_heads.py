@@ -202,6 +202,15 @@ class RoIHeads(nn.Module):
             self.canonical_level,
         )
 
+    def _pool_keypoint_rois(
+        self, features: list[Tensor], rois: Tensor, image_size: int, mask_features: Tensor | None
+    ) -> Tensor:
+        """The keypoint head's RoIAlign: the mask head's pooled features when it pooled the
+        same RoIs at the same size (both 14 x 14 in the paper), else its own."""
+        if mask_features is not None and self.keypoint_pool_size == self.mask_pool_size:
+            return mask_features
+        return self._pool_rois(features, rois, image_size, self.keypoint_pool_size)
+
     def _select(self, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Flat indices of the valid slots of `valid` [B, N] -> (index [n], keep bool [n]).
 
@@ -226,11 +235,12 @@ class RoIHeads(nn.Module):
         proposal_valid: Tensor,
         batch: Batch,
     ) -> dict[str, Tensor]:
-        """Sample RoIs, run both heads on them and return the box, class and mask losses.
+        """Sample RoIs, run the heads on them and return the box, class and mask losses.
 
         features: P2..P6 [B, C, H_l, W_l]; proposals [B, R, 4] with proposal_valid [B, R];
-        `batch` must hold ground truth (gt_boxes, gt_labels, gt_mini_masks, gt_valid)
-        -> {"loss_classifier", "loss_box", "loss_mask"}, each a scalar tensor.
+        `batch` must hold ground truth (gt_boxes, gt_labels, gt_mini_masks, gt_valid, and
+        gt_keypoints for a keypoint head) -> {"loss_classifier", "loss_box", "loss_mask"} (+
+        "loss_mask_iou", "loss_keypoint" with those heads), each a scalar tensor.
         """
         if not batch.has_targets:
             raise ValueError("training the RoI heads needs ground truth in the batch")
@@ -258,6 +268,7 @@ class RoIHeads(nn.Module):
         sel, keep = self._select(t.mask_valid)
         rois = rois_with_image_index(t.rois[:, :p])[sel]
         labels = t.labels[:, :p].reshape(-1)[sel]
+        mask_features = None
         with record_function("mrcnn.losses"):
             losses = box_losses(
                 class_logits,
@@ -285,7 +296,7 @@ class RoIHeads(nn.Module):
                     "(shards written with keypoints)"
                 )
             with record_function("mrcnn.keypoint_head"):
-                kp_features = self._pool_rois(features, rois, image_size, self.keypoint_pool_size)
+                kp_features = self._pool_keypoint_rois(features, rois, image_size, mask_features)
                 kp_logits = self.keypoint_head(kp_features)
                 kp_targets, kp_valid = keypoint_targets(
                     t.rois[:, :p], t.gt_index[:, :p], batch.gt_keypoints, kp_logits.shape[-1]
@@ -333,6 +344,7 @@ class RoIHeads(nn.Module):
         rois = rois_with_image_index(boxes)[sel]
         d = boxes.shape[1]
         out = RawDetections(boxes, scores, labels, valid, None)
+        mask_features = None
         if self.mask_head is not None:
             with record_function("mrcnn.mask_head"):
                 mask_features = self._pool_rois(features, rois, image_size)
@@ -352,7 +364,7 @@ class RoIHeads(nn.Module):
                     out.mask_scores = mask_scores.reshape(b, d) * scores
         if self.keypoint_head is not None:
             with record_function("mrcnn.keypoint_head"):
-                pooled = self._pool_rois(features, rois, image_size, self.keypoint_pool_size)
+                pooled = self._pool_keypoint_rois(features, rois, image_size, mask_features)
                 heatmaps = self.keypoint_head(pooled)
                 kp = heatmaps_to_keypoints(heatmaps[keep], rois[keep, 1:])  # [n, Kp, 3]
                 keypoints = kp.new_zeros((b * d, *kp.shape[1:]))

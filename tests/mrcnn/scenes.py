@@ -79,6 +79,7 @@ def tiny_model(seed: int = 0, num_classes: int = 3, **overrides) -> MaskRCNN:
             "mask_head_channels": 32,
             "mask_head_convs": 1,
             "aligned": True,
+            **overrides.pop("roi_heads", {}),
         },
         **overrides,
     )

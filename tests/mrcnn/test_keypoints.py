@@ -226,3 +226,17 @@ def _box_iou(a, b):
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_keypoint_model_without_mask_head_trains_and_detects():
+    batch, scenes = make_keypoint_batch()
+    model = tiny_model(
+        keypoints={"count": 4, "head_channels": 8, "head_convs": 1, "pool_size": 7},
+        roi_heads={"masks": False},
+    )
+    model.train()
+    losses = model(batch)
+    assert "loss_mask" not in losses and torch.isfinite(losses["loss_keypoint"])
+    model.total_loss(losses).backward()
+    [det] = model.detect([scenes[0][0]])
+    assert det.masks.shape == (len(det), 0, 0) and det.keypoints.shape == (len(det), 4, 3)
