@@ -10,7 +10,8 @@
 #   3. latency.json      bench/model_speed.py --batch 1 --phases infer: ms/image, eager,
 #                        compiled, compiled with CUDA graphs (mode="reduce-overhead")
 #   gpu_check.json       each step's exit code and seconds; gpu_check.log everything printed
-# The whole run fits in 8 minutes (the step timeouts add up to 450 s plus the install).
+# The whole run fits in 8 minutes: the steps' timeouts add up to 450 s, plus at most 105 s for
+# the wheel install and env.json, which take seconds.
 #
 #   bash bench/gpu_check.sh                                   # on the GPU machine (docs/gpu.md)
 #   GPU_CHECK_DEVICE=cpu OUT=/tmp/out bash bench/gpu_check.sh # the same steps, tiny, on a CPU
@@ -39,10 +40,10 @@ if [ "$DEVICE" = cuda ]; then
   SPEED_ARGS=(--size 1024 --batch 8 --iters 10 --warmup 3 --compile-warmup 4
     --variants ours_bf16,tv_bf16,ours_fp32,tv_fp32,ours_bf16_compile_cl
     --trace "$OUT/trace_ours_bf16_train.json" --trace-variant ours_bf16)
-  TRAIN_ARGS=(--size 1024 --batch 8 --iters 200 --loader-workers 4)
+  TRAIN_ARGS=(--size 1024 --batch 8 --iters 200 --num-images 32 --loader-workers 4)
   LATENCY_ARGS=(--size 1024 --batch 1 --phases infer --iters 20 --warmup 3 --compile-warmup 6
     --profile-steps 0 --variants ours_bf16,ours_fp32,tv_bf16,ours_bf16_compile_cl,ours_bf16_compile_ro)
-  T_ENV=60 T_SPEED=230 T_TRAIN=90 T_LATENCY=150
+  T_WHEELS=60 T_ENV=45 T_SPEED=215 T_TRAIN=100 T_LATENCY=135
 else
   # Every code path of the GPU run at toy sizes (tests/bench/test_gpu_check.py runs this).
   LIGHT=(--size 128 --batch 1 --iters 1 --warmup 1 --compile-warmup 0 --arch resnet18 --light
@@ -52,7 +53,7 @@ else
   TRAIN_ARGS=(--size 128 --batch 2 --iters 3 --warmup 1 --log-every 1 --preset shapes_small
     --num-images 4)
   LATENCY_ARGS=("${LIGHT[@]}" --phases infer --profile-steps 0 --variants ours_bf16,tv_bf16)
-  T_ENV=600 T_SPEED=1200 T_TRAIN=600 T_LATENCY=900  # a shared, slow CPU
+  T_WHEELS=300 T_ENV=600 T_SPEED=1200 T_TRAIN=600 T_LATENCY=900  # a shared, slow CPU
 fi
 
 log() { echo "[gpu_check $(date +%T)] $*" | tee -a "$LOG"; }
@@ -89,7 +90,7 @@ install_wheels() {
   echo "installed ${wheels[*]} into $site"
 }
 export -f install_wheels
-step wheels 120 install_wheels
+step wheels "$T_WHEELS" install_wheels
 if "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
   export PYTHONPATH=${GPU_CHECK_SITE:-/tmp/site}:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 else  # a CPU dry run under another Python: the cp312 wheels were only test-installed

@@ -2,6 +2,7 @@
 step (same losses, same detections), or the GPU check's per-stage times describe another model."""
 
 import numpy as np
+import pytest
 import torch
 
 from bench.stages import (
@@ -68,6 +69,7 @@ def test_median_stages_sums_a_total():
     assert abs(out["total"] - (out["a"] + out["b"])) < 2e-3
 
 
+@pytest.mark.slow
 def test_split_torchvision_steps_match_its_forward():
     from bench.model_speed import torchvision_model
 
