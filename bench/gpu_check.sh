@@ -52,7 +52,8 @@ else
     --trace "$OUT/trace_ours_bf16_train.json" --trace-variant ours_bf16)
   TRAIN_ARGS=(--size 128 --batch 2 --iters 3 --warmup 1 --log-every 1 --preset shapes_small
     --num-images 4)
-  LATENCY_ARGS=("${LIGHT[@]}" --phases infer --profile-steps 0 --variants ours_bf16,tv_bf16)
+  LATENCY_ARGS=("${LIGHT[@]}" --phases infer --profile-steps 0
+    --variants ours_bf16,tv_bf16,ours_bf16_compile_ro)
   T_WHEELS=300 T_ENV=600 T_SPEED=1200 T_TRAIN=600 T_LATENCY=900  # a shared, slow CPU
 fi
 

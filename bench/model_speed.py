@@ -259,10 +259,17 @@ def run_variant(name: str, v: Variant, args, data, state_dict, device) -> dict[s
     model = build_variant(v, args, state_dict, device)
     out: dict[str, Any] = {"config": asdict(v), "build_s": round(time.perf_counter() - t_build, 2)}
     opt = optimizer_for(model, device)
+
+    def begin() -> None:
+        """A new step for CUDA graph trees: earlier steps' graph outputs may be overwritten."""
+        if v.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+
     if v.model == "ours":
         batch = our_batch(images, masks, labels, device)
 
         def train():
+            begin()
             with amp:
                 loss = model.total_loss(model(batch))
             opt.zero_grad(set_to_none=True)
@@ -271,13 +278,16 @@ def run_variant(name: str, v: Variant, args, data, state_dict, device) -> dict[s
 
         @torch.no_grad()
         def infer():
+            begin()
             with amp:
                 model.postprocess(model(batch), batch)  # includes pasting masks at full size
 
         def train_staged(clock):
+            begin()
             ours_train_stages(model, batch, opt, amp, clock)
 
         def infer_staged(clock):
+            begin()
             ours_infer_stages(model, batch, amp, clock)
     else:
         tv_images = [
