@@ -18,10 +18,15 @@ def _box_iou(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", ["aot_eager"])
 def test_compile_static_train_step_and_inference(backend):
     """One compiled training step gives eager's losses and finite gradients everywhere; one
-    compiled inference gives eager's detections."""
+    compiled inference gives eager's detections.
+
+    aot_eager runs Dynamo's capture and AOTAutograd's joint graph, where the Python-level
+    failures (graph breaks on data-dependent shapes, unsupported ops) show up, without the C++
+    compiler that inductor needs on a CPU (on the GPU inductor emits Triton instead; inductor on
+    the CPU is covered by tests/mrcnn/test_model.py::test_compiled_static_parts_...)."""
     torch._dynamo.reset()
     batch = make_batch()[0]
     eager, compiled = tiny_model(), tiny_model()
