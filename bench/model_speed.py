@@ -411,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.phases or not set(args.phases) <= {"train", "infer"}:
         ap.error("--phases takes train, infer or train,infer")
     if args.variants == "all":
-        args.variants = "ours_bf16,tv_bf16,ours_bf16_compile_cl,ours_fp32,tv_fp32"
+        args.variants = "ours_bf16,tv_bf16,ours_fp32,tv_fp32,ours_bf16_compile_cl"
     if args.variants:
         names = [n for n in args.variants.split(",") if n]
         unknown = [n for n in names if n not in VARIANTS]
