@@ -1,7 +1,7 @@
 """The pipeline's training loop, in process, on synthetic shapes: loss curve and images/s.
 
-What the `train` stage's worker loop does on one GPU (`pipeline/train.py: train_loop`), without
-Ray, MLflow or shards: `build_model` (+ `use_channels_last` / `compile_static`), the solver
+What the `train` stage's worker loop does on one GPU (`pipeline/training/loop.py: train_loop`),
+without Ray, MLflow or shards: `build_model` (+ `use_channels_last` / `compile_static`), the solver
 (`scale_schedule`, `build_optimizer`, fused on CUDA, `lr_scheduler`), `TrainLoader` over an
 in-memory set of shapes images at `--size` px (pinned batches, `non_blocking` copies), bf16
 autocast on CUDA, gradient clipping. Recipe defaults come from `pipeline.params.TrainParams` when
