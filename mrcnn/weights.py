@@ -2,7 +2,8 @@
 
 - `load_torchvision(model, state_dict)`: torchvision's `maskrcnn_resnet50_fpn` state dict (e.g. its
   COCO checkpoint, 37.9 box / 34.6 mask AP) into a model built from
-  `presets.torchvision_r50_fpn()`. Missing or extra keys raise.
+  `presets.torchvision_r50_fpn()`, or a `keypointrcnn_resnet50_fpn` state dict into one built from
+  `presets.torchvision_keypoint_r50_fpn()`. Missing or extra keys raise.
 - `load_backbone(model, state_dict)`: an ImageNet ResNet/ResNeXt checkpoint into the body, to start
   training from it.
 - `save(model, path)` / `load(path)`: our own format, a folder with `model.safetensors` (tensors
@@ -35,6 +36,9 @@ _TORCHVISION_RENAMES = [
     (r"^roi_heads\.mask_head\.mask_fcn(\d+)\.", None),  # older: mask_fcn1..4 (1-based)
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.logits."),
+    # keypointrcnn_resnet50_fpn: Sequential(conv, ReLU, ...) -> convs.N; the predictor's deconv
+    (r"^roi_heads\.keypoint_head\.(\d+)\.", None),
+    (r"^roi_heads\.keypoint_predictor\.kps_score_lowres\.", "roi_heads.keypoint_head.deconv."),
 ]
 
 
@@ -44,6 +48,8 @@ def torchvision_key(key: str) -> str:
         m = re.match(pattern, key)
         if not m:
             continue
+        if repl is None and key.startswith("roi_heads.keypoint_head."):  # 2N (conv) -> convs.N
+            return f"roi_heads.keypoint_head.convs.{int(m.group(1)) // 2}." + key[m.end() :]
         if repl is None:  # mask_fcnN -> convs.(N-1)
             return f"roi_heads.mask_head.convs.{int(m.group(1)) - 1}." + key[m.end() :]
         return re.sub(pattern, repl, key)
@@ -52,7 +58,8 @@ def torchvision_key(key: str) -> str:
 
 @torch.no_grad()
 def load_torchvision(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
-    """Load a torchvision `maskrcnn_resnet50_fpn` state dict; raises on missing/extra keys."""
+    """Load a torchvision `maskrcnn_resnet50_fpn` (or `keypointrcnn_resnet50_fpn`) state dict;
+    raises on missing/extra keys."""
     ours = {
         torchvision_key(k): v
         for k, v in state_dict.items()
@@ -62,7 +69,8 @@ def load_torchvision(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
     missing, extra = sorted(expected - set(ours)), sorted(set(ours) - expected)
     if missing or extra:
         raise ValueError(
-            "state dict does not fit this model (build it with presets.torchvision_r50_fpn and "
+            "state dict does not fit this model (build it with presets.torchvision_r50_fpn, or "
+            "presets.torchvision_keypoint_r50_fpn for a Keypoint R-CNN, and "
             f"the checkpoint's num_classes): missing {_few(missing)}, unexpected {_few(extra)}"
         )
     own = model.state_dict()

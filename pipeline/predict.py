@@ -107,7 +107,13 @@ def run(
                 skipped.append({"path": str(item.path), "error": str(e)})
         for (image_id, item), image, det in zip(chunk, arrays, _detect(net, arrays), strict=True):
             picture = draw_instances(
-                image, det.boxes, det.masks, det.labels, class_names, det.scores
+                image,
+                det.boxes,
+                det.masks,
+                det.labels,
+                class_names,
+                det.scores,
+                keypoints=det.keypoints,
             )
             save_png_atomic(picture, overlays / (item.name + ".png"))
             results += to_coco_results(det, image_id, class_map, file_name=item.name)
