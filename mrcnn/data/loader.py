@@ -1,12 +1,12 @@
-"""Batches for training and evaluation: sample order, horizontal flips, collate.
+"""Batches for training and evaluation: sample order, augmentation (`mrcnn.data.augment`), collate.
 
 Training order. One global, infinite stream of sample indices is the concatenation of
 permutations `perm(seed, epoch)` of `range(N)`. Global iteration `t` takes stream positions
 `[t * B * W, (t + 1) * B * W)` (B = per-rank batch, W = world size) and rank `r` takes its
 contiguous `B` of them. So within any epoch's stretch of the stream every sample is used exactly
 once across all ranks, and everything is a function of `(seed, position)`: resuming at iteration
-`t` jumps straight to its positions without reading what it skips, and the flip decisions (also
-drawn per position) repeat exactly.
+`t` jumps straight to its positions without reading what it skips, and the flip decisions and the
+scale / crop draws (also functions of the position) repeat exactly.
 
 Shards are only the storage unit: `ShardDataset` reads any sample through its index, so ranks
 and workers never need a shard of their own.
@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mrcnn.data.augment import Augmentation, augment_sample, hflip_sample
 from mrcnn.data.shards import Sample, ShardDataset
 from mrcnn.structures import Batch
 
@@ -76,38 +76,6 @@ def collate(samples: list[Sample], max_gt: int) -> Batch:
         gt_mini_masks=torch.from_numpy(gt_masks),
         gt_valid=torch.from_numpy(gt_valid),
     )
-
-
-def hflip_sample(sample: Sample, inplace: bool = False) -> Sample:
-    """Mirror image, boxes, crowd boxes and mini-masks left-right inside the window.
-
-    A column x of the window [wx1, wx2) goes to wx1 + wx2 - 1 - x, so a box [x1, x2) goes to
-    [wx1 + wx2 - x2, wx1 + wx2 - x1) and its mini-mask is mirrored too (it still covers the box
-    exactly). Padding stays where it is.
-    """
-    y1, x1, y2, x2 = sample.window
-    image = sample.image if inplace else sample.image.copy(order="K")  # keeps the layout
-    chw = image.transpose(2, 0, 1)
-    if chw.flags.c_contiguous:  # ShardDataset's CHW buffer: reversing rows is ~5x faster
-        region = chw[:, y1:y2, x1:x2]
-        region[:] = region[:, :, ::-1].copy()
-    else:
-        region = image[y1:y2, x1:x2]
-        region[:] = region[:, ::-1].copy()
-    return replace(
-        sample,
-        image=image,
-        boxes=_flip_boxes(sample.boxes, x1 + x2),
-        crowd_boxes=_flip_boxes(sample.crowd_boxes, x1 + x2),
-        mini_masks=np.ascontiguousarray(sample.mini_masks[:, :, ::-1]),
-    )
-
-
-def _flip_boxes(boxes: np.ndarray, width_sum: float) -> np.ndarray:
-    out = boxes.copy()
-    out[:, 0] = width_sum - boxes[:, 2]
-    out[:, 2] = width_sum - boxes[:, 0]
-    return out
 
 
 class SampleOrder:
@@ -173,6 +141,8 @@ class TrainLoader:
     rank, world_size: this process's place among the data-parallel ranks
     start_iteration: the first global iteration to produce (resume); nothing before it is read
     hflip:       mirror half of the samples (decided per stream position)
+    augment:     scale jitter / random crop (`Augmentation`; its `hflip` is ignored in favour of
+                 the argument above), drawn per stream position
     max_gt:      ground-truth slots per image (`collate`)
     num_workers: DataLoader worker processes (0 = in this process); each builds whole batches
     pin_memory:  page-locked batches for fast host -> GPU copies
@@ -190,6 +160,7 @@ class TrainLoader:
         world_size: int = 1,
         start_iteration: int = 0,
         hflip: bool = True,
+        augment: Augmentation | None = None,
         max_gt: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -206,6 +177,7 @@ class TrainLoader:
         self.world_size = world_size
         self.start_iteration = start_iteration
         self.hflip = hflip
+        self.augment = augment
         self.max_gt = max_gt
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -223,11 +195,16 @@ class TrainLoader:
 
     def batch(self, iteration: int) -> Batch:
         """Read, augment and collate this rank's batch of global `iteration`."""
-        indices, flips = self.order(self.positions(iteration))
+        positions = self.positions(iteration)
+        indices, flips = self.order(positions)
         samples = []
-        for i, flip in zip(indices.tolist(), flips.tolist(), strict=True):
+        for pos, i, flip in zip(positions.tolist(), indices.tolist(), flips.tolist(), strict=True):
             s = self.dataset[i]
-            samples.append(hflip_sample(s, inplace=True) if self.hflip and flip else s)
+            if self.hflip and flip:
+                s = hflip_sample(s, inplace=True)
+            if self.augment is not None and self.augment.geometric:
+                s = augment_sample(s, self.augment, np.random.default_rng([self.seed, 2, pos]))
+            samples.append(s)
         return collate(samples, self.max_gt)
 
     def __iter__(self) -> Iterator[Batch]:
