@@ -10,16 +10,29 @@ downloaded MLflow model (with its `MLmodel` file). From the registry only the we
 downloaded and `mrcnn.weights.load` rebuilds the model: the same weights and code the pyfunc
 uses, without MLflow's per-call DataFrame round trip.
 
-`--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp). Writes
-into `--out`:
-    overlays/<name>.png   each image with its detections drawn (`mrcnn.visualize`)
+`--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif
+.tiff; 8/16-bit, gray, RGBA and palette images are converted to RGB, EXIF orientation is
+applied so phone photos come out upright). Writes into `--out`:
+    overlays/<input tree>/<stem>.png   each image with its detections drawn (`mrcnn.visualize`),
+                          mirroring the input folders (`photos/a/x.jpg` -> `photos/a/x.png`)
     results.json          COCO results: [{"image_id", "file_name", "category_id",
                           "bbox": [x, y, w, h], "score", "segmentation": RLE}, ...]
-    images.json           the model used, every image (id, file_name, path, size, detections)
-                          and the files skipped with `--skip-bad`
+    images.json           the model used, every image (id, file_name, path, size, detections,
+                          tiled), the files skipped and why, and whether the run completed
 `image_id` numbers the inputs 1..N in the order listed (folders sorted). `category_id` is the
 model's label unless the saved model's config.json holds a `class_map` (label -> category id).
-An unreadable image stops the run with an error naming it, unless `--skip-bad` is given.
+
+Nothing done is lost: a file that cannot be read is reported (log, summary line, images.json)
+and skipped (`--strict` stops at the first one instead), and whatever ends the run (an error,
+Ctrl-C), results.json and images.json are written with what was done (`"complete": false`).
+
+Large images: `--tile 1024 --tile-overlap 0.2` runs the model on overlapping tiles of the
+original pixels and merges them (`mrcnn.tiling`); by default images whose longer side is 3x the
+model input or more are tiled at the model's input size (`--tile 0` turns tiling off).
+
+Registry models use the tracking URI from `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else
+`mlflow.tracking_uri` of `--params`; with none of these predict says where it looked (it never
+creates an empty store).
 """
 
 from __future__ import annotations
@@ -64,6 +77,11 @@ class ModelNotFoundError(LookupError):
 class ImageInput:
     path: Path
     name: str  # relative name used in outputs: "folder/sub/a.jpg" or "a.jpg"
+    overlay: str = ""  # the overlay's relative path: "folder/sub/a.png"
+
+
+# Overlays of tiled images are drawn this many full-resolution masks at a time.
+_OVERLAY_MASK_BYTES = 256 * 1024 * 1024
 
 
 def run(
@@ -73,12 +91,21 @@ def run(
     params: PredictParams,
     *,
     tracking_uri: str | None = None,
-    skip_bad: bool = False,
+    strict: bool = False,
+    tile: int | None = None,
+    tile_overlap: float = 0.2,
+    skip_bad: bool | None = None,
 ) -> dict[str, Any]:
-    """Predict on every image of `inputs`; returns what `images.json` holds."""
-    from mrcnn import weights
-    from mrcnn.visualize import draw_instances
+    """Predict on every image of `inputs`; returns what `images.json` holds.
 
+    strict:   stop at the first unreadable file (default: report it and go on)
+    tile:     None: tile images >= 3x the model input (at the input size); 0: never; N: tile
+              every image larger than N px at N px
+    skip_bad: accepted for old callers; skipping is the default now (see `strict`)
+    """
+    from mrcnn import weights
+
+    del skip_bad
     files = collect_inputs(inputs)
     with tempfile.TemporaryDirectory(prefix="mrcnn-model-") as tmp:
         weights_dir, source = resolve_model(model, tracking_uri, Path(tmp))
@@ -86,73 +113,176 @@ def run(
         class_map = read_class_map(weights_dir, net.num_classes)
     if params.score_thresh >= 0:
         net.roi_heads.score_thresh = params.score_thresh
-    class_names = net.class_names or None
-
-    overlays = out_dir / "overlays"
-    overlays.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    images: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    state = _RunState(out_dir, net, class_map, source)
     progress = tqdm(total=len(files), desc="predict", unit="img", disable=None)
-    for start in range(0, len(files), params.batch_size):
-        chunk, arrays = [], []
-        for item in files[start : start + params.batch_size]:
+    try:
+        pending: list[tuple[int, ImageInput, np.ndarray]] = []
+        for image_id, item in enumerate(files, 1):
             try:
-                arrays.append(read_image(item.path))
-                chunk.append((len(images) + len(chunk) + len(skipped) + 1, item))
+                image = read_image(item.path, orient=True)
             except ImageReadError as e:
-                if not skip_bad:
+                state.skip(item, e)
+                if strict:
+                    state.finish_batch(pending)
                     raise
-                log.warning("skipped: %s", e)
-                skipped.append({"path": str(item.path), "error": str(e)})
-        for (image_id, item), image, det in zip(chunk, arrays, _detect(net, arrays), strict=True):
-            picture = draw_instances(
-                image, det.boxes, det.masks, det.labels, class_names, det.scores
-            )
-            save_png_atomic(picture, overlays / (item.name + ".png"))
-            results += to_coco_results(det, image_id, class_map, file_name=item.name)
-            h, w = image.shape[:2]
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": item.name,
-                    "path": str(item.path),
-                    "height": h,
-                    "width": w,
-                    "detections": len(det),
-                }
-            )
-        progress.update(len(files[start : start + params.batch_size]))
-    progress.close()
-    if not images:
+                progress.update(1)
+                continue
+            tile_size = _tile_size(image, int(net.image_size), tile)
+            if tile_size:
+                state.tiled(image_id, item, image, tile_size, tile_overlap, params.batch_size)
+            else:
+                pending.append((image_id, item, image))
+                if len(pending) == params.batch_size:
+                    state.finish_batch(pending)
+            progress.update(1)
+        state.finish_batch(pending)
+        state.complete = True
+    except BaseException as e:
+        state.stopped = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        progress.close()
+        summary = state.write()
+    if not state.images:
         raise ImageReadError(f"none of the {len(files)} input files could be read as an image")
-    summary = {
-        "model": source,
-        "score_thresh": float(net.roi_heads.score_thresh),
-        "num_images": len(images),
-        "num_detections": len(results),
-        "images": images,
-        "skipped": skipped,
-    }
-    write_json_atomic(out_dir / "results.json", results, indent=None)
-    write_json_atomic(out_dir / "images.json", summary)
-    log.info(
-        "%d images, %d detections -> %s (%d skipped)",
-        len(images),
-        len(results),
-        out_dir,
-        len(skipped),
-    )
     return summary
 
 
-def _detect(net: Any, arrays: list[np.ndarray]) -> list[Any]:
-    return net.detect(arrays, batch_size=len(arrays)) if arrays else []
+class _RunState:
+    """What a predict run has done so far, written out by `write` whatever happens."""
+
+    def __init__(self, out_dir: Path, net: Any, class_map: dict[int, int] | None, source: dict):
+        self.out_dir = out_dir
+        self.net = net
+        self.class_map = class_map
+        self.source = source
+        self.class_names = net.class_names or None
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.complete = False
+        self.stopped = ""
+        (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+
+    def skip(self, item: ImageInput, error: Exception) -> None:
+        log.warning("skipped: %s", error)
+        self.skipped.append({"path": str(item.path), "file_name": item.name, "error": str(error)})
+
+    def finish_batch(self, pending: list[tuple[int, ImageInput, np.ndarray]]) -> None:
+        """Detect, draw and record the pending images (then forget them)."""
+        if not pending:
+            return
+        arrays = [image for _, _, image in pending]
+        dets = self.net.detect(arrays, batch_size=len(arrays))
+        for (image_id, item, image), det in zip(pending, dets, strict=True):
+            self._record(image_id, item, image, det, tiled=False)
+        pending.clear()
+
+    def tiled(
+        self,
+        image_id: int,
+        item: ImageInput,
+        image: np.ndarray,
+        tile: int,
+        overlap: float,
+        batch_size: int,
+    ) -> None:
+        from mrcnn.tiling import detect_tiled
+
+        det = detect_tiled(
+            self.net,
+            image,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            nms_thresh=float(self.net.roi_heads.nms_thresh),
+        )
+        self._record(image_id, item, image, det, tiled=True)
+
+    def _record(self, image_id: int, item: ImageInput, image: np.ndarray, det: Any, tiled: bool):
+        from mrcnn.structures import Detections
+        from mrcnn.visualize import colors, draw_instances
+
+        h, w = image.shape[:2]
+        if isinstance(det, Detections):
+            picture = draw_instances(
+                image, det.boxes, det.masks, det.labels, self.class_names, det.scores
+            )
+            self.results += to_coco_results(det, image_id, self.class_map, file_name=item.name)
+        else:  # TiledDetections: full-resolution masks a bounded group at a time
+            picture, palette = image, colors(len(det))
+            group = max(1, _OVERLAY_MASK_BYTES // max(1, h * w))
+            for s in range(0, len(det), group):
+                idx = list(range(s, min(len(det), s + group)))
+                part = Detections(det.boxes[idx], det.scores[idx], det.labels[idx], det.masks(idx))
+                picture = draw_instances(
+                    picture,
+                    part.boxes,
+                    part.masks,
+                    part.labels,
+                    self.class_names,
+                    part.scores,
+                    instance_colors=palette[idx],
+                )
+                self.results += to_coco_results(part, image_id, self.class_map, item.name)
+        save_png_atomic(picture, self.out_dir / "overlays" / item.overlay)
+        self.images.append(
+            {
+                "id": image_id,
+                "file_name": item.name,
+                "path": str(item.path),
+                "height": h,
+                "width": w,
+                "detections": len(det),
+                "tiled": tiled,
+            }
+        )
+
+    def write(self) -> dict[str, Any]:
+        summary = {
+            "model": self.source,
+            "score_thresh": float(self.net.roi_heads.score_thresh),
+            "complete": self.complete,
+            "num_images": len(self.images),
+            "num_detections": len(self.results),
+            "num_skipped": len(self.skipped),
+            "images": self.images,
+            "skipped": self.skipped,
+        }
+        if self.stopped:
+            summary["stopped"] = self.stopped
+        write_json_atomic(self.out_dir / "results.json", self.results, indent=None)
+        write_json_atomic(self.out_dir / "images.json", summary)
+        line = (
+            f"{len(self.images)} images, {len(self.results)} detections -> {self.out_dir}; "
+            f"{len(self.skipped)} skipped"
+            + (
+                f" (unreadable: {', '.join(s['file_name'] for s in self.skipped[:3])}"
+                f"{', ...' if len(self.skipped) > 3 else ''}; see images.json)"
+                if self.skipped
+                else ""
+            )
+            + ("" if self.complete else f"; STOPPED early ({self.stopped or 'interrupted'})")
+        )
+        (log.info if self.complete and not self.skipped else log.warning)("%s", line)
+        return summary
+
+
+def _tile_size(image: np.ndarray, image_size: int, tile: int | None) -> int:
+    """The tile side for this image, or 0 for one ordinary pass."""
+    from mrcnn.tiling import should_tile
+
+    h, w = image.shape[:2]
+    if tile is None:
+        return image_size if should_tile(h, w, image_size) else 0
+    return tile if tile > 0 and max(h, w) > tile else 0
 
 
 def collect_inputs(inputs: list[Path]) -> list[ImageInput]:
     """Files as given, folders searched recursively for image suffixes (sorted); output names
-    are made unique ("a.jpg", "a_2.jpg") so no overlay overwrites another."""
+    are made unique ("a.jpg", "a_2.jpg") so no overlay overwrites another, and each overlay is
+    `<name without its suffix>.png` (deduplicated the same way: `a.jpg` + `a.png` in one folder
+    give `a.png` and `a_2.png`)."""
     found: list[ImageInput] = []
     for raw in inputs:
         path = Path(raw)
@@ -170,16 +300,22 @@ def collect_inputs(inputs: list[Path]) -> list[ImageInput]:
             raise FileNotFoundError(f"input {path} does not exist")
     if not found:
         raise FileNotFoundError("no input images given")
+    names = _unique([item.name for item in found])
+    overlays = _unique([str(Path(n).with_suffix(".png").as_posix()) for n in names])
+    return [ImageInput(i.path, n, o) for i, n, o in zip(found, names, overlays, strict=True)]
+
+
+def _unique(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
-    unique = []
-    for item in found:
-        n = seen.get(item.name, 0) + 1
-        seen[item.name] = n
+    out = []
+    for name in names:
+        n = seen.get(name, 0) + 1
+        seen[name] = n
         if n > 1:
-            stem, dot, suffix = item.name.rpartition(".")
-            item = ImageInput(item.path, f"{stem}_{n}{dot}{suffix}" if dot else f"{suffix}_{n}")
-        unique.append(item)
-    return unique
+            stem, dot, suffix = name.rpartition(".")
+            name = f"{stem}_{n}{dot}{suffix}" if dot else f"{suffix}_{n}"
+        out.append(name)
+    return out
 
 
 def resolve_model(spec: str, tracking_uri: str | None, workdir: Path) -> tuple[Path, dict]:
@@ -305,31 +441,69 @@ def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.tracking import TrackingError, check_tracking_uri, tracking_uri
+    from pipeline.tracking import TrackingError, check_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or a model folder")
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--params", default="params.yaml", help="default: %(default)s")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    parser.add_argument("--skip-bad", action="store_true", help=argparse.SUPPRESS)  # default now
     parser.add_argument("--score-thresh", type=float, help="overrides predict.score_thresh")
+    parser.add_argument(
+        "--tile", type=int, help="tile side in pixels (0: never tile; default: automatic)"
+    )
+    parser.add_argument("--tile-overlap", type=float, default=0.2, help="default: %(default)s")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, params.yaml)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        if not 0 <= args.tile_overlap < 1:
+            raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}")
         params = _params(args.params, PredictParams, "predict")
         if args.score_thresh is not None:
             params.score_thresh = args.score_thresh
         uri = None
         if args.model.startswith("models:/"):
-            mlflow_params = _params(args.params, MlflowParams, "mlflow")
-            uri = tracking_uri(args.params, mlflow_params.tracking_uri)
+            uri = registry_uri(args.tracking_uri, args.params)
             check_tracking_uri(uri)
-        run(args.model, args.input, args.out, params, tracking_uri=uri, skip_bad=args.skip_bad)
-    except (ModelNotFoundError, ImageReadError, FileNotFoundError, TrackingError) as e:
+        run(
+            args.model,
+            args.input,
+            args.out,
+            params,
+            tracking_uri=uri,
+            strict=args.strict,
+            tile=args.tile,
+            tile_overlap=args.tile_overlap,
+        )
+    except (ModelNotFoundError, ImageReadError, FileNotFoundError, TrackingError, ValueError) as e:
         log.error("%s", e)
         sys.exit(1)
+
+
+def registry_uri(flag: str | None, params_path: str) -> str:
+    """The tracking URI for a registry model: `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else
+    params.yaml's `mlflow.tracking_uri` (relative paths from the project root). Without any of
+    them raises `FileNotFoundError` saying where it looked (no empty store is created)."""
+    from pipeline.tracking import tracking_uri
+
+    if flag:
+        return flag
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if not Path(params_path).is_file():
+        raise FileNotFoundError(
+            f"no model registry to pull from: no --tracking-uri, no MLFLOW_TRACKING_URI and no "
+            f"params file at {Path(params_path).resolve()}. Run from the project folder, pass "
+            "--params PROJECT/params.yaml or --tracking-uri URI, or give --model a model folder"
+        )
+    mlflow_params = load_section(params_path, "mlflow", MlflowParams)
+    return tracking_uri(params_path, mlflow_params.tracking_uri)
 
 
 def _params(path: str, cls: type, section: str) -> Any:
