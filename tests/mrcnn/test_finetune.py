@@ -98,3 +98,18 @@ def test_load_init_says_what_it_expected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
         load_init(model, tmp_path / "empty")
+
+
+def test_imagenet_checkpoint_initialises_the_backbone_only(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    ref = resnet18()
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    model = build_model(presets.shapes_small(backbone={"width_multiplier": 1.0}))
+    head = model.roi_heads.box_head.fc6.weight.clone()
+    assert load_init(model, tmp_path / "r18.pth") == []
+    torch.testing.assert_close(
+        model.backbone.body.layer2[0].conv1.weight, ref.layer2[0].conv1.weight
+    )
+    assert torch.equal(model.roi_heads.box_head.fc6.weight, head)

@@ -188,6 +188,26 @@ def test_via_balloon_layout(tmp_path):
     assert _reasons(out) == {"invalid_polygon": 1, "missing_image": 2, "unsupported_shape": 1}
     rect = _load(out, "val")["annotations"][1]
     assert rect["bbox"] == [35.0, 5.0, 10.0, 20.0]
+    # A whole saved VIA project (not the export), one json, a class attribute, split by fraction.
+    proj = tmp_path / "project"
+    meta = {}
+    for i, kind in enumerate(["cat", "dog", "cat", "dog"]):
+        _png(proj / f"p{i}.jpg", i)
+        region = {
+            "shape_attributes": {"name": "circle", "cx": 20, "cy": 20, "r": 8},
+            "region_attributes": {"animal": kind},
+        }
+        meta[f"p{i}.jpg0"] = {"filename": f"p{i}.jpg", "size": 0, "regions": [region]}
+    (proj / "via_project.json").write_text(
+        json.dumps({"_via_settings": {}, "_via_img_metadata": meta, "_via_attributes": {}})
+    )
+    assert detect(proj) == "via"
+    summary = convert(proj, tmp_path / "out2", val_fraction=0.25)
+    assert summary["categories"] == ["cat", "dog"]
+    assert {s: c["images"] for s, c in summary["splits"].items()} == {"train": 3, "val": 1}
+    circle = _load(tmp_path / "out2", "train")["annotations"][0]
+    assert len(circle["segmentation"][0]) == 64  # 32 vertices
+    np.testing.assert_allclose(circle["bbox"], [12, 12, 16, 16], atol=0.1)
 
 
 def test_yolo_seg_with_data_yaml(tmp_path):
