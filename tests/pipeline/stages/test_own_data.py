@@ -10,7 +10,6 @@ the project, as absolute paths.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def _pretrained(params: dict, project: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize("config", ["coco_8gpu.yaml", "finetune.yaml"])
-def test_shipped_config_runs_as_written(config, tmp_path, monkeypatch, caplog):
+def test_shipped_config_runs_as_written(config, tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
     params = _shrunk(config, project)
@@ -138,8 +137,7 @@ def test_shipped_config_runs_as_written(config, tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(project)  # as dvc runs the stages; Ray's workers run elsewhere
     download.main(["--params", "params.yaml"])
     shards.main(["--params", "params.yaml"])
-    with caplog.at_level(logging.INFO):
-        train.main(["--params", "params.yaml"])
+    train.main(["--params", "params.yaml"])
     assert os.getcwd() == str(project)
     model = weights.load(project / "models" / "final")
     # The stem is frozen (torchvision_r50_fpn trains the top 3 stages): still the checkpoint's.
@@ -150,4 +148,3 @@ def test_shipped_config_runs_as_written(config, tmp_path, monkeypatch, caplog):
     if config == "finetune.yaml":
         assert model.num_classes == 3  # box, tri + background: predictors re-initialised
         assert "box" in model.class_names and "tri" in model.class_names
-        assert "fine-tuning from 91 classes to 3" in caplog.text or "re-initialised" in caplog.text
