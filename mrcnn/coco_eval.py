@@ -1,5 +1,5 @@
-"""COCO evaluation: `COCOeval` (pycocotools) for bbox and segm AP, per category, with the
-precision / recall arrays kept for plots.
+"""COCO evaluation: `COCOeval` (pycocotools) for bbox, segm and keypoint AP, per category, with
+the precision / recall arrays kept for plots.
 
     scores = coco_evaluate(COCO("instances_val.json"), results)   # results: mrcnn.coco_results
     scores.metrics["segm"]["AP"]          # = COCOeval.stats[0]
@@ -11,6 +11,11 @@ precision of a category, that has no ground truth.
 
 Feeding the ground truth back as results (`ground_truth_results`) gives AP = 1: that is the
 test that the evaluation itself is sound.
+
+Keypoints (`iou_types=("keypoints",)`) are matched by object keypoint similarity (OKS) instead
+of IoU: OKS = mean over labelled keypoints of exp(-d^2 / (2 s^2 k^2)), d the distance, s^2 the
+object's area, k = 2 sigma a per-keypoint constant (`oks_sigmas`; COCO's 17 person sigmas by
+default). Keypoint stats have no small-object range: AP, AP50, AP75, APm, APl.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from mrcnn.coco_results import encode_masks
 
 log = logging.getLogger(__name__)
 
-IOU_TYPES = ("bbox", "segm")
+IOU_TYPES = ("bbox", "segm")  # the default: what a Mask R-CNN is evaluated on
+ALL_IOU_TYPES = ("bbox", "segm", "keypoints")
 # COCOeval.stats[0:6]: AP over IoU .50:.95, at .50, at .75, then small / medium / large objects.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCOeval.stats[0:5] for keypoints (no small range: keypoints are only labelled on larger people).
+KEYPOINT_METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl")
 
 
 @dataclass
@@ -65,6 +73,7 @@ def coco_evaluate(
     results: Sequence[Mapping[str, Any]],
     iou_types: Sequence[str] = IOU_TYPES,
     image_ids: Sequence[int] | None = None,
+    oks_sigmas: Sequence[float] | None = None,
 ) -> CocoScores:
     """`COCOeval` of COCO `results` against `coco_gt` for each of `iou_types`.
 
@@ -72,12 +81,16 @@ def coco_evaluate(
                (`mrcnn.coco_results.to_coco_results`); not modified
     image_ids: the images evaluated (default every image of `coco_gt`); the ground truth of
                other images is not counted
+    oks_sigmas: per-keypoint OKS sigmas for "keypoints" (default COCO's 17 person ones); one
+               per keypoint of the ground truth's categories
+    "segm" ranks results by their "segm_score" where they have one (Mask Scoring R-CNN),
+    "keypoints" evaluates the results that have "keypoints".
     An empty `results` is evaluated as "nothing detected" (AP 0 wherever there is ground truth),
     with a warning, instead of pycocotools' `loadRes` failing on it.
     """
     for t in iou_types:
-        if t not in IOU_TYPES:
-            raise ValueError(f"iou_types must be among {IOU_TYPES}, got {t!r}")
+        if t not in ALL_IOU_TYPES:
+            raise ValueError(f"iou_types must be among {ALL_IOU_TYPES}, got {t!r}")
     if not iou_types:
         raise ValueError("iou_types is empty")
     known = set(coco_gt.getImgIds())
@@ -94,20 +107,20 @@ def coco_evaluate(
     precision: dict[str, np.ndarray] = {}
     summary: dict[str, str] = {}
     for iou_type in iou_types:
-        # Without "bbox", pycocotools takes a mask result's area from the mask, so small / medium
-        # / large mean the same for segm results as for the ground truth (as in detectron2).
-        drop = "segmentation" if iou_type == "bbox" else "bbox"
-        copies = [{k: v for k, v in r.items() if k != drop} for r in results]
+        copies = _results_for(iou_type, results)
         text = io.StringIO()
         with contextlib.redirect_stdout(text):  # pycocotools prints its progress
             ev = COCOeval(coco_gt, _load_results(coco_gt, copies), iouType=iou_type)
             ev.params.imgIds = ids
+            if iou_type == "keypoints":
+                ev.params.kpt_oks_sigmas = _oks_sigmas(coco_gt, oks_sigmas)
             ev.evaluate()
             ev.accumulate()
             summary_start = text.tell()
             ev.summarize()
         summary[iou_type] = text.getvalue()[summary_start:].rstrip()
-        metrics[iou_type] = {k: float(v) for k, v in zip(METRIC_NAMES, ev.stats[:6], strict=True)}
+        names = KEYPOINT_METRIC_NAMES if iou_type == "keypoints" else METRIC_NAMES
+        metrics[iou_type] = {k: float(v) for k, v in zip(names, ev.stats, strict=False)}
         precision[iou_type] = np.asarray(ev.eval["precision"])
     params = ev.params
     names = [str(coco_gt.cats[c]["name"]) for c in params.catIds]
@@ -128,6 +141,45 @@ def coco_evaluate(
     )
 
 
+def _results_for(iou_type: str, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `results` as COCOeval wants them for one IoU type."""
+    if iou_type == "keypoints":
+        # Without bbox and segmentation, loadRes takes a result's box and area from its keypoints.
+        keep = ("image_id", "category_id", "score", "keypoints")
+        return [{k: r[k] for k in keep} for r in results if "keypoints" in r]
+    if iou_type == "segm":
+        # Without "bbox", pycocotools takes a mask result's area from the mask, so small / medium
+        # / large mean the same for segm results as for the ground truth (as in detectron2).
+        out = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+        for r in out:
+            if "segm_score" in r:  # Mask Scoring R-CNN: masks ranked by their own score
+                r["score"] = r["segm_score"]
+        return out
+    return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+
+
+def _oks_sigmas(coco_gt: COCO, sigmas: Sequence[float] | None) -> np.ndarray:
+    """OKS sigmas as COCOeval wants them, checked against the ground truth's keypoint count."""
+    counts = {len(c.get("keypoints", [])) for c in coco_gt.dataset.get("categories", [])}
+    counts.discard(0)
+    if sigmas is None:
+        sigmas = COCO_PERSON_OKS_SIGMAS
+    if counts and counts != {len(sigmas)}:
+        raise ValueError(
+            f"oks_sigmas has {len(sigmas)} values but the ground truth's categories have "
+            f"{sorted(counts)} keypoints: give one sigma per keypoint (evaluate.oks_sigmas)"
+        )
+    return np.asarray(sigmas, dtype=np.float64)
+
+
+# COCO's per-keypoint sigmas for its 17 person keypoints (cocoapi's defaults).
+COCO_PERSON_OKS_SIGMAS = tuple(
+    v / 10.0
+    for v in (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07)
+    + (0.87, 0.87, 0.89, 0.89)
+)
+
+
 def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
     """`coco_gt.loadRes(results)`, or an empty results set (which `loadRes` cannot build)."""
     if results:
@@ -145,8 +197,8 @@ def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
 def ground_truth_results(
     coco_gt: COCO, image_ids: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
-    """The ground truth written as COCO results (score 1, RLE masks, crowd regions left out):
-    what a perfect detector returns."""
+    """The ground truth written as COCO results (score 1, RLE masks, crowd regions left out, and
+    keypoints where an annotation has labelled ones): what a perfect detector returns."""
     ids = coco_gt.getImgIds() if image_ids is None else list(image_ids)
     out = []
     for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids, iscrowd=False)):
@@ -160,6 +212,8 @@ def ground_truth_results(
                 "segmentation": encode_masks(mask[None])[0],
             }
         )
+        if ann.get("num_keypoints", 0) > 0:
+            out[-1]["keypoints"] = [float(v) for v in ann["keypoints"]]
     return out
 
 

@@ -4,6 +4,12 @@ One result per instance: `{"image_id", "category_id", "bbox": [x, y, w, h], "sco
 "segmentation": RLE}` where the RLE is `pycocotools.mask.encode` of the instance mask with its
 `counts` decoded to a string (JSON-safe). Encoding is lossless: `decode_masks(encode_masks(m))`
 gives `m` back.
+
+Keypoint models add `"keypoints": [x1, y1, s1, x2, y2, s2, ...]` (COCO's flat layout; the third
+value of each is the keypoint's score where COCO's ground truth has its visibility, as detectron2
+writes them; COCOeval reads only x and y). Mask Scoring R-CNN models add `"segm_score"`, the
+mask's own score, which `mrcnn.coco_eval.coco_evaluate` ranks the segm results by (the bbox
+results keep `"score"`). A model without a mask head writes no `"segmentation"`.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ def to_coco_results(
     is None); a label missing from it raises `KeyError`. `file_name` is added to each result when
     given (COCO tools ignore extra keys).
     """
-    rles = encode_masks(det.masks)
+    has_masks = det.masks.ndim == 3 and det.masks.shape[1] * det.masks.shape[2] > 0
+    rles = encode_masks(det.masks) if has_masks else None
     out = []
     for i in range(len(det)):
         x1, y1, x2, y2 = (float(v) for v in det.boxes[i])
@@ -68,7 +75,12 @@ def to_coco_results(
             category_id=int(category_ids[label]) if category_ids is not None else label,
             bbox=[x1, y1, x2 - x1, y2 - y1],
             score=float(det.scores[i]),
-            segmentation=rles[i],
         )
+        if rles is not None:
+            result["segmentation"] = rles[i]
+        if det.mask_scores is not None:
+            result["segm_score"] = float(det.mask_scores[i])
+        if det.keypoints is not None:
+            result["keypoints"] = [float(v) for v in det.keypoints[i].reshape(-1)]
         out.append(result)
     return out

@@ -121,6 +121,11 @@ class RoIHeadsConfig:
     box_head_dim: int = 1024
     mask_head_channels: int = 256
     mask_head_convs: int = 4
+    # False: no mask head (a box + keypoint model, such as torchvision's Keypoint R-CNN).
+    masks: bool = True
+    # MaskIoU head (used when `mask_scoring` is on): conv width and FC width.
+    mask_iou_head_channels: int = 256
+    mask_iou_head_dim: int = 1024
 
     @property
     def mask_size(self) -> int:
@@ -140,10 +145,59 @@ class RoIHeadsConfig:
             "box_weights",
             "needs 4 positive values",
         )
-        for name in ("box_pool_size", "mask_pool_size", "box_head_dim", "mask_head_channels"):
+        for name in (
+            "box_pool_size",
+            "mask_pool_size",
+            "box_head_dim",
+            "mask_head_channels",
+            "mask_iou_head_channels",
+            "mask_iou_head_dim",
+        ):
             _check(getattr(self, name) > 0, name, "must be > 0")
         _check(self.sampling_ratio >= 0, "sampling_ratio", "must be >= 0")
         _check(self.mask_head_convs >= 0, "mask_head_convs", "must be >= 0")
+
+
+@dataclass
+class KeypointConfig:
+    """Keypoint head (Mask R-CNN sec. 5). `count` 0 = no keypoint head."""
+
+    count: int = 0
+    # Keypoint names, by index (optional; pictures and COCO categories use them).
+    names: tuple[str, ...] = ()
+    # flip_map[k]: the index keypoint k takes in a horizontally flipped image (left <-> right);
+    # empty = every keypoint keeps its index.
+    flip_map: tuple[int, ...] = ()
+    # RoIAlign output side; the heatmaps are 4x that (14 -> 56, the paper's m).
+    pool_size: int = 14
+    head_channels: int = 512
+    head_convs: int = 8
+
+    @property
+    def heatmap_size(self) -> int:
+        """Heatmap (and target) side m: the pooled side x 2 (deconv) x 2 (bilinear)."""
+        return 4 * self.pool_size
+
+    def validate(self) -> None:
+        _check(self.count >= 0, "count", "must be >= 0")
+        _check(
+            not self.names or len(self.names) == self.count,
+            "names",
+            f"needs {self.count} names (one per keypoint) or none",
+        )
+        _check(
+            not self.flip_map or sorted(self.flip_map) == list(range(self.count)),
+            "flip_map",
+            f"must be a permutation of 0..{self.count - 1} (or empty for no swaps)",
+        )
+        _check(
+            all(self.flip_map[self.flip_map[k]] == k for k in range(len(self.flip_map))),
+            "flip_map",
+            "must be its own inverse (flipping twice gives the keypoints back)",
+        )
+        for name in ("pool_size", "head_channels"):
+            _check(getattr(self, name) > 0, name, "must be > 0")
+        _check(self.head_convs >= 0, "head_convs", "must be >= 0")
 
 
 @dataclass
@@ -198,6 +252,8 @@ class LossConfig:
     classifier: float = 1.0
     box: float = 1.0
     mask: float = 1.0
+    keypoint: float = 1.0
+    mask_iou: float = 1.0
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -216,6 +272,9 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     input: InputConfig = field(default_factory=InputConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    # Mask Scoring R-CNN: a MaskIoU head whose predicted IoU x class score scores each mask.
+    mask_scoring: bool = False
     # Class names by model label (index 0 = background); optional, used for pictures.
     class_names: tuple[str, ...] = ()
 
@@ -229,6 +288,11 @@ class Config:
             names_ok,
             "class_names",
             f"needs {self.num_classes} names (index 0 = background) or none",
+        )
+        _check(
+            not self.mask_scoring or self.roi_heads.masks,
+            "mask_scoring",
+            "needs the mask head (roi_heads.masks: true)",
         )
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)

@@ -1,4 +1,5 @@
-"""Losses as pure functions of tensors: L = Lcls + Lbox + Lmask (+ the RPN's two terms).
+"""Losses as pure functions of tensors: L = Lcls + Lbox + Lmask (+ the RPN's two terms, + Lkeypoint
+and LmaskIoU for models with those heads).
 
 Each function takes predictions and targets in fixed-shape slots with a validity mask and returns
 an unweighted scalar; `total_loss` applies the weights, in this one place. Normalisations follow
@@ -74,6 +75,32 @@ def mask_loss(mask_logits: Tensor, labels: Tensor, mask_targets: Tensor, valid: 
     return (bce.mean(dim=(1, 2)) * valid).sum() / valid.sum().clamp(min=1)
 
 
+def keypoint_loss(keypoint_logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Softmax cross-entropy over the m^2 heatmap cells of each labelled keypoint (Mask R-CNN
+    sec. 5: "a one-hot m x m binary mask where only a single pixel is labeled as foreground").
+
+    keypoint_logits [N, K, m, m], targets int64 [N, K] flat cell index, valid bool [N, K]
+    (`mrcnn.keypoint_targets`). Averaged over the valid keypoints of the whole batch, as
+    torchvision's `keypointrcnn_loss`.
+    """
+    n, k = targets.shape
+    logits = keypoint_logits.float().reshape(n * k, -1)
+    ce = F.cross_entropy(logits, targets.reshape(-1), reduction="none")
+    valid = valid.reshape(-1)
+    return (ce * valid).sum() / valid.sum().clamp(min=1)
+
+
+def mask_iou_loss(iou_pred: Tensor, labels: Tensor, iou_targets: Tensor, valid: Tensor) -> Tensor:
+    """L2 between the gt class's predicted mask IoU and the measured one, over positive RoIs
+    (Mask Scoring R-CNN sec. 3.2).
+
+    iou_pred [N, K], labels [N], iou_targets [N] in [0, 1], valid [N].
+    """
+    n = labels.shape[0]
+    pred = iou_pred[torch.arange(n, device=labels.device), labels].float()
+    return (((pred - iou_targets.float()) ** 2) * valid).sum() / valid.sum().clamp(min=1)
+
+
 # Loss name -> the LossConfig field that weights it.
 LOSS_WEIGHT_KEYS = {
     "loss_rpn_objectness": "rpn_objectness",
@@ -81,6 +108,8 @@ LOSS_WEIGHT_KEYS = {
     "loss_classifier": "classifier",
     "loss_box": "box",
     "loss_mask": "mask",
+    "loss_keypoint": "keypoint",
+    "loss_mask_iou": "mask_iou",
 }
 
 

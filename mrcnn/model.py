@@ -2,8 +2,10 @@
 
     images uint8 [B, 3, S, S] --normalise--> backbone (ResNet + FPN) -> P2..P6
       -> RPN (head, anchors, proposal layer)         -> proposals [B, R, 4]
-      -> RoI heads: training   detection targets -> box + mask heads -> losses
-                    inference  box head -> detection layer -> mask head -> RawDetections
+      -> RoI heads: training   detection targets -> box + mask (+ MaskIoU, keypoint) heads
+                                                                                    -> losses
+                    inference  box head -> detection layer -> mask (+ MaskIoU, keypoint) heads
+                                                                              -> RawDetections
 `detect` wraps inference for users: any-size uint8 images in, `Detections` in original pixels out.
 """
 
@@ -20,7 +22,9 @@ from mrcnn.anchors import AnchorGenerator
 from mrcnn.backbone import FPNBackbone
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
+from mrcnn.keypoint_head import KeypointHead
 from mrcnn.losses import total_loss
+from mrcnn.mask_iou_head import MaskIoUHead
 from mrcnn.mask_paste import paste_masks_in_image
 from mrcnn.roi_heads import BoxHead, MaskHead, RoIHeads
 from mrcnn.rpn import RegionProposalNetwork, RPNHead
@@ -47,16 +51,20 @@ class MaskRCNN(nn.Module):
         gt_labels       int64   [B, G] 1..K-1 (0 in empty slots)
         gt_mini_masks   uint8   [B, G, m, m] each instance's mask inside its box
         gt_valid        bool    [B, G]
+        gt_keypoints    float32 [B, G, Kp, 3] (x, y, visibility) (keypoint models only)
     Training mode returns a dict of scalar losses, `loss_rpn_objectness`, `loss_rpn_box`,
-    `loss_classifier`, `loss_box`, `loss_mask` (unweighted; `total_loss` weights and sums
+    `loss_classifier`, `loss_box`, `loss_mask` (+ `loss_keypoint` with `model.keypoints`,
+    `loss_mask_iou` with `model.mask_scoring`; unweighted: `total_loss` weights and sums
     them). Eval mode returns `RawDetections` in the padded frame, D = detections_per_img slots:
         boxes float32 [B, D, 4] xyxy, scores float32 [B, D], labels int64 [B, D],
-        valid bool [B, D], mask_probs float32 [B, D, M, M] (the label's mask, after sigmoid).
+        valid bool [B, D], mask_probs float32 [B, D, M, M] (the label's mask, after sigmoid),
+        keypoints float32 [B, D, Kp, 3] / mask_scores float32 [B, D] with those heads.
     A batch whose images are not S x S raises `ValueError`.
 
     `detect(images)` is the user's entry point: uint8 numpy `H x W x 3` RGB images of any
     size -> one `Detections` per image, in that image's pixels: boxes float32 [N, 4] xyxy,
-    scores float32 [N], labels int64 [N] (1..K-1), masks bool [N, H, W]. It is
+    scores float32 [N], labels int64 [N] (1..K-1), masks bool [N, H, W] (+ keypoints float32
+    [N, Kp, 3] (x, y, score) and mask_scores float32 [N] with those heads). It is
     `prepare` (resize + pad into a `Batch`) -> `predict` (eval-mode forward, the mode restored
     after) -> `postprocess` (boxes to original pixels, masks pasted and thresholded at
     `mask_thresh`).
@@ -142,8 +150,11 @@ class MaskRCNN(nn.Module):
             self.rpn.head,
             self.roi_heads.box_head,
             self.roi_heads.mask_head,
+            self.roi_heads.keypoint_head,
+            self.roi_heads.mask_iou_head,
         ):
-            module.compile(**compile_kwargs)
+            if module is not None:
+                module.compile(**compile_kwargs)
         return self
 
     def normalize(self, images: Tensor, windows: Tensor) -> Tensor:
@@ -203,7 +214,14 @@ class MaskRCNN(nn.Module):
         fixed. Box mapping is vectorised; masks are pasted with one batched matmul per image.
         """
         offsets = batch.windows[:, [1, 0, 1, 0]].to(raw.boxes)  # (x1, y1, x1, y1)
-        boxes = (raw.boxes - offsets[:, None]) / batch.scales.to(raw.boxes)[:, None, None]
+        scales = batch.scales.to(raw.boxes)
+        boxes = (raw.boxes - offsets[:, None]) / scales[:, None, None]
+        keypoints = None
+        if raw.keypoints is not None:  # (x, y) to original pixels as the boxes; scores stay
+            keypoints = raw.keypoints.clone()
+            keypoints[..., :2] = (keypoints[..., :2] - offsets[:, None, None, :2]) / scales[
+                :, None, None, None
+            ]
         out = []
         for i in range(len(batch)):
             h, w = (int(v) for v in batch.original_sizes[i])
@@ -218,15 +236,21 @@ class MaskRCNN(nn.Module):
                 ],
                 dim=1,
             )
-            masks = paste_masks_in_image(raw.mask_probs[i][keep], b, (h, w), self.mask_thresh)
-            out.append(
-                Detections(
-                    boxes=b.float().cpu().numpy(),
-                    scores=raw.scores[i][keep].float().cpu().numpy(),
-                    labels=raw.labels[i][keep].cpu().numpy(),
-                    masks=masks.cpu().numpy(),
-                )
+            if raw.mask_probs is None:  # a model without a mask head
+                masks = torch.zeros((len(b), 0, 0), dtype=torch.bool)
+            else:
+                masks = paste_masks_in_image(raw.mask_probs[i][keep], b, (h, w), self.mask_thresh)
+            det = Detections(
+                boxes=b.float().cpu().numpy(),
+                scores=raw.scores[i][keep].float().cpu().numpy(),
+                labels=raw.labels[i][keep].cpu().numpy(),
+                masks=masks.cpu().numpy(),
             )
+            if keypoints is not None:
+                det.keypoints = keypoints[i][keep].float().cpu().numpy()
+            if raw.mask_scores is not None:
+                det.mask_scores = raw.mask_scores[i][keep].float().cpu().numpy()
+            out.append(det)
         return out
 
     @torch.no_grad()
@@ -310,9 +334,25 @@ def build_model(cfg: Config) -> MaskRCNN:
         batch_size_per_image=r.batch_size_per_image,
         positive_fraction=r.positive_fraction,
     )
+    kp = cfg.keypoints
     roi_heads = RoIHeads(
         box_head=BoxHead(c, h.box_pool_size, h.box_head_dim, cfg.num_classes),
-        mask_head=MaskHead(c, h.mask_head_channels, h.mask_head_convs, cfg.num_classes),
+        mask_head=(
+            MaskHead(c, h.mask_head_channels, h.mask_head_convs, cfg.num_classes)
+            if h.masks
+            else None
+        ),
+        keypoint_head=(
+            KeypointHead(c, kp.head_channels, kp.head_convs, kp.count) if kp.count else None
+        ),
+        keypoint_pool_size=kp.pool_size,
+        mask_iou_head=(
+            MaskIoUHead(
+                c, h.mask_pool_size, h.mask_iou_head_channels, h.mask_iou_head_dim, cfg.num_classes
+            )
+            if cfg.mask_scoring
+            else None
+        ),
         box_pool_size=h.box_pool_size,
         mask_pool_size=h.mask_pool_size,
         sampling_ratio=h.sampling_ratio,

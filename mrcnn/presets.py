@@ -3,11 +3,14 @@
 - `torchvision_r50_fpn`: the architecture and inference settings of torchvision's
   `maskrcnn_resnet50_fpn` (v1), so its checkpoints load through `mrcnn.weights.load_torchvision`
   and give the same detections. Keyword names follow torchvision's for the settings it mirrors.
+- `torchvision_keypoint_r50_fpn`: the same for torchvision's `keypointrcnn_resnet50_fpn`
+  (boxes + 17 COCO person keypoints, no mask head).
 - `shapes_small`: a slim ResNet-18 FPN at 128 px that trains from scratch on a CPU in minutes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mrcnn.config import (
@@ -100,7 +103,64 @@ def shapes_small(num_classes: int = 4, image_size: int = 128, **overrides: Any) 
     return cfg.replace(**overrides) if overrides else cfg
 
 
-PRESETS = {"torchvision_r50_fpn": torchvision_r50_fpn, "shapes_small": shapes_small}
+# COCO's person keypoints, in its order, and the index each takes in a mirrored image.
+COCO_PERSON_KEYPOINTS = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+COCO_PERSON_FLIP_MAP = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+# Config fields a preset's **kwargs may override as whole sections.
+_SECTIONS = {f.name for f in dataclasses.fields(Config)} - {"num_classes"}
+
+
+def torchvision_keypoint_r50_fpn(
+    num_classes: int = 2,
+    num_keypoints: int = 17,
+    image_size: int = 1024,
+    **kwargs: Any,
+) -> Config:
+    """torchvision `keypointrcnn_resnet50_fpn`: `torchvision_r50_fpn`'s backbone, RPN, box head
+    and inference settings (same keyword names, e.g. `box_score_thresh`), no mask head, and a
+    keypoint head of 8 x 512 convs on 14 x 14 RoIAlign (aligned=False) -> 56 x 56 heatmaps.
+
+    With 17 keypoints they are COCO's person keypoints (names and left/right flip map).
+    `kwargs` are `torchvision_r50_fpn`'s keywords and further `Config` sections as dicts.
+    """
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _SECTIONS}
+    coco = num_keypoints == len(COCO_PERSON_KEYPOINTS)
+    keypoints = {
+        "count": num_keypoints,
+        "names": list(COCO_PERSON_KEYPOINTS) if coco else [],
+        "flip_map": list(COCO_PERSON_FLIP_MAP) if coco else [],
+        "pool_size": 14,
+        "head_channels": 512,
+        "head_convs": 8,
+    }
+    cfg = torchvision_r50_fpn(num_classes, image_size, **kwargs)
+    cfg = cfg.replace(roi_heads={"masks": False}, keypoints=keypoints)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+PRESETS = {
+    "torchvision_r50_fpn": torchvision_r50_fpn,
+    "torchvision_keypoint_r50_fpn": torchvision_keypoint_r50_fpn,
+    "shapes_small": shapes_small,
+}
 
 
 def get(name: str, **kwargs: Any) -> Config:

@@ -11,10 +11,13 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from mrcnn.detection_layer import detection_layer, select_class_masks
-from mrcnn.losses import box_losses, mask_loss
+from mrcnn.keypoint_head import KeypointHead, heatmaps_to_keypoints
+from mrcnn.keypoint_targets import keypoint_targets
+from mrcnn.losses import box_losses, keypoint_loss, mask_iou_loss, mask_loss
+from mrcnn.mask_iou_head import MaskIoUHead
 from mrcnn.poolers import multilevel_roi_align, roi_align_levels, rois_with_image_index
 from mrcnn.structures import Batch, RawDetections
-from mrcnn.targets import detection_targets
+from mrcnn.targets import detection_targets, mask_iou_targets
 
 
 class BoxHead(nn.Module):
@@ -92,16 +95,18 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """Detection targets + multi-level RoIAlign + box head + mask head (+ detection layer).
+    """Detection targets + multi-level RoIAlign + box head + mask head (+ detection layer),
+    optionally a keypoint head (Mask R-CNN sec. 5) and a MaskIoU head (Mask Scoring R-CNN).
 
     `losses(...)` in training, `detect(...)` at inference. Features are P2..P6 of a square
     input of side `image_size`; RoIs pool from P2..P5, each from the level its size picks
     (FPN eq. 1, `mrcnn.poolers`).
 
     losses(features, image_size, proposals [B, R, 4], proposal_valid bool [B, R], batch)
-        -> {"loss_classifier", "loss_box", "loss_mask"}: scalar tensors. Samples
-        `batch_size_per_image` RoIs per image (gt boxes added to the proposals), runs the box
-        head on all of them and the mask head on the positives only.
+        -> {"loss_classifier", "loss_box", "loss_mask"}: scalar tensors (+ "loss_keypoint"
+        with a keypoint head, "loss_mask_iou" with a MaskIoU head; no "loss_mask" without a
+        mask head). Samples `batch_size_per_image` RoIs per image (gt boxes added to the
+        proposals), runs the box head on all of them and the other heads on the positives only.
     detect(features, image_size, proposals [B, R, 4], proposal_valid [B, R], windows [B, 4])
         -> `RawDetections` with D = `detections_per_img` slots per image (padded frame).
 
@@ -124,13 +129,19 @@ class RoIHeads(nn.Module):
         score_thresh: inference: class scores at or below this are dropped before NMS (0.05).
         nms_thresh: inference: IoU threshold of the per-class NMS (0.5).
         detections_per_img: inference: D, the detections kept per image (100).
+        keypoint_head: optional `KeypointHead`, pooled [N, C, Pk, Pk] -> heatmap logits
+            [N, Kp, 4 Pk, 4 Pk]; needs `batch.gt_keypoints` in training and fills
+            `RawDetections.keypoints` at inference.
+        keypoint_pool_size: RoIAlign output side Pk for the keypoint head (14 -> 56 heatmaps).
+        mask_iou_head: optional `MaskIoUHead` (needs the mask head), (mask-head features,
+            mask probabilities) -> IoU [N, K]; fills `RawDetections.mask_scores`.
     """
 
     def __init__(
         self,
         *,
         box_head: BoxHead,
-        mask_head: MaskHead,
+        mask_head: MaskHead | None,
         box_pool_size: int,
         mask_pool_size: int,
         sampling_ratio: int,
@@ -145,10 +156,18 @@ class RoIHeads(nn.Module):
         score_thresh: float,
         nms_thresh: float,
         detections_per_img: int,
+        keypoint_head: KeypointHead | None = None,
+        keypoint_pool_size: int = 14,
+        mask_iou_head: MaskIoUHead | None = None,
     ) -> None:
         super().__init__()
+        if mask_iou_head is not None and mask_head is None:
+            raise ValueError("a MaskIoU head needs a mask head to score")
         self.box_head = box_head
         self.mask_head = mask_head
+        self.keypoint_head = keypoint_head
+        self.keypoint_pool_size = keypoint_pool_size
+        self.mask_iou_head = mask_iou_head
         self.box_pool_size = box_pool_size
         self.mask_pool_size = mask_pool_size
         self.sampling_ratio = sampling_ratio
@@ -179,17 +198,28 @@ class RoIHeads(nn.Module):
             self.canonical_level,
         )
 
-    def _pool_rois(self, features: list[Tensor], rois: Tensor, image_size: int) -> Tensor:
+    def _pool_rois(
+        self, features: list[Tensor], rois: Tensor, image_size: int, size: int | None = None
+    ) -> Tensor:
         return roi_align_levels(
             features,
             rois,
             image_size,
-            self.mask_pool_size,
+            self.mask_pool_size if size is None else size,
             self.sampling_ratio,
             self.aligned,
             self.canonical_scale,
             self.canonical_level,
         )
+
+    def _pool_keypoint_rois(
+        self, features: list[Tensor], rois: Tensor, image_size: int, mask_features: Tensor | None
+    ) -> Tensor:
+        """The keypoint head's RoIAlign: the mask head's pooled features when it pooled the
+        same RoIs at the same size (both 14 x 14 in the paper), else its own."""
+        if mask_features is not None and self.keypoint_pool_size == self.mask_pool_size:
+            return mask_features
+        return self._pool_rois(features, rois, image_size, self.keypoint_pool_size)
 
     def _select(self, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Flat indices of the valid slots of `valid` [B, N] -> (index [n], keep bool [n]).
@@ -215,11 +245,12 @@ class RoIHeads(nn.Module):
         proposal_valid: Tensor,
         batch: Batch,
     ) -> dict[str, Tensor]:
-        """Sample RoIs, run both heads on them and return the box, class and mask losses.
+        """Sample RoIs, run the heads on them and return the box, class and mask losses.
 
         features: P2..P6 [B, C, H_l, W_l]; proposals [B, R, 4] with proposal_valid [B, R];
-        `batch` must hold ground truth (gt_boxes, gt_labels, gt_mini_masks, gt_valid)
-        -> {"loss_classifier", "loss_box", "loss_mask"}, each a scalar tensor.
+        `batch` must hold ground truth (gt_boxes, gt_labels, gt_mini_masks, gt_valid, and
+        gt_keypoints for a keypoint head) -> {"loss_classifier", "loss_box", "loss_mask"} (+
+        "loss_mask_iou", "loss_keypoint" with those heads), each a scalar tensor.
         """
         if not batch.has_targets:
             raise ValueError("training the RoI heads needs ground truth in the batch")
@@ -242,12 +273,12 @@ class RoIHeads(nn.Module):
             pooled = self._pool(features, t.rois, image_size, self.box_pool_size)
             class_logits, box_deltas = self.box_head(pooled)
         p = t.mask_targets.shape[1]
-        with record_function("mrcnn.mask_head"):
-            # Only positive RoIs need masks: pool and run the head on those alone (~1 GFLOP
-            # per RoI for a 4 x 256 head), not on all P slots.
-            sel, keep = self._select(t.mask_valid)
-            rois = rois_with_image_index(t.rois[:, :p])[sel]
-            mask_logits = self.mask_head(self._pool_rois(features, rois, image_size))
+        # Only positive RoIs need masks and keypoints: pool and run those heads on them alone
+        # (~1 GFLOP per RoI for a 4 x 256 mask head), not on all P slots.
+        sel, keep = self._select(t.mask_valid)
+        rois = rois_with_image_index(t.rois[:, :p])[sel]
+        labels = t.labels[:, :p].reshape(-1)[sel]
+        mask_features = None
         with record_function("mrcnn.losses"):
             losses = box_losses(
                 class_logits,
@@ -256,11 +287,34 @@ class RoIHeads(nn.Module):
                 t.box_targets.reshape(-1, 4),
                 t.valid.reshape(-1),
             )
-            losses["loss_mask"] = mask_loss(
-                mask_logits,
-                t.labels[:, :p].reshape(-1)[sel],
-                t.mask_targets.flatten(0, 1)[sel],
-                keep,
+        if self.mask_head is not None:
+            with record_function("mrcnn.mask_head"):
+                mask_features = self._pool_rois(features, rois, image_size)
+                mask_logits = self.mask_head(mask_features)
+            mask_targets = t.mask_targets.flatten(0, 1)[sel]
+            losses["loss_mask"] = mask_loss(mask_logits, labels, mask_targets, keep)
+            if self.mask_iou_head is not None:
+                with record_function("mrcnn.mask_iou_head"):
+                    own = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+                    iou_pred = self.mask_iou_head(mask_features, own.float().sigmoid())
+                    iou_targets = mask_iou_targets(own.detach(), mask_targets)
+                losses["loss_mask_iou"] = mask_iou_loss(iou_pred, labels, iou_targets, keep)
+        if self.keypoint_head is not None:
+            if batch.gt_keypoints is None:
+                raise ValueError(
+                    "this model has a keypoint head: the batch needs gt_keypoints "
+                    "(shards written with keypoints)"
+                )
+            with record_function("mrcnn.keypoint_head"):
+                kp_features = self._pool_keypoint_rois(features, rois, image_size, mask_features)
+                kp_logits = self.keypoint_head(kp_features)
+                kp_targets, kp_valid = keypoint_targets(
+                    t.rois[:, :p], t.gt_index[:, :p], batch.gt_keypoints, kp_logits.shape[-1]
+                )
+            losses["loss_keypoint"] = keypoint_loss(
+                kp_logits,
+                kp_targets.flatten(0, 1)[sel],
+                kp_valid.flatten(0, 1)[sel] & keep[:, None],
             )
         return losses
 
@@ -273,7 +327,8 @@ class RoIHeads(nn.Module):
         proposal_valid: Tensor,
         windows: Tensor,
     ) -> RawDetections:
-        """Box head on all proposals, detection layer, then the mask head on the kept boxes.
+        """Box head on all proposals, detection layer, then the mask (+ MaskIoU) and keypoint
+        heads on the kept boxes.
 
         features: P2..P6 [B, C, H_l, W_l]; proposals [B, R, 4] xyxy in the padded frame with
         proposal_valid bool [B, R]; windows float [B, 4] (y1, x1, y2, x2) of each real image
@@ -295,13 +350,34 @@ class RoIHeads(nn.Module):
                 nms_thresh=self.nms_thresh,
                 detections_per_img=self.detections_per_img,
             )
-        with record_function("mrcnn.mask_head"):
-            sel, keep = self._select(valid)
-            rois = rois_with_image_index(boxes)[sel]
-            logits = self.mask_head(self._pool_rois(features, rois, image_size))
-            probs = select_class_masks(logits, labels.reshape(-1)[sel])
-            d = boxes.shape[1]
-            m = probs.shape[-1]
-            mask_probs = probs.new_zeros((b * d, m, m))
-            mask_probs[sel[keep]] = probs[keep]
-        return RawDetections(boxes, scores, labels, valid, mask_probs.reshape(b, d, m, m))
+        sel, keep = self._select(valid)
+        rois = rois_with_image_index(boxes)[sel]
+        d = boxes.shape[1]
+        out = RawDetections(boxes, scores, labels, valid, None)
+        mask_features = None
+        if self.mask_head is not None:
+            with record_function("mrcnn.mask_head"):
+                mask_features = self._pool_rois(features, rois, image_size)
+                sel_labels = labels.reshape(-1)[sel]
+                probs = select_class_masks(self.mask_head(mask_features), sel_labels)
+                m = probs.shape[-1]
+                mask_probs = probs.new_zeros((b * d, m, m))
+                mask_probs[sel[keep]] = probs[keep]
+                out.mask_probs = mask_probs.reshape(b, d, m, m)
+            if self.mask_iou_head is not None:
+                with record_function("mrcnn.mask_iou_head"):
+                    iou = self.mask_iou_head(mask_features, probs).float()
+                    iou = iou[torch.arange(sel.shape[0], device=sel.device), sel_labels]
+                    # Mask Scoring R-CNN sec. 3.3: s_mask = s_cls x s_iou.
+                    mask_scores = scores.new_zeros(b * d)
+                    mask_scores[sel[keep]] = iou[keep].clamp(0, 1)
+                    out.mask_scores = mask_scores.reshape(b, d) * scores
+        if self.keypoint_head is not None:
+            with record_function("mrcnn.keypoint_head"):
+                pooled = self._pool_keypoint_rois(features, rois, image_size, mask_features)
+                heatmaps = self.keypoint_head(pooled)
+                kp = heatmaps_to_keypoints(heatmaps[keep], rois[keep, 1:])  # [n, Kp, 3]
+                keypoints = kp.new_zeros((b * d, *kp.shape[1:]))
+                keypoints[sel[keep]] = kp
+                out.keypoints = keypoints.reshape(b, d, *kp.shape[1:])
+        return out

@@ -5,7 +5,7 @@ Shape shorthand used across the package:
     G   ground-truth slots (MAX_GT, padded; `gt_valid` says which are real)
     m   mini-mask side (e.g. 56)   K   classes including background
     A   anchors over all levels    R   proposals (RoIs) per image
-    D   detections per image
+    D   detections per image       Kp  keypoint types
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class Batch:
     gt_labels:      int64  [B, G] contiguous labels 1..K-1, 0 in empty slots
     gt_mini_masks:  uint8  [B, G, m, m] each instance's mask cut to its box, resized to m x m
     gt_valid:       bool   [B, G] which slots hold an instance
+    gt_keypoints:   float  [B, G, Kp, 3] (x, y, visibility) in the padded frame; visibility 0 =
+                    not labelled, 1 = labelled but occluded, 2 = visible (keypoint models only)
     """
 
     images: Tensor
@@ -41,6 +43,7 @@ class Batch:
     gt_labels: Tensor | None = None
     gt_mini_masks: Tensor | None = None
     gt_valid: Tensor | None = None
+    gt_keypoints: Tensor | None = None
 
     @property
     def has_targets(self) -> bool:
@@ -78,14 +81,20 @@ class RawDetections:
     scores:     float32 [B, D] softmax score of the label
     labels:     int64   [B, D] class index 1..K-1 (0 in empty slots)
     valid:      bool    [B, D] which slots hold a detection (D = detections_per_img)
-    mask_probs: float32 [B, D, M, M] the label's mask after sigmoid, in the box (M = 28)
+    mask_probs: float32 [B, D, M, M] the label's mask after sigmoid, in the box (M = 28);
+                None for a model without a mask head
+    keypoints:  float32 [B, D, Kp, 3] (x, y, heatmap logit) in the padded frame (keypoint
+                models only, else None)
+    mask_scores: float32 [B, D] class score x predicted mask IoU (Mask Scoring R-CNN only)
     """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     valid: Tensor
-    mask_probs: Tensor
+    mask_probs: Tensor | None
+    keypoints: Tensor | None = None
+    mask_scores: Tensor | None = None
 
 
 @dataclass
@@ -95,13 +104,20 @@ class Detections:
     boxes:  float32 [N, 4] xyxy in original-image pixels
     scores: float32 [N]
     labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
-    masks:  bool    [N, H, W] at original resolution
+    masks:  bool    [N, H, W] at original resolution ([N, 0, 0] for a model without a mask
+            head, e.g. torchvision's Keypoint R-CNN)
+    keypoints:   float32 [N, Kp, 3] (x, y, score) in original-image pixels (keypoint models;
+                 None otherwise); the score is the heatmap logit at the keypoint, as torchvision's
+    mask_scores: float32 [N] the masks' own scores (Mask Scoring R-CNN: class score x predicted
+                 mask IoU; None otherwise): the score of the segm results, boxes keep `scores`
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     masks: np.ndarray
+    keypoints: np.ndarray | None = None
+    mask_scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)

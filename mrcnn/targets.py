@@ -64,6 +64,7 @@ class DetectionTargets:
     valid: Tensor  # bool [B, S]
     mask_targets: Tensor  # float [B, P, M, M] in {0, 1}, for rois[:, :P]
     mask_valid: Tensor  # bool [B, P] positive RoIs among the first P slots
+    gt_index: Tensor | None = None  # int64 [B, S] the gt slot each RoI is matched to (0 if none)
 
 
 @torch.no_grad()
@@ -117,6 +118,7 @@ def detection_targets(
         valid=valid,
         mask_targets=masks,
         mask_valid=mask_valid,
+        gt_index=gt_idx,
     )
 
 
@@ -152,3 +154,17 @@ def mask_targets_from_mini_masks(
     padded = torch.nn.functional.pad(gt_mini_masks.reshape(b * g, 1, m, m).float(), (1, 1, 1, 1))
     pooled = roi_align(padded, boxes, mask_size, 1.0, sampling_ratio=2, aligned=True)
     return (pooled >= 0.5).to(rois.dtype).reshape(b, p, mask_size, mask_size)
+
+
+@torch.no_grad()
+def mask_iou_targets(mask_logits: Tensor, mask_targets: Tensor) -> Tensor:
+    """IoU of each binarised predicted mask with its mask target (Mask Scoring R-CNN's target).
+
+    mask_logits [N, M, M] (the gt class's mask), mask_targets [N, M, M] in {0, 1} -> IoU [N],
+    with the prediction binarised at probability 0.5 (logit 0); 0 where both are empty.
+    """
+    pred = mask_logits > 0
+    gt = mask_targets > 0.5
+    inter = (pred & gt).flatten(1).sum(1)
+    union = (pred | gt).flatten(1).sum(1)
+    return inter.float() / union.clamp(min=1).float()

@@ -47,6 +47,8 @@ def draw_instances(
     alpha: float = 0.45,
     instance_colors: np.ndarray | None = None,
     show_text: bool = True,
+    keypoints: np.ndarray | None = None,
+    keypoint_thresh: float = 0.0,
 ) -> np.ndarray:
     """Instances over an image -> uint8 [H, W, 3] (a new array).
 
@@ -56,12 +58,19 @@ def draw_instances(
     labels: int [N] class indices; class_names[label] is printed when given
     scores: float [N] printed after the label when given (detections)
     instance_colors: uint8 [N, 3]; default one colour per instance
+    keypoints: float [N, K, 3] (x, y, v) drawn as dots in the instance's colour with a dark
+            rim where v > keypoint_thresh (ground truth: v = visibility, so labelled ones;
+            detections: v = the keypoint's score)
+    A mask array with no pixels per instance ([N, 0, 0], a model without a mask head) draws
+    no masks.
     """
     out = np.array(image, dtype=np.uint8, copy=True)
     if out.ndim != 3 or out.shape[2] != 3:
         raise ValueError(f"expected an image uint8 [H, W, 3], got shape {out.shape}")
     n = len(boxes) if boxes is not None else (len(masks) if masks is not None else 0)
     palette = colors(n) if instance_colors is None else np.asarray(instance_colors, np.uint8)
+    if masks is not None and np.asarray(masks).ndim == 3 and np.asarray(masks).shape[1] == 0:
+        masks = None  # [N, 0, 0]: no masks to draw
     if masks is not None:
         masks = np.asarray(masks, dtype=bool)
         for i in range(n):
@@ -74,8 +83,14 @@ def draw_instances(
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
     font = _font(max(10, min(out.shape[:2]) // 40))
+    radius = max(1.5, min(out.shape[:2]) / 200)
     for i in range(n):
         c = tuple(int(v) for v in palette[i])
+        if keypoints is not None:
+            for x, y, v in np.asarray(keypoints[i], dtype=np.float64):
+                if v > keypoint_thresh:
+                    dot = [x - radius, y - radius, x + radius, y + radius]
+                    draw.ellipse(dot, fill=c, outline=(0, 0, 0))
         if boxes is not None:
             x1, y1, x2, y2 = (float(v) for v in boxes[i])
             draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=c, width=1)

@@ -5,7 +5,8 @@
   checkpoint (backbone only). Returns the tensors it re-initialised (fine-tuning, below).
 - `load_torchvision(model, state_dict)`: torchvision's `maskrcnn_resnet50_fpn` state dict (e.g. its
   COCO checkpoint, 37.9 box / 34.6 mask AP) into a model built from
-  `presets.torchvision_r50_fpn()`. Missing or extra keys raise.
+  `presets.torchvision_r50_fpn()`, or a `keypointrcnn_resnet50_fpn` state dict into one built from
+  `presets.torchvision_keypoint_r50_fpn()`. Missing or extra keys raise.
 
 Fine-tuning. When the checkpoint was trained for another number of classes, only the
 class-specific predictors differ: class scores `[K, D]`, box deltas `[4K, D]` and mask logits
@@ -54,6 +55,9 @@ _TORCHVISION_RENAMES = [
     (r"^roi_heads\.mask_head\.mask_fcn(\d+)\.", None),  # older: mask_fcn1..4 (1-based)
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.logits."),
+    # keypointrcnn_resnet50_fpn: Sequential(conv, ReLU, ...) -> convs.N; the predictor's deconv
+    (r"^roi_heads\.keypoint_head\.(\d+)\.", None),
+    (r"^roi_heads\.keypoint_predictor\.kps_score_lowres\.", "roi_heads.keypoint_head.deconv."),
 ]
 
 
@@ -63,6 +67,8 @@ def torchvision_key(key: str) -> str:
         m = re.match(pattern, key)
         if not m:
             continue
+        if repl is None and key.startswith("roi_heads.keypoint_head."):  # 2N (conv) -> convs.N
+            return f"roi_heads.keypoint_head.convs.{int(m.group(1)) // 2}." + key[m.end() :]
         if repl is None:  # mask_fcnN -> convs.(N-1)
             return f"roi_heads.mask_head.convs.{int(m.group(1)) - 1}." + key[m.end() :]
         return re.sub(pattern, repl, key)
@@ -81,7 +87,8 @@ def load_torchvision(model: MaskRCNN, state_dict: dict[str, Tensor]) -> list[str
     return load_full(
         model,
         ours,
-        hint="build it with presets.torchvision_r50_fpn and the checkpoint's backbone",
+        hint="build it with presets.torchvision_r50_fpn, or presets.torchvision_keypoint_r50_fpn "
+        "for a Keypoint R-CNN, and the checkpoint's backbone",
     )
 
 
@@ -109,7 +116,7 @@ def load_full(model: MaskRCNN, state_dict: dict[str, Tensor], hint: str = "") ->
             skipped.append(k)
             continue
         raise ValueError(f"'{k}' has shape {tuple(v.shape)}, the model has {tuple(own[k].shape)}")
-    if skipped and len(skipped) != 2 * len(PREDICTORS):  # weight + bias of each predictor
+    if skipped and len(skipped) != len(_predictor_keys(sd)):  # every predictor, or none
         bad = sorted(k for k in _predictor_keys(sd) if k not in skipped)[0]
         raise ValueError(
             f"'{bad}' has shape {tuple(sd[bad].shape)} for {model.num_classes} classes, but "
@@ -118,7 +125,8 @@ def load_full(model: MaskRCNN, state_dict: dict[str, Tensor], hint: str = "") ->
     model.load_state_dict({k: v for k, v in sd.items() if k not in skipped}, strict=False)
     if skipped:
         model.roi_heads.box_head.reset_predictors()
-        model.roi_heads.mask_head.reset_predictors()
+        if getattr(model.roi_heads, "mask_head", None) is not None:  # keypoint models have none
+            model.roi_heads.mask_head.reset_predictors()
         logger.info(
             "fine-tuning from %d classes to %d: re-initialised the class-specific predictors %s",
             ckpt_classes,

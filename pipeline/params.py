@@ -198,10 +198,13 @@ class EvaluateParams:
     # val with 100 detections per image that is hundreds of MB).
     write_results: bool = False
     num_workers: int = 0  # DataLoader processes decoding the shards; 0 = in the main process
+    # Keypoint models: one OKS sigma per keypoint type; empty = COCO's 17 person sigmas.
+    oks_sigmas: tuple[float, ...] = ()
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(1 <= self.num_overlays <= 64, "num_overlays", "must be in 1..64")
+        check(all(s > 0 for s in self.oks_sigmas), "oks_sigmas", "must be > 0")
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")

@@ -91,7 +91,13 @@ class PredictionWriter:
         h, w = image.shape[:2]
         if isinstance(det, Detections):
             picture = draw_instances(
-                image, det.boxes, det.masks, det.labels, self.class_names, det.scores
+                image,
+                det.boxes,
+                det.masks,
+                det.labels,
+                self.class_names,
+                det.scores,
+                keypoints=getattr(det, "keypoints", None),
             )
             self.results += to_coco_results(det, image_id, self.class_map, file_name=item.name)
         else:  # TiledDetections: full-resolution masks a bounded group at a time

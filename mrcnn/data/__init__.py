@@ -1,8 +1,8 @@
 """Data: resize/pad, mini-masks, the shard format, augmentation and collate."""
 
-from mrcnn.data.augment import Augmentation, augment_sample, hflip_sample
+from mrcnn.data.augment import Augmentation, augment_sample
 from mrcnn.data.class_map import ClassInfo, ClassMap, category_ids, read_class_map
-from mrcnn.data.loader import TrainLoader, collate, eval_batches
+from mrcnn.data.loader import TrainLoader, collate, eval_batches, hflip_sample
 from mrcnn.data.minimask import expand_mini_masks, make_mini_masks
 from mrcnn.data.resize import resize_and_pad
 from mrcnn.data.shards import Sample, ShardDataset

@@ -126,8 +126,17 @@ def transform_sample(sample: Sample, region: tuple[float, float, float, float], 
     masks = _cut_mini_masks(sample.mini_masks[keep], boxes[keep], clipped[keep])
     crowd = np.clip((sample.crowd_boxes - offset) * scale, 0, limit)
     crowd = crowd[((crowd[:, 2] - crowd[:, 0]) >= 1) & ((crowd[:, 3] - crowd[:, 1]) >= 1)]
+    kps = getattr(sample, "keypoints", None)
+    if kps is not None:  # [N, K, 3] (x, y, v): moved like the boxes, invisible once cut away
+        kps = kps[keep].copy()
+        kps[..., 0] = (kps[..., 0] - x1) * fx
+        kps[..., 1] = (kps[..., 1] - y1) * fy
+        inside = (kps[..., 0] >= 0) & (kps[..., 0] < nw) & (kps[..., 1] >= 0) & (kps[..., 1] < nh)
+        kps[..., 2] = np.where(inside, kps[..., 2], 0)
+    extra = {"keypoints": kps} if hasattr(sample, "keypoints") else {}
     return replace(
         sample,
+        **extra,
         image=image,
         window=(0, 0, nh, nw),
         scale=float(sample.scale * (fx + fy) / 2),
@@ -169,35 +178,3 @@ def _cut_mini_masks(masks: np.ndarray, boxes: np.ndarray, clipped: np.ndarray) -
     result = masks.copy()
     result[cut] = (out[:, 0] >= 0.5).numpy()
     return result
-
-
-def hflip_sample(sample: Sample, inplace: bool = False) -> Sample:
-    """Mirror image, boxes, crowd boxes and mini-masks left-right inside the window.
-
-    A column x of the window [wx1, wx2) goes to wx1 + wx2 - 1 - x, so a box [x1, x2) goes to
-    [wx1 + wx2 - x2, wx1 + wx2 - x1) and its mini-mask is mirrored too (it still covers the box
-    exactly). Padding stays where it is.
-    """
-    y1, x1, y2, x2 = sample.window
-    image = sample.image if inplace else sample.image.copy(order="K")  # keeps the layout
-    chw = image.transpose(2, 0, 1)
-    if chw.flags.c_contiguous:  # ShardDataset's CHW buffer: reversing rows is ~5x faster
-        region = chw[:, y1:y2, x1:x2]
-        region[:] = region[:, :, ::-1].copy()
-    else:
-        region = image[y1:y2, x1:x2]
-        region[:] = region[:, ::-1].copy()
-    return replace(
-        sample,
-        image=image,
-        boxes=_flip_boxes(sample.boxes, x1 + x2),
-        crowd_boxes=_flip_boxes(sample.crowd_boxes, x1 + x2),
-        mini_masks=np.ascontiguousarray(sample.mini_masks[:, :, ::-1]),
-    )
-
-
-def _flip_boxes(boxes: np.ndarray, width_sum: float) -> np.ndarray:
-    out = boxes.copy()
-    out[:, 0] = width_sum - boxes[:, 2]
-    out[:, 2] = width_sum - boxes[:, 0]
-    return out

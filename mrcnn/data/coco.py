@@ -25,6 +25,13 @@ is dropped silently. Reasons:
         box_outside_image      the annotation's bbox lies entirely outside the image
         empty_mask             the segmentation covers no pixel of the image
         box_too_small          after resizing, the box is thinner than `min_box_size`
+        invalid_keypoints      keypoints that are not [x, y, v] * K numbers, or whose K differs
+                               from the image's other annotations
+
+Keypoints (COCO `person_keypoints_*.json`: `"keypoints": [x1, y1, v1, ...]` per annotation,
+v = 0 unlabelled, 1 labelled but occluded, 2 visible) are kept as float [N, K, 3] in the same
+pixel frame as the boxes; an annotation without them in an image whose others have them gets K
+unlabelled keypoints.
 
 Images that are not 8-bit RGB are converted, not skipped, and noted with a reason
 (`grayscale`, `cmyk`, `alpha` (dropped), `palette`, `other_mode`). Crowd annotations
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +100,7 @@ class Instances:
     category_ids: int64 [N]
     annotation_ids: int64 [N]
     crowd_boxes:  float64 [C, 4] boxes of crowd regions (not targets)
+    keypoints:    float64 [N, K, 3] (x, y, visibility), or None when no annotation has any
     """
 
     rles: list[dict[str, Any]]
@@ -100,6 +108,7 @@ class Instances:
     category_ids: np.ndarray
     annotation_ids: np.ndarray
     crowd_boxes: np.ndarray
+    keypoints: np.ndarray | None = None
 
 
 class ImageError(Exception):
@@ -219,11 +228,13 @@ def load_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
 
 def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Instances, list[Skip]]:
     """Validate and rasterise one image's annotations (RLE, not pixels) at `height x width`."""
-    rles, boxes, cats, ann_ids, crowd = [], [], [], [], []
+    rles, boxes, cats, ann_ids, crowd, kps = [], [], [], [], [], []
     skipped: list[Skip] = []
+    num_kp = _keypoint_count(record.annotations)
     for ann in record.annotations:
         try:
             rle = _annotation_rle(ann, height, width)
+            kp = _annotation_keypoints(ann, num_kp)
         except _BadAnnotation as e:
             skipped.append(Skip(e.reason, record.image_id, ann["id"], record.file_name, e.detail))
             continue
@@ -236,6 +247,7 @@ def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Inst
             boxes.append(box)
             cats.append(int(ann["category_id"]))
             ann_ids.append(int(ann["id"]))
+            kps.append(kp)
     return (
         Instances(
             rles=rles,
@@ -243,9 +255,37 @@ def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Inst
             category_ids=np.asarray(cats, dtype=np.int64),
             annotation_ids=np.asarray(ann_ids, dtype=np.int64),
             crowd_boxes=np.asarray(crowd, dtype=np.float64).reshape(-1, 4),
+            keypoints=(
+                np.asarray(kps, dtype=np.float64).reshape(-1, num_kp, 3) if num_kp else None
+            ),
         ),
         skipped,
     )
+
+
+def _keypoint_count(annotations: list[dict[str, Any]]) -> int:
+    """K of an image's keypoint annotations: the most common length / 3, the first annotation's
+    on a tie (0 if none has any)."""
+    counts = Counter(
+        len(a["keypoints"]) // 3 for a in annotations if isinstance(a.get("keypoints"), list)
+    )
+    return counts.most_common(1)[0][0] if counts else 0
+
+
+def _annotation_keypoints(ann: dict[str, Any], k: int) -> np.ndarray | None:
+    """An annotation's keypoints as float [K, 3] (zeros if it has none), or `_BadAnnotation`."""
+    if not k:
+        return None
+    kp = ann.get("keypoints")
+    if kp is None:
+        return np.zeros((k, 3))
+    if not (isinstance(kp, list) and len(kp) == 3 * k and all(_is_number(v) for v in kp)):
+        n = len(kp) if isinstance(kp, list) else type(kp).__name__
+        raise _BadAnnotation("invalid_keypoints", f"{n} values, expected {3 * k} (x, y, v) * K")
+    out = np.asarray(kp, dtype=np.float64).reshape(k, 3)
+    if not np.isfinite(out).all() or not np.isin(out[:, 2], (0, 1, 2)).all():
+        raise _BadAnnotation("invalid_keypoints", "non-finite values or visibility not 0/1/2")
+    return out
 
 
 def group_reasons(skips: list[Skip]) -> dict[str, int]:

@@ -1,12 +1,12 @@
-"""Batches for training and evaluation: sample order, augmentation (`mrcnn.data.augment`), collate.
+"""Batches for training and evaluation: sample order, horizontal flips, collate.
 
 Training order. One global, infinite stream of sample indices is the concatenation of
 permutations `perm(seed, epoch)` of `range(N)`. Global iteration `t` takes stream positions
 `[t * B * W, (t + 1) * B * W)` (B = per-rank batch, W = world size) and rank `r` takes its
 contiguous `B` of them. So within any epoch's stretch of the stream every sample is used exactly
 once across all ranks, and everything is a function of `(seed, position)`: resuming at iteration
-`t` jumps straight to its positions without reading what it skips, and the flip decisions and the
-scale / crop draws (also functions of the position) repeat exactly.
+`t` jumps straight to its positions without reading what it skips, and the flip decisions (also
+drawn per position) repeat exactly.
 
 Shards are only the storage unit: `ShardDataset` reads any sample through its index, so ranks
 and workers never need a shard of their own.
@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mrcnn.data.augment import Augmentation, augment_sample, hflip_sample
+from mrcnn.data.augment import Augmentation, augment_sample
 from mrcnn.data.shards import Sample, ShardDataset
 from mrcnn.structures import Batch
 
@@ -30,11 +31,13 @@ logger = logging.getLogger(__name__)
 _warned_max_gt = False
 
 
-def collate(samples: list[Sample], max_gt: int) -> Batch:
+def collate(samples: list[Sample], max_gt: int, num_keypoints: int | None = None) -> Batch:
     """Samples -> a fixed-shape `Batch` with `max_gt` ground-truth slots per image.
 
     A sample with more than `max_gt` instances keeps the `max_gt` largest by box area (in their
-    original order); that is logged once per process.
+    original order); that is logged once per process. Keypoints become `gt_keypoints`
+    [B, max_gt, K, 3] when `num_keypoints` (K) is given or any sample has keypoints (a sample
+    without them gets unlabelled ones, visibility 0).
     """
     global _warned_max_gt
     if not samples:
@@ -47,6 +50,9 @@ def collate(samples: list[Sample], max_gt: int) -> Batch:
     gt_labels = np.zeros((b, max_gt), dtype=np.int64)
     gt_masks = np.zeros((b, max_gt, m, m), dtype=np.uint8)
     gt_valid = np.zeros((b, max_gt), dtype=bool)
+    if num_keypoints is None:
+        num_keypoints = next((s.keypoints.shape[1] for s in samples if s.keypoints is not None), 0)
+    gt_kps = np.zeros((b, max_gt, num_keypoints, 3), np.float32) if num_keypoints else None
     for i, s in enumerate(samples):  # per-image copy of ragged ground truth into fixed slots
         keep = np.arange(len(s.labels))
         if len(keep) > max_gt:
@@ -65,6 +71,13 @@ def collate(samples: list[Sample], max_gt: int) -> Batch:
         gt_labels[i, :n] = s.labels[keep]
         gt_masks[i, :n] = s.mini_masks[keep]
         gt_valid[i, :n] = True
+        if gt_kps is not None and s.keypoints is not None:
+            if s.keypoints.shape[1] != num_keypoints:
+                raise ValueError(
+                    f"image {s.image_id} has {s.keypoints.shape[1]} keypoints per instance, "
+                    f"expected {num_keypoints} (model.keypoints.count must match the data)"
+                )
+            gt_kps[i, :n] = s.keypoints[keep]
     # numpy for the copies, then zero-copy tensors: tiny torch ops go multi-threaded (OpenMP)
     # and stall when the training step keeps the other cores busy.
     return Batch(
@@ -79,7 +92,60 @@ def collate(samples: list[Sample], max_gt: int) -> Batch:
         gt_labels=torch.from_numpy(gt_labels),
         gt_mini_masks=torch.from_numpy(gt_masks),
         gt_valid=torch.from_numpy(gt_valid),
+        gt_keypoints=None if gt_kps is None else torch.from_numpy(gt_kps),
     )
+
+
+def hflip_sample(
+    sample: Sample, inplace: bool = False, flip_map: tuple[int, ...] | None = None
+) -> Sample:
+    """Mirror image, boxes, crowd boxes, mini-masks and keypoints left-right inside the window.
+
+    A column x of the window [wx1, wx2) goes to wx1 + wx2 - 1 - x, so a box [x1, x2) goes to
+    [wx1 + wx2 - x2, wx1 + wx2 - x1) and its mini-mask is mirrored too (it still covers the box
+    exactly). A keypoint at continuous x goes to wx1 + wx2 - x, and keypoint k becomes keypoint
+    `flip_map[k]` (a left eye is a right eye in the mirror; None or empty = no swaps).
+    Unlabelled keypoints (visibility 0) are left as they are. Padding stays where it is.
+    """
+    y1, x1, y2, x2 = sample.window
+    image = sample.image if inplace else sample.image.copy(order="K")  # keeps the layout
+    chw = image.transpose(2, 0, 1)
+    if chw.flags.c_contiguous:  # ShardDataset's CHW buffer: reversing rows is ~5x faster
+        region = chw[:, y1:y2, x1:x2]
+        region[:] = region[:, :, ::-1].copy()
+    else:
+        region = image[y1:y2, x1:x2]
+        region[:] = region[:, ::-1].copy()
+    return replace(
+        sample,
+        image=image,
+        boxes=_flip_boxes(sample.boxes, x1 + x2),
+        crowd_boxes=_flip_boxes(sample.crowd_boxes, x1 + x2),
+        mini_masks=np.ascontiguousarray(sample.mini_masks[:, :, ::-1]),
+        keypoints=_flip_keypoints(sample.keypoints, x1 + x2, flip_map),
+    )
+
+
+def _flip_keypoints(
+    keypoints: np.ndarray | None, width_sum: float, flip_map: tuple[int, ...] | None
+) -> np.ndarray | None:
+    if keypoints is None:
+        return None
+    out = keypoints.copy()
+    labelled = out[..., 2] > 0
+    out[..., 0] = np.where(labelled, width_sum - keypoints[..., 0], keypoints[..., 0])
+    if flip_map:
+        # out[:, k] is the mirrored point of type k, which becomes type flip_map[k]:
+        # new[:, flip_map[k]] = out[:, k], a gather with the inverse permutation.
+        out = out[:, np.argsort(flip_map)]
+    return out
+
+
+def _flip_boxes(boxes: np.ndarray, width_sum: float) -> np.ndarray:
+    out = boxes.copy()
+    out[:, 0] = width_sum - boxes[:, 2]
+    out[:, 2] = width_sum - boxes[:, 0]
+    return out
 
 
 class SampleOrder:
@@ -145,11 +211,14 @@ class TrainLoader:
     rank, world_size: this process's place among the data-parallel ranks
     start_iteration: the first global iteration to produce (resume); nothing before it is read
     hflip:       mirror half of the samples (decided per stream position)
-    augment:     scale jitter / random crop (`Augmentation`; its `hflip` is ignored in favour of
-                 the argument above), drawn per stream position
+    augment:     scale jitter / random crop (`mrcnn.data.Augmentation`, its `hflip` unused
+                 here), drawn per stream position
     max_gt:      ground-truth slots per image (`collate`)
     num_workers: DataLoader worker processes (0 = in this process); each builds whole batches
     pin_memory:  page-locked batches for fast host -> GPU copies
+    keypoint_flip_map: keypoint k becomes `keypoint_flip_map[k]` when a sample is flipped
+                 (`model.keypoints.flip_map`); None or empty = no swaps
+    num_keypoints: K for `Batch.gt_keypoints` (`collate`); None = from the samples
 
     Attribute `iterations_per_epoch` = ceil(N / (B * W)).
     """
@@ -168,6 +237,8 @@ class TrainLoader:
         max_gt: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
+        keypoint_flip_map: tuple[int, ...] | None = None,
+        num_keypoints: int | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(
@@ -187,6 +258,8 @@ class TrainLoader:
         self.max_gt = max_gt
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.keypoint_flip_map = tuple(keypoint_flip_map or ())
+        self.num_keypoints = num_keypoints
         self.order = SampleOrder(len(dataset), seed)
         self.iterations_per_epoch = math.ceil(len(dataset) / (batch_size * world_size))
 
@@ -207,11 +280,11 @@ class TrainLoader:
         for pos, i, flip in zip(positions.tolist(), indices.tolist(), flips.tolist(), strict=True):
             s = self.dataset[i]
             if self.hflip and flip:
-                s = hflip_sample(s, inplace=True)
+                s = hflip_sample(s, inplace=True, flip_map=self.keypoint_flip_map)
             if self.augment is not None and self.augment.geometric:
                 s = augment_sample(s, self.augment, np.random.default_rng([self.seed, 2, pos]))
             samples.append(s)
-        return collate(samples, self.max_gt)
+        return collate(samples, self.max_gt, self.num_keypoints)
 
     def __iter__(self) -> Iterator[Batch]:
         stream = _TrainStream(self)

@@ -11,6 +11,13 @@ Everything is a pure function of `(spec, split, index)`: image `i` of a split co
 generator `numpy.random.default_rng([seed, split_code, i])`, so the dataset is identical across
 runs and machines, and changing `num_train` does not change the images that were already there.
 
+Keypoint variant (`keypoints: true`): every instance also carries 8 keypoint types, COCO-style
+`[x, y, v] * 8`: a square's corners (0-3: top-left, top-right, bottom-right, bottom-left), a
+triangle's apex and base corners (4-6: apex, base right, base left), a circle's centre (7). An
+instance labels only its own class's types (the others have v = 0); v = 1 where a later shape
+covers the point, else 2. Coordinates are continuous pixels (pixel i spans [i, i + 1]), in the
+frame of the boxes. `KEYPOINT_FLIP_MAP` swaps left and right for mirrored images.
+
 Files (the layout `pipeline.download` writes for every source):
     <root>/<split>/<image_id:012d>.png
     <root>/annotations/instances_<split>.json   (segmentations as compressed RLE)
@@ -30,6 +37,17 @@ from PIL import Image
 from tqdm import tqdm
 
 CLASS_NAMES = ("square", "circle", "triangle")  # COCO category ids 1, 2, 3
+KEYPOINT_NAMES = (
+    "square_top_left",
+    "square_top_right",
+    "square_bottom_right",
+    "square_bottom_left",
+    "triangle_apex",
+    "triangle_base_right",
+    "triangle_base_left",
+    "circle_centre",
+)
+KEYPOINT_FLIP_MAP = (1, 0, 3, 2, 4, 6, 5, 7)  # left <-> right in a mirrored image
 _SPLIT_CODES = {"train": 0, "val": 1}
 _SIN60 = math.sin(math.pi / 3)
 
@@ -48,6 +66,7 @@ class ShapesSpec:
     max_size: int = 30
     min_visible: float = 0.5  # fraction of an instance's full area that must stay visible
     seed: int = 0
+    keypoints: bool = False  # also write keypoint annotations (the keypoint variant)
 
     def validate(self) -> None:
         _check(self.num_train >= 0 and self.num_val >= 0, "num_train", "counts must be >= 0")
@@ -71,11 +90,13 @@ class ShapesSpec:
 @dataclass
 class ShapesImage:
     """One generated image: `image` uint8 [H, W, 3], `category_ids` [N] (1..3), `masks` bool
-    [N, H, W] (visible pixels, each non-empty)."""
+    [N, H, W] (visible pixels, each non-empty), `keypoints` float32 [N, 8, 3] (x, y, v; see the
+    module doc)."""
 
     image: np.ndarray
     category_ids: np.ndarray
     masks: np.ndarray
+    keypoints: np.ndarray | None = None
 
 
 def generate_image(spec: ShapesSpec, split: str, index: int) -> ShapesImage:
@@ -88,6 +109,9 @@ def generate_image(spec: ShapesSpec, split: str, index: int) -> ShapesImage:
     full: list[np.ndarray] = []  # bool [H, W] unoccluded shape, in painting order
     colours: list[np.ndarray] = []
     classes: list[int] = []
+    # float [8, 3] per kept shape; computed without random draws, so the images stay what they
+    # were before keypoints existed.
+    points: list[np.ndarray] = []
     for _ in range(20 * wanted):  # bounded retries; the first shape is always accepted
         if len(full) == wanted:
             break
@@ -101,14 +125,23 @@ def generate_image(spec: ShapesSpec, split: str, index: int) -> ShapesImage:
             full.append(mask)
             colours.append(colour)
             classes.append(cls + 1)
+            points.append(_keypoints(cls, cx, cy, half))
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[:] = background
     for mask, colour in zip(full, colours, strict=True):
         image[mask] = colour
+    keypoints = np.asarray(points, dtype=np.float32).reshape(-1, len(KEYPOINT_NAMES), 3)
+    for i in range(len(full)):  # occluded (v = 1) where a later shape covers the point
+        for j in np.flatnonzero(keypoints[i, :, 2] > 0):
+            col = min(size - 1, int(keypoints[i, j, 0]))
+            row = min(size - 1, int(keypoints[i, j, 1]))
+            if any(later[row, col] for later in full[i + 1 :]):
+                keypoints[i, j, 2] = 1
     return ShapesImage(
         image=image,
         category_ids=np.asarray(classes, dtype=np.int64),
         masks=_visible_masks(full),
+        keypoints=keypoints,
     )
 
 
@@ -133,7 +166,7 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
                 "width": spec.image_size,
             }
         )
-        for cat, mask in zip(sample.category_ids, sample.masks, strict=True):
+        for k, (cat, mask) in enumerate(zip(sample.category_ids, sample.masks, strict=True)):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
             annotations.append(
@@ -147,6 +180,10 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
                     "iscrowd": 0,
                 }
             )
+            if spec.keypoints:
+                kp = sample.keypoints[k]
+                annotations[-1]["keypoints"] = [float(v) for v in kp.reshape(-1)]
+                annotations[-1]["num_keypoints"] = int((kp[:, 2] > 0).sum())
     doc = {
         "info": {"description": "synthetic shapes", "spec": spec.__dict__},
         "licenses": [],
@@ -157,6 +194,10 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
             for i, name in enumerate(CLASS_NAMES)
         ],
     }
+    if spec.keypoints:
+        for category in doc["categories"]:
+            category["keypoints"] = list(KEYPOINT_NAMES)
+            category["skeleton"] = []
     with open(ann_dir / f"instances_{split}.json", "w") as f:
         json.dump(doc, f, separators=(",", ":"))
     return {"images": len(images), "annotations": len(annotations)}
@@ -188,6 +229,20 @@ def _shape_mask(
     for (x0, y0), (x1, y1) in zip(verts, verts[1:] + verts[:1], strict=True):
         inside &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) > 0
     return inside
+
+
+def _keypoints(cls: int, cx: int, cy: int, half: int) -> np.ndarray:
+    """float [8, 3]: the shape's own keypoint types at v = 2, the others zero (unlabelled)."""
+    out = np.zeros((len(KEYPOINT_NAMES), 3), np.float32)
+    if cls == 0:  # square: pixel centres with |x - cx| < half span [cx - half, cx + half]
+        x1, y1, x2, y2 = cx - half, cy - half, cx + half, cy + half
+        out[0:4] = [(x1, y1, 2), (x2, y1, 2), (x2, y2, 2), (x1, y2, 2)]
+    elif cls == 1:  # circle: its centre
+        out[7] = (cx, cy, 2)
+    else:  # triangle: `_shape_mask`'s vertices
+        hw = half / _SIN60
+        out[4:7] = [(cx, cy - half, 2), (cx + hw, cy + half, 2), (cx - hw, cy + half, 2)]
+    return out
 
 
 def _distinct_colour(

@@ -20,7 +20,8 @@ reads it as is) and needs no dependency, while the index gives random access for
 
 Per-sample json: image_id, file_name, original_size (h, w), scale, window (y1, x1, y2, x2),
 boxes [[x1, y1, x2, y2], ...] in the padded frame, labels (1..K), category_ids,
-annotation_ids, crowd_boxes (padded frame), converted (reason or null).
+annotation_ids, crowd_boxes (padded frame), converted (reason or null), and for keypoint data
+keypoints [[[x, y, v] * K] * N] in the padded frame (v: 0 unlabelled, 1 occluded, 2 visible).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Sample:
     mini_masks:     bool [N, m, m] each mask cut to its box, resized to m x m
     crowd_boxes:    float32 [C, 4] crowd regions (not targets), padded frame
     file_name:      the source image file
+    keypoints:      float32 [N, K, 3] (x, y, visibility) in the padded frame, or None for data
+                    without keypoints
     """
 
     image: np.ndarray
@@ -96,6 +99,7 @@ class Sample:
     mini_masks: np.ndarray
     crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     file_name: str = ""
+    keypoints: np.ndarray | None = None
 
 
 def encode_masks(packed: np.ndarray) -> bytes:
@@ -223,6 +227,11 @@ class ShardDataset(torch.utils.data.Dataset):
             mini_masks=mini.reshape(n, self.mini_mask_shape, self.mini_mask_shape),
             crowd_boxes=np.asarray(meta.get("crowd_boxes", []), np.float32).reshape(-1, 4),
             file_name=meta.get("file_name", ""),
+            keypoints=(
+                np.asarray(meta["keypoints"], np.float32).reshape(n, -1, 3)
+                if "keypoints" in meta
+                else None
+            ),
         )
 
     def _row(self, i: int) -> np.ndarray:

@@ -155,6 +155,8 @@ def prepare_example(
         "crowd_boxes": _clip(inst.crowd_boxes * scale, nh, nw).tolist(),
         "converted": converted,
     }
+    if inst.keypoints is not None:  # (x, y) scale with the image, visibility stays
+        meta["keypoints"] = (inst.keypoints[kept] * [scale, scale, 1]).tolist()
     members = [
         (f"{key}.json", json.dumps(meta, separators=(",", ":")).encode()),
         (f"{key}.{ext}", image_bytes),

@@ -88,13 +88,17 @@ def draw_overlays(
         found = sorted(by_image.get(x.image_id, []), key=lambda r: -float(r["score"]))
         shown = found[:OVERLAY_MAX_DETECTIONS]
         pred_boxes = np.array([_xyxy(r["bbox"]) for r in shown], np.float32).reshape(-1, 4)
+        has_masks = all("segmentation" in r for r in shown)
         pred = vis.draw_instances(
             big,
             pred_boxes * factor,
-            _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor),
+            _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor)
+            if has_masks
+            else None,
             [labels_of.get(int(r["category_id"]), 0) for r in shown],
             names,
             [float(r["score"]) for r in shown],
+            keypoints=_keypoints(shown, factor),
         )
         anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[x.image_id]))
         gt_masks = np.array([coco_gt.annToMask(a) for a in anns], bool).reshape(-1, h, w)
@@ -105,6 +109,7 @@ def draw_overlays(
             _zoom_masks(gt_masks, factor),
             [labels_of.get(int(a["category_id"]), 0) for a in anns],
             names,
+            keypoints=_keypoints(anns, factor),
         )
         more = f", {len(shown)} drawn" if len(found) > len(shown) else ""
         titles = (
@@ -118,6 +123,16 @@ def draw_overlays(
             ax.set_axis_off()
     fig.tight_layout()
     return vis.figure_to_array(fig)
+
+
+def _keypoints(entries: Sequence[Mapping[str, Any]], factor: int) -> np.ndarray | None:
+    """COCO "keypoints" [x, y, v] * K of results or annotations -> float [N, K, 3] with x, y
+    zoomed by `factor`; None when they have none."""
+    if not entries or not all("keypoints" in e for e in entries):
+        return None
+    kps = np.array([e["keypoints"] for e in entries], np.float32).reshape(len(entries), -1, 3)
+    kps[..., :2] *= factor  # continuous pixel coordinates, as the boxes
+    return kps
 
 
 def _xyxy(bbox: Sequence[float]) -> list[float]:

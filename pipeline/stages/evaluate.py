@@ -1,4 +1,5 @@
-"""Stage `evaluate`: COCO bbox + segm AP of the final model on the val shards.
+"""Stage `evaluate`: COCO bbox + segm AP (+ keypoint AP for keypoint models) of the final model
+on the val shards.
 
     python -m pipeline.evaluate [--params params.yaml] [--model DIR] [--shards DIR] ...
 
@@ -9,7 +10,9 @@
    `data/raw/<data.source>/annotations/instances_val.json` (not the shards' mini-masks).
 3. Writes `metrics/eval.json`: `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
    "segm": {...}}` straight from `COCOeval.stats` (COCO writes -1 where an area range has no
-   ground truth), plus `per_category`, `num_images`, `num_detections`, `score_thresh`.
+   ground truth), plus `per_category`, `num_images`, `num_detections`, `score_thresh`; a
+   keypoint model adds `"keypoints": {"AP", "AP50", "AP75", "APm", "APl"}` (OKS with
+   `evaluate.oks_sigmas`), a model without a mask head has no "segm".
 4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`) and logs the numbers and pictures
    into the training's MLflow run (`pipeline.tracking.runs`).
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrcnn.coco_eval import IOU_TYPES, EvaluationInputError, coco_evaluate
+from mrcnn.coco_eval import EvaluationInputError, coco_evaluate
 from mrcnn.data import category_ids as label_to_category
 from mrcnn.evaluation import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
@@ -124,7 +127,9 @@ def run(
         total = len(coco_gt.getImgIds())
         log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
     start = time.perf_counter()
-    scores = coco_evaluate(coco_gt, results, IOU_TYPES, image_ids)
+    scores = coco_evaluate(
+        coco_gt, results, iou_types(model), image_ids, oks_sigmas=params.oks_sigmas or None
+    )
     eval_s = time.perf_counter() - start
     for iou_type, text in scores.summary.items():
         log.info("%s:\n%s", iou_type, text)
@@ -158,6 +163,16 @@ def run(
             artifact_location=artifact_location,
         )
     return metrics
+
+
+def iou_types(model: Any) -> tuple[str, ...]:
+    """What a model is evaluated on: bbox, segm with a mask head, keypoints with a keypoint head."""
+    heads = model.roi_heads
+    return (
+        ("bbox",)
+        + (("segm",) if heads.mask_head is not None else ())
+        + (("keypoints",) if heads.keypoint_head is not None else ())
+    )
 
 
 def check_annotations(annotations: Path, manifest: dict[str, Any]) -> None:

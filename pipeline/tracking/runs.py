@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mrcnn.coco_eval import IOU_TYPES
+from mrcnn.coco_eval import ALL_IOU_TYPES
 from pipeline.params import EvaluateParams, to_dict
 from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE
 from pipeline.tracking.store import flatten, start_run
@@ -24,13 +24,13 @@ def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth in that area range)
     and per-category None are left out rather than logged as numbers."""
     out = {}
-    for iou_type in IOU_TYPES:
+    for iou_type in ALL_IOU_TYPES:
         for name, value in metrics.get(iou_type, {}).items():
             if value >= 0:
                 out[f"eval/{iou_type}_{name}"] = float(value)
     for name, entry in metrics.get("per_category", {}).items():
         safe = re.sub(r"[^\w.\- /]", "_", name)
-        for iou_type in IOU_TYPES:
+        for iou_type in ALL_IOU_TYPES:
             value = entry.get(f"{iou_type}_AP")
             if value is not None:
                 out[f"eval/per_category/{safe}/{iou_type}_AP"] = float(value)

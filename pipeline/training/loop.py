@@ -95,6 +95,8 @@ def train_loop(config: dict[str, Any]) -> None:
         max_gt=p.max_gt,
         num_workers=p.loader_workers,
         pin_memory=device.type == "cuda",
+        keypoint_flip_map=cfg.keypoints.flip_map,
+        num_keypoints=cfg.keypoints.count or None,
     )
     log = RankZeroLog(config["mlflow"], enabled=rank == 0, resumed=start > 0)
     evaluate = PeriodicEval(config, p) if p.eval_every and rank == 0 else None

@@ -79,7 +79,32 @@ def tiny_model(seed: int = 0, num_classes: int = 3, **overrides) -> MaskRCNN:
             "mask_head_channels": 32,
             "mask_head_convs": 1,
             "aligned": True,
+            **overrides.pop("roi_heads", {}),
         },
         **overrides,
     )
     return build_model(cfg)
+
+
+def scene_keypoints(seed: int) -> np.ndarray:
+    """Keypoints of `scene(seed)`'s two objects, [2, 4, 3] (x, y, visibility): a square's four
+    corners (top-left, top-right, bottom-right, bottom-left), a circle's centre as keypoint 0
+    and its other three unlabelled (visibility 0)."""
+    out = np.zeros((2, 4, 3), np.float32)
+    for k, (cy, cx, r) in enumerate([(40, 40, 18), (90, 85, 22)]):
+        if (k + seed) % 2 == 0:  # circle
+            out[k, 0] = (cx + 0.5, cy + 0.5, 2)
+        else:  # square: pixels |y - cy| < r, so its edges are at cy - r + 1 and cy + r
+            x1, y1, x2, y2 = cx - r + 1, cy - r + 1, cx + r, cy + r
+            out[k] = [(x1, y1, 2), (x2, y1, 2), (x2, y2, 2), (x1, y2, 2)]
+    return out
+
+
+def make_keypoint_batch(seeds=(0, 1), max_gt: int = 3) -> tuple[Batch, list]:
+    """`make_batch` with `gt_keypoints` [B, G, 4, 3] from `scene_keypoints`."""
+    batch, full = make_batch(seeds, max_gt)
+    kps = np.zeros((len(seeds), max_gt, 4, 3), np.float32)
+    for i, s in enumerate(seeds):
+        kps[i, :2] = scene_keypoints(s)
+    batch.gt_keypoints = torch.from_numpy(kps)
+    return batch, full

@@ -153,7 +153,7 @@ def test_results_for_unknown_images_raise(coco_gt: COCO, tmp_path: Path) -> None
     with pytest.raises(EvaluationInputError, match="777"):
         coco_evaluate(coco_gt, [], image_ids=[777])
     with pytest.raises(ValueError, match="iou_types"):
-        coco_evaluate(coco_gt, [], iou_types=["keypoints"])
+        coco_evaluate(coco_gt, [], iou_types=["proposals"])
 
 
 def test_a_shared_category_name_keeps_both_categories() -> None:

@@ -44,7 +44,9 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / fan_in) ** 0.5)
         # Spread the mask logits (std ~0.14 -> ~3) so masks have real shapes, not a coin flip
         # at the 0.5 threshold everywhere.
-        model.state_dict()["roi_heads.mask_predictor.mask_fcn_logits.weight"].mul_(20)
+        sd = model.state_dict()
+        if "roi_heads.mask_predictor.mask_fcn_logits.weight" in sd:  # Keypoint R-CNN has none
+            sd["roi_heads.mask_predictor.mask_fcn_logits.weight"].mul_(20)
 
 
 def _image(seed: int = 0) -> np.ndarray:

@@ -80,3 +80,19 @@ def test_image_grid():
     grid = vis.image_grid(tiles, cols=3, gap=1)
     assert grid.shape == (9, 17, 3)
     assert (grid[5:9, 6:11] == 4).all() and (grid[5:9, 12:] == 255).all()
+
+
+def test_draw_keypoints_only_where_labelled():
+    image, _, boxes = _scene()
+    kps = np.zeros((2, 2, 3), np.float32)
+    kps[0] = [[20, 20, 2], [15, 25, 0]]  # second unlabelled: not drawn
+    kps[1] = [[60, 50, 1], [0, 0, 0]]
+    no_masks = np.zeros((2, 0, 0), bool)  # a model without a mask head
+    out = vis.draw_instances(image, boxes, no_masks, keypoints=kps, show_text=False)
+    changed = (out != image).any(axis=2)
+    assert changed[20, 20] and changed[50, 60]  # the dots
+    assert not changed[25, 15] and not changed[22:28, 22:28].any()
+    # Detections: the third value is a score, drawn above keypoint_thresh only.
+    out = vis.draw_instances(image, boxes, keypoints=kps, keypoint_thresh=1.5, show_text=False)
+    changed = (out != image).any(axis=2)
+    assert changed[20, 20] and not changed[50, 60]
