@@ -4,8 +4,9 @@
 `pipeline.predict` and the registered model decode images identically. Pillow reads the formats
 (JPEG, PNG, BMP, WebP, ...); other colour modes are converted to RGB: grayscale is repeated over
 three channels, alpha is dropped, CMYK and palettes are converted, 16-bit / float grayscale is
-scaled to 8 bits. EXIF orientation is not applied: coordinates refer to the pixels as stored, as
-COCO's tools read them.
+scaled to 8 bits. EXIF orientation is applied only when asked (`orient=True`, what `predict`
+does, so phone photos come out upright); by default coordinates refer to the pixels as stored,
+as COCO's tools read them.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageReadError(ValueError):
     """A file that is not a readable image; the message names the file."""
 
 
-def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+def read_image(
+    source: str | Path | bytes, name: str | None = None, *, orient: bool = False
+) -> np.ndarray:
     """Decode an image file (path or encoded bytes) -> uint8 `[H, W, 3]` RGB.
 
-    `name` is used in error messages (defaults to the path; "<bytes>" for bytes).
+    `name` is used in error messages (defaults to the path; "<bytes>" for bytes). `orient`
+    applies the EXIF orientation tag (the image as a viewer shows it).
     Raises `ImageReadError` naming the file when it is missing, empty or not a decodable image.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -44,7 +48,7 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
     try:
         with Image.open(opener) as im:
             im.load()
-            rgb = to_rgb(im)
+            rgb = to_rgb(ImageOps.exif_transpose(im) if orient else im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"cannot read image {label}: {e}") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:

@@ -38,6 +38,11 @@ class BoxHead(nn.Module):
         self.fc7 = nn.Linear(hidden, hidden)
         self.cls_score = nn.Linear(hidden, num_classes)
         self.bbox_pred = nn.Linear(hidden, num_classes * 4)
+        self.reset_predictors()
+
+    @torch.no_grad()
+    def reset_predictors(self) -> None:
+        """Fresh class scores and box deltas (construction, or fine-tuning onto new classes)."""
         # Small initial predictions (as Detectron): training from scratch starts stable.
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
@@ -74,6 +79,11 @@ class MaskHead(nn.Module):
         for layer in [*self.convs, self.deconv]:
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
+        self.reset_predictors()
+
+    @torch.no_grad()
+    def reset_predictors(self) -> None:
+        """Fresh per-class mask logits (construction, or fine-tuning onto new classes)."""
         # Near-zero initial logits (as Detectron): the mask loss starts at ln 2, not at ~4.
         nn.init.normal_(self.logits.weight, std=0.001)
         nn.init.zeros_(self.logits.bias)

@@ -1,9 +1,18 @@
 """Weights in and out.
 
+- `load_init(model, path)`: what `train.init_weights` names, whatever it is: a torchvision Mask
+  R-CNN checkpoint (`.pth`), a folder written by `save` (any class count), or an ImageNet ResNet
+  checkpoint (backbone only). Returns the tensors it re-initialised (fine-tuning, below).
 - `load_torchvision(model, state_dict)`: torchvision's `maskrcnn_resnet50_fpn` state dict (e.g. its
   COCO checkpoint, 37.9 box / 34.6 mask AP) into a model built from
   `presets.torchvision_r50_fpn()`, or a `keypointrcnn_resnet50_fpn` state dict into one built from
   `presets.torchvision_keypoint_r50_fpn()`. Missing or extra keys raise.
+
+Fine-tuning. When the checkpoint was trained for another number of classes, only the
+class-specific predictors differ: class scores `[K, D]`, box deltas `[4K, D]` and mask logits
+`[K, C, 1, 1]` (`PREDICTORS`). Those are skipped, re-initialised as a fresh model would have them,
+and logged with their shapes; everything else loads. Any other shape mismatch, or a missing or
+extra key, raises naming the tensor.
 - `load_backbone(model, state_dict)`: an ImageNet ResNet/ResNeXt checkpoint into the body, to start
   training from it.
 - `save(model, path)` / `load(path)`: our own format, a folder with `model.safetensors` (tensors
@@ -14,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -25,8 +35,17 @@ from mrcnn.backbone import load_backbone_state_dict
 from mrcnn.config import Config
 from mrcnn.model import MaskRCNN, build_model
 
+logger = logging.getLogger(__name__)
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+# The class-specific predictors (our key prefix -> rows per class along dim 0).
+PREDICTORS = {
+    "roi_heads.box_head.cls_score.": 1,
+    "roi_heads.box_head.bbox_pred.": 4,
+    "roi_heads.mask_head.logits.": 1,
+}
 
 # torchvision key -> ours; first matching pattern wins, keys matching none are kept as they are.
 _TORCHVISION_RENAMES = [
@@ -57,29 +76,130 @@ def torchvision_key(key: str) -> str:
 
 
 @torch.no_grad()
-def load_torchvision(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
-    """Load a torchvision `maskrcnn_resnet50_fpn` (or `keypointrcnn_resnet50_fpn`) state dict;
-    raises on missing/extra keys."""
-    ours = {
-        torchvision_key(k): v
-        for k, v in state_dict.items()
-        if not k.endswith("num_batches_tracked")
-    }
-    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    missing, extra = sorted(expected - set(ours)), sorted(set(ours) - expected)
+def load_torchvision(model: MaskRCNN, state_dict: dict[str, Tensor]) -> list[str]:
+    """Load a torchvision `maskrcnn_resnet50_fpn` state dict (or one with our key names).
+
+    Missing or extra keys and shape mismatches raise `ValueError` naming the tensor, except the
+    class-specific predictors when the class count differs (see the module doc). Returns the
+    keys that were skipped and re-initialised (empty when the class counts agree).
+    """
+    ours = {torchvision_key(k): v for k, v in state_dict.items()}
+    return load_full(
+        model,
+        ours,
+        hint="build it with presets.torchvision_r50_fpn, or presets.torchvision_keypoint_r50_fpn "
+        "for a Keypoint R-CNN, and the checkpoint's backbone",
+    )
+
+
+@torch.no_grad()
+def load_full(model: MaskRCNN, state_dict: dict[str, Tensor], hint: str = "") -> list[str]:
+    """Load a whole-model state dict in our key names, fine-tuning aware (see the module doc).
+
+    Returns the re-initialised predictor keys, sorted.
+    """
+    sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    own = model.state_dict()
+    expected = {k for k in own if not k.endswith("num_batches_tracked")}
+    missing, extra = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or extra:
         raise ValueError(
-            "state dict does not fit this model (build it with presets.torchvision_r50_fpn, or "
-            "presets.torchvision_keypoint_r50_fpn for a Keypoint R-CNN, and "
-            f"the checkpoint's num_classes): missing {_few(missing)}, unexpected {_few(extra)}"
+            f"state dict does not fit this model{' (' + hint + ')' if hint else ''}: "
+            f"missing {_few(missing)}, unexpected {_few(extra)}"
         )
-    own = model.state_dict()
-    for k, v in ours.items():
-        if own[k].shape != v.shape:
-            raise ValueError(
-                f"'{k}' has shape {tuple(v.shape)}, the model has {tuple(own[k].shape)}"
+    ckpt_classes = _checkpoint_classes(sd)
+    skipped = []
+    for k, v in sd.items():
+        if own[k].shape == v.shape:
+            continue
+        if _is_refittable(k, v.shape, own[k].shape, ckpt_classes, model.num_classes):
+            skipped.append(k)
+            continue
+        raise ValueError(f"'{k}' has shape {tuple(v.shape)}, the model has {tuple(own[k].shape)}")
+    if skipped and len(skipped) != len(_predictor_keys(sd)):  # every predictor, or none
+        bad = sorted(k for k in _predictor_keys(sd) if k not in skipped)[0]
+        raise ValueError(
+            f"'{bad}' has shape {tuple(sd[bad].shape)} for {model.num_classes} classes, but "
+            f"the checkpoint's class scores are for {ckpt_classes} classes"
+        )
+    model.load_state_dict({k: v for k, v in sd.items() if k not in skipped}, strict=False)
+    if skipped:
+        model.roi_heads.box_head.reset_predictors()
+        if getattr(model.roi_heads, "mask_head", None) is not None:  # keypoint models have none
+            model.roi_heads.mask_head.reset_predictors()
+        logger.info(
+            "fine-tuning from %d classes to %d: re-initialised the class-specific predictors %s",
+            ckpt_classes,
+            model.num_classes,
+            ", ".join(f"{k} {tuple(sd[k].shape)}->{tuple(own[k].shape)}" for k in skipped),
+        )
+    return sorted(skipped)
+
+
+def load_init(model: MaskRCNN, path: str | Path) -> list[str]:
+    """Initialise `model` from `path` before training (`train.init_weights`).
+
+    path: a folder written by `save` (any class count); a `.pth` / `.pt` / `.safetensors` file
+          holding a whole Mask R-CNN (torchvision's key names or ours, e.g. torchvision's COCO
+          checkpoint); or an ImageNet ResNet / ResNeXt checkpoint (torchvision key names), which
+          initialises the backbone body only.
+    Returns the re-initialised predictor keys (empty unless the class count differs). Raises
+    `FileNotFoundError` when nothing is at `path` and `ValueError` naming the tensor on any
+    mismatch other than the class count.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        if not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is a folder but holds no {WEIGHTS_FILE} (expected a folder written by "
+                "mrcnn.weights.save, or a .pth / .safetensors file)"
             )
-    model.load_state_dict(ours, strict=False)
+        skipped = load_full(model, load_file(str(path / WEIGHTS_FILE)), hint=_config_hint(path))
+        logger.info("initialised from the saved model %s", path)
+        return skipped
+    sd = read_state_dict(path)
+    if any(k.startswith(("roi_heads.", "rpn.", "backbone.")) for k in sd):
+        skipped = load_torchvision(model, sd)
+        logger.info("initialised the whole model from %s", path)
+        return skipped
+    load_backbone(model, sd)
+    logger.info("initialised the backbone body from the ImageNet checkpoint %s", path)
+    return []
+
+
+def _predictor_keys(sd: dict[str, Tensor]) -> list[str]:
+    return [k for k in sd if k.startswith(tuple(PREDICTORS))]
+
+
+def _checkpoint_classes(sd: dict[str, Tensor]) -> int:
+    w = sd.get("roi_heads.box_head.cls_score.weight")
+    return int(w.shape[0]) if w is not None else -1
+
+
+def _is_refittable(
+    key: str, ckpt: torch.Size, ours: torch.Size, ckpt_classes: int, num_classes: int
+) -> bool:
+    """A predictor tensor that differs from ours only by the class count along dim 0."""
+    rows = next((r for p, r in PREDICTORS.items() if key.startswith(p)), None)
+    return (
+        rows is not None
+        and ckpt_classes != num_classes
+        and ckpt[1:] == ours[1:]
+        and ckpt[0] == rows * ckpt_classes
+        and ours[0] == rows * num_classes
+    )
+
+
+def _config_hint(path: Path) -> str:
+    try:
+        cfg = json.loads((path / CONFIG_FILE).read_text())["config"]
+        return (
+            f"the checkpoint is a {cfg['backbone']['arch']} model with {cfg['num_classes']} classes"
+        )
+    except (OSError, KeyError, TypeError, ValueError):
+        return ""
 
 
 def load_backbone(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:

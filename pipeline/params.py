@@ -26,6 +26,7 @@ from mrcnn import presets
 from mrcnn.config import Config, InputConfig, from_mapping, reprefix
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
+from pipeline.formats import FORMATS
 
 T = TypeVar("T")
 
@@ -38,8 +39,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def check_device(device: str, key: str = "device") -> None:
-    """`auto`, `cpu`, `cuda` or `cuda:N` (see `resolve_device`)."""
+    """`auto`, `cpu`, `cuda` or `cuda:N` (see `pipeline.training.runtime.resolve_device`)."""
     check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
+
+
+def check_range(v: tuple[float, ...], key: str, top: float) -> None:
+    """`[]` (off) or `[lo, hi]` with 0 < lo <= hi <= top."""
+    ok = not v or (len(v) == 2 and 0 < v[0] <= v[1] <= top)
+    check(ok, key, f"must be [] or [lo, hi] with 0 < lo <= hi <= {top}")
 
 
 def check(ok: bool, key: str, why: str) -> None:
@@ -54,7 +61,9 @@ class DataParams:
     """`data`: where the raw COCO-layout dataset comes from (`pipeline.download`)."""
 
     source: str = "shapes"  # shapes | coco | local
-    local_dir: str = ""  # source=local: a folder in the layout `download` writes
+    local_dir: str = ""  # source=local: your labelled folder (relative to the project root)
+    local_format: str = "auto"  # auto | coco | coco_single | labelme | via | yolo | masks
+    val_fraction: float = 0.2  # formats without a val split: share of images to val, by image
     splits: tuple[str, ...] = SPLITS
     # source=coco: the official server; tests point it at a local http.server.
     coco_base_url: str = "http://images.cocodataset.org"
@@ -66,8 +75,10 @@ class DataParams:
         check(
             self.source != "local" or bool(self.local_dir),
             "local_dir",
-            "must name a COCO-layout folder when source is 'local'",
+            "must name your dataset folder when source is 'local'",
         )
+        check(self.local_format in FORMATS, "local_format", f"must be one of {FORMATS}")
+        check(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         check(
             len(self.splits) > 0 and set(self.splits) <= set(SPLITS),
             "splits",
@@ -262,6 +273,9 @@ class TrainParams:
     max_gt: int = 16  # ground-truth slots per image (COCO: 100)
     loader_workers: int = 0  # DataLoader processes per Ray worker
     hflip: bool = True
+    scale_jitter: tuple[float, ...] = ()  # [lo, hi]: each image scaled by U(lo, hi); [] = off
+    short_sides: tuple[int, ...] = ()  # multi-scale: short side drawn from these px (<= frame)
+    random_crop: tuple[float, ...] = ()  # [lo, hi]: crop U(lo, hi) of each side; [] = off
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 200
@@ -290,6 +304,10 @@ class TrainParams:
         check(all(0 < s <= 1 for s in self.steps), "steps", "must be fractions in (0, 1]")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
         check(self.max_gt >= 1, "max_gt", "must be >= 1")
+        check_range(self.scale_jitter, "scale_jitter", float("inf"))  # LSJ: [0.1, 2.0]
+        check_range(self.random_crop, "random_crop", 1.0)
+        check(all(s >= 1 for s in self.short_sides), "short_sides", "must be sizes in px")
+        check(not (self.scale_jitter and self.short_sides), "short_sides", "excludes scale_jitter")
         for name in ("log_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
@@ -331,17 +349,6 @@ def model_config(
         return cfg.replace(**section, class_names=list(class_names))
     except ValueError as e:
         raise ValueError(reprefix(str(e), "model.", "params key")) from None
-
-
-def resolve_device(device: str, key: str = "device") -> str:
-    """A params `device` value -> a torch device string: "auto" is cuda when available."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{key} is {device!r} but no CUDA device is available")
-    return device
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

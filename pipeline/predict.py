@@ -10,16 +10,29 @@ downloaded MLflow model (with its `MLmodel` file). From the registry only the we
 downloaded and `mrcnn.weights.load` rebuilds the model: the same weights and code the pyfunc
 uses, without MLflow's per-call DataFrame round trip.
 
-`--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp). Writes
-into `--out`:
-    overlays/<name>.png   each image with its detections drawn (`mrcnn.visualize`)
+`--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif
+.tiff; 8/16-bit, gray, RGBA and palette images are converted to RGB, EXIF orientation is
+applied so phone photos come out upright). Writes into `--out`:
+    overlays/<input tree>/<stem>.png   each image with its detections drawn (`mrcnn.visualize`),
+                          mirroring the input folders (`photos/a/x.jpg` -> `photos/a/x.png`)
     results.json          COCO results: [{"image_id", "file_name", "category_id",
                           "bbox": [x, y, w, h], "score", "segmentation": RLE}, ...]
-    images.json           the model used, every image (id, file_name, path, size, detections)
-                          and the files skipped with `--skip-bad`
+    images.json           the model used, every image (id, file_name, path, size, detections,
+                          tiled), the files skipped and why, and whether the run completed
 `image_id` numbers the inputs 1..N in the order listed (folders sorted). `category_id` is the
 model's label unless the saved model's config.json holds a `class_map` (label -> category id).
-An unreadable image stops the run with an error naming it, unless `--skip-bad` is given.
+
+Nothing done is lost: a file that cannot be read is reported (log, summary line, images.json)
+and skipped (`--strict` stops at the first one instead), and whatever ends the run (an error,
+Ctrl-C), results.json and images.json are written with what was done (`"complete": false`).
+
+Large images: `--tile 1024 --tile-overlap 0.2` runs the model on overlapping tiles of the
+original pixels and merges them (`mrcnn.tiling`); by default images whose longer side is 3x the
+model input or more are tiled at the model's input size (`--tile 0` turns tiling off).
+
+Registry models use the tracking URI from `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else
+`mlflow.tracking_uri` of `--params`; with none of these predict says where it looked (it never
+creates an empty store).
 """
 
 from __future__ import annotations
@@ -31,7 +44,6 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +51,10 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from mrcnn.coco_results import to_coco_results
-from mrcnn.fileio import save_png_atomic, write_json_atomic
-from mrcnn.images import IMAGE_SUFFIXES, ImageReadError, read_image
-from pipeline.params import MlflowParams, PredictParams, load_section, resolve_device
+from mrcnn.images import ImageReadError, read_image
+from pipeline.params import MlflowParams, PredictParams, load_section
+from pipeline.prediction_outputs import ImageInput, PredictionWriter, collect_inputs
+from pipeline.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +72,6 @@ class ModelNotFoundError(LookupError):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass(frozen=True)
-class ImageInput:
-    path: Path
-    name: str  # relative name used in outputs: "folder/sub/a.jpg" or "a.jpg"
-
-
 def run(
     model: str,
     inputs: list[Path],
@@ -73,12 +79,21 @@ def run(
     params: PredictParams,
     *,
     tracking_uri: str | None = None,
-    skip_bad: bool = False,
+    strict: bool = False,
+    tile: int | None = None,
+    tile_overlap: float = 0.2,
+    skip_bad: bool | None = None,
 ) -> dict[str, Any]:
-    """Predict on every image of `inputs`; returns what `images.json` holds."""
-    from mrcnn import weights
-    from mrcnn.visualize import draw_instances
+    """Predict on every image of `inputs`; returns what `images.json` holds.
 
+    strict:   stop at the first unreadable file (default: report it and go on)
+    tile:     None: tile images >= 3x the model input (at the input size); 0: never; N: tile
+              every image larger than N px at N px
+    skip_bad: accepted for old callers; skipping is the default now (see `strict`)
+    """
+    from mrcnn import weights
+
+    del skip_bad
     files = collect_inputs(inputs)
     with tempfile.TemporaryDirectory(prefix="mrcnn-model-") as tmp:
         weights_dir, source = resolve_model(model, tracking_uri, Path(tmp))
@@ -86,106 +101,51 @@ def run(
         class_map = read_class_map(weights_dir, net.num_classes)
     if params.score_thresh >= 0:
         net.roi_heads.score_thresh = params.score_thresh
-    class_names = net.class_names or None
-
-    overlays = out_dir / "overlays"
-    overlays.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    images: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    state = PredictionWriter(out_dir, net, class_map, source)
     progress = tqdm(total=len(files), desc="predict", unit="img", disable=None)
-    for start in range(0, len(files), params.batch_size):
-        chunk, arrays = [], []
-        for item in files[start : start + params.batch_size]:
+    try:
+        pending: list[tuple[int, ImageInput, np.ndarray]] = []
+        for image_id, item in enumerate(files, 1):
             try:
-                arrays.append(read_image(item.path))
-                chunk.append((len(images) + len(chunk) + len(skipped) + 1, item))
+                image = read_image(item.path, orient=True)
             except ImageReadError as e:
-                if not skip_bad:
+                state.skip(item, e)
+                if strict:
+                    state.finish_batch(pending)
                     raise
-                log.warning("skipped: %s", e)
-                skipped.append({"path": str(item.path), "error": str(e)})
-        for (image_id, item), image, det in zip(chunk, arrays, _detect(net, arrays), strict=True):
-            picture = draw_instances(
-                image,
-                det.boxes,
-                det.masks,
-                det.labels,
-                class_names,
-                det.scores,
-                keypoints=det.keypoints,
-            )
-            save_png_atomic(picture, overlays / (item.name + ".png"))
-            results += to_coco_results(det, image_id, class_map, file_name=item.name)
-            h, w = image.shape[:2]
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": item.name,
-                    "path": str(item.path),
-                    "height": h,
-                    "width": w,
-                    "detections": len(det),
-                }
-            )
-        progress.update(len(files[start : start + params.batch_size]))
-    progress.close()
-    if not images:
+                progress.update(1)
+                continue
+            tile_size = _tile_size(image, int(net.image_size), tile)
+            if tile_size:
+                state.detect_tiled(
+                    image_id, item, image, tile_size, tile_overlap, params.batch_size
+                )
+            else:
+                pending.append((image_id, item, image))
+                if len(pending) == params.batch_size:
+                    state.finish_batch(pending)
+            progress.update(1)
+        state.finish_batch(pending)
+        state.complete = True
+    except BaseException as e:
+        state.stopped = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        progress.close()
+        summary = state.write()
+    if not state.images:
         raise ImageReadError(f"none of the {len(files)} input files could be read as an image")
-    summary = {
-        "model": source,
-        "score_thresh": float(net.roi_heads.score_thresh),
-        "num_images": len(images),
-        "num_detections": len(results),
-        "images": images,
-        "skipped": skipped,
-    }
-    write_json_atomic(out_dir / "results.json", results, indent=None)
-    write_json_atomic(out_dir / "images.json", summary)
-    log.info(
-        "%d images, %d detections -> %s (%d skipped)",
-        len(images),
-        len(results),
-        out_dir,
-        len(skipped),
-    )
     return summary
 
 
-def _detect(net: Any, arrays: list[np.ndarray]) -> list[Any]:
-    return net.detect(arrays, batch_size=len(arrays)) if arrays else []
+def _tile_size(image: np.ndarray, image_size: int, tile: int | None) -> int:
+    """The tile side for this image, or 0 for one ordinary pass."""
+    from mrcnn.tiling import should_tile
 
-
-def collect_inputs(inputs: list[Path]) -> list[ImageInput]:
-    """Files as given, folders searched recursively for image suffixes (sorted); output names
-    are made unique ("a.jpg", "a_2.jpg") so no overlay overwrites another."""
-    found: list[ImageInput] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not files:
-                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-            base = path.resolve().name
-            found += [ImageInput(p, f"{base}/{p.relative_to(path).as_posix()}") for p in files]
-        elif path.is_file():
-            found.append(ImageInput(path, path.name))
-        else:
-            raise FileNotFoundError(f"input {path} does not exist")
-    if not found:
-        raise FileNotFoundError("no input images given")
-    seen: dict[str, int] = {}
-    unique = []
-    for item in found:
-        n = seen.get(item.name, 0) + 1
-        seen[item.name] = n
-        if n > 1:
-            stem, dot, suffix = item.name.rpartition(".")
-            item = ImageInput(item.path, f"{stem}_{n}{dot}{suffix}" if dot else f"{suffix}_{n}")
-        unique.append(item)
-    return unique
+    h, w = image.shape[:2]
+    if tile is None:
+        return image_size if should_tile(h, w, image_size) else 0
+    return tile if tile > 0 and max(h, w) > tile else 0
 
 
 def resolve_model(spec: str, tracking_uri: str | None, workdir: Path) -> tuple[Path, dict]:
@@ -300,31 +260,69 @@ def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.tracking.store import TrackingError, check_tracking_uri, tracking_uri
+    from pipeline.tracking.store import TrackingError, check_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or a model folder")
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--params", default="params.yaml", help="default: %(default)s")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    parser.add_argument("--skip-bad", action="store_true", help=argparse.SUPPRESS)  # default now
     parser.add_argument("--score-thresh", type=float, help="overrides predict.score_thresh")
+    parser.add_argument(
+        "--tile", type=int, help="tile side in pixels (0: never tile; default: automatic)"
+    )
+    parser.add_argument("--tile-overlap", type=float, default=0.2, help="default: %(default)s")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, params.yaml)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        if not 0 <= args.tile_overlap < 1:
+            raise ValueError(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}")
         params = _params(args.params, PredictParams, "predict")
         if args.score_thresh is not None:
             params.score_thresh = args.score_thresh
         uri = None
         if args.model.startswith("models:/"):
-            mlflow_params = _params(args.params, MlflowParams, "mlflow")
-            uri = tracking_uri(args.params, mlflow_params.tracking_uri)
+            uri = registry_uri(args.tracking_uri, args.params)
             check_tracking_uri(uri)
-        run(args.model, args.input, args.out, params, tracking_uri=uri, skip_bad=args.skip_bad)
-    except (ModelNotFoundError, ImageReadError, FileNotFoundError, TrackingError) as e:
+        run(
+            args.model,
+            args.input,
+            args.out,
+            params,
+            tracking_uri=uri,
+            strict=args.strict,
+            tile=args.tile,
+            tile_overlap=args.tile_overlap,
+        )
+    except (ModelNotFoundError, ImageReadError, FileNotFoundError, TrackingError, ValueError) as e:
         log.error("%s", e)
         sys.exit(1)
+
+
+def registry_uri(flag: str | None, params_path: str) -> str:
+    """The tracking URI for a registry model: `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else
+    params.yaml's `mlflow.tracking_uri` (relative paths from the project root). Without any of
+    them raises `FileNotFoundError` saying where it looked (no empty store is created)."""
+    from pipeline.tracking.store import tracking_uri
+
+    if flag:
+        return flag
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if not Path(params_path).is_file():
+        raise FileNotFoundError(
+            f"no model registry to pull from: no --tracking-uri, no MLFLOW_TRACKING_URI and no "
+            f"params file at {Path(params_path).resolve()}. Run from the project folder, pass "
+            "--params PROJECT/params.yaml or --tracking-uri URI, or give --model a model folder"
+        )
+    mlflow_params = load_section(params_path, "mlflow", MlflowParams)
+    return tracking_uri(params_path, mlflow_params.tracking_uri)
 
 
 def _params(path: str, cls: type, section: str) -> Any:

@@ -1,5 +1,6 @@
 """Data: resize/pad, mini-masks, the shard format, augmentation and collate."""
 
+from mrcnn.data.augment import Augmentation, augment_sample
 from mrcnn.data.class_map import ClassInfo, ClassMap, category_ids, read_class_map
 from mrcnn.data.loader import TrainLoader, collate, eval_batches, hflip_sample
 from mrcnn.data.minimask import expand_mini_masks, make_mini_masks
@@ -7,11 +8,13 @@ from mrcnn.data.resize import resize_and_pad
 from mrcnn.data.shards import Sample, ShardDataset
 
 __all__ = [
+    "Augmentation",
     "ClassInfo",
     "ClassMap",
     "Sample",
     "ShardDataset",
     "TrainLoader",
+    "augment_sample",
     "category_ids",
     "collate",
     "eval_batches",

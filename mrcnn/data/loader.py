@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mrcnn.data.augment import Augmentation, augment_sample
 from mrcnn.data.shards import Sample, ShardDataset
 from mrcnn.structures import Batch
 
@@ -210,6 +211,8 @@ class TrainLoader:
     rank, world_size: this process's place among the data-parallel ranks
     start_iteration: the first global iteration to produce (resume); nothing before it is read
     hflip:       mirror half of the samples (decided per stream position)
+    augment:     scale jitter / random crop (`mrcnn.data.Augmentation`, its `hflip` unused
+                 here), drawn per stream position
     max_gt:      ground-truth slots per image (`collate`)
     num_workers: DataLoader worker processes (0 = in this process); each builds whole batches
     pin_memory:  page-locked batches for fast host -> GPU copies
@@ -230,6 +233,7 @@ class TrainLoader:
         world_size: int = 1,
         start_iteration: int = 0,
         hflip: bool = True,
+        augment: Augmentation | None = None,
         max_gt: int = 100,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -250,6 +254,7 @@ class TrainLoader:
         self.world_size = world_size
         self.start_iteration = start_iteration
         self.hflip = hflip
+        self.augment = augment
         self.max_gt = max_gt
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -269,12 +274,15 @@ class TrainLoader:
 
     def batch(self, iteration: int) -> Batch:
         """Read, augment and collate this rank's batch of global `iteration`."""
-        indices, flips = self.order(self.positions(iteration))
+        positions = self.positions(iteration)
+        indices, flips = self.order(positions)
         samples = []
-        for i, flip in zip(indices.tolist(), flips.tolist(), strict=True):
+        for pos, i, flip in zip(positions.tolist(), indices.tolist(), flips.tolist(), strict=True):
             s = self.dataset[i]
             if self.hflip and flip:
                 s = hflip_sample(s, inplace=True, flip_map=self.keypoint_flip_map)
+            if self.augment is not None and self.augment.geometric:
+                s = augment_sample(s, self.augment, np.random.default_rng([self.seed, 2, pos]))
             samples.append(s)
         return collate(samples, self.max_gt, self.num_keypoints)
 

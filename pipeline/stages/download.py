@@ -7,7 +7,9 @@ Sources (`params.yaml`, section `data`):
     shapes  the synthetic shapes dataset, generated (`mrcnn.data.shapes`); the default
     coco    COCO 2017 from `data.coco_base_url` (archives cached in `data/downloads/`,
             resumable and md5-verified, see `pipeline.fetch`)
-    local   an existing folder in the layout above (`data.local_dir`), validated and linked in
+    local   your labelled folder (`data.local_dir`) in any format `pipeline.formats` reads
+            (`data.local_format`: auto | coco | coco_single | labelme | via | yolo | masks),
+            converted with a report of every record left out (`conversion_report.json`)
 
 The folder appears complete or not at all: everything is built beside it and renamed into
 place. A finished download is not repeated.
@@ -27,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import shapes
-from mrcnn.data.coco import load_coco_split
 from mrcnn.fileio import write_json_atomic
-from pipeline import layout
+from pipeline import formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
 from pipeline.params import SPLITS, DataParams, load_section, to_dict
 
@@ -137,55 +138,36 @@ def _coco(
 
 
 def _local(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:
-    """Validate a user's COCO-layout folder and link (or copy) it into place."""
+    """Convert the user's folder (`data.local_format`, detected when `auto`) into the COCO
+    layout, with its conversion report (`pipeline.formats`); skipped when nothing changed."""
     src = Path(params.local_dir)
-    problems = []
-    for split in splits:
-        ann = src / "annotations" / f"instances_{split}.json"
-        if not (src / split).is_dir():
-            problems.append(f"missing image folder {src / split}")
-        if not ann.is_file():
-            problems.append(f"missing annotation file {ann}")
-    if problems:
-        raise FileNotFoundError(
-            f"data.local_dir={src} is not in the COCO layout ({{train,val}}/ and "
-            "annotations/instances_{train,val}.json): " + "; ".join(problems)
-        )
-    tmp = _fresh_tmp(target)
-    for split in splits:
-        parsed = load_coco_split(src / "annotations" / f"instances_{split}.json")  # validates
-        missing = [r.file_name for r in parsed.records if not (src / split / r.file_name).is_file()]
-        if missing:
-            logger.warning(
-                "%s: %d images listed in the annotations are missing (e.g. %s); the shards "
-                "report will list them",
-                split,
-                len(missing),
-                missing[0],
-            )
-        _link_tree(src / split, tmp / split)
-        (tmp / "annotations").mkdir(exist_ok=True)
-        _link(
-            src / "annotations" / f"instances_{split}.json",
-            tmp / "annotations" / f"instances_{split}.json",
-        )
-    _commit(tmp, target, {"source": "local", "local_dir": str(src), "splits": list(splits)})
+    if not src.exists():
+        raise FileNotFoundError(f"data.local_dir={src} does not exist")
+    stamp = {
+        "source": "local",
+        "local_dir": str(src),
+        "local_format": params.local_format,
+        "val_fraction": params.val_fraction,
+        "files": _fingerprint(src),
+    }
+    old = _read_stamp(target) or {}
+    if {k: old.get(k) for k in stamp} == stamp:
+        logger.info("%s is up to date with %s", target, src)
+        return
+    tmp = target.with_name(f".{target.name}.converting")
+    summary = formats.convert(src, tmp, params.local_format, val_fraction=params.val_fraction)
+    _commit(tmp, target, {**stamp, "format": summary["format"], "splits": list(splits)})
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    for root, _, names in os.walk(src):
-        out = dst / Path(root).relative_to(src)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            _link(Path(root) / name, out / name)
-
-
-def _link(src: Path, dst: Path) -> None:
-    """Hard link (no copy, same bytes) where the filesystem allows, else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _fingerprint(src: Path) -> list[int]:
+    """[files, bytes, newest mtime in ns] under `src`: what tells a changed dataset."""
+    files = [p for p in ([src] if src.is_file() else src.rglob("*")) if p.is_file()]
+    stats = [p.stat() for p in files]
+    return [
+        len(stats),
+        sum(s.st_size for s in stats),
+        max((s.st_mtime_ns for s in stats), default=0),
+    ]
 
 
 def _fresh_tmp(target: Path) -> Path:

@@ -35,9 +35,10 @@ from mrcnn.data import category_ids as label_to_category
 from mrcnn.evaluation import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import layout
-from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section, resolve_device
+from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section
 from pipeline.reporting.evaluate import draw_overlays, overlay_indices, write_reports
 from pipeline.tracking import runs, store
+from pipeline.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

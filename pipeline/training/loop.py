@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from mrcnn import weights
 from mrcnn.config import Config
-from mrcnn.data import ShardDataset, TrainLoader, storage
+from mrcnn.data import Augmentation, ShardDataset, TrainLoader, storage
 from mrcnn.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
 from pipeline.params import TrainParams, from_dict
@@ -93,6 +93,7 @@ def train_loop(config: dict[str, Any]) -> None:
         world_size=world,
         start_iteration=start,
         hflip=p.hflip,
+        augment=augmentation(p),
         max_gt=p.max_gt,
         num_workers=p.loader_workers,
         pin_memory=device.type == "cuda",
@@ -149,12 +150,20 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def load_init_weights(model: torch.nn.Module, path: Path) -> None:
-    """`train.init_weights`: a torchvision Mask R-CNN checkpoint, else an ImageNet ResNet."""
-    sd = weights.read_state_dict(path)
-    if any(k.startswith("roi_heads.") for k in sd):
-        weights.load_torchvision(model, sd)
-    else:
-        weights.load_backbone(model, sd)
+    """`train.init_weights`: a torchvision Mask R-CNN checkpoint, a folder saved by
+    `mrcnn.weights.save` (any class count: the predictors are re-initialised and logged) or an
+    ImageNet ResNet (`mrcnn.weights.load_init`)."""
+    weights.load_init(model, path)
+
+
+def augmentation(p: TrainParams) -> Augmentation:
+    """The `train:` augmentation keys -> `mrcnn.data.Augmentation`."""
+    return Augmentation(
+        hflip=p.hflip,
+        scale_range=tuple(p.scale_jitter) or None,
+        short_sides=tuple(p.short_sides),
+        crop=tuple(p.random_crop) or None,
+    )
 
 
 def all_finite(loss: torch.Tensor, world: int) -> bool:

@@ -139,6 +139,10 @@ def test_load_torchvision_rejects_wrong_keys(models):
     sd.pop("rpn.head.cls_logits.weight")
     with pytest.raises(ValueError, match="missing"):
         load_torchvision(ours, sd)
+    # Another class count is fine-tuning (tests/mrcnn/test_finetune.py); any other shape is not.
     small = build_model(presets.torchvision_r50_fpn(num_classes=5, image_size=S))
-    with pytest.raises(ValueError, match="shape"):
-        load_torchvision(small, tv.state_dict())
+    assert len(load_torchvision(small, tv.state_dict())) == 6
+    sd = dict(tv.state_dict())
+    sd["rpn.head.conv.0.0.weight"] = sd["rpn.head.conv.0.0.weight"][:, :128]
+    with pytest.raises(ValueError, match=r"'rpn\.head\.conv\.weight' has shape"):
+        load_torchvision(small, sd)

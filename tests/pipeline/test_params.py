@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -64,17 +65,31 @@ def test_missing_section_and_keys_keep_defaults(tmp_path):
         ("inspect:\n  anchor_sizes: [8, 16]\n", "unknown params key 'inspect.anchor_sizes'"),
         ("inspect:\n  num_samples: 0\n", "params key 'inspect.num_samples' must be in 1..64"),
         ("shards: [1, 2]\n", "params section 'shards' must be a mapping"),
+        ("data:\n  local_format: labelme2\n", "params key 'data.local_format' must be one of"),
+        ("data:\n  val_fraction: 1.0\n", "params key 'data.val_fraction' must be in [0, 1)"),
+        ("train:\n  scale_jitter: [2.0, 1.0]\n", "params key 'train.scale_jitter' must be []"),
+        ("train:\n  scale_jitter: [0.5]\n", "params key 'train.scale_jitter' must be []"),
+        ("train:\n  random_crop: [0.5, 1.5]\n", "params key 'train.random_crop' must be []"),
+        (
+            "train:\n  scale_jitter: [0.5, 2]\n  short_sides: [64]\n",
+            "params key 'train.short_sides' excludes scale_jitter",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
     p = write(tmp_path, text)
     section = text.split(":")[0]
-    cls = {"data": DataParams, "shards": ShardsParams, "inspect": InspectParams}[section]
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    cls = {
+        "data": DataParams,
+        "shards": ShardsParams,
+        "inspect": InspectParams,
+        "train": TrainParams,
+    }[section]
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_section(p, section, cls)
 
 
-@pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml"])
+@pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml", "configs/finetune.yaml"])
 def test_shipped_params_files_are_valid(path):
     """Every section of the shipped params files loads and the model config builds."""
     from pipeline import params as P

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -35,22 +36,30 @@ def _cli(model: Path | str, inputs: list[Path], out: Path, *extra: str) -> None:
     predict.main([*args, "--params", str(out.parent / "absent.yaml"), *extra])
 
 
-def test_corrupt_file_stops_with_its_name(
+def test_strict_stops_at_the_bad_file_keeping_what_was_done(
     model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = _folder_with_a_bad_file(tmp_path)
     with pytest.raises(SystemExit) as e:
-        _cli(model_dir, [folder], tmp_path / "out")
+        _cli(model_dir, [folder], tmp_path / "out", "--strict")
     assert e.value.code == 1
     assert "cannot read image" in caplog.text and "b_corrupt.jpg" in caplog.text
-    assert not (tmp_path / "out" / "results.json").exists()
+    summary = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert summary["complete"] is False and "b_corrupt.jpg" in summary["stopped"]
+    assert [im["file_name"] for im in summary["images"]] == ["imgs/a.png"]  # before the bad one
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert (tmp_path / "out" / "overlays" / "imgs" / "a.png").is_file()
 
 
-def test_skip_bad_continues_and_reports(model_dir: Path, tmp_path: Path) -> None:
+def test_bad_file_is_reported_and_skipped(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = _folder_with_a_bad_file(tmp_path)
     out = tmp_path / "out"
-    _cli(model_dir, [folder], out, "--skip-bad", "--score-thresh", "0.0")
+    _cli(model_dir, [folder], out, "--score-thresh", "0.0")
+    assert "1 skipped (unreadable: imgs/b_corrupt.jpg; see images.json)" in caplog.text
     summary = json.loads((out / "images.json").read_text())
+    assert summary["complete"] is True and summary["num_skipped"] == 1
     assert [im["file_name"] for im in summary["images"]] == ["imgs/a.png", "imgs/sub/gray.jpg"]
     assert [im["id"] for im in summary["images"]] == [1, 3]  # ids number the inputs, 2 was bad
     assert [Path(s["path"]).name for s in summary["skipped"]] == ["b_corrupt.jpg"]
@@ -62,7 +71,111 @@ def test_skip_bad_continues_and_reports(model_dir: Path, tmp_path: Path) -> None
     assert set(r) == {"image_id", "file_name", "category_id", "bbox", "score", "segmentation"}
     assert decode_masks([r["segmentation"]]).shape == (1, 96, 128)
     assert 1 <= r["category_id"] <= 3  # no class map: the model's labels
-    assert (out / "overlays" / "imgs" / "sub" / "gray.jpg.png").is_file()
+    assert (out / "overlays" / "imgs" / "sub" / "gray.png").is_file()  # <stem>.png, same tree
+
+
+def test_every_image_kind_is_read_and_exif_orientation_applied(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    rgb = synthetic_images()[0]  # 96 x 128
+    folder = tmp_path / "kinds"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "rgb.tif")
+    Image.fromarray(rgb).save(folder / "rgb.webp")
+    Image.fromarray(rgb).save(folder / "rgb.bmp")
+    Image.fromarray(rgb).convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(folder / "palette.png")
+    Image.fromarray(rgb).convert("L").save(folder / "gray.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: 128 x 96 upright
+    Image.fromarray(rgb).save(folder / "phone.jpg", exif=exif)
+    out = tmp_path / "out"
+    summary = predict.run(str(model_dir), [folder], out, PredictParams(score_thresh=0.0))
+    sizes = {im["file_name"]: (im["height"], im["width"]) for im in summary["images"]}
+    assert summary["num_skipped"] == 0 and len(sizes) == 8
+    assert sizes.pop("kinds/phone.jpg") == (128, 96)
+    assert set(sizes.values()) == {(96, 128)}
+    with Image.open(out / "overlays" / "kinds" / "deep16.png") as im:
+        assert im.size == (128, 96) and im.mode == "RGB"
+    names = sorted(p.name for p in (out / "overlays" / "kinds").iterdir())
+    assert names == sorted(
+        [
+            "deep16.png",
+            "gray.png",
+            "palette.png",
+            "phone.png",
+            "rgb.png",
+            "rgb_2.png",
+            "rgb_3.png",
+            "rgba.png",
+        ]
+    )
+
+
+def test_an_interrupted_run_keeps_what_was_done(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(synthetic_images()[i % 2]).save(folder / f"{i}.png")
+    from mrcnn.model import MaskRCNN
+
+    real, calls = MaskRCNN.detect, []
+
+    def detect_then_ctrl_c(self, images, batch_size=4):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, images, batch_size)
+
+    monkeypatch.setattr(MaskRCNN, "detect", detect_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        predict.run(str(model_dir), [folder], tmp_path / "out", PredictParams(0.0, batch_size=2))
+    summary = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert summary["complete"] is False and summary["stopped"].startswith("KeyboardInterrupt")
+    assert [im["file_name"] for im in summary["images"]] == ["many/0.png", "many/1.png"]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["file_name"] for r in results} <= {"many/0.png", "many/1.png"}
+    assert len(results) == summary["num_detections"]
+
+
+def test_tiled_prediction_writes_full_resolution_results(model_dir: Path, tmp_path: Path) -> None:
+    image = tmp_path / "big.png"
+    Image.fromarray(synthetic_images()[0]).save(image)
+    out = tmp_path / "out"
+    summary = predict.run(
+        str(model_dir), [image], out, PredictParams(score_thresh=0.0), tile=64, tile_overlap=0.25
+    )
+    assert summary["images"][0]["tiled"] is True
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == summary["num_detections"] > 0
+    assert decode_masks([r["segmentation"] for r in results]).shape[1:] == (96, 128)
+    assert (out / "overlays" / "big.png").is_file()
+    plain = predict.run(str(model_dir), [image], tmp_path / "plain", PredictParams(0.0), tile=0)
+    assert plain["images"][0]["tiled"] is False
+
+
+def test_registry_uri_precedence_and_no_store_outside_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        predict.main(["--model", "models:/m@champion", "--input", "a.png", "--out", "o"])
+    assert "no model registry to pull from" in caplog.text
+    assert str(tmp_path / "params.yaml") in caplog.text
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "o").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert predict.registry_uri(None, "params.yaml") == "http://127.0.0.1:1"
+    assert predict.registry_uri("sqlite:////x.db", "params.yaml") == "sqlite:////x.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///m.db\n")
+    uri = predict.registry_uri(None, str(tmp_path / "proj" / "params.yaml"))
+    assert uri == f"sqlite:///{(tmp_path / 'proj' / 'm.db').resolve()}"
 
 
 def test_score_thresh_override_filters(model_dir: Path, tmp_path: Path) -> None:

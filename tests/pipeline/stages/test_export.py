@@ -241,7 +241,7 @@ def test_predict_by_alias_gives_the_in_memory_detections(registry: dict, tmp_pat
     assert got == json.loads(json.dumps(want))  # exactly the same numbers, masks and ids
     assert {r["category_id"] for r in got} <= {11, 12, 13}
     for i, im in enumerate(images):
-        overlay = np.asarray(Image.open(out / "overlays" / "imgs" / f"img{i}.png.png"))
+        overlay = np.asarray(Image.open(out / "overlays" / "imgs" / f"img{i}.png"))
         assert overlay.shape == im.shape and not np.array_equal(overlay, im)
 
 
