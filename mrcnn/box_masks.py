@@ -157,9 +157,7 @@ def paste_masks_in_boxes(
     return crops, torch.stack([oy, ox], dim=1)
 
 
-def _crop_coords(
-    start: Tensor, end: Tensor, size: int, src: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def _crop_coords(start: Tensor, end: Tensor, size: int, src: int) -> tuple[Tensor, Tensor, Tensor]:
     """Like `_resize_coords` of `paste_masks_in_image`, for the pixels of each box's crop only:
     -> coords [N, L], valid [N, L] and the crop's first pixel [N]; L = the longest crop."""
     length = (end - start + 1).clamp(min=1)  # [N]
