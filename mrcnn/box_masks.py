@@ -28,21 +28,26 @@ from pycocotools import mask as mask_utils
 
 @dataclass
 class BoxMasks:
-    """N binary masks of one H x W image, each stored as the crop of its box.
+    """N binary masks of one H x W image, each stored as the crop of its box, in G groups of
+    crops of similar size (as `paste_masks_in_boxes` makes them, one batched op per group).
 
-    crops:      bool  [N, h, w]; mask n's pixel (y0 + r, x0 + c) is `crops[n, r, c]`; all of a
-                mask's pixels outside its crop are False, as are crop pixels past its own box
-                (crops of different sizes share one zero-padded array) or past the image edge
-    origins:    int64 [N, 2] (y0, x0) of each crop's top-left pixel in the image (>= 0)
+    crops:      G arrays bool [n_g, h_g, w_g]: mask `index[g][k]`'s pixel (y0 + r, x0 + c) is
+                `crops[g][k, r, c]`; a mask's pixels outside its crop are False, as are crop
+                pixels past its own box (a group's crops are zero-padded to its largest) or
+                past the image edge
+    origins:    G arrays int64 [n_g, 2]: (y0, x0) of each crop's top-left pixel (>= 0)
+    index:      G arrays int64 [n_g]: which of the N masks each crop is (together 0..N-1)
     image_size: (H, W)
+    Pickled with the crops bit-packed (8x smaller, for worker processes).
     """
 
-    crops: np.ndarray
-    origins: np.ndarray
+    crops: list[np.ndarray]
+    origins: list[np.ndarray]
+    index: list[np.ndarray]
     image_size: tuple[int, int]
 
     def __len__(self) -> int:
-        return int(self.crops.shape[0])
+        return sum(len(i) for i in self.index)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -53,27 +58,59 @@ class BoxMasks:
         """The full masks, bool [N, H, W] (N whole images: for drawing a few, not for COCO)."""
         n, h, w = self.shape
         out = np.zeros((n, h, w), dtype=bool)
-        ch, cw = self.crops.shape[1:]
-        for i, (y0, x0) in enumerate(self.origins.tolist()):
-            hh, ww = min(ch, h - y0), min(cw, w - x0)
-            if hh > 0 and ww > 0:
-                out[i, y0 : y0 + hh, x0 : x0 + ww] = self.crops[i, :hh, :ww]
+        for crops, origins, index in zip(self.crops, self.origins, self.index, strict=True):
+            ch, cw = crops.shape[1:]
+            for k, (y0, x0) in enumerate(np.asarray(origins).tolist()):
+                hh, ww = min(ch, h - y0), min(cw, w - x0)
+                if hh > 0 and ww > 0:
+                    out[int(index[k]), y0 : y0 + hh, x0 : x0 + ww] = crops[k, :hh, :ww]
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        packed = [(np.packbits(c, axis=None), c.shape) for c in self.crops]
+        return {
+            "packed": packed,
+            "origins": self.origins,
+            "index": self.index,
+            "image_size": self.image_size,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.crops = [
+            np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).view(bool)
+            for bits, shape in state["packed"]
+        ]
+        self.origins = state["origins"]
+        self.index = state["index"]
+        self.image_size = state["image_size"]
 
 
 def encode_box_masks(masks: BoxMasks) -> list[dict[str, Any]]:
     """N box masks -> N COCO RLEs `{"size": [H, W], "counts": str}` of the full H x W masks,
-    equal to `mrcnn.coco_results.encode_masks(masks.full())` but without building the full masks.
+    equal to `mrcnn.coco_results.encode_masks(masks.full())` but without building them."""
+    out: list[dict[str, Any]] = [{}] * len(masks)
+    for crops, origins, index in zip(masks.crops, masks.origins, masks.index, strict=True):
+        rles = encode_crops(crops, origins, masks.image_size)
+        for k, rle in zip(np.asarray(index).tolist(), rles, strict=True):
+            out[k] = rle
+    return out
 
-    Vectorised over the N masks: one pass over the crops finds every run of 1s; the compressed
-    `counts` strings come from pycocotools (`frPyObjects` of the uncompressed counts).
+
+def encode_crops(
+    crops: np.ndarray, origins: np.ndarray, image_size: tuple[int, int]
+) -> list[dict[str, Any]]:
+    """crops bool [n, h, w] at origins int [n, 2] (y0, x0) of an H x W image -> n COCO RLEs of
+    the full masks (pixels outside the crops False; crop pixels past the image edge dropped).
+
+    Vectorised over the n crops: one pass finds every run of 1s; the compressed `counts`
+    strings come from pycocotools (`frPyObjects` of the uncompressed counts).
     """
-    n, height, width = masks.shape
+    height, width = int(image_size[0]), int(image_size[1])
+    crops = np.asarray(crops, dtype=bool)
+    n, ch, cw = crops.shape
     if n == 0:
         return []
-    crops = np.asarray(masks.crops, dtype=bool)
-    _, ch, cw = crops.shape
-    origins = np.asarray(masks.origins, dtype=np.int64).reshape(n, 2)
+    origins = np.asarray(origins, dtype=np.int64).reshape(n, 2)
     if (origins < 0).any():
         raise ValueError("BoxMasks origins must be >= 0 (crops start inside the image)")
     # Crop pixels past the image edge are dropped (they would wrap into the next column).
@@ -81,14 +118,21 @@ def encode_box_masks(masks: BoxMasks) -> list[dict[str, Any]]:
     inside_cols = origins[:, 1:2] + np.arange(cw) < width  # [N, w]
     if not (inside_rows.all() and inside_cols.all()):
         crops = crops & inside_rows[:, :, None] & inside_cols[:, None, :]
-    # Column-major with a 0 above and below each crop column: +1 steps start runs, -1 end them.
-    cols = np.zeros((n, cw, ch + 2), dtype=np.int8)
-    cols[:, :, 1:-1] = crops.transpose(0, 2, 1)
-    step = np.diff(cols, axis=2)  # [N, w, h + 1]
-    sn, sc, sr = np.nonzero(step == 1)  # sorted by (n, c, r): runs appear in image order
-    _, ec, er = np.nonzero(step == -1)  # same order; end positions are exclusive
-    column_start = (origins[sn, 1] + sc) * height + origins[sn, 0]
-    starts = column_start + sr
+    # A 0 row above and below each crop: along each column, +1 steps start runs of 1s and -1
+    # steps end them (exclusive). Found in row-major order, then sorted into COCO's column-major
+    # order (a sort of the few steps, not a transposed copy of the pixels).
+    framed = np.zeros((n, ch + 2, cw), dtype=np.int8)
+    framed[:, 1:-1] = crops
+    step = framed[:, 1:] - framed[:, :-1]  # [n, h + 1, w]
+    where = np.flatnonzero(step)
+    up = step.reshape(-1)[where] == 1
+    sn, sr, sc = np.unravel_index(where[up], step.shape)
+    en, er, ec = np.unravel_index(where[~up], step.shape)
+    s_order = np.lexsort((sr, sc, sn))  # by mask, column, row
+    e_order = np.lexsort((er, ec, en))
+    sn, sr, sc = sn[s_order], sr[s_order], sc[s_order]
+    er, ec = er[e_order], ec[e_order]
+    starts = (origins[sn, 1] + sc) * height + origins[sn, 0] + sr
     ends = (origins[sn, 1] + ec) * height + origins[sn, 0] + er
     # A run ending at the bottom of a column and one starting at the top of the next are one.
     touch = np.zeros(len(starts), dtype=bool)
@@ -119,22 +163,32 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from mrcnn.mask_ops import paste_separable  # noqa: E402
+from mrcnn.mask_ops import bilinear_matrix  # noqa: E402
+
+# Crops of similar size share one zero-padded batch: a group may hold at most this many times
+# its own pixels (more padding wastes arithmetic, more groups cost a few ops each).
+_MAX_PADDING = 2.5
+# Pixels pasted per group at most: bounds the float [n, h, w] intermediate (~256 MB).
+_GROUP_PIXELS = 64 * 1024 * 1024
 
 
 def paste_masks_in_boxes(
     masks: Tensor, boxes: Tensor, image_shape: tuple[int, int], threshold: float = 0.5
-) -> tuple[Tensor, Tensor]:
+) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Paste M x M mask probabilities into their boxes of an H x W image, crops only.
 
-    masks [N, M, M], boxes [N, 4] in the image's pixels -> crops bool [N, h, w] (zero-padded
-    to the largest crop) and origins int64 [N, 2] (y0, x0), as `BoxMasks` holds them. Each crop
-    pixel is computed exactly as `paste_masks_in_image` computes that image pixel (torchvision's
-    geometry), so placing the crops in empty images gives `paste_masks_in_image`'s masks.
+    masks [N, M, M], boxes [N, 4] in the image's pixels -> groups of detections whose crops
+    have similar sizes: (crops bool [n, h, w] zero-padded to the group's largest crop,
+    origins int64 [n, 2] (y0, x0) in the image, index int64 [n] into the N detections).
+    Same geometry as torchvision's `paste_masks_in_image` (the mask gets a one-pixel border,
+    the box grows by (M + 2) / M and is truncated to whole pixels, bilinear resize with
+    align_corners=False), as a separable resize: rows for all N at once (one batched matmul),
+    then columns, one batched matmul per group. Pixels outside the crops are False.
     """
-    m = masks.shape[-1]
+    n, m = masks.shape[0], masks.shape[-1]
     h, w = int(image_shape[0]), int(image_shape[1])
-    n = masks.shape[0]
+    if n == 0:
+        return []
     padded = F.pad(masks.float(), (1, 1, 1, 1))  # [N, M+2, M+2]
     mp = m + 2
     scale = mp / m
@@ -147,26 +201,53 @@ def paste_masks_in_boxes(
     x1 = (cx + half_w).to(torch.int64)
     y0 = (cy - half_h).to(torch.int64)
     y1 = (cy + half_h).to(torch.int64)
-    xs, x_valid, ox = _crop_coords(x0, x1, w, mp)
-    ys, y_valid, oy = _crop_coords(y0, y1, h, mp)
-    if n == 0:
-        return torch.zeros((0, 1, 1), dtype=torch.bool, device=masks.device), torch.zeros(
-            (0, 2), dtype=torch.int64, device=masks.device
-        )
-    crops = paste_separable(padded, ys, y_valid, xs, x_valid, threshold)
-    return crops, torch.stack([oy, ox], dim=1)
+    xs, x_valid, x_first, x_span = _crop_coords(x0, x1, w, mp)  # [N, max w], ..., [N], list
+    ys, y_valid, y_first, y_span = _crop_coords(y0, y1, h, mp)
+    wx = bilinear_matrix(xs, x_valid, mp)  # [N, max w, M+2]
+    rows = torch.bmm(bilinear_matrix(ys, y_valid, mp), padded)  # [N, max h, M+2]
+    origins = torch.stack([y_first, x_first], dim=1)
+    groups = []
+    for index in _size_groups(y_span, x_span):
+        gh, gw = max(y_span[i] for i in index), max(x_span[i] for i in index)
+        idx = torch.as_tensor(index, device=masks.device)
+        crops = torch.bmm(rows[idx, :gh], wx[idx, :gw].transpose(1, 2)) >= threshold
+        groups.append((crops, origins[idx], idx))
+    return groups
 
 
-def _crop_coords(start: Tensor, end: Tensor, size: int, src: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Like `_resize_coords` of `paste_masks_in_image`, for the pixels of each box's crop only:
-    -> coords [N, L], valid [N, L] and the crop's first pixel [N]; L = the longest crop."""
+def _crop_coords(
+    start: Tensor, end: Tensor, size: int, src: int
+) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Along one axis: a length-`src` signal resized to `end - start + 1` pixels (at least 1)
+    placed at `start`, seen through each box's crop (its pixels inside 0..size-1) ->
+    source coords [N, L] and validity [N, L] of the crop's pixels (L = the longest crop),
+    the crop's first pixel [N] and its length (a list, at least 1)."""
     length = (end - start + 1).clamp(min=1)  # [N]
-    first = start.clamp(0, size)
-    last = (start + length).clamp(0, size)  # exclusive
-    span = int((last - first).max()) if start.numel() else 0
-    pix = first[:, None] + torch.arange(max(span, 1), device=start.device)  # [N, L]
-    dst = pix - start[:, None]
+    first = start.clamp(0, size - 1)
+    span = ((start + length).clamp(0, size) - first).clamp(min=1)  # [N]
+    span_list = span.tolist()
+    pix = first[:, None] + torch.arange(max(span_list), device=start.device)  # [N, L]
+    dst = pix - start[:, None]  # position inside the resized mask
     valid = (dst >= 0) & (dst < length[:, None]) & (pix < size)
-    ratio = src / length.to(torch.float32)
+    ratio = src / length.to(torch.float32)  # area_pixel_compute_scale (align_corners=False)
     coords = ((dst.to(torch.float32) + 0.5) * ratio[:, None] - 0.5).clamp(min=0)
-    return coords, valid, first
+    return coords, valid, first, span_list
+
+
+def _size_groups(heights: list[int], widths: list[int]) -> list[list[int]]:
+    """Detections sorted by crop area, largest first, cut into groups whose padded crops
+    (n x max h x max w) hold at most `_MAX_PADDING` times their own pixels."""
+    order = sorted(range(len(heights)), key=lambda i: heights[i] * widths[i], reverse=True)
+    groups: list[list[int]] = []
+    gh = gw = area = 0
+    for i in order:
+        hh, ww = max(gh, heights[i]), max(gw, widths[i])
+        a = area + heights[i] * widths[i]
+        padded = (len(groups[-1]) + 1) * hh * ww if groups else 0
+        if groups and padded <= _MAX_PADDING * a and padded <= _GROUP_PIXELS:
+            groups[-1].append(i)
+            gh, gw, area = hh, ww, a
+        else:
+            groups.append([i])
+            gh, gw, area = heights[i], widths[i], heights[i] * widths[i]
+    return groups
