@@ -69,6 +69,26 @@ class Batch:
 
 
 @dataclass
+class RawDetections:
+    """Fixed-shape detections in the padded frame, before pasting: what `MaskRCNN.forward`
+    returns in eval mode (and `MaskRCNN.predict` always); `MaskRCNN.postprocess` turns them into
+    one `Detections` per image.
+
+    boxes:      float32 [B, D, 4] xyxy in the padded frame, each row sorted by score
+    scores:     float32 [B, D] softmax score of the label
+    labels:     int64   [B, D] class index 1..K-1 (0 in empty slots)
+    valid:      bool    [B, D] which slots hold a detection (D = detections_per_img)
+    mask_probs: float32 [B, D, M, M] the label's mask after sigmoid, in the box (M = 28)
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    valid: Tensor
+    mask_probs: Tensor
+
+
+@dataclass
 class Detections:
     """One image's detections in original-image coordinates (what `MaskRCNN.detect` returns).
 

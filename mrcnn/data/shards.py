@@ -50,9 +50,15 @@ except ImportError:  # a torchvision without image decoders: Pillow does the job
 FORMAT = "mrcnn-shards"
 FORMAT_VERSION = 1
 INDEX_COLUMNS = (
-    "shard", "image_id", "json_offset", "json_size", "image_offset", "image_size",
-    "masks_offset", "masks_size",
-)  # fmt: skip
+    "shard",
+    "image_id",
+    "json_offset",
+    "json_size",
+    "image_offset",
+    "image_size",
+    "masks_offset",
+    "masks_size",
+)
 MANIFEST = "manifest.json"
 INDEX = "index.npy"
 REPORT = "report.json"
@@ -191,8 +197,10 @@ class ShardDataset(torch.utils.data.Dataset):
         chw = decode_chw(image_bytes)  # uint8 [3, h', w']
         y1, x1, y2, x2 = meta["window"]
         if chw.shape[1:] != (y2 - y1, x2 - x1):
-            raise ValueError(f"image {meta['image_id']}: decoded {tuple(chw.shape[1:])} "
-                             f"!= window {meta['window']}")  # fmt: skip
+            raise ValueError(
+                f"image {meta['image_id']}: decoded {tuple(chw.shape[1:])} "
+                f"!= window {meta['window']}"
+            )
         # numpy, not torch, for the copies: tiny torch ops go multi-threaded (OpenMP) and stall
         # when the training step holds the other cores.
         padded = np.zeros((3, s, s), dtype=np.uint8)
