@@ -18,10 +18,11 @@ from torch.profiler import record_function
 
 from mrcnn.anchors import AnchorGenerator
 from mrcnn.backbone import FPNBackbone
+from mrcnn.box_masks import BoxMasks
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
 from mrcnn.losses import total_loss
-from mrcnn.mask_paste import paste_masks_in_image
+from mrcnn.mask_paste import paste_masks_in_boxes, paste_masks_in_image
 from mrcnn.roi_heads import BoxHead, MaskHead, RoIHeads
 from mrcnn.rpn import RegionProposalNetwork, RPNHead
 from mrcnn.structures import Batch, Detections, RawDetections
@@ -192,15 +193,20 @@ class MaskRCNN(nn.Module):
         finally:
             self.train(was_training)
 
-    def postprocess(self, raw: RawDetections, batch: Batch) -> list[Detections]:
+    def postprocess(
+        self, raw: RawDetections, batch: Batch, *, box_masks: bool = False
+    ) -> list[Detections]:
         """Fixed-shape detections -> one `Detections` per image in original-image pixels.
 
         raw: `RawDetections` [B, D, ...] of `batch` (its windows, scales, original_sizes are
         used) -> B `Detections`: boxes float32 [N, 4] xyxy clipped to the image, scores
         float32 [N], labels int64 [N], masks bool [N, H, W]; N = valid slots of the image.
+        box_masks: keep each mask as the crop of its box (`mrcnn.box_masks.BoxMasks`, the same
+        pixels without N full images; what COCO evaluation encodes) instead of [N, H, W].
 
         A loop over images: each has its own output size, so this is where shapes stop being
-        fixed. Box mapping is vectorised; masks are pasted with one batched matmul per image.
+        fixed. Box mapping is vectorised; masks are pasted into their box crops on the model's
+        device, crops of similar size in one batched matmul (`mrcnn.mask_paste`).
         """
         offsets = batch.windows[:, [1, 0, 1, 0]].to(raw.boxes)  # (x1, y1, x1, y1)
         boxes = (raw.boxes - offsets[:, None]) / batch.scales.to(raw.boxes)[:, None, None]
@@ -218,13 +224,18 @@ class MaskRCNN(nn.Module):
                 ],
                 dim=1,
             )
-            masks = paste_masks_in_image(raw.mask_probs[i][keep], b, (h, w), self.mask_thresh)
+            probs = raw.mask_probs[i][keep]
+            if box_masks:
+                groups = paste_masks_in_boxes(probs, b, (h, w), self.mask_thresh)
+                masks: np.ndarray | BoxMasks = BoxMasks.from_groups(groups, (h, w))
+            else:
+                masks = paste_masks_in_image(probs, b, (h, w), self.mask_thresh).cpu().numpy()
             out.append(
                 Detections(
                     boxes=b.float().cpu().numpy(),
                     scores=raw.scores[i][keep].float().cpu().numpy(),
                     labels=raw.labels[i][keep].cpu().numpy(),
-                    masks=masks.cpu().numpy(),
+                    masks=masks,
                 )
             )
         return out

@@ -11,10 +11,14 @@ Shape shorthand used across the package:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mrcnn.box_masks import BoxMasks
 
 
 @dataclass
@@ -95,13 +99,15 @@ class Detections:
     boxes:  float32 [N, 4] xyxy in original-image pixels
     scores: float32 [N]
     labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
-    masks:  bool    [N, H, W] at original resolution
+    masks:  bool    [N, H, W] at original resolution; or, from `MaskRCNN.postprocess(...,
+            box_masks=True)`, a `mrcnn.box_masks.BoxMasks` (the same masks as box crops,
+            `.full()` gives [N, H, W])
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    masks: np.ndarray
+    masks: np.ndarray | BoxMasks
 
     def __len__(self) -> int:
         return len(self.scores)
