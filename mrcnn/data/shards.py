@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mrcnn.data.class_map import read_class_map
 from mrcnn.data.minimask import unpack_mini_masks
 
 try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% faster than PIL
@@ -166,6 +167,8 @@ class ShardDataset(torch.utils.data.Dataset):
         self.mini_mask_shape = int(self.manifest["mini_mask_shape"])
         self.num_classes = int(self.manifest["num_classes"])
         self.class_names = list(self.manifest["class_names"])
+        # {label: ClassInfo(category_id, name)}; empty for shards without categories
+        self.class_map = read_class_map(self.manifest.get("class_map") or {})
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
