@@ -186,7 +186,10 @@ class EvaluateParams:
     # Also write reports/evaluate/results.json (every detection, COCO results format; for COCO
     # val with 100 detections per image that is hundreds of MB).
     write_results: bool = False
-    num_workers: int = 0  # DataLoader processes decoding the shards; 0 = in the main process
+    # Processes decoding the shards (DataLoader) and, as many again, RLE-encoding the masks
+    # (`mrcnn.coco_results.ResultsEncoder`); 0 = both in the main process.
+    num_workers: int = 0
+    backend: str = "faster"  # COCOeval: faster (faster-coco-eval, C++) | pycocotools (reference)
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -195,6 +198,7 @@ class EvaluateParams:
         check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.backend in ("faster", "pycocotools"), "backend", "must be faster | pycocotools")
 
 
 @dataclass

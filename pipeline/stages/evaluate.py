@@ -115,6 +115,7 @@ def run(
         category_ids=category_ids,
         max_images=n,
         num_workers=params.num_workers,
+        encode_workers=params.num_workers,
     )
     predict_s = time.perf_counter() - start
     image_ids = [int(v) for v in dataset.index[:n, 1]]
@@ -124,14 +125,14 @@ def run(
         total = len(coco_gt.getImgIds())
         log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
     start = time.perf_counter()
-    scores = coco_evaluate(coco_gt, results, IOU_TYPES, image_ids)
+    scores = coco_evaluate(coco_gt, results, IOU_TYPES, image_ids, backend=params.backend)
     eval_s = time.perf_counter() - start
     for iou_type, text in scores.summary.items():
         log.info("%s:\n%s", iou_type, text)
     rate = n / max(predict_s, 1e-9)
     log.info(
-        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval %.1f s",
-        *(n, len(results), predict_s, rate, model.device, eval_s),
+        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval (%s) %.1f s",
+        *(n, len(results), predict_s, rate, model.device, params.backend, eval_s),
     )
     metrics: dict[str, Any] = {
         **scores.metrics,

@@ -18,11 +18,13 @@ import logging
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mrcnn import presets, weights
@@ -152,6 +154,30 @@ def test_untrained_model_detections_inside_original_images(project: Path) -> Non
 
     first = predict_dataset(model, ds, batch_size=4, max_images=2)
     assert [r["image_id"] for r in first[::5]] == ids[:2]
+
+
+def test_box_masks_and_encode_workers_give_the_full_mask_results(project: Path) -> None:
+    """predict_dataset's fast path (masks pasted into box crops, RLE from the crops, encoded
+    by 2 worker processes) gives exactly the results of full-image masks encoded one by one
+    by pycocotools in this process."""
+    from dataclasses import replace
+
+    from mrcnn.coco_results import to_coco_results
+    from mrcnn.data import category_ids, eval_batches
+
+    ds = ShardDataset(project / "data/shards/val")
+    model = tiny_model(score_thresh=0.0)
+    fast = predict_dataset(model, ds, batch_size=3, encode_workers=2, progress=False)
+    cats = category_ids(ds.class_map)
+    reference = []
+    for batch in eval_batches(ds, 3):
+        inputs = replace(batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None)
+        detections = model.postprocess(model.predict(inputs), inputs)
+        assert isinstance(detections[0].masks, np.ndarray)
+        for image_id, det in zip(batch.image_ids.tolist(), detections, strict=True):
+            reference += to_coco_results(det, image_id, cats)
+    assert fast == reference
+    assert sum(mask_utils.area(r["segmentation"]) > 0 for r in fast) > len(fast) // 2
 
 
 def paths_under(root: Path) -> EvaluatePaths:
@@ -306,6 +332,7 @@ def test_bad_evaluate_keys(tmp_path: Path) -> None:
         ("evaluate: {num_overlays: 0}", "evaluate.num_overlays"),
         ("evaluate: {score_thresh: 1.0}", "evaluate.score_thresh"),
         ("evaluate: {device: gpu}", "evaluate.device"),
+        ("evaluate: {backend: detectron2}", "evaluate.backend"),
         ("evaluate: {batch_szie: 2}", "evaluate.batch_szie"),
     ):
         (tmp_path / "p.yaml").write_text(text)
