@@ -21,11 +21,12 @@ from mrcnn.backbone import FPNBackbone
 from mrcnn.box_masks import BoxMasks
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
+from mrcnn.detection_layer import detection_candidates
 from mrcnn.losses import total_loss
 from mrcnn.mask_paste import paste_masks_in_boxes, paste_masks_in_image
 from mrcnn.roi_heads import BoxHead, MaskHead, RoIHeads
 from mrcnn.rpn import RegionProposalNetwork, RPNHead
-from mrcnn.structures import Batch, Detections, RawDetections
+from mrcnn.structures import Batch, Detections, InferenceSteps, RawDetections
 
 
 class MaskRCNN(nn.Module):
@@ -159,13 +160,17 @@ class MaskRCNN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, batch: Batch) -> dict[str, Tensor] | RawDetections:
+    def _check_size(self, batch: Batch) -> int:
         s = batch.images.shape[-1]
         if s != self.image_size or batch.images.shape[-2] != s:
             raise ValueError(
                 f"batch images are {tuple(batch.images.shape[-2:])}, the model expects "
                 f"{self.image_size} x {self.image_size} (shards.image_size must match the model)"
             )
+        return s
+
+    def forward(self, batch: Batch) -> dict[str, Tensor] | RawDetections:
+        s = self._check_size(batch)
         with record_function("mrcnn.backbone"):
             features = self.backbone(self.normalize(batch.images, batch.windows))
         proposals, valid, rpn_losses = self.rpn(
@@ -192,6 +197,55 @@ class MaskRCNN(nn.Module):
             return self(batch)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def inference_steps(self, batch: Batch) -> InferenceSteps:
+        """Inference on a prepared batch, stage by stage, keeping each stage's output
+        (`InferenceSteps`: anchors, RPN objectness and deltas, proposals, the detection layer's
+        candidates before NMS, the detections after it). The same modules and functions as
+        `forward` (RPN head, anchor generator, proposal layer, box head, detection layer, mask
+        head), called one at a time; `.detections` equals `predict(batch)`. For pictures
+        (`mrcnn.visualize_steps`): it runs the box head twice.
+        """
+        s = self._check_size(batch)
+        was_training = self.training
+        self.eval()
+        try:
+            features = self.backbone(self.normalize(batch.images, batch.windows))
+            objectness, rpn_deltas = self.rpn.head(features)
+            anchors, counts = self.rpn.anchor_generator(s, objectness.device)
+            proposals, proposal_scores, valid = self.rpn.proposal_layer(
+                objectness, rpn_deltas, anchors, counts, batch.windows
+            )
+            heads = self.roi_heads
+            b, r = proposals.shape[:2]
+            class_logits, box_deltas = heads.box_predictions(features, s, proposals)
+            boxes, scores, labels, ok = detection_candidates(
+                class_logits.reshape(b, r, -1),
+                box_deltas.reshape(b, r, -1),
+                proposals,
+                valid,
+                batch.windows,
+                box_weights=heads.box_weights,
+                score_thresh=heads.score_thresh,
+            )
+            detections = heads.detect(features, s, proposals, valid, batch.windows)
+        finally:
+            self.train(was_training)
+        return InferenceSteps(
+            anchors=anchors,
+            anchors_per_level=list(counts),
+            objectness=objectness,
+            rpn_deltas=rpn_deltas,
+            proposals=proposals,
+            proposal_scores=proposal_scores,
+            proposal_valid=valid,
+            candidate_boxes=boxes,
+            candidate_scores=scores,
+            candidate_labels=labels,
+            candidate_ok=ok,
+            detections=detections,
+        )
 
     def postprocess(
         self, raw: RawDetections, batch: Batch, *, box_masks: bool = False

@@ -111,3 +111,33 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+@dataclass
+class InferenceSteps:
+    """Every stage's own output for one batch at inference (`MaskRCNN.inference_steps`), in the
+    padded frame, for pictures and checks (matterport's `inspect_model` walk-through).
+
+    anchors:          float [A, 4] xyxy, pyramid order; anchors_per_level: A split by level
+    objectness:       float [B, A] RPN logits; rpn_deltas: float [B, A, 4] (dx, dy, dw, dh)
+    proposals:        float [B, R, 4] after the proposal layer's NMS, sorted by score;
+                      proposal_scores [B, R] (sigmoid); proposal_valid bool [B, R]
+    candidate_boxes:  float [B, R * (K-1), 4] the detection layer's (proposal, class) boxes;
+                      candidate_scores [B, R * (K-1)]; candidate_labels int64 [R * (K-1)];
+                      candidate_ok bool [B, R * (K-1)]: above the score threshold (before NMS)
+    detections:       `RawDetections` [B, D, ...] after the per-class NMS and top D, with
+                      mask probabilities: exactly what `MaskRCNN.predict` returns
+    """
+
+    anchors: Tensor
+    anchors_per_level: list[int]
+    objectness: Tensor
+    rpn_deltas: Tensor
+    proposals: Tensor
+    proposal_scores: Tensor
+    proposal_valid: Tensor
+    candidate_boxes: Tensor
+    candidate_scores: Tensor
+    candidate_labels: Tensor
+    candidate_ok: Tensor
+    detections: RawDetections
