@@ -180,6 +180,7 @@ class EvaluateParams:
 
     batch_size: int = 8
     num_overlays: int = 8  # val images drawn (prediction next to ground truth) in overlays.png
+    num_step_images: int = 2  # val images drawn step by step in steps/ (0 = none)
     score_thresh: float = -1.0  # < 0: the model's own inference.score_thresh
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     max_images: int = 0  # the first N val images only; 0 = all
@@ -194,6 +195,7 @@ class EvaluateParams:
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(1 <= self.num_overlays <= 64, "num_overlays", "must be in 1..64")
+        check(0 <= self.num_step_images <= 16, "num_step_images", "must be in 0..16")
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")

@@ -10,8 +10,9 @@
 3. Writes `metrics/eval.json`: `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
    "segm": {...}}` straight from `COCOeval.stats` (COCO writes -1 where an area range has no
    ground truth), plus `per_category`, `num_images`, `num_detections`, `score_thresh`.
-4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`) and logs the numbers and pictures
-   into the training's MLflow run (`pipeline.tracking.runs`).
+4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`; `steps/`: the model step by
+   step on `evaluate.num_step_images` val images, `mrcnn.visualize_steps`) and logs the
+   numbers and pictures into the training's MLflow run (`pipeline.tracking.runs`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from mrcnn.evaluation import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import layout
 from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section, resolve_device
-from pipeline.reporting.evaluate import draw_overlays, overlay_indices, write_reports
+from pipeline.reporting.evaluate import (
+    draw_overlays,
+    draw_steps,
+    overlay_indices,
+    write_reports,
+)
 from pipeline.tracking import runs, store
 
 log = logging.getLogger(__name__)
@@ -144,7 +150,10 @@ def run(
     overlays = draw_overlays(
         dataset, overlay_indices(n, params.num_overlays), coco_gt, results, category_ids
     )
-    write_reports(paths.reports_dir, scores, overlays, results if params.write_results else None)
+    steps = draw_steps(model, dataset, overlay_indices(n, params.num_step_images))
+    write_reports(
+        paths.reports_dir, scores, overlays, results if params.write_results else None, steps
+    )
     write_json_atomic(paths.metrics_out, metrics)
     log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
     if tracking_uri is not None:

@@ -233,7 +233,16 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
         assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
 
     files = sorted(p.name for p in paths.reports_dir.iterdir())
-    assert files == sorted([*PICTURES, "pr.csv", "results.json"])
+    assert files == sorted([*PICTURES, "pr.csv", "results.json", "steps"])
+    # the model step by step on num_step_images (2) val images spread as the overlays
+    first_two = [int(ShardDataset(paths.shards_dir).index[i, 1]) for i in (0, 6)]
+    steps = sorted(p.name for p in (paths.reports_dir / "steps").iterdir())
+    assert steps == sorted(
+        f"{i}_{n}.png" for i in first_two for n in ("1_rpn", "2_detections", "3_masks")
+    )
+    for name in steps:
+        with Image.open(paths.reports_dir / "steps" / name) as im:
+            assert im.mode == "RGB" and min(im.size) > 200
     for name in PICTURES:
         with Image.open(paths.reports_dir / name) as im:
             assert im.mode == "RGB" and min(im.size) > 200
@@ -258,7 +267,9 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
     )
     assert logged.tags["evaluate.batch_size"] == "4"
     artifacts = {a.path for a in client.list_artifacts(train_id, "evaluate")}
-    assert {f"evaluate/{n}" for n in (*PICTURES, "eval.json", "pr.csv")} <= artifacts
+    assert {f"evaluate/{n}" for n in (*PICTURES, "eval.json", "pr.csv", "steps")} <= artifacts
+    logged_steps = {a.path for a in client.list_artifacts(train_id, "evaluate/steps")}
+    assert logged_steps == {f"evaluate/steps/{n}" for n in steps}
 
 
 def test_main_without_training_run_and_without_detections(
