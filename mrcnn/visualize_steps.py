@@ -157,9 +157,10 @@ def draw_mask_steps(
         ax.set_title(f"{name} {float(det.scores[i][keep][j]):.2f}", fontsize=7)
         ax.set_axis_off()
         ax = fig.add_subplot(grid[1, j])
-        ax.imshow(probs[j].cpu().numpy() >= threshold, cmap="gray")
+        ax.imshow(probs[j].cpu().numpy() >= threshold, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f">= {threshold:g}", fontsize=7)
-        ax.set_axis_off()
+        ax.set_xticks([])  # a frame, so that an all-white mask shows
+        ax.set_yticks([])
     ax = fig.add_subplot(grid[:, max(n, 1) :])
     pasted = draw_instances(image, boxes.cpu().numpy(), masks, labels, class_names, show_text=False)
     _panel(
