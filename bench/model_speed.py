@@ -1,48 +1,96 @@
 """Training and inference speed: ours vs torchvision's `maskrcnn_resnet50_fpn`.
 
 Same device, same input size, same batch, same architecture (ResNet-50 FPN, frozen BN, top 3
-stages trained, as when fine-tuning from ImageNet/COCO weights), same synthetic scenes. Prints
-images/s for each and the ratio ours / torchvision, then where our time goes per stage (profiler
-ranges `mrcnn.*`).
+stages trained, as when fine-tuning from ImageNet/COCO weights), same synthetic scenes, the same
+random weights in both. For each variant and phase (train, infer): images/s, ms per step, peak
+GPU memory, per-stage times (backbone, RPN, RoI heads, backward, optimizer, postprocess; CUDA
+events on GPU), our profiler ranges `mrcnn.*`, the top ops by device time and the host-sync
+calls per step; then the ratios ours / torchvision at equal precision.
 
     python bench/model_speed.py                               # CPU, 512 px, batch 2
-    python bench/model_speed.py --device cuda --size 1024 --batch 8 --amp --compile --channels-last
+    python bench/model_speed.py --device cuda --size 1024 --batch 8 \\
+        --variants ours_bf16,tv_bf16,ours_bf16_compile_cl,ours_fp32,tv_fp32 --json speed.json
+    python bench/model_speed.py --device cuda --size 1024 --batch 1 --phases infer \\
+        --variants ours_bf16,ours_bf16_compile_cl,ours_bf16_compile_ro,tv_bf16  # latency
 
---amp runs both models under bf16 autocast; --compile / --channels-last apply to ours only
-(torchvision's per-image list API does not compile into static graphs).
+Variants (`--variants`, comma-separated, or `all`): ours_fp32, ours_bf16, ours_bf16_cl,
+ours_bf16_compile_cl (torch.compile of the static parts, default mode, channels_last),
+ours_bf16_compile_ro (the same with mode="reduce-overhead": CUDA graphs), tv_fp32, tv_bf16.
+Without --variants, --amp / --compile / --channels-last describe one "ours" variant, measured
+against "torchvision" (with --amp too). The JSON file is rewritten after every variant, so a
+run stopped part-way keeps what it measured; a variant that fails records its error and the run
+goes on.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import gc
+import os
 import platform
+import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torchvision.models import resnet50
+from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN as TVMaskRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
+from bench.stages import (  # noqa: E402
+    median_stages,
+    ours_infer_stages,
+    ours_train_stages,
+    tv_infer_stages,
+    tv_train_stages,
+)
 from mrcnn import presets  # noqa: E402
 from mrcnn.data.minimask import boxes_from_masks, make_mini_masks  # noqa: E402
+from mrcnn.fileio import write_json_atomic  # noqa: E402
 from mrcnn.model import build_model  # noqa: E402
+from mrcnn.solver import fused_available  # noqa: E402
 from mrcnn.structures import Batch  # noqa: E402
 from mrcnn.weights import load_torchvision  # noqa: E402
 
 MAX_GT = 8
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+COPY_CALLS = ("cudaMemcpyAsync",)
 
 
-def scenes(batch: int, size: int, seed: int = 0):
+@dataclass(frozen=True)
+class Variant:
+    model: str  # ours | torchvision
+    amp: bool = False  # bf16 autocast
+    compile: str = ""  # "" = eager; else the torch.compile mode ("default", "reduce-overhead")
+    channels_last: bool = False
+
+
+VARIANTS = {
+    "ours_fp32": Variant("ours"),
+    "ours_bf16": Variant("ours", amp=True),
+    "ours_bf16_cl": Variant("ours", amp=True, channels_last=True),
+    "ours_bf16_compile_cl": Variant("ours", amp=True, compile="default", channels_last=True),
+    "ours_bf16_compile_ro": Variant(
+        "ours", amp=True, compile="reduce-overhead", channels_last=True
+    ),
+    "tv_fp32": Variant("torchvision"),
+    "tv_bf16": Variant("torchvision", amp=True),
+}
+
+
+def scenes(batch: int, size: int, seed: int = 0, num_classes: int = 91):
     """`batch` images with 3..6 ellipses: images uint8 [B,S,S,3], masks [N,S,S] and labels each."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -57,7 +105,7 @@ def scenes(batch: int, size: int, seed: int = 0):
             img[ms[-1]] = rng.integers(0, 255, 3)
         images.append(img)
         masks.append(np.stack(ms))
-        labels.append(rng.integers(1, 91, len(ms)))
+        labels.append(rng.integers(1, num_classes, len(ms)))
     return np.stack(images), masks, labels
 
 
@@ -87,11 +135,27 @@ def our_batch(images, masks, labels, device) -> Batch:
     ).to(device)
 
 
-def torchvision_model(size: int, score_thresh: float) -> TVMaskRCNN:
-    body = resnet50(norm_layer=FrozenBatchNorm2d)
+# --light: the same architecture with fewer classes, proposals, RoIs and detections, for smoke
+# tests on a small CPU (torchvision's keyword names; our preset takes the same).
+LIGHT = {
+    "num_classes": 4,
+    "rpn_pre_nms_top_n_train": 100,
+    "rpn_post_nms_top_n_train": 50,
+    "rpn_pre_nms_top_n_test": 100,
+    "rpn_post_nms_top_n_test": 50,
+    "box_batch_size_per_image": 32,
+    "box_detections_per_img": 10,
+}
+
+
+def torchvision_model(
+    size: int, score_thresh: float, arch: str = "resnet50", light: bool = False
+) -> TVMaskRCNN:
+    body = getattr(resnet, arch)(norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(body, trainable_layers=3)
+    kwargs = dict(LIGHT) if light else {"num_classes": 91}
     return TVMaskRCNN(
-        backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=score_thresh
+        backbone, min_size=size, max_size=size, box_score_thresh=score_thresh, **kwargs
     )
 
 
@@ -100,45 +164,240 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step, iters: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of `step`, after `warmup` calls."""
-    for _ in range(warmup):
+def timed(step, iters: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds of the first warm-up call, seconds per call of `step` after `warmup` calls)."""
+    t0 = time.perf_counter()
+    for i in range(warmup):
         step()
+        if i == 0:
+            _sync(device)
+            first = time.perf_counter() - t0
     _sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
     _sync(device)
-    return (time.perf_counter() - start) / iters
+    return (first if warmup else 0.0), (time.perf_counter() - start) / iters
 
 
-def stage_times(step, device: torch.device, steps: int = 2) -> dict[str, float]:
-    """Mean ms per step of each `mrcnn.*` profiler range (device time on GPU, CPU time else)."""
+def profile_step(step, device: torch.device, steps: int = 2, trace: Path | None = None) -> dict:
+    """Profiler summary per step: `mrcnn.*` ranges (CPU and device ms), the top ops by self
+    device time (CUDA) or self CPU time, and the host-sync / copy calls (CUDA)."""
     acts = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(steps):
             step()
         _sync(device)
-    out: dict[str, float] = defaultdict(float)
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
+    ranges: dict[str, dict[str, float]] = {}
+    ops, calls = [], {}
     for ev in prof.key_averages():
         if ev.key.startswith("mrcnn."):
-            t = ev.device_time_total if device.type == "cuda" else ev.cpu_time_total
-            out[ev.key[len("mrcnn.") :]] += t / 1000 / steps
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+            r = ranges.setdefault(ev.key[len("mrcnn.") :], {"cpu_ms": 0.0, "device_ms": 0.0})
+            r["cpu_ms"] += ev.cpu_time_total / 1000 / steps
+            r["device_ms"] += ev.device_time_total / 1000 / steps
+            continue
+        if ev.key in SYNC_CALLS + COPY_CALLS:
+            calls[ev.key] = ev.count / steps
+        self_t = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        ops.append((ev.key, self_t / 1000 / steps, ev.count / steps))
+    ops.sort(key=lambda o: -o[1])
+    top = [{"op": k[:120], "self_ms": round(t, 3), "calls": c} for k, t, c in ops[:15]]
+    ranges = {k: {n: round(v, 3) for n, v in r.items()} for k, r in ranges.items()}
+    return {"ranges": ranges, "top_ops": top, "host_calls_per_step": calls}
 
 
-def main() -> None:
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def build_variant(v: Variant, args, state_dict: dict, device: torch.device):
+    """The model of variant `v` on `device`, with the shared weights loaded."""
+    if v.model == "torchvision":
+        model = torchvision_model(args.size, args.score_thresh, args.arch, args.light)
+        model.load_state_dict(state_dict)
+        return model.to(device)
+    cfg = presets.torchvision_r50_fpn(
+        image_size=args.size,
+        box_score_thresh=args.score_thresh,
+        backbone={"arch": args.arch, "norm": "frozen_bn", "trainable_stages": 3},
+        **(LIGHT if args.light else {}),
+    )
+    model = build_model(cfg)
+    load_torchvision(model, state_dict)
+    model.to(device)
+    if v.channels_last:
+        model.use_channels_last()
+    if v.compile:
+        kwargs: dict[str, Any] = {"backend": args.compile_backend}
+        if v.compile != "default":
+            kwargs["mode"] = v.compile
+        model.compile_static(**kwargs)
+    return model
+
+
+def optimizer_for(model, device: torch.device) -> torch.optim.Optimizer:
+    """SGD over the trainable parameters, fused where the device supports it (as the pipeline)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=1e-4, momentum=0.9, fused=fused_available(device))
+
+
+def run_variant(name: str, v: Variant, args, data, state_dict, device) -> dict[str, Any]:
+    """Measure one variant: {phase: {images_per_s, ms_per_iter, peak_memory_gb, ...}}."""
+    images, masks, labels = data
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if v.amp else nullcontext()
+    t_build = time.perf_counter()
+    model = build_variant(v, args, state_dict, device)
+    out: dict[str, Any] = {"config": asdict(v), "build_s": round(time.perf_counter() - t_build, 2)}
+    opt = optimizer_for(model, device)
+
+    def begin() -> None:
+        """A new step for CUDA graph trees: earlier steps' graph outputs may be overwritten."""
+        if v.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+
+    if v.model == "ours":
+        batch = our_batch(images, masks, labels, device)
+
+        def train():
+            begin()
+            with amp:
+                loss = model.total_loss(model(batch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        @torch.no_grad()
+        def infer():
+            begin()
+            with amp:
+                model.postprocess(model(batch), batch)  # includes pasting masks at full size
+
+        def train_staged(clock):
+            begin()
+            ours_train_stages(model, batch, opt, amp, clock)
+
+        def infer_staged(clock):
+            begin()
+            ours_infer_stages(model, batch, amp, clock)
+    else:
+        tv_images = [
+            torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images
+        ]
+        tv_targets = [
+            {
+                "boxes": torch.from_numpy(boxes_from_masks(m)).to(device),
+                "labels": torch.from_numpy(lb).to(device),
+                "masks": torch.from_numpy(m).to(torch.uint8).to(device),
+            }
+            for m, lb in zip(masks, labels, strict=True)
+        ]
+
+        def train():
+            with amp:
+                loss = sum(model(tv_images, tv_targets).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        @torch.no_grad()
+        def infer():
+            with amp:
+                model(tv_images)
+
+        def train_staged(clock):
+            tv_train_stages(model, tv_images, tv_targets, opt, amp, clock)
+
+        def infer_staged(clock):
+            tv_infer_stages(model, tv_images, amp, clock)
+
+    steps: dict[str, tuple[Callable, Callable]] = {
+        "train": (train, train_staged),
+        "infer": (infer, infer_staged),
+    }
+    warmup = args.warmup + (args.compile_warmup if v.compile else 0)
+    for phase in args.phases:
+        step, staged = steps[phase]
+        model.train(phase == "train")
+        _reset_peak(device)
+        first_s, per_iter = timed(step, args.iters, warmup, device)
+        r: dict[str, Any] = {
+            "images_per_s": round(args.batch / per_iter, 3),
+            "ms_per_iter": round(per_iter * 1000, 3),
+            "ms_per_image": round(per_iter * 1000 / args.batch, 3),
+            "first_call_s": round(first_s, 2),  # includes compilation for compiled variants
+            "iters": args.iters,
+            "warmup": warmup,
+            "peak_memory_gb": _peak_gb(device),
+        }
+        r["stage_ms"] = median_stages(staged, device, steps=args.stage_steps)
+        if args.profile_steps:
+            trace = args.trace if (args.trace and name == args.trace_variant) else None
+            trace = trace if phase == "train" else None
+            r["profile"] = profile_step(step, device, args.profile_steps, trace)
+        out[phase] = r
+        print(
+            f"  {name:22s} {phase:5s} {r['images_per_s']:9.2f} img/s  "
+            f"{r['ms_per_image']:9.2f} ms/img  first call {first_s:6.1f} s  "
+            f"peak {r['peak_memory_gb'] or 0:6.2f} GB",
+            flush=True,
+        )
+    model = opt = None  # free the GPU memory before the next variant
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def ratios(variants: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """images/s of every ours variant over torchvision's at the same precision, per phase."""
+    out: dict[str, dict[str, float]] = {}
+    for phase in ("train", "infer"):
+        for name, r in variants.items():
+            if r.get("config", {}).get("model") != "ours" or phase not in r:
+                continue
+            for tv_name, t in variants.items():
+                same_amp = t.get("config", {}).get("amp") == r["config"]["amp"]
+                if t.get("config", {}).get("model") == "torchvision" and same_amp and phase in t:
+                    ratio = r[phase]["images_per_s"] / t[phase]["images_per_s"]
+                    out.setdefault(phase, {})[f"{name}/{tv_name}"] = round(ratio, 3)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument(
+        "--compile-warmup",
+        type=int,
+        default=3,
+        help="extra warm-up calls for compiled variants (recompiles for new shapes)",
+    )
+    ap.add_argument("--variants", default="", help="comma-separated names, or 'all' (see above)")
+    ap.add_argument("--phases", default="train,infer", help="train, infer or both")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast for both models")
     ap.add_argument("--compile", action="store_true", help="torch.compile our static parts")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
+    ap.add_argument("--arch", default="resnet50", help="ResNet of both models (tests: resnet18)")
+    ap.add_argument("--light", action="store_true", help="fewer classes/RoIs (CPU smoke tests)")
+    ap.add_argument("--stage-steps", type=int, default=3, help="steps for the per-stage median")
+    ap.add_argument("--profile-steps", type=int, default=2, help="profiled steps (0 = none)")
+    ap.add_argument("--trace", type=Path, help="chrome trace of --trace-variant's training")
+    ap.add_argument("--trace-variant", default="ours_bf16")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument(
         "--score-thresh",
@@ -147,103 +406,106 @@ def main() -> None:
         help="detection score threshold of both models (0: 100 detections each)",
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.phases = [p for p in args.phases.split(",") if p]
+    if not args.phases or not set(args.phases) <= {"train", "infer"}:
+        ap.error("--phases takes train, infer or train,infer")
+    if args.variants == "all":
+        args.variants = "ours_bf16,tv_bf16,ours_fp32,tv_fp32,ours_bf16_compile_cl"
+    if args.variants:
+        names = [n for n in args.variants.split(",") if n]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+        args.variant_list = [(n, VARIANTS[n]) for n in names]
+    else:  # the flags describe one of ours, against torchvision at the same precision
+        mode = "default" if args.compile else ""
+        ours = Variant("ours", amp=args.amp, compile=mode, channels_last=args.channels_last)
+        args.variant_list = [("ours", ours), ("torchvision", Variant("torchvision", amp=args.amp))]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    images, masks, labels = scenes(args.batch, args.size)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else nullcontext()
-
-    # Same weights in both (torchvision's random init loaded into ours), so both models find the
-    # same proposals and detections and do the same amount of work.
-    tv = torchvision_model(args.size, args.score_thresh).to(device)
-    cfg = presets.torchvision_r50_fpn(image_size=args.size, box_score_thresh=args.score_thresh)
-    ours = build_model(cfg)
-    load_torchvision(ours, tv.state_dict())
-    ours.to(device)
-    if args.channels_last:
-        ours.use_channels_last()
-    if args.compile:
-        ours.compile_static(mode="max-autotune-no-cudagraphs" if device.type == "cuda" else None)
-    batch = our_batch(images, masks, labels, device)
-    tv_images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
-    tv_targets = [
-        {
-            "boxes": torch.from_numpy(boxes_from_masks(m)).to(device),
-            "labels": torch.from_numpy(lb).to(device),
-            "masks": torch.from_numpy(m).to(torch.uint8).to(device),
-        }
-        for m, lb in zip(masks, labels, strict=True)
-    ]
-    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
-    opt_tv = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=1e-4)
-
-    def train_ours():
-        with amp:
-            loss = ours.total_loss(ours(batch))
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
-
-    def train_tv():
-        with amp:
-            loss = sum(tv(tv_images, tv_targets).values())
-        opt_tv.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_tv.step()
-
-    @torch.no_grad()
-    def infer_ours():
-        with amp:
-            ours.postprocess(ours(batch), batch)  # includes pasting masks at full size
-
-    @torch.no_grad()
-    def infer_tv():
-        with amp:
-            tv(tv_images)
-
-    results: dict = {
+    data = scenes(args.batch, args.size, num_classes=LIGHT["num_classes"] if args.light else 91)
+    # Same weights in every variant (torchvision's random init, loaded into ours), so all find
+    # the same proposals and detections and do the same amount of work.
+    state_dict = torchvision_model(args.size, args.score_thresh, args.arch, args.light).state_dict()
+    results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "size": args.size,
         "batch": args.batch,
-        "amp": args.amp,
-        "compile": args.compile,
-        "channels_last": args.channels_last,
+        "arch": args.arch,
+        "light": args.light,
+        "iters": args.iters,
+        "phases": args.phases,
         "score_thresh": args.score_thresh,
         "commit": _commit(),
+        "command": " ".join(sys.argv),
+        "variants": {},
     }
-    ours.train()
-    tv.train()
-    t_ours = timed(train_ours, args.iters, args.warmup, device)
-    t_tv = timed(train_tv, args.iters, args.warmup, device)
-    results["train_images_per_s"] = {"ours": args.batch / t_ours, "torchvision": args.batch / t_tv}
-    results["train_stage_ms"] = stage_times(train_ours, device)
-    ours.eval()
-    tv.eval()
-    t_ours = timed(infer_ours, args.iters, args.warmup, device)
-    t_tv = timed(infer_tv, args.iters, args.warmup, device)
-    results["infer_images_per_s"] = {"ours": args.batch / t_ours, "torchvision": args.batch / t_tv}
-    results["infer_stage_ms"] = stage_times(infer_ours, device)
+    print(f"device: {results['device']}  torch {results['torch']}  commit {results['commit']}")
+    print(f"input {args.size} px, batch {args.batch}, {args.arch}", flush=True)
+    signal.signal(signal.SIGTERM, _stop)  # a step timeout: keep what was measured
+    for name, v in args.variant_list:
+        try:
+            results["variants"][name] = run_variant(name, v, args, data, state_dict, device)
+        except Stopped as e:
+            results["variants"][name] = {"config": asdict(v), "error": f"stopped: {e}"}
+            if args.json:
+                write_json_atomic(args.json, results)
+            print(f"  {name}: stopped ({e})", flush=True)
+            break
+        except Exception as e:  # record it and go on with the next variant
+            tb = traceback.format_exc()
+            print(f"  {name}: FAILED {type(e).__name__}: {e}\n{tb}", flush=True)
+            results["variants"][name] = {
+                "config": asdict(v),
+                "error": f"{type(e).__name__}: {e}"[:2000],
+                "traceback": tb[-4000:],
+            }
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results["ratios"] = ratios(results["variants"])
+        if args.json:
+            write_json_atomic(args.json, results)
     _print(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+class Stopped(Exception):
+    """SIGTERM arrived (the caller's timeout)."""
+
+
+def _stop(signum, frame) -> None:
+    raise Stopped(f"signal {signum}")
 
 
 def _print(r: dict) -> None:
-    flags = [k for k in ("amp", "compile", "channels_last") if r[k]] or ["eager fp32"]
-    print(f"device: {r['device']}  torch {r['torch']}  commit {r['commit']}")
-    print(f"input {r['size']} px, batch {r['batch']}, {' + '.join(flags)}")
-    for phase in ("train", "infer"):
-        ips = r[f"{phase}_images_per_s"]
-        ratio = ips["ours"] / ips["torchvision"]
+    print(f"\n{'variant':22s} {'phase':5s} {'img/s':>9s} {'ms/img':>9s} {'peak GB':>8s}  stages ms")
+    for name, v in r["variants"].items():
+        if "error" in v:
+            print(f"{name:22s} FAILED: {v['error'][:150]}")
+            continue
+        for phase in r["phases"]:
+            p = v[phase]
+            stages = ", ".join(f"{k} {t:.1f}" for k, t in p["stage_ms"].items())
+            peak = p["peak_memory_gb"] if p["peak_memory_gb"] is not None else float("nan")
+            print(
+                f"{name:22s} {phase:5s} {p['images_per_s']:9.2f} {p['ms_per_image']:9.2f} "
+                f"{peak:8.2f}  {stages}"
+            )
+    for phase, rs in r.get("ratios", {}).items():
         print(
-            f"{phase:5s}  ours {ips['ours']:8.2f} img/s   torchvision {ips['torchvision']:8.2f} "
-            f"img/s   ratio {ratio:5.2f}x"
+            f"{phase} ratios (ours / torchvision): "
+            + ", ".join(f"{k} {x:.2f}x" for k, x in rs.items())
         )
-        stages = ", ".join(f"{k} {v:.0f}" for k, v in r[f"{phase}_stage_ms"].items())
-        print(f"       ours per step (ms, forward stages): {stages}")
 
 
 def _cpu_name() -> str:
@@ -257,6 +519,8 @@ def _cpu_name() -> str:
 
 
 def _commit() -> str:
+    if os.environ.get("GPU_CHECK_COMMIT"):  # the GPU machine gets the tree without .git
+        return os.environ["GPU_CHECK_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -59,23 +59,40 @@ def scale_schedule(
     )
 
 
+def fused_available(device: torch.device | str) -> bool:
+    """Whether `build_optimizer` fuses the update into one kernel on `device` (CUDA only: the
+    per-parameter loop of SGD / AdamW costs hundreds of small launches per step on a GPU)."""
+    return torch.device(device).type == "cuda"
+
+
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """SGD or AdamW over the trainable parameters; no weight decay on biases and norm scales
-    (1-d parameters), as Detectron does for norms."""
+    (1-d parameters), as Detectron does for norms.
+
+    fused: one fused kernel per step (`torch.optim`'s `fused=True`); None = when every trainable
+    parameter is on a device where `fused_available` (build the optimiser after `model.to`)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.dim() <= 1 else decay).append(p)
+    if fused is None:
+        fused = bool(decay or no_decay) and all(fused_available(p.device) for p in decay + no_decay)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    extra = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, **extra)
     raise ValueError(f"unknown optimizer '{name}' (expected sgd or adamw)")
 
 
