@@ -1,8 +1,15 @@
-"""COCO evaluation: `COCOeval` (pycocotools) for bbox, segm and keypoint AP, per category, with
-the precision / recall arrays kept for plots.
+"""COCO evaluation: `COCOeval` for bbox, segm and keypoint AP, per category, with the precision
+/ recall arrays kept for plots.
 
     scores = coco_evaluate(COCO("instances_val.json"), results)   # results: mrcnn.coco_results
     scores.metrics["segm"]["AP"]          # = COCOeval.stats[0]
+
+Two backends compute the same numbers (tests/mrcnn/test_coco_eval.py holds them to 1e-6 on
+stats and per-category precision, crowd regions and empty categories included):
+- "faster" (default): faster-coco-eval's `COCOeval_faster`, pycocotools' algorithm with the
+  per-image matching and the accumulation in C++ (several times faster on COCO val, see
+  docs/benchmarks.md);
+- "pycocotools": the reference implementation.
 
 Shape shorthand: T IoU thresholds (.50:.05:.95, 10), R recall thresholds (0:.01:1, 101),
 K categories, A area ranges (all, small < 32^2, medium, large > 96^2 px), M max detections
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +45,7 @@ log = logging.getLogger(__name__)
 
 IOU_TYPES = ("bbox", "segm")  # the default: what a Mask R-CNN is evaluated on
 ALL_IOU_TYPES = ("bbox", "segm", "keypoints")
+BACKENDS = ("faster", "pycocotools")
 # COCOeval.stats[0:6]: AP over IoU .50:.95, at .50, at .75, then small / medium / large objects.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCOeval.stats[0:5] for keypoints (no small range: keypoints are only labelled on larger people).
@@ -52,6 +61,8 @@ class CocoScores:
                    over IoU .50:.95 (area all, 100 detections), None for a category without
                    ground truth; a name two categories share gets its id: "name (id)"
     precision:     {iou_type: float [T, R, K, A, M]} = COCOeval.eval["precision"] (-1 undefined)
+    stats:         {iou_type: float [12]} = COCOeval.stats: the six APs of `metrics`, then AR
+                   at 1, 10, 100 detections and AR small / medium / large
     iou_thresholds float [T]; recall_thresholds float [R]
     summary:       {iou_type: the table COCOeval.summarize() prints}
     """
@@ -59,6 +70,7 @@ class CocoScores:
     metrics: dict[str, dict[str, float]]
     per_category: dict[str, dict[str, float | None]]
     precision: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
     summary: dict[str, str]
@@ -74,6 +86,8 @@ def coco_evaluate(
     iou_types: Sequence[str] = IOU_TYPES,
     image_ids: Sequence[int] | None = None,
     oks_sigmas: Sequence[float] | None = None,
+    *,
+    backend: str = "faster",
 ) -> CocoScores:
     """`COCOeval` of COCO `results` against `coco_gt` for each of `iou_types`.
 
@@ -85,6 +99,7 @@ def coco_evaluate(
                per keypoint of the ground truth's categories
     "segm" ranks results by their "segm_score" where they have one (Mask Scoring R-CNN),
     "keypoints" evaluates the results that have "keypoints".
+    backend:   "faster" (faster-coco-eval's C++ COCOeval) or "pycocotools" (the reference)
     An empty `results` is evaluated as "nothing detected" (AP 0 wherever there is ground truth),
     with a warning, instead of pycocotools' `loadRes` failing on it.
     """
@@ -93,6 +108,8 @@ def coco_evaluate(
             raise ValueError(f"iou_types must be among {ALL_IOU_TYPES}, got {t!r}")
     if not iou_types:
         raise ValueError("iou_types is empty")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     known = set(coco_gt.getImgIds())
     ids = sorted(known) if image_ids is None else sorted({int(i) for i in image_ids})
     strangers = sorted(({int(r["image_id"]) for r in results} | set(ids)) - known)
@@ -105,23 +122,17 @@ def coco_evaluate(
         log.warning("no detections at all: every AP is 0 (or -1 where there is no ground truth)")
     metrics: dict[str, dict[str, float]] = {}
     precision: dict[str, np.ndarray] = {}
+    stats: dict[str, np.ndarray] = {}
     summary: dict[str, str] = {}
     for iou_type in iou_types:
         copies = _results_for(iou_type, results)
-        text = io.StringIO()
-        with contextlib.redirect_stdout(text):  # pycocotools prints its progress
-            ev = COCOeval(coco_gt, _load_results(coco_gt, copies), iouType=iou_type)
-            ev.params.imgIds = ids
-            if iou_type == "keypoints":
-                ev.params.kpt_oks_sigmas = _oks_sigmas(coco_gt, oks_sigmas)
-            ev.evaluate()
-            ev.accumulate()
-            summary_start = text.tell()
-            ev.summarize()
-        summary[iou_type] = text.getvalue()[summary_start:].rstrip()
+        sigmas = _oks_sigmas(coco_gt, oks_sigmas) if iou_type == "keypoints" else None
+        run = _run_faster if backend == "faster" else _run_pycocotools
+        ev, summary[iou_type] = run(coco_gt, copies, iou_type, ids, sigmas)
         names = KEYPOINT_METRIC_NAMES if iou_type == "keypoints" else METRIC_NAMES
         metrics[iou_type] = {k: float(v) for k, v in zip(names, ev.stats, strict=False)}
         precision[iou_type] = np.asarray(ev.eval["precision"])
+        stats[iou_type] = np.asarray(ev.stats[:12], dtype=np.float64)
     params = ev.params
     names = [str(coco_gt.cats[c]["name"]) for c in params.catIds]
     per_category: dict[str, dict[str, float | None]] = {}
@@ -135,6 +146,7 @@ def coco_evaluate(
         metrics=metrics,
         per_category=per_category,
         precision=precision,
+        stats=stats,
         iou_thresholds=np.asarray(params.iouThrs),
         recall_thresholds=np.asarray(params.recThrs),
         summary=summary,
@@ -180,17 +192,90 @@ COCO_PERSON_OKS_SIGMAS = tuple(
 )
 
 
-def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
+def _run_pycocotools(
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    iou_type: str,
+    ids: list[int],
+    oks_sigmas: np.ndarray | None = None,
+) -> tuple[COCOeval, str]:
+    """pycocotools' evaluate, accumulate, summarize -> the evaluator and its summary table."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):  # pycocotools prints its progress
+        ev = COCOeval(coco_gt, _load_results(coco_gt, results, COCO), iouType=iou_type)
+        ev.params.imgIds = ids
+        if oks_sigmas is not None:
+            ev.params.kpt_oks_sigmas = oks_sigmas
+        ev.evaluate()
+        ev.accumulate()
+        summary_start = text.tell()
+        ev.summarize()
+    return ev, text.getvalue()[summary_start:].rstrip()
+
+
+def _run_faster(
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    iou_type: str,
+    ids: list[int],
+    oks_sigmas: np.ndarray | None = None,
+) -> tuple[Any, str]:
+    """faster-coco-eval's evaluate, accumulate, summarize -> the evaluator and its summary."""
+    import faster_coco_eval
+
+    gt = _faster_ground_truth(coco_gt)
+    lines: list[str] = []
+    ev = faster_coco_eval.COCOeval_faster(
+        gt,
+        _load_results(gt, results, faster_coco_eval.COCO),
+        iouType=iou_type,
+        print_function=lambda *a: None,
+    )
+    ev.params.imgIds = ids
+    if oks_sigmas is not None:
+        ev.params.kpt_oks_sigmas = oks_sigmas
+    ev.evaluate()
+    ev.accumulate()
+    ev.print_function = lines.append
+    ev.summarize()
+    return ev, "\n".join(str(line) for line in lines)
+
+
+# faster-coco-eval's own COCO index of each ground truth, built once per `COCO` object: its
+# evaluator adds fields ("ignore", the masks' RLE) to the annotations it reads, so it gets
+# copies, and the RLEs it caches there are reused by the next evaluation (periodic validation).
+_FASTER_GT: weakref.WeakKeyDictionary[COCO, Any] = weakref.WeakKeyDictionary()
+
+
+def _faster_ground_truth(coco_gt: COCO) -> Any:
+    import faster_coco_eval
+
+    gt = _FASTER_GT.get(coco_gt)
+    if gt is None:
+        gt = faster_coco_eval.COCO()
+        gt.print_function = lambda *a: None
+        gt.dataset = {
+            **coco_gt.dataset,
+            "annotations": [dict(a) for a in coco_gt.dataset.get("annotations", [])],
+        }
+        gt.createIndex()
+        _FASTER_GT[coco_gt] = gt
+    return gt
+
+
+def _load_results(coco_gt: Any, results: list[dict[str, Any]], coco_class: type) -> Any:
     """`coco_gt.loadRes(results)`, or an empty results set (which `loadRes` cannot build)."""
     if results:
-        return coco_gt.loadRes(results)
-    empty = COCO()
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(results)
+    empty = coco_class()
     empty.dataset = {
         "images": list(coco_gt.dataset["images"]),
         "categories": list(coco_gt.dataset["categories"]),
         "annotations": [],
     }
-    empty.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):
+        empty.createIndex()
     return empty
 
 

@@ -3,23 +3,31 @@
 One result per instance: `{"image_id", "category_id", "bbox": [x, y, w, h], "score",
 "segmentation": RLE}` where the RLE is `pycocotools.mask.encode` of the instance mask with its
 `counts` decoded to a string (JSON-safe). Encoding is lossless: `decode_masks(encode_masks(m))`
-gives `m` back.
+gives `m` back. Masks kept as box crops (`mrcnn.box_masks.BoxMasks`, from
+`MaskRCNN.postprocess(..., box_masks=True)`) are encoded from the crops, with the same bytes.
 
 Keypoint models add `"keypoints": [x1, y1, s1, x2, y2, s2, ...]` (COCO's flat layout; the third
 value of each is the keypoint's score where COCO's ground truth has its visibility, as detectron2
 writes them; COCOeval reads only x and y). Mask Scoring R-CNN models add `"segm_score"`, the
 mask's own score, which `mrcnn.coco_eval.coco_evaluate` ranks the segm results by (the bbox
 results keep `"score"`). A model without a mask head writes no `"segmentation"`.
+
+`ResultsEncoder` runs `to_coco_results` over worker processes while the caller goes on
+detecting (COCO val: 500,000 masks to encode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import multiprocessing
+from collections import deque
+from collections.abc import Mapping, Sequence
+from multiprocessing.pool import AsyncResult, Pool
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from mrcnn.box_masks import BoxMasks, encode_box_masks
 from mrcnn.structures import Detections
 
 
@@ -60,10 +68,14 @@ def to_coco_results(
 
     `category_ids` maps model labels to dataset category ids (labels are used as they are when it
     is None); a label missing from it raises `KeyError`. `file_name` is added to each result when
-    given (COCO tools ignore extra keys).
+    given (COCO tools ignore extra keys). `det.masks` is bool [N, H, W] or `BoxMasks`.
     """
-    has_masks = det.masks.ndim == 3 and det.masks.shape[1] * det.masks.shape[2] > 0
-    rles = encode_masks(det.masks) if has_masks else None
+    if isinstance(det.masks, BoxMasks):
+        rles = encode_box_masks(det.masks)
+    else:
+        masks = np.asarray(det.masks)
+        has_masks = masks.ndim == 3 and masks.shape[1] * masks.shape[2] > 0
+        rles = encode_masks(masks) if has_masks else None
     out = []
     for i in range(len(det)):
         x1, y1, x2, y2 = (float(v) for v in det.boxes[i])
@@ -84,3 +96,75 @@ def to_coco_results(
             result["keypoints"] = [float(v) for v in det.keypoints[i].reshape(-1)]
         out.append(result)
     return out
+
+
+def _encode_images(
+    detections: Sequence[Detections],
+    image_ids: Sequence[int],
+    category_ids: Mapping[int, int] | None,
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for det, image_id in zip(detections, image_ids, strict=True):
+        out += to_coco_results(det, image_id, category_ids)
+    return out
+
+
+class ResultsEncoder:
+    """`to_coco_results` for image after image, over `num_workers` processes.
+
+        with ResultsEncoder(category_ids, num_workers=2) as encoder:
+            for batch in batches:
+                encoder.add(model.postprocess(model.predict(batch), batch, box_masks=True),
+                            batch.image_ids.tolist())
+            results = encoder.results()
+
+    `add` hands a batch's detections to a worker and returns at once (the caller goes on with
+    the next batch), waiting only when `2 * num_workers` batches are already queued (bounded
+    memory). With `num_workers=0` it encodes in the caller's process. `results()` returns
+    every result in the order the images were added. Workers are forked (they run numpy and
+    pycocotools only) where the platform allows, else spawned.
+    """
+
+    def __init__(self, category_ids: Mapping[int, int] | None = None, num_workers: int = 0) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.category_ids = dict(category_ids) if category_ids is not None else None
+        self.num_workers = num_workers
+        self._done: list[dict[str, Any]] = []
+        self._pending: deque[AsyncResult] = deque()
+        self._pool: Pool | None = None
+        if num_workers > 0:
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._pool = ctx.Pool(num_workers)
+
+    def add(self, detections: Sequence[Detections], image_ids: Sequence[int]) -> None:
+        """Queue one batch: `detections[i]` are the detections of image `image_ids[i]`."""
+        ids = [int(i) for i in image_ids]
+        if self._pool is None:
+            self._done += _encode_images(detections, ids, self.category_ids)
+            return
+        while len(self._pending) >= 2 * self.num_workers:
+            self._done += self._pending.popleft().get()
+        task = (list(detections), ids, self.category_ids)
+        self._pending.append(self._pool.apply_async(_encode_images, task))
+
+    def results(self) -> list[dict[str, Any]]:
+        """Every result so far, in the order the images were added (waits for the workers)."""
+        while self._pending:
+            self._done += self._pending.popleft().get()
+        return self._done
+
+    def close(self) -> None:
+        """Stop the workers (pending work is dropped; call `results()` first)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+        self._pending.clear()
+
+    def __enter__(self) -> ResultsEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -22,6 +22,36 @@ MIN_BOX_SIZE = 1e-2  # drop degenerate boxes (torchvision's remove_small_boxes a
 
 
 @torch.no_grad()
+def detection_candidates(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: Tensor,
+    proposal_valid: Tensor,
+    windows: Tensor,
+    *,
+    box_weights: tuple[float, ...],
+    score_thresh: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The detection layer before its NMS: every (proposal, foreground class) pair.
+
+    class_logits [B, R, K], box_deltas [B, R, K * 4], proposals [B, R, 4] + valid [B, R],
+    windows [B, 4] -> boxes [B, R * (K-1), 4] (decoded with the class's deltas, clipped to the
+    window), scores [B, R * (K-1)] (softmax), labels int64 [R * (K-1)] (class-minor: 1..K-1
+    for proposal 0, then for proposal 1, ...), ok bool [B, R * (K-1)]: above `score_thresh`,
+    from a valid proposal, not degenerate.
+    """
+    b, r, k = class_logits.shape
+    scores = F.softmax(class_logits.float(), dim=-1)[..., 1:]  # [B, R, K-1], background dropped
+    deltas = box_deltas.float().reshape(b, r, k, 4)[:, :, 1:]
+    boxes = box_coder.decode(deltas, proposals.float()[:, :, None], box_weights)  # [B,R,K-1,4]
+    boxes = box_coder.clip_to_windows(boxes, windows)
+    ok = (scores > score_thresh) & proposal_valid[..., None]
+    ok &= box_coder.box_sizes_at_least(boxes, MIN_BOX_SIZE)
+    labels = torch.arange(1, k, device=scores.device).repeat(r)  # [R * (K-1)], class-minor
+    return boxes.reshape(b, -1, 4), scores.reshape(b, -1), labels, ok.reshape(b, -1)
+
+
+@torch.no_grad()
 def detection_layer(
     class_logits: Tensor,
     box_deltas: Tensor,
@@ -36,27 +66,22 @@ def detection_layer(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """class_logits [B, R, K], box_deltas [B, R, K * 4], proposals [B, R, 4] + valid [B, R],
     windows [B, 4] -> boxes [B, D, 4] (padded frame), scores [B, D], labels int64 [B, D],
-    valid bool [B, D]; each row sorted by score.
+    valid bool [B, D]; each row sorted by score. `detection_candidates`, then one NMS per
+    (image, class) and the D best.
     """
-    b, r, k = class_logits.shape
-    scores = F.softmax(class_logits.float(), dim=-1)[..., 1:]  # [B, R, K-1], background dropped
-    deltas = box_deltas.float().reshape(b, r, k, 4)[:, :, 1:]
-    boxes = box_coder.decode(deltas, proposals.float()[:, :, None], box_weights)  # [B,R,K-1,4]
-    boxes = box_coder.clip_to_windows(boxes, windows)
-    ok = (scores > score_thresh) & proposal_valid[..., None]
-    ok &= box_coder.box_sizes_at_least(boxes, MIN_BOX_SIZE)
-    labels = torch.arange(1, k, device=scores.device).repeat(r)  # [R * (K-1)], class-minor
-    index, valid = batched_nms_top_k(
-        boxes.reshape(b, -1, 4),
-        scores.reshape(b, -1),
-        labels,
-        k,
-        ok.reshape(b, -1),
-        nms_thresh,
-        detections_per_img,
+    k = class_logits.shape[-1]
+    boxes, scores, labels, ok = detection_candidates(
+        class_logits,
+        box_deltas,
+        proposals,
+        proposal_valid,
+        windows,
+        box_weights=box_weights,
+        score_thresh=score_thresh,
     )
-    out_boxes = gather_slots(boxes.reshape(b, -1, 4), index, valid)
-    out_scores = gather_slots(scores.reshape(b, -1), index, valid)
+    index, valid = batched_nms_top_k(boxes, scores, labels, k, ok, nms_thresh, detections_per_img)
+    out_boxes = gather_slots(boxes, index, valid)
+    out_scores = gather_slots(scores, index, valid)
     out_labels = torch.where(valid, labels[index], torch.zeros_like(index))
     return out_boxes, out_scores, out_labels, valid
 

@@ -1,7 +1,10 @@
 """Evaluation of a dataset: batched detection over shards -> COCO results.
 
 `predict_dataset` is what the evaluate stage, the periodic validation during training and the
-sweeps all run; `mrcnn.coco_eval.coco_evaluate` then scores its output.
+sweeps all run; `mrcnn.coco_eval.coco_evaluate` then scores its output. Masks are pasted into
+their box crops on the model's device (`postprocess(..., box_masks=True)`) and RLE-encoded from
+the crops, over `encode_workers` processes while the model goes on detecting
+(`mrcnn.coco_results.ResultsEncoder`): the same results as full-image masks, without them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from mrcnn.coco_results import to_coco_results
+from mrcnn.coco_results import ResultsEncoder
 from mrcnn.data import category_ids as label_to_category
 from mrcnn.data import eval_batches
 
@@ -30,6 +33,7 @@ def predict_dataset(
     category_ids: Mapping[int, int] | None = None,
     max_images: int = 0,
     num_workers: int = 0,
+    encode_workers: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Detect on every sample of `dataset` -> COCO results.
@@ -39,7 +43,8 @@ def predict_dataset(
     Each result is `{"image_id", "category_id", "bbox": [x, y, w, h], "score",
     "segmentation": RLE}` with `image_id` the source COCO id. `category_ids` maps model labels
     to dataset category ids (default: the dataset's class map). `max_images` > 0 keeps the
-    first that many samples.
+    first that many samples. `num_workers`: DataLoader processes decoding the shards;
+    `encode_workers`: processes RLE-encoding the masks (0: both in this process).
     """
     from torch.utils.data import Subset
 
@@ -50,17 +55,16 @@ def predict_dataset(
     n = len(dataset) if max_images <= 0 else min(max_images, len(dataset))
     source = dataset if n == len(dataset) else Subset(dataset, range(n))
     device = model.device
-    results: list[dict[str, Any]] = []
     bar = tqdm(total=n, desc="evaluate", unit="img", disable=None if progress else True)
-    with torch.no_grad():
+    with torch.no_grad(), ResultsEncoder(category_ids, encode_workers) as encoder:
         for batch in eval_batches(source, batch_size, num_workers=num_workers):
             # Ground truth is not needed for inference: only the image tensors travel.
             inputs = replace(
                 batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None
             ).to(device, non_blocking=True)
-            detections = model.postprocess(model.predict(inputs), inputs)
-            for image_id, det in zip(batch.image_ids.tolist(), detections, strict=True):
-                results += to_coco_results(det, image_id, category_ids)
+            detections = model.postprocess(model.predict(inputs), inputs, box_masks=True)
+            encoder.add(detections, batch.image_ids.tolist())
             bar.update(len(batch))
+        results = encoder.results()
     bar.close()
     return results

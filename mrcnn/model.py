@@ -20,15 +20,18 @@ from torch.profiler import record_function
 
 from mrcnn.anchors import AnchorGenerator
 from mrcnn.backbone import FPNBackbone
+from mrcnn.box_masks import BoxMasks
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
+from mrcnn.detection_layer import detection_candidates
+from mrcnn.images import check_images
 from mrcnn.keypoint_head import KeypointHead
 from mrcnn.losses import total_loss
 from mrcnn.mask_iou_head import MaskIoUHead
-from mrcnn.mask_paste import paste_masks_in_image
+from mrcnn.mask_paste import paste_masks_in_boxes, paste_masks_in_image
 from mrcnn.roi_heads import BoxHead, MaskHead, RoIHeads
 from mrcnn.rpn import RegionProposalNetwork, RPNHead
-from mrcnn.structures import Batch, Detections, RawDetections
+from mrcnn.structures import Batch, Detections, InferenceSteps, RawDetections
 
 
 class MaskRCNN(nn.Module):
@@ -169,13 +172,17 @@ class MaskRCNN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, batch: Batch) -> dict[str, Tensor] | RawDetections:
+    def _check_size(self, batch: Batch) -> int:
         s = batch.images.shape[-1]
         if s != self.image_size or batch.images.shape[-2] != s:
             raise ValueError(
                 f"batch images are {tuple(batch.images.shape[-2:])}, the model expects "
                 f"{self.image_size} x {self.image_size} (shards.image_size must match the model)"
             )
+        return s
+
+    def forward(self, batch: Batch) -> dict[str, Tensor] | RawDetections:
+        s = self._check_size(batch)
         with record_function("mrcnn.backbone"):
             features = self.backbone(self.normalize(batch.images, batch.windows))
         proposals, valid, rpn_losses = self.rpn(
@@ -203,15 +210,69 @@ class MaskRCNN(nn.Module):
         finally:
             self.train(was_training)
 
-    def postprocess(self, raw: RawDetections, batch: Batch) -> list[Detections]:
+    @torch.no_grad()
+    def inference_steps(self, batch: Batch) -> InferenceSteps:
+        """Inference on a prepared batch, stage by stage, keeping each stage's output
+        (`InferenceSteps`: anchors, RPN objectness and deltas, proposals, the detection layer's
+        candidates before NMS, the detections after it). The same modules and functions as
+        `forward` (RPN head, anchor generator, proposal layer, box head, detection layer, mask
+        head), called one at a time; `.detections` equals `predict(batch)`. For pictures
+        (`mrcnn.visualize_steps`): it runs the box head twice.
+        """
+        s = self._check_size(batch)
+        was_training = self.training
+        self.eval()
+        try:
+            features = self.backbone(self.normalize(batch.images, batch.windows))
+            objectness, rpn_deltas = self.rpn.head(features)
+            anchors, counts = self.rpn.anchor_generator(s, objectness.device)
+            proposals, proposal_scores, valid = self.rpn.proposal_layer(
+                objectness, rpn_deltas, anchors, counts, batch.windows
+            )
+            heads = self.roi_heads
+            b, r = proposals.shape[:2]
+            class_logits, box_deltas = heads.box_predictions(features, s, proposals)
+            boxes, scores, labels, ok = detection_candidates(
+                class_logits.reshape(b, r, -1),
+                box_deltas.reshape(b, r, -1),
+                proposals,
+                valid,
+                batch.windows,
+                box_weights=heads.box_weights,
+                score_thresh=heads.score_thresh,
+            )
+            detections = heads.detect(features, s, proposals, valid, batch.windows)
+        finally:
+            self.train(was_training)
+        return InferenceSteps(
+            anchors=anchors,
+            anchors_per_level=list(counts),
+            objectness=objectness,
+            rpn_deltas=rpn_deltas,
+            proposals=proposals,
+            proposal_scores=proposal_scores,
+            proposal_valid=valid,
+            candidate_boxes=boxes,
+            candidate_scores=scores,
+            candidate_labels=labels,
+            candidate_ok=ok,
+            detections=detections,
+        )
+
+    def postprocess(
+        self, raw: RawDetections, batch: Batch, *, box_masks: bool = False
+    ) -> list[Detections]:
         """Fixed-shape detections -> one `Detections` per image in original-image pixels.
 
         raw: `RawDetections` [B, D, ...] of `batch` (its windows, scales, original_sizes are
         used) -> B `Detections`: boxes float32 [N, 4] xyxy clipped to the image, scores
         float32 [N], labels int64 [N], masks bool [N, H, W]; N = valid slots of the image.
+        box_masks: keep each mask as the crop of its box (`mrcnn.box_masks.BoxMasks`, the same
+        pixels without N full images; what COCO evaluation encodes) instead of [N, H, W].
 
         A loop over images: each has its own output size, so this is where shapes stop being
-        fixed. Box mapping is vectorised; masks are pasted with one batched matmul per image.
+        fixed. Box mapping is vectorised; masks are pasted into their box crops on the model's
+        device, crops of similar size in one batched matmul (`mrcnn.mask_paste`).
         """
         offsets = batch.windows[:, [1, 0, 1, 0]].to(raw.boxes)  # (x1, y1, x1, y1)
         scales = batch.scales.to(raw.boxes)
@@ -236,15 +297,21 @@ class MaskRCNN(nn.Module):
                 ],
                 dim=1,
             )
+            masks: np.ndarray | BoxMasks
             if raw.mask_probs is None:  # a model without a mask head
-                masks = torch.zeros((len(b), 0, 0), dtype=torch.bool)
+                masks = np.zeros((len(b), 0, 0), dtype=bool)
+            elif box_masks:
+                probs = raw.mask_probs[i][keep]
+                groups = paste_masks_in_boxes(probs, b, (h, w), self.mask_thresh)
+                masks = BoxMasks.from_groups(groups, (h, w))
             else:
-                masks = paste_masks_in_image(raw.mask_probs[i][keep], b, (h, w), self.mask_thresh)
+                probs = raw.mask_probs[i][keep]
+                masks = paste_masks_in_image(probs, b, (h, w), self.mask_thresh).cpu().numpy()
             det = Detections(
                 boxes=b.float().cpu().numpy(),
                 scores=raw.scores[i][keep].float().cpu().numpy(),
                 labels=raw.labels[i][keep].cpu().numpy(),
-                masks=masks.cpu().numpy(),
+                masks=masks,
             )
             if keypoints is not None:
                 det.keypoints = keypoints[i][keep].float().cpu().numpy()
@@ -263,7 +330,7 @@ class MaskRCNN(nn.Module):
         masks bool [N, H, W]). Bad input (not a list, wrong dtype, rank, channels, empty)
         raises `ValueError` saying what was expected.
         """
-        images = _check_images(images)
+        images = check_images(images)
         results: list[Detections] = []
         for start in range(0, len(images), batch_size):
             batch = self.prepare(images[start : start + batch_size])
@@ -284,30 +351,6 @@ class MaskRCNN(nn.Module):
             original_sizes=torch.tensor([im.shape[:2] for im in images], device=dev),
             image_ids=torch.arange(len(images), device=dev),
         )
-
-
-def _check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    if isinstance(images, np.ndarray):
-        raise ValueError(
-            "detect() takes a list of images; wrap a single H x W x 3 array as [image]"
-        )
-    images = list(images)
-    if not images:
-        raise ValueError("detect() got no images; pass a non-empty list of H x W x 3 arrays")
-    for i, im in enumerate(images):
-        if not isinstance(im, np.ndarray):
-            raise ValueError(f"image {i} is a {type(im).__name__}, expected a numpy uint8 array")
-        if im.dtype != np.uint8:
-            raise ValueError(f"image {i} has dtype {im.dtype}, expected uint8 (0..255 RGB)")
-        if im.ndim != 3:
-            raise ValueError(f"image {i} has shape {im.shape}, expected H x W x 3 (RGB)")
-        if im.shape[2] != 3:
-            raise ValueError(
-                f"image {i} has {im.shape[2]} channels, expected 3 (convert gray/RGBA to RGB)"
-            )
-        if im.shape[0] == 0 or im.shape[1] == 0:
-            raise ValueError(f"image {i} is empty ({im.shape[0]} x {im.shape[1]} pixels)")
-    return images
 
 
 def build_model(cfg: Config) -> MaskRCNN:

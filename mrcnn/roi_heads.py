@@ -319,6 +319,15 @@ class RoIHeads(nn.Module):
         return losses
 
     @torch.no_grad()
+    def box_predictions(
+        self, features: list[Tensor], image_size: int, proposals: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """RoIAlign + box head on every proposal: proposals [B, R, 4] -> class logits
+        [B * R, K], box deltas [B * R, K * 4] (what the detection layer takes)."""
+        with record_function("mrcnn.box_head"):
+            pooled = self._pool(features, proposals, image_size, self.box_pool_size)
+            return self.box_head(pooled)
+
     def detect(
         self,
         features: list[Tensor],
@@ -335,9 +344,7 @@ class RoIHeads(nn.Module):
         (boxes are clipped to it) -> `RawDetections` [B, D, ...], D = detections_per_img.
         """
         b, r, _ = proposals.shape
-        with record_function("mrcnn.box_head"):
-            pooled = self._pool(features, proposals, image_size, self.box_pool_size)
-            class_logits, box_deltas = self.box_head(pooled)
+        class_logits, box_deltas = self.box_predictions(features, image_size, proposals)
         with record_function("mrcnn.detection_layer"):
             boxes, scores, labels, valid = detection_layer(
                 class_logits.reshape(b, r, -1),

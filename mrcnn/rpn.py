@@ -173,20 +173,20 @@ class RegionProposalNetwork(nn.Module):
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
 
-    def forward(
+    def proposal_layer(
         self,
-        features: list[Tensor],
+        objectness: Tensor,
+        deltas: Tensor,
+        anchors: Tensor,
+        counts: list[int],
         windows: Tensor,
-        image_size: int,
-        gt_boxes: Tensor | None = None,
-        gt_valid: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        with record_function("mrcnn.rpn_head"):
-            objectness, deltas = self.head(features)
-        anchors, counts = self.anchor_generator(image_size, objectness.device)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`propose` with this RPN's settings for the current mode (train / eval):
+        objectness [B, A], deltas [B, A, 4], anchors [A, 4] (A split by level in `counts`),
+        windows [B, 4] -> proposals [B, R, 4], scores [B, R], valid bool [B, R]."""
         mode = 0 if self.training else 1
         with record_function("mrcnn.proposals"):
-            proposals, _, valid = propose(
+            return propose(
                 objectness,
                 deltas,
                 anchors,
@@ -198,6 +198,19 @@ class RegionProposalNetwork(nn.Module):
                 min_size=self.min_size,
                 score_thresh=self.score_thresh,
             )
+
+    def forward(
+        self,
+        features: list[Tensor],
+        windows: Tensor,
+        image_size: int,
+        gt_boxes: Tensor | None = None,
+        gt_valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        with record_function("mrcnn.rpn_head"):
+            objectness, deltas = self.head(features)
+        anchors, counts = self.anchor_generator(image_size, objectness.device)
+        proposals, _, valid = self.proposal_layer(objectness, deltas, anchors, counts, windows)
         if not self.training:
             return proposals, valid, {}
         if gt_boxes is None or gt_valid is None:

@@ -11,10 +11,14 @@ Shape shorthand used across the package:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mrcnn.box_masks import BoxMasks
 
 
 @dataclass
@@ -105,7 +109,9 @@ class Detections:
     scores: float32 [N]
     labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
     masks:  bool    [N, H, W] at original resolution ([N, 0, 0] for a model without a mask
-            head, e.g. torchvision's Keypoint R-CNN)
+            head, e.g. torchvision's Keypoint R-CNN); or, from `MaskRCNN.postprocess(...,
+            box_masks=True)`, a `mrcnn.box_masks.BoxMasks` (the same masks as box crops,
+            `.full()` gives [N, H, W])
     keypoints:   float32 [N, Kp, 3] (x, y, score) in original-image pixels (keypoint models;
                  None otherwise); the score is the heatmap logit at the keypoint, as torchvision's
     mask_scores: float32 [N] the masks' own scores (Mask Scoring R-CNN: class score x predicted
@@ -115,9 +121,39 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    masks: np.ndarray
+    masks: np.ndarray | BoxMasks
     keypoints: np.ndarray | None = None
     mask_scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+@dataclass
+class InferenceSteps:
+    """Every stage's own output for one batch at inference (`MaskRCNN.inference_steps`), in the
+    padded frame, for pictures and checks (matterport's `inspect_model` walk-through).
+
+    anchors:          float [A, 4] xyxy, pyramid order; anchors_per_level: A split by level
+    objectness:       float [B, A] RPN logits; rpn_deltas: float [B, A, 4] (dx, dy, dw, dh)
+    proposals:        float [B, R, 4] after the proposal layer's NMS, sorted by score;
+                      proposal_scores [B, R] (sigmoid); proposal_valid bool [B, R]
+    candidate_boxes:  float [B, R * (K-1), 4] the detection layer's (proposal, class) boxes;
+                      candidate_scores [B, R * (K-1)]; candidate_labels int64 [R * (K-1)];
+                      candidate_ok bool [B, R * (K-1)]: above the score threshold (before NMS)
+    detections:       `RawDetections` [B, D, ...] after the per-class NMS and top D, with
+                      mask probabilities: exactly what `MaskRCNN.predict` returns
+    """
+
+    anchors: Tensor
+    anchors_per_level: list[int]
+    objectness: Tensor
+    rpn_deltas: Tensor
+    proposals: Tensor
+    proposal_scores: Tensor
+    proposal_valid: Tensor
+    candidate_boxes: Tensor
+    candidate_scores: Tensor
+    candidate_labels: Tensor
+    candidate_ok: Tensor
+    detections: RawDetections

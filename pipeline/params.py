@@ -191,13 +191,17 @@ class EvaluateParams:
 
     batch_size: int = 8
     num_overlays: int = 8  # val images drawn (prediction next to ground truth) in overlays.png
+    num_step_images: int = 2  # val images drawn step by step in steps/ (0 = none)
     score_thresh: float = -1.0  # < 0: the model's own inference.score_thresh
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     max_images: int = 0  # the first N val images only; 0 = all
     # Also write reports/evaluate/results.json (every detection, COCO results format; for COCO
     # val with 100 detections per image that is hundreds of MB).
     write_results: bool = False
-    num_workers: int = 0  # DataLoader processes decoding the shards; 0 = in the main process
+    # Processes decoding the shards (DataLoader) and, as many again, RLE-encoding the masks
+    # (`mrcnn.coco_results.ResultsEncoder`); 0 = both in the main process.
+    num_workers: int = 0
+    backend: str = "faster"  # COCOeval: faster (faster-coco-eval, C++) | pycocotools (reference)
     # Keypoint models: one OKS sigma per keypoint type; empty = COCO's 17 person sigmas.
     oks_sigmas: tuple[float, ...] = ()
 
@@ -205,10 +209,12 @@ class EvaluateParams:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(1 <= self.num_overlays <= 64, "num_overlays", "must be in 1..64")
         check(all(s > 0 for s in self.oks_sigmas), "oks_sigmas", "must be > 0")
+        check(0 <= self.num_step_images <= 16, "num_step_images", "must be in 0..16")
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.backend in ("faster", "pycocotools"), "backend", "must be faster | pycocotools")
 
 
 @dataclass

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 PICTURES = ("per_category_ap.png", "pr_curve.png", "overlays.png")
 PR_FILE = "pr.csv"
+STEPS_DIR = "steps"  # the model step by step on a few val images (`draw_steps`)
 RESULTS_FILE = "results.json"
 OVERLAY_MAX_DETECTIONS = 15  # drawn per image, best scores first (all are evaluated)
 
@@ -151,14 +152,37 @@ def overlay_indices(num_images: int, num_overlays: int) -> list[int]:
     return sorted({int(v) for v in np.linspace(0, num_images - 1, k).round()}) if k else []
 
 
+def draw_steps(model: Any, dataset: ShardDataset, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """The model step by step (`mrcnn.visualize_steps`) on the val samples at `indices` ->
+    {"<image id>_1_rpn": image, "<image id>_2_detections": ..., "<image id>_3_masks": ...}."""
+    from dataclasses import replace
+
+    from torch.utils.data import Subset
+
+    from mrcnn.data import eval_batches
+    from mrcnn.visualize_steps import step_pictures
+
+    out: dict[str, np.ndarray] = {}
+    if not indices:
+        return out
+    for batch in eval_batches(Subset(dataset, list(indices)), len(indices)):
+        inputs = replace(batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None)
+        pictures = step_pictures(model, inputs.to(model.device), dataset.class_names or None)
+        for image_id, pics in zip(batch.image_ids.tolist(), pictures, strict=True):
+            out.update({f"{image_id}_{name}": picture for name, picture in pics.items()})
+    return out
+
+
 def write_reports(
     out_dir: Path,
     scores: CocoScores,
     overlays: np.ndarray,
     results: Sequence[Mapping[str, Any]] | None,
+    steps: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write `out_dir` as a whole (built beside it, then swapped in): the three pictures,
-    `pr.csv` and, when `results` is given, `results.json`."""
+    `pr.csv`, when `results` is given `results.json`, and the `steps/` pictures
+    ({file stem: image}, `draw_steps`)."""
     from PIL import Image
 
     from mrcnn import visualize as vis
@@ -202,6 +226,9 @@ def write_reports(
         writer.writerows(rows)
     if results is not None:
         (tmp / RESULTS_FILE).write_text(json.dumps(list(results)) + "\n")
+    (tmp / STEPS_DIR).mkdir()
+    for stem, picture in (steps or {}).items():
+        Image.fromarray(picture).save(tmp / STEPS_DIR / f"{stem}.png")
 
     old = out_dir.with_name(f".{out_dir.name}.old")
     if old.exists():

@@ -13,8 +13,9 @@ on the val shards.
    ground truth), plus `per_category`, `num_images`, `num_detections`, `score_thresh`; a
    keypoint model adds `"keypoints": {"AP", "AP50", "AP75", "APm", "APl"}` (OKS with
    `evaluate.oks_sigmas`), a model without a mask head has no "segm".
-4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`) and logs the numbers and pictures
-   into the training's MLflow run (`pipeline.tracking.runs`).
+4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`; `steps/`: the model step by
+   step on `evaluate.num_step_images` val images, `mrcnn.visualize_steps`) and logs the
+   numbers and pictures into the training's MLflow run (`pipeline.tracking.runs`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from mrcnn.evaluation import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import layout
 from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section
-from pipeline.reporting.evaluate import draw_overlays, overlay_indices, write_reports
+from pipeline.reporting.evaluate import (
+    draw_overlays,
+    draw_steps,
+    overlay_indices,
+    write_reports,
+)
 from pipeline.tracking import runs, store
 from pipeline.training.runtime import resolve_device
 
@@ -119,6 +125,7 @@ def run(
         category_ids=category_ids,
         max_images=n,
         num_workers=params.num_workers,
+        encode_workers=params.num_workers,
     )
     predict_s = time.perf_counter() - start
     image_ids = [int(v) for v in dataset.index[:n, 1]]
@@ -129,15 +136,20 @@ def run(
         log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
     start = time.perf_counter()
     scores = coco_evaluate(
-        coco_gt, results, iou_types(model), image_ids, oks_sigmas=params.oks_sigmas or None
+        coco_gt,
+        results,
+        iou_types(model),
+        image_ids,
+        oks_sigmas=params.oks_sigmas or None,
+        backend=params.backend,
     )
     eval_s = time.perf_counter() - start
     for iou_type, text in scores.summary.items():
         log.info("%s:\n%s", iou_type, text)
     rate = n / max(predict_s, 1e-9)
     log.info(
-        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval %.1f s",
-        *(n, len(results), predict_s, rate, model.device, eval_s),
+        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval (%s) %.1f s",
+        *(n, len(results), predict_s, rate, model.device, params.backend, eval_s),
     )
     metrics: dict[str, Any] = {
         **scores.metrics,
@@ -149,7 +161,10 @@ def run(
     overlays = draw_overlays(
         dataset, overlay_indices(n, params.num_overlays), coco_gt, results, category_ids
     )
-    write_reports(paths.reports_dir, scores, overlays, results if params.write_results else None)
+    steps = draw_steps(model, dataset, overlay_indices(n, params.num_step_images))
+    write_reports(
+        paths.reports_dir, scores, overlays, results if params.write_results else None, steps
+    )
     write_json_atomic(paths.metrics_out, metrics)
     log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
     if tracking_uri is not None:

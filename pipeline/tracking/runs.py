@@ -11,7 +11,7 @@ from typing import Any
 
 from mrcnn.coco_eval import ALL_IOU_TYPES
 from pipeline.params import EvaluateParams, to_dict
-from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE
+from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE, STEPS_DIR
 from pipeline.tracking.store import flatten, start_run
 
 log = logging.getLogger(__name__)
@@ -85,5 +85,9 @@ def log_evaluation(
         for name in (*PICTURES, PR_FILE, RESULTS_FILE):
             if (reports_dir / name).is_file():
                 mlflow.log_artifact(str(reports_dir / name), artifact_path=ARTIFACT_PATH)
+        if any((reports_dir / STEPS_DIR).glob("*.png")):
+            mlflow.log_artifacts(
+                str(reports_dir / STEPS_DIR), artifact_path=f"{ARTIFACT_PATH}/{STEPS_DIR}"
+            )
     log.info("logged to MLflow run %s (artifacts under %s/)", run_id, ARTIFACT_PATH)
     return run_id

@@ -1,7 +1,9 @@
 """Periodic validation during training: val AP of the first `train.eval_images` val images.
 
 Run by rank 0 every `train.eval_every` iterations (sweeps compare trials on it); the same
-`mrcnn.evaluation.predict_dataset` + `mrcnn.coco_eval.coco_evaluate` path as the evaluate stage.
+`mrcnn.evaluation.predict_dataset` + `mrcnn.coco_eval.coco_evaluate` path as the evaluate stage,
+so the same fast path (masks encoded from their box crops, the faster-coco-eval backend), in
+this process (a few dozen images: worker processes would cost more than they save).
 """
 
 from __future__ import annotations

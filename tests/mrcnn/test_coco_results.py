@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+import torch
 
-from mrcnn.coco_results import decode_masks, encode_masks, to_coco_results
+from mrcnn.box_masks import BoxMasks
+from mrcnn.coco_results import ResultsEncoder, decode_masks, encode_masks, to_coco_results
+from mrcnn.mask_paste import paste_masks_in_boxes
 from mrcnn.structures import Detections
 
 
@@ -34,3 +38,41 @@ def test_rle_round_trip_and_results() -> None:
     }
     assert [r["category_id"] for r in out] == [18, 44, 18]
     assert [r["category_id"] for r in to_coco_results(det, 1)] == [1, 2, 1]
+
+
+def _detections(rng: np.random.Generator, n: int, h: int, w: int) -> Detections:
+    probs = torch.from_numpy(rng.random((n, 28, 28)).astype(np.float32))
+    xy = rng.uniform(-10, [w, h], (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 60, (n, 2))], axis=1).astype(np.float32)
+    groups = paste_masks_in_boxes(probs, torch.from_numpy(boxes), (h, w), 0.5)
+    return Detections(
+        boxes=boxes,
+        scores=rng.random(n).astype(np.float32),
+        labels=rng.integers(1, 3, n),
+        masks=BoxMasks.from_groups(groups, (h, w)),
+    )
+
+
+def test_box_masks_and_workers_give_the_same_results() -> None:
+    """Results from box crops equal those from full masks; a ResultsEncoder with 0 or 2
+    worker processes gives them in the order the images were added."""
+    rng = np.random.default_rng(3)
+    images = [
+        (_detections(rng, int(rng.integers(0, 12)), 40 + k, 50 - k), 100 + k) for k in range(9)
+    ]
+    cats = {1: 18, 2: 44}
+    expected = []
+    for det, image_id in images:
+        full = Detections(det.boxes, det.scores, det.labels, det.masks.full())
+        from_full = to_coco_results(full, image_id, cats)
+        assert to_coco_results(det, image_id, cats) == from_full
+        expected += from_full
+    assert len(expected) > 30
+    for workers in (0, 2):
+        with ResultsEncoder(cats, num_workers=workers) as encoder:
+            for s in range(0, len(images), 2):  # batches of two images
+                chunk = images[s : s + 2]
+                encoder.add([d for d, _ in chunk], [i for _, i in chunk])
+            assert encoder.results() == expected
+    with pytest.raises(ValueError, match="num_workers"):
+        ResultsEncoder(cats, num_workers=-1)

@@ -89,7 +89,31 @@ def test_chunks_give_the_same_result(monkeypatch):
     boxes = torch.tensor([[2.0, 3, 20, 25]]).repeat(7, 1) + torch.arange(7.0)[:, None]
     whole = paste_masks_in_image(masks, boxes, (40, 40), 0.5)
     monkeypatch.setattr(mask_paste, "_CHUNK_PIXELS", 2 * 40 * 40)  # 2 masks per chunk
+    monkeypatch.setattr(mask_paste, "_GROUP_PIXELS", 2 * 25 * 25)  # 2 crops per group
     assert torch.equal(paste_masks_in_image(masks, boxes, (40, 40), 0.5), whole)
+
+
+def test_crop_groups_do_not_change_pixels(monkeypatch):
+    """One group per crop, or all crops in one zero-padded group: the same pixels; the crops
+    cover every set pixel of the full paste and start inside the image."""
+    g = torch.Generator().manual_seed(4)
+    n, h, w = 40, 90, 130
+    masks = torch.rand(n, 28, 28, generator=g)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w + 40.0, h + 40]) - 30  # some off-image
+    wh = torch.rand(n, 2, generator=g) ** 2 * 120 + 0.5
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    full = paste_masks_in_image(masks, boxes, (h, w), 0.5)
+    groups = mask_paste.paste_masks_in_boxes(masks, boxes, (h, w), 0.5)
+    assert 1 < len(groups) < n
+    assert sorted(torch.cat([i for *_, i in groups]).tolist()) == list(range(n))
+    assert sum(int(c.sum()) for c, _, _ in groups) == int(full.sum()) > 5000
+    for _, origins, _ in groups:
+        assert (origins >= 0).all() and (origins < torch.tensor([h, w])).all()
+    for padding in (1.0, 1e9):
+        monkeypatch.setattr(mask_paste, "_MAX_PADDING", padding)
+        regrouped = mask_paste.paste_masks_in_boxes(masks, boxes, (h, w), 0.5)
+        assert len(regrouped) > len(groups) if padding == 1.0 else len(regrouped) == 1
+        assert torch.equal(paste_masks_in_image(masks, boxes, (h, w), 0.5), full)
 
 
 def test_bilinear_matrix_weights():

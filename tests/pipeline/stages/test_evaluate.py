@@ -18,11 +18,13 @@ import logging
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mrcnn import presets, weights
@@ -154,6 +156,30 @@ def test_untrained_model_detections_inside_original_images(project: Path) -> Non
     assert [r["image_id"] for r in first[::5]] == ids[:2]
 
 
+def test_box_masks_and_encode_workers_give_the_full_mask_results(project: Path) -> None:
+    """predict_dataset's fast path (masks pasted into box crops, RLE from the crops, encoded
+    by 2 worker processes) gives exactly the results of full-image masks encoded one by one
+    by pycocotools in this process."""
+    from dataclasses import replace
+
+    from mrcnn.coco_results import to_coco_results
+    from mrcnn.data import category_ids, eval_batches
+
+    ds = ShardDataset(project / "data/shards/val")
+    model = tiny_model(score_thresh=0.0)
+    fast = predict_dataset(model, ds, batch_size=3, encode_workers=2, progress=False)
+    cats = category_ids(ds.class_map)
+    reference = []
+    for batch in eval_batches(ds, 3):
+        inputs = replace(batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None)
+        detections = model.postprocess(model.predict(inputs), inputs)
+        assert isinstance(detections[0].masks, np.ndarray)
+        for image_id, det in zip(batch.image_ids.tolist(), detections, strict=True):
+            reference += to_coco_results(det, image_id, cats)
+    assert fast == reference
+    assert sum(mask_utils.area(r["segmentation"]) > 0 for r in fast) > len(fast) // 2
+
+
 def paths_under(root: Path) -> EvaluatePaths:
     """The project layout under `root` (what `python -m pipeline.evaluate` uses)."""
     return EvaluatePaths(
@@ -207,7 +233,16 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
         assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
 
     files = sorted(p.name for p in paths.reports_dir.iterdir())
-    assert files == sorted([*PICTURES, "pr.csv", "results.json"])
+    assert files == sorted([*PICTURES, "pr.csv", "results.json", "steps"])
+    # the model step by step on num_step_images (2) val images spread as the overlays
+    first_two = [int(ShardDataset(paths.shards_dir).index[i, 1]) for i in (0, 6)]
+    steps = sorted(p.name for p in (paths.reports_dir / "steps").iterdir())
+    assert steps == sorted(
+        f"{i}_{n}.png" for i in first_two for n in ("1_rpn", "2_detections", "3_masks")
+    )
+    for name in steps:
+        with Image.open(paths.reports_dir / "steps" / name) as im:
+            assert im.mode == "RGB" and min(im.size) > 200
     for name in PICTURES:
         with Image.open(paths.reports_dir / name) as im:
             assert im.mode == "RGB" and min(im.size) > 200
@@ -232,7 +267,9 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
     )
     assert logged.tags["evaluate.batch_size"] == "4"
     artifacts = {a.path for a in client.list_artifacts(train_id, "evaluate")}
-    assert {f"evaluate/{n}" for n in (*PICTURES, "eval.json", "pr.csv")} <= artifacts
+    assert {f"evaluate/{n}" for n in (*PICTURES, "eval.json", "pr.csv", "steps")} <= artifacts
+    logged_steps = {a.path for a in client.list_artifacts(train_id, "evaluate/steps")}
+    assert logged_steps == {f"evaluate/steps/{n}" for n in steps}
 
 
 def test_main_without_training_run_and_without_detections(
@@ -306,6 +343,7 @@ def test_bad_evaluate_keys(tmp_path: Path) -> None:
         ("evaluate: {num_overlays: 0}", "evaluate.num_overlays"),
         ("evaluate: {score_thresh: 1.0}", "evaluate.score_thresh"),
         ("evaluate: {device: gpu}", "evaluate.device"),
+        ("evaluate: {backend: detectron2}", "evaluate.backend"),
         ("evaluate: {batch_szie: 2}", "evaluate.batch_szie"),
     ):
         (tmp_path / "p.yaml").write_text(text)
