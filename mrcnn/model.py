@@ -20,6 +20,7 @@ from mrcnn.anchors import AnchorGenerator
 from mrcnn.backbone import FPNBackbone
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
+from mrcnn.images import check_images
 from mrcnn.inference import paste_masks_in_image
 from mrcnn.losses import total_loss
 from mrcnn.roi_heads import BoxHead, MaskHead, RawDetections, RoIHeads
@@ -173,7 +174,7 @@ class MaskRCNN(nn.Module):
         Each image is resized and padded as the shards are (`resize_mode`, `image_size`), run in
         batches of `batch_size`, and its detections are mapped back to its own pixels.
         """
-        images = _check_images(images)
+        images = check_images(images)
         results: list[Detections] = []
         for start in range(0, len(images), batch_size):
             batch = self.prepare(images[start : start + batch_size])
@@ -194,30 +195,6 @@ class MaskRCNN(nn.Module):
             original_sizes=torch.tensor([im.shape[:2] for im in images], device=dev),
             image_ids=torch.arange(len(images), device=dev),
         )
-
-
-def _check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    if isinstance(images, np.ndarray):
-        raise ValueError(
-            "detect() takes a list of images; wrap a single H x W x 3 array as [image]"
-        )
-    images = list(images)
-    if not images:
-        raise ValueError("detect() got no images; pass a non-empty list of H x W x 3 arrays")
-    for i, im in enumerate(images):
-        if not isinstance(im, np.ndarray):
-            raise ValueError(f"image {i} is a {type(im).__name__}, expected a numpy uint8 array")
-        if im.dtype != np.uint8:
-            raise ValueError(f"image {i} has dtype {im.dtype}, expected uint8 (0..255 RGB)")
-        if im.ndim != 3:
-            raise ValueError(f"image {i} has shape {im.shape}, expected H x W x 3 (RGB)")
-        if im.shape[2] != 3:
-            raise ValueError(
-                f"image {i} has {im.shape[2]} channels, expected 3 (convert gray/RGBA to RGB)"
-            )
-        if im.shape[0] == 0 or im.shape[1] == 0:
-            raise ValueError(f"image {i} is empty ({im.shape[0]} x {im.shape[1]} pixels)")
-    return images
 
 
 def build_model(cfg: Config) -> MaskRCNN:

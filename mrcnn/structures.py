@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from mrcnn.detections import Detections
+
+__all__ = ["Batch", "Detections"]
 
 
 @dataclass
@@ -66,22 +69,3 @@ class Batch:
                 for v in [getattr(self, f.name)]
             }
         )
-
-
-@dataclass
-class Detections:
-    """One image's detections in original-image coordinates (what `MaskRCNN.detect` returns).
-
-    boxes:  float32 [N, 4] xyxy in original-image pixels
-    scores: float32 [N]
-    labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
-    masks:  bool    [N, H, W] at original resolution
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.scores)
