@@ -247,7 +247,7 @@ def to_torch_export(model: MaskRCNN, path: str | Path, batch_size: int = 1) -> P
     graph = InferenceGraph(copy.deepcopy(model).cpu().float().eval()).eval()
     with torch.no_grad():
         program = torch.export.export(graph, _example_inputs(model, batch_size), strict=False)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.stem + ".tmp.pt2")  # torch.export.save wants the suffix
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return path

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.onnx.symbolic_helper import parse_args
 from torchvision.ops import batched_nms, roi_align
 
 from mrcnn import box_coder
@@ -38,43 +39,56 @@ _NOT_A_CANDIDATE = -1.0
 _SCORE_THRESHOLD = -0.5
 
 
-class _NonMaxSuppression(torch.autograd.Function):
-    """ONNX `NonMaxSuppression` as a traceable op.
+@torch.library.custom_op("mrcnn::non_max_suppression", mutates_args=())
+def non_max_suppression(
+    boxes: Tensor,
+    scores: Tensor,
+    max_per_group: int,
+    iou_threshold: float,
+    score_threshold: float,
+) -> Tensor:
+    """ONNX `NonMaxSuppression` as a PyTorch op (exported as that operator by both exporters).
 
     boxes [N, n, 4] (corners), scores [N, G, n] -> selected int64 [S, 3] rows
     (batch, group, box index). Within each (batch, group): boxes with score > `score_threshold`
     in descending score order, dropping those whose IoU with a kept box is > `iou_threshold`,
-    at most `max_per_group` kept. The forward is the same computation in PyTorch (what the
-    tracer records values from); the exported graph holds the ONNX operator.
+    at most `max_per_group` kept.
     """
+    n_batch, n_groups, n = scores.shape
+    flat = (scores > score_threshold).reshape(-1).nonzero().squeeze(1)
+    batch, group, box = flat // (n_groups * n), (flat // n) % n_groups, flat % n
+    keep = batched_nms(
+        boxes[batch, box], scores[batch, group, box], batch * n_groups + group, iou_threshold
+    )
+    rows = torch.stack([batch[keep], group[keep], box[keep]], dim=1)
+    # keep is sorted by score; the first max_per_group of each (batch, group) survive.
+    key = rows[:, 0] * n_groups + rows[:, 1]
+    key_sorted, order = torch.sort(key, stable=True)
+    counts = torch.bincount(key_sorted, minlength=n_batch * n_groups)
+    rank = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[key_sorted]
+    return rows[order[rank < max_per_group]]
 
-    @staticmethod
-    def forward(ctx, boxes, scores, max_per_group, iou_threshold, score_threshold):  # noqa: D102
-        n_batch, n_groups, n = scores.shape
-        flat = (scores > score_threshold).reshape(-1).nonzero().squeeze(1)
-        batch, group, box = flat // (n_groups * n), (flat // n) % n_groups, flat % n
-        keep = batched_nms(
-            boxes[batch, box], scores[batch, group, box], batch * n_groups + group, iou_threshold
-        )
-        rows = torch.stack([batch[keep], group[keep], box[keep]], dim=1)
-        # keep is sorted by score; the first max_per_group of each (batch, group) survive.
-        key = rows[:, 0] * n_groups + rows[:, 1]
-        key_sorted, order = torch.sort(key, stable=True)
-        counts = torch.bincount(key_sorted, minlength=n_batch * n_groups)
-        rank = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[key_sorted]
-        return rows[order[rank < max_per_group]]
 
-    @staticmethod
-    def symbolic(g, boxes, scores, max_per_group, iou_threshold, score_threshold):  # noqa: D102
-        return g.op(
-            "NonMaxSuppression",
-            boxes,
-            scores,
-            g.op("Constant", value_t=torch.tensor([max_per_group], dtype=torch.int64)),
-            g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
-            g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
-            center_point_box_i=0,
-        )
+@non_max_suppression.register_fake
+def _(boxes, scores, max_per_group, iou_threshold, score_threshold):
+    count = torch.library.get_ctx().new_dynamic_size()
+    return scores.new_empty((count, 3), dtype=torch.int64)
+
+
+@parse_args("v", "v", "i", "f", "f")
+def _nms_symbolic(g, boxes, scores, max_per_group, iou_threshold, score_threshold):
+    return g.op(
+        "NonMaxSuppression",
+        boxes,
+        scores,
+        g.op("Constant", value_t=torch.tensor([max_per_group], dtype=torch.int64)),
+        g.op("Constant", value_t=torch.tensor([iou_threshold], dtype=torch.float32)),
+        g.op("Constant", value_t=torch.tensor([score_threshold], dtype=torch.float32)),
+        center_point_box_i=0,
+    )
+
+
+torch.onnx.register_custom_op_symbolic("mrcnn::non_max_suppression", _nms_symbolic, 11)
 
 
 def _top_survivors(
@@ -144,9 +158,7 @@ def propose(
     group_scores = torch.where(
         in_level & ok[:, None, :], scores[:, None, :], torch.full_like(scores[:, None], -1.0)
     )  # [B, L, K]
-    rows = _NonMaxSuppression.apply(
-        boxes, group_scores, post_nms_top_n, nms_thresh, _SCORE_THRESHOLD
-    )
+    rows = non_max_suppression(boxes, group_scores, post_nms_top_n, nms_thresh, _SCORE_THRESHOLD)
     index, valid = _top_survivors(scores, rows, rows[:, 2], post_nms_top_n)
     return _gather(boxes, index, valid), valid
 
@@ -176,7 +188,7 @@ def detection_layer(
     ok = (scores > score_thresh) & proposal_valid[..., None]
     ok = ok & box_coder.box_sizes_at_least(boxes, MIN_BOX_SIZE)
     candidates = torch.where(ok, scores, torch.full_like(scores, _NOT_A_CANDIDATE))
-    rows = _NonMaxSuppression.apply(
+    rows = non_max_suppression(
         boxes.permute(0, 2, 1, 3).reshape(b * (k - 1), r, 4),
         candidates.permute(0, 2, 1).reshape(b * (k - 1), 1, r),
         detections_per_img,
