@@ -209,6 +209,12 @@ def detection_layer(
     return out_boxes, out_scores, out_labels, valid
 
 
+def _nonzero(mask: Tensor) -> Tensor:
+    """Indices of the true entries of a 1-D bool mask; the ONNX `NonZero` sees float input,
+    the type TensorRT's parser takes for it."""
+    return torch.nonzero(mask.float()).squeeze(1)
+
+
 def roi_align_levels(
     features: list[Tensor],
     rois: Tensor,
@@ -230,7 +236,7 @@ def roi_align_levels(
         (rois.shape[0], feats[0].shape[1], output_size, output_size), dtype=feats[0].dtype
     )
     for level, feat in enumerate(feats):
-        idx = torch.nonzero(levels == level).squeeze(1)
+        idx = _nonzero(levels == level)
         scale = feat.shape[-1] / image_size
         pooled = roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned)
         out = out.index_put((idx,), pooled)
@@ -300,14 +306,14 @@ class InferenceGraph(nn.Module):
         rois = torch.cat([rois_with_image_index(boxes), torch.tensor([[0.0, 0, 0, 1, 1]])])
         flat_labels = torch.cat([labels.reshape(-1), torch.ones(1, dtype=labels.dtype)])
         flat_valid = torch.cat([valid.reshape(-1), torch.ones(1, dtype=torch.bool)])
-        sel = torch.nonzero(flat_valid).squeeze(1)
+        sel = _nonzero(flat_valid)
         logits = heads.mask_head(
             roi_align_levels(features, rois[sel], output_size=heads.mask_pool_size, **pool)
         )
         chosen = flat_labels[sel]
         probs = logits.gather(1, chosen[:, None, None, None].expand(-1, 1, *logits.shape[2:]))
         probs = probs[:, 0].sigmoid()
-        mk = probs.shape[-1]
+        mk = 2 * heads.mask_pool_size  # the mask head doubles the pooled side (deconv)
         mask_probs = torch.zeros((b * d + 1, mk, mk), dtype=probs.dtype)
         mask_probs = mask_probs.index_put((sel,), probs)[: b * d].reshape(b, d, mk, mk)
         return boxes, scores, labels, valid, mask_probs
