@@ -50,8 +50,9 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
         img = img + rng.normal(0, 10, (h // 4 + 1, w // 4 + 1, 3)).repeat(4, 0).repeat(4, 1)[:h, :w]
         img = img + rng.normal(0, 4, (h, w, 3))  # fine detail, as in photos
         name = f"{i + 1:012d}.jpg"
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "train" / name,
-                                                                     quality=90)  # fmt: skip
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            root / "train" / name, quality=90
+        )
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
         for _ in range(int(rng.integers(3, 13))):
             r = float(rng.uniform(0.04, 0.3) * min(h, w))
@@ -61,8 +62,15 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
             rad = r * rng.uniform(0.6, 1.0, k)
             poly = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1).reshape(-1)
             cat = int(rng.integers(1, 81))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat,
-                         "segmentation": [poly.round(2).tolist()], "iscrowd": 0})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "segmentation": [poly.round(2).tolist()],
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": c, "name": f"class{c}"} for c in range(1, 81)]
     doc = {"images": images, "annotations": anns, "categories": cats}
     (root / "annotations" / "instances_train.json").write_text(json.dumps(doc))
@@ -107,8 +115,9 @@ def main() -> None:
         parsed = load_coco_split(raw / "annotations" / "instances_train.json")
         opts = ShardOptions(image_size=args.size, mini_mask_shape=56, samples_per_shard=32)
         t0, c0 = time.perf_counter(), cpu_seconds()
-        build_split(parsed.records, raw / "train", out, class_map([parsed.categories]), opts,
-                    num_workers=1)  # fmt: skip
+        build_split(
+            parsed.records, raw / "train", out, class_map([parsed.categories]), opts, num_workers=1
+        )
         build_wall = args.images / (time.perf_counter() - t0)
         build_cpu = 1000 * (cpu_seconds() - c0) / args.images
         ds = ShardDataset(out)
@@ -127,21 +136,29 @@ def main() -> None:
             for w in args.workers
         }
 
-    print(f"device: {cores}-core CPU, torch {torch.__version__}; {args.images} images 640x480 -> "
-          f"{args.size} px, {shard_mb / args.images * 1024:.0f} KB/sample in shards; "
-          f"best of {args.repeats}")  # fmt: skip
-    print(f"shard build       : {build_wall:6.1f} images/s per core "
-          f"({build_cpu:.0f} CPU ms/image; 1 process, 1 torch thread)")  # fmt: skip
+    print(
+        f"device: {cores}-core CPU, torch {torch.__version__}; {args.images} images 640x480 -> "
+        f"{args.size} px, {shard_mb / args.images * 1024:.0f} KB/sample in shards; "
+        f"best of {args.repeats}"
+    )
+    print(
+        f"shard build       : {build_wall:6.1f} images/s per core "
+        f"({build_cpu:.0f} CPU ms/image; 1 process, 1 torch thread)"
+    )
     print(f"ShardDataset[i]   : {max(decode):6.1f} images/s (1 process)")
     for w, runs in loader.items():
         rate, cpu = max(runs)
         where = "in-process" if w == 0 else f"{w} workers"
-        print(f"TrainLoader (B={args.batch_size}) : {rate:6.1f} images/s ({where}; "
-              f"{cpu:.1f} CPU ms/image in the main process)")  # fmt: skip
+        print(
+            f"TrainLoader (B={args.batch_size}) : {rate:6.1f} images/s ({where}; "
+            f"{cpu:.1f} CPU ms/image in the main process)"
+        )
     if 0 in loader:
         cpu = min(c for _, c in loader[0])
-        print(f"extrapolated x16  : ~{16 * 1000 / cpu:.0f} images/s (16 x the in-process CPU "
-              "cost per image; an extrapolation, not a measurement)")  # fmt: skip
+        print(
+            f"extrapolated x16  : ~{16 * 1000 / cpu:.0f} images/s (16 x the in-process CPU "
+            "cost per image; an extrapolation, not a measurement)"
+        )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ import mrcnn
 model = mrcnn.build_model(mrcnn.presets.shapes_small())
 detections = model.detect([image])        # uint8 H x W x 3 -> list[mrcnn.Detections]
 
-Names and submodules are imported on first use (PEP 562), so the torch-free parts
-(`mrcnn.onnx_model.OnnxModel`, `mrcnn.detections`, `mrcnn.images`) load in a process that has
-only numpy, Pillow and onnxruntime.
+Subpackages reachable from `import mrcnn`: `mrcnn.presets` (configs), `mrcnn.data` (shard
+format, resize/pad, mini-masks, loaders), `mrcnn.weights` (torchvision checkpoint import) and
+`mrcnn.export` (ONNX / torch.export). Names and subpackages are imported on first use
+(PEP 562), so the torch-free parts (`mrcnn.onnx_model.OnnxModel`, `mrcnn.detections`,
+`mrcnn.images`) load in a process that has only numpy, Pillow and onnxruntime.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ if TYPE_CHECKING:
     from mrcnn.model import MaskRCNN, build_model
     from mrcnn.structures import Batch
 
-__all__ = ["Batch", "Config", "Detections", "MaskRCNN", "build_model", "presets"]
+__all__ = [
+    "Batch",
+    "Config",
+    "Detections",
+    "MaskRCNN",
+    "build_model",
+    "data",
+    "presets",
+    "weights",
+]
 
 _NAMES = {
     "Batch": "mrcnn.structures",

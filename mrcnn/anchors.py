@@ -2,7 +2,7 @@
 
 One anchor size per FPN level (P2..P6, strides 4..64) and every aspect ratio at each cell, ordered
 level -> cell (row-major) -> ratio. That is the order in which the RPN head's outputs are
-flattened (`mrcnn.rpn.flatten_head_outputs`), so anchor `a` and prediction `a` always belong
+flattened (`mrcnn.rpn.RPNHead.forward`), so anchor `a` and prediction `a` always belong
 together. Matches torchvision's `AnchorGenerator`: base anchors rounded to whole pixels, centred
 on `(col * stride, row * stride)`, stride = input size // grid size.
 """
@@ -25,13 +25,17 @@ def feature_grid_sizes(image_size: int) -> list[tuple[int, int]]:
 
 
 class AnchorGenerator(nn.Module):
-    """Anchors for a square input of side S: `forward(S) -> [A, 4]` xyxy in the padded frame.
+    """Anchors for a square input of side S.
 
-    sizes:  one anchor side (sqrt of area) per level, e.g. (32, 64, 128, 256, 512)
-    ratios: height / width, e.g. (0.5, 1, 2)
-    anchor_stride: place anchors on every n-th feature cell (the RPN head's outputs are
-        subsampled the same way).
+    forward(S, device, dtype) -> anchors float [A, 4] xyxy in the padded frame, ordered level ->
+    cell (row-major) -> ratio, and the anchor count of each level P2..P6 (they sum to A).
     Results are cached per (S, device, dtype).
+
+    Args:
+        sizes: one anchor side (sqrt of area) per level P2..P6, e.g. (32, 64, 128, 256, 512).
+        ratios: height / width, e.g. (0.5, 1, 2); a = len(ratios) anchors per cell.
+        anchor_stride: place anchors on every n-th feature cell (the RPN head's outputs are
+            subsampled the same way).
     """
 
     def __init__(

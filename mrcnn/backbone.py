@@ -51,7 +51,13 @@ def _gn_groups(channels: int) -> int:
 class ResNetBody(nn.Module):
     """torchvision's ResNet without avgpool/fc, optionally narrower (`width_multiplier`).
 
-    forward: [B, 3, S, S] -> (C2, C3, C4, C5) at strides 4, 8, 16, 32.
+    forward: [B, 3, S, S] -> (C2, C3, C4, C5) at strides 4, 8, 16, 32, with `out_channels`
+    channels each (64, 128, 256, 512 times the block expansion, times `width_multiplier`).
+
+    Args:
+        arch: a key of the architecture table (resnet18 .. resnext101_32x8d).
+        norm: a constructor channels -> norm module (see `norm_layer`).
+        width_multiplier: scales every stage's width (rounded to multiples of 8, at least 8).
     """
 
     def __init__(
@@ -110,7 +116,26 @@ def _scaled(width: int, multiplier: float) -> int:
 
 
 class FPNBackbone(nn.Module):
-    """Body + FPN. forward: images [B, 3, S, S] -> [P2, P3, P4, P5, P6]."""
+    """ResNet / ResNeXt body + FPN: the model's backbone.
+
+    forward(images float [B, 3, S, S], normalised) -> [P2, P3, P4, P5, P6], each
+    float [B, C, S/s, S/s] at strides s = 4, 8, 16, 32, 64 (sides round up for odd inputs),
+    C = `fpn_channels` (`out_channels`). P6 is P5 subsampled by 2 (FPN sec. 4.1).
+
+    Args:
+        arch: body, one of resnet18/34/50/101, resnext50_32x4d, resnext101_32x8d (torchvision's
+            blocks and module names, so their checkpoints load with `load_backbone_state_dict`).
+        norm: the body's normalisation: "frozen_bn" (FrozenBatchNorm2d: fixed statistics and
+            affine, for fine-tuning pretrained weights), "bn" (BatchNorm2d, from scratch with
+            large batches) or "gn" (GroupNorm with 32 groups in the body and the FPN convs, from
+            scratch at any batch size; Wu & He, 2018).
+        trainable_stages: how many body stages train, counted from the top of
+            (layer4, layer3, layer2, layer1, conv1 + bn1): 0 freezes the body, 5 trains all of
+            it, 3 is torchvision's fine-tuning default. The FPN always trains.
+        fpn_channels: C, the channels of every pyramid level (256 in the paper).
+        width_multiplier: scales the body's widths (rounded to multiples of 8, at least 8) for
+            small CPU-trainable models; 1.0 is the published architecture.
+    """
 
     def __init__(
         self,

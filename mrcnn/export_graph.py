@@ -30,7 +30,7 @@ from torch.onnx.symbolic_helper import parse_args
 from torchvision.ops import batched_nms, roi_align
 
 from mrcnn import box_coder
-from mrcnn.inference import MIN_BOX_SIZE
+from mrcnn.detection_layer import MIN_BOX_SIZE
 from mrcnn.model import MaskRCNN
 from mrcnn.poolers import K_MAX, K_MIN, assign_levels, rois_with_image_index
 
@@ -175,7 +175,7 @@ def detection_layer(
     nms_thresh: float,
     detections_per_img: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`mrcnn.inference.detection_layer` for export, same contract.
+    """`mrcnn.detection_layer.detection_layer` for export, same contract.
 
     Each (image, class) is one batch entry of `NonMaxSuppression` (its boxes are the class's
     own decoded boxes), so the per-class NMS is exact, with no coordinate-offset trick.

@@ -2,7 +2,7 @@
 
 The host side of an exported model (`mrcnn.onnx_model.OnnxModel`): boxes leave the padded frame,
 invalid slots are dropped, and each M x M mask probability map is pasted into its image. The
-arithmetic is `MaskRCNN.postprocess` / `mrcnn.inference.paste_masks_in_image` step for step in
+arithmetic is `MaskRCNN.postprocess` / `mrcnn.mask_paste.paste_masks_in_image` step for step in
 float32 (torchvision's paste geometry: a one-pixel border, the box grown by (M + 2) / M and
 truncated to whole pixels, bilinear resize with align_corners=False, done as a separable
 matmul), so eager and exported models give the same masks up to matmul rounding at the
@@ -109,7 +109,7 @@ def _resize_coords(
 
 def _bilinear_matrix(coords: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
     """float32 [N, L] source indices -> [N, L, size] interpolation weights (zero rows where not
-    valid); as `mrcnn.mask_ops.bilinear_matrix`."""
+    valid); as `mrcnn.mask_paste.bilinear_matrix`."""
     c = np.clip(coords, 0, size - 1)
     i0 = np.floor(c).astype(np.int64)
     i1 = np.minimum(i0 + 1, size - 1)

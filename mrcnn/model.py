@@ -21,15 +21,70 @@ from mrcnn.backbone import FPNBackbone
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
 from mrcnn.images import check_images
-from mrcnn.inference import paste_masks_in_image
 from mrcnn.losses import total_loss
-from mrcnn.roi_heads import BoxHead, MaskHead, RawDetections, RoIHeads
+from mrcnn.mask_paste import paste_masks_in_image
+from mrcnn.roi_heads import BoxHead, MaskHead, RoIHeads
 from mrcnn.rpn import RegionProposalNetwork, RPNHead
-from mrcnn.structures import Batch, Detections
+from mrcnn.structures import Batch, Detections, RawDetections
 
 
 class MaskRCNN(nn.Module):
-    """`forward(batch)`: a dict of named losses in training mode, `RawDetections` in eval mode."""
+    """Mask R-CNN: backbone (ResNet + FPN) -> RPN -> RoI heads (box + class-specific mask).
+
+    Build it with `build_model(cfg)`; the constructor takes the parts already wired.
+
+    Shape shorthand: B images, S the padded input side (`image_size`), G ground-truth slots,
+    m mini-mask side, K classes incl. background (`num_classes`), D detections per image,
+    M = 28 mask side, H x W an original image, N the detections of one image.
+
+    `forward(batch: Batch)` takes a fixed-shape batch (as `mrcnn.data.collate` builds it):
+        images          uint8   [B, 3, S, S] resized and zero-padded, RGB
+        windows         float32 [B, 4] (y1, x1, y2, x2) of the real image in the padded frame
+        scales          float32 [B] resize factor original -> padded frame
+        original_sizes  int64   [B, 2] (h, w)
+        image_ids       int64   [B]
+      and in training mode also the ground truth:
+        gt_boxes        float32 [B, G, 4] xyxy in the padded frame
+        gt_labels       int64   [B, G] 1..K-1 (0 in empty slots)
+        gt_mini_masks   uint8   [B, G, m, m] each instance's mask inside its box
+        gt_valid        bool    [B, G]
+    Training mode returns a dict of scalar losses, `loss_rpn_objectness`, `loss_rpn_box`,
+    `loss_classifier`, `loss_box`, `loss_mask` (unweighted; `total_loss` weights and sums
+    them). Eval mode returns `RawDetections` in the padded frame, D = detections_per_img slots:
+        boxes float32 [B, D, 4] xyxy, scores float32 [B, D], labels int64 [B, D],
+        valid bool [B, D], mask_probs float32 [B, D, M, M] (the label's mask, after sigmoid).
+    A batch whose images are not S x S raises `ValueError`.
+
+    `detect(images)` is the user's entry point: uint8 numpy `H x W x 3` RGB images of any
+    size -> one `Detections` per image, in that image's pixels: boxes float32 [N, 4] xyxy,
+    scores float32 [N], labels int64 [N] (1..K-1), masks bool [N, H, W]. It is
+    `prepare` (resize + pad into a `Batch`) -> `predict` (eval-mode forward, the mode restored
+    after) -> `postprocess` (boxes to original pixels, masks pasted and thresholded at
+    `mask_thresh`).
+
+    Example:
+        >>> import numpy as np, mrcnn
+        >>> model = mrcnn.build_model(mrcnn.presets.shapes_small(num_classes=4))
+        >>> [det] = model.detect([np.zeros((240, 320, 3), np.uint8)])
+        >>> det.boxes.shape[1], det.masks.shape[1:]
+        (4, (240, 320))
+        >>> # training: batch = mrcnn.data.collate(samples, max_gt=32)
+        >>> # loss = model.total_loss(model.train()(batch)); loss.backward()
+
+    Args:
+        backbone: `FPNBackbone`, images -> P2..P6.
+        rpn: `RegionProposalNetwork`, features -> proposals (+ RPN losses in training).
+        roi_heads: `RoIHeads`, proposals -> losses or `RawDetections`.
+        num_classes: K, including background (class 0).
+        image_size: S; batches must be S x S (`shards.image_size` must match).
+        resize_mode: how `detect` resizes images (as the shards were made, `mrcnn.data.resize`).
+        min_size: the shorter-side target of the `short_side` resize mode (`resize_and_pad`).
+        pixel_mean: per-channel RGB mean on the 0..1 scale, subtracted in `normalize`.
+        pixel_std: per-channel RGB std on the 0..1 scale, divided in `normalize`.
+        mask_thresh: mask probability at or above which a pasted pixel is in the mask (0.5).
+        loss_weights: `LossConfig` field -> weight, applied once in `total_loss`.
+        class_names: optional names of classes 0..K-1 (for pictures and exports).
+    """
 
     def __init__(
         self,
@@ -126,7 +181,11 @@ class MaskRCNN(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> RawDetections:
-        """Inference on a prepared batch (eval mode for the call, then restored)."""
+        """Inference on a prepared batch (eval mode for the call, then restored).
+
+        batch: a `Batch` without ground truth (as `prepare` builds) -> `RawDetections`
+        [B, D, ...] in the padded frame (see the class docstring).
+        """
         was_training = self.training
         self.eval()
         try:
@@ -136,6 +195,10 @@ class MaskRCNN(nn.Module):
 
     def postprocess(self, raw: RawDetections, batch: Batch) -> list[Detections]:
         """Fixed-shape detections -> one `Detections` per image in original-image pixels.
+
+        raw: `RawDetections` [B, D, ...] of `batch` (its windows, scales, original_sizes are
+        used) -> B `Detections`: boxes float32 [N, 4] xyxy clipped to the image, scores
+        float32 [N], labels int64 [N], masks bool [N, H, W]; N = valid slots of the image.
 
         A loop over images: each has its own output size, so this is where shapes stop being
         fixed. Box mapping is vectorised; masks are pasted with one batched matmul per image.
@@ -172,7 +235,10 @@ class MaskRCNN(nn.Module):
         """Detect objects in uint8 `H x W x 3` RGB images of any size.
 
         Each image is resized and padded as the shards are (`resize_mode`, `image_size`), run in
-        batches of `batch_size`, and its detections are mapped back to its own pixels.
+        batches of `batch_size`, and its detections are mapped back to its own pixels:
+        -> one `Detections` per image (boxes float32 [N, 4], scores [N], labels int64 [N],
+        masks bool [N, H, W]). Bad input (not a list, wrong dtype, rank, channels, empty)
+        raises `ValueError` saying what was expected.
         """
         images = check_images(images)
         results: list[Detections] = []

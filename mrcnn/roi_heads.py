@@ -6,23 +6,27 @@ background, M = 28 mask side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from mrcnn.inference import detection_layer, select_class_masks
+from mrcnn.detection_layer import detection_layer, select_class_masks
 from mrcnn.losses import box_losses, mask_loss
 from mrcnn.poolers import multilevel_roi_align, roi_align_levels, rois_with_image_index
-from mrcnn.structures import Batch
+from mrcnn.structures import Batch, RawDetections
 from mrcnn.targets import detection_targets
 
 
 class BoxHead(nn.Module):
     """Two 1024-d FC layers ("2fc") then class scores and class-specific box deltas.
 
-    forward: pooled [N, C, 7, 7] -> class logits [N, K], deltas [N, K * 4] (class-major).
+    forward: pooled [N, C, P, P] -> class logits [N, K], deltas [N, K * 4] (class-major).
+
+    Args:
+        in_channels: C, the FPN's channels.
+        pool_size: P, the RoIAlign output side (7).
+        hidden: width of both FC layers (1024 in the paper).
+        num_classes: K, including background.
     """
 
     def __init__(self, in_channels: int, pool_size: int, hidden: int, num_classes: int) -> None:
@@ -47,6 +51,12 @@ class MaskHead(nn.Module):
 
     forward: pooled [N, C, 14, 14] -> mask logits [N, K, 28, 28]. Predicting K masks and
     training only the gt class's one decouples masks from classes (sec. 3, "Mask Representation").
+
+    Args:
+        in_channels: C, the FPN's channels.
+        channels: width of the convs and the deconv (256 in the paper).
+        num_convs: n, the 3x3 convs before the deconv (4 in the paper, fig. 4 right).
+        num_classes: K, including background: one mask per class.
     """
 
     def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int) -> None:
@@ -71,26 +81,39 @@ class MaskHead(nn.Module):
         return self.logits(self.deconv(x).relu_())
 
 
-@dataclass
-class RawDetections:
-    """Fixed-shape detections in the padded frame, before pasting (D slots per image).
-
-    boxes [B, D, 4], scores [B, D], labels int64 [B, D], valid bool [B, D],
-    mask_probs [B, D, M, M] (the label's mask, after sigmoid).
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    valid: Tensor
-    mask_probs: Tensor
-
-
 class RoIHeads(nn.Module):
     """Detection targets + multi-level RoIAlign + box head + mask head (+ detection layer).
 
     `losses(...)` in training, `detect(...)` at inference. Features are P2..P6 of a square
-    input of side `image_size`; RoIs pool from P2..P5.
+    input of side `image_size`; RoIs pool from P2..P5, each from the level its size picks
+    (FPN eq. 1, `mrcnn.poolers`).
+
+    losses(features, image_size, proposals [B, R, 4], proposal_valid bool [B, R], batch)
+        -> {"loss_classifier", "loss_box", "loss_mask"}: scalar tensors. Samples
+        `batch_size_per_image` RoIs per image (gt boxes added to the proposals), runs the box
+        head on all of them and the mask head on the positives only.
+    detect(features, image_size, proposals [B, R, 4], proposal_valid [B, R], windows [B, 4])
+        -> `RawDetections` with D = `detections_per_img` slots per image (padded frame).
+
+    Args:
+        box_head: `BoxHead`, pooled [N, C, P, P] -> class logits [N, K], deltas [N, K * 4].
+        mask_head: `MaskHead`, pooled [N, C, Pm, Pm] -> mask logits [N, K, 2 Pm, 2 Pm].
+        box_pool_size: RoIAlign output side P for the box head (7 in the paper).
+        mask_pool_size: RoIAlign output side Pm for the mask head (14; masks are 2 Pm = 28).
+        sampling_ratio: RoIAlign sampling points per bin side (0 = adaptive, as torchvision).
+        aligned: RoIAlign's half-pixel shift (False as torchvision's MultiScaleRoIAlign,
+            True as detectron2's ROIAlignV2).
+        canonical_scale: FPN level assignment: a RoI of this side (224) ...
+        canonical_level: ... maps to this level (4, i.e. P4); k = floor(k0 + log2(sqrt(wh)/224)).
+        batch_size_per_image: RoIs sampled per image for the losses (512 in the paper).
+        positive_fraction: at most this share of them are foreground (0.25).
+        fg_iou_thresh: a RoI with IoU >= this to some gt box is foreground (0.5) ...
+        bg_iou_thresh: ... and background below this (0.5); in between is ignored.
+        box_weights: (wx, wy, ww, wh) scaling of the box deltas (10, 10, 5, 5), used both to
+            encode the regression targets and to decode predictions.
+        score_thresh: inference: class scores at or below this are dropped before NMS (0.05).
+        nms_thresh: inference: IoU threshold of the per-class NMS (0.5).
+        detections_per_img: inference: D, the detections kept per image (100).
     """
 
     def __init__(
@@ -182,7 +205,12 @@ class RoIHeads(nn.Module):
         proposal_valid: Tensor,
         batch: Batch,
     ) -> dict[str, Tensor]:
-        """Sample RoIs, run both heads on them and return the box, class and mask losses."""
+        """Sample RoIs, run both heads on them and return the box, class and mask losses.
+
+        features: P2..P6 [B, C, H_l, W_l]; proposals [B, R, 4] with proposal_valid [B, R];
+        `batch` must hold ground truth (gt_boxes, gt_labels, gt_mini_masks, gt_valid)
+        -> {"loss_classifier", "loss_box", "loss_mask"}, each a scalar tensor.
+        """
         if not batch.has_targets:
             raise ValueError("training the RoI heads needs ground truth in the batch")
         with record_function("mrcnn.detection_targets"):
@@ -235,7 +263,12 @@ class RoIHeads(nn.Module):
         proposal_valid: Tensor,
         windows: Tensor,
     ) -> RawDetections:
-        """Box head on all proposals, detection layer, then the mask head on the kept boxes."""
+        """Box head on all proposals, detection layer, then the mask head on the kept boxes.
+
+        features: P2..P6 [B, C, H_l, W_l]; proposals [B, R, 4] xyxy in the padded frame with
+        proposal_valid bool [B, R]; windows float [B, 4] (y1, x1, y2, x2) of each real image
+        (boxes are clipped to it) -> `RawDetections` [B, D, ...], D = detections_per_img.
+        """
         b, r, _ = proposals.shape
         with record_function("mrcnn.box_head"):
             pooled = self._pool(features, proposals, image_size, self.box_pool_size)

@@ -23,7 +23,14 @@ from mrcnn.targets import rpn_targets
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then 1x1 convs to `a` objectness logits and `4a` deltas per cell."""
+    """3x3 conv + ReLU, then 1x1 convs to `a` objectness logits and `4a` deltas per cell.
+
+    Args:
+        in_channels: C, the FPN's channels (the conv keeps them).
+        num_anchors: a, anchors per cell (one per aspect ratio).
+        anchor_stride: run the 1x1 convs on every `anchor_stride`-th cell only, matching an
+            `AnchorGenerator` with the same stride (matterport's RPN_ANCHOR_STRIDE; 1 = all).
+    """
 
     def __init__(self, in_channels: int, num_anchors: int, anchor_stride: int = 1) -> None:
         super().__init__()
@@ -71,6 +78,15 @@ def propose(
     objectness [B, A] logits, deltas [B, A, 4], anchors [A, 4], windows [B, 4] (y1, x1, y2, x2)
     -> boxes [B, R, 4] (padded frame), scores [B, R] (sigmoid), valid bool [B, R],
        R = post_nms_top_n, each row sorted by score; invalid slots hold zeros.
+
+    Args:
+        num_anchors_per_level: A split by level (from `AnchorGenerator`), for the per-level
+            top-k.
+        pre_nms_top_n: candidates kept per level and image by objectness before NMS.
+        post_nms_top_n: R, proposals kept per image after NMS.
+        nms_thresh: IoU threshold of the NMS within each (image, level).
+        min_size: boxes narrower or shorter than this (pixels, after clipping) are dropped.
+        score_thresh: boxes with sigmoid objectness below this are dropped.
     """
     device = objectness.device
     objectness = objectness.detach().float()
@@ -105,7 +121,28 @@ class RegionProposalNetwork(nn.Module):
     """Head + anchors + proposal layer, and in training the RPN targets and losses.
 
     forward(features, windows, image_size[, gt_boxes, gt_valid]) ->
-        proposals [B, R, 4], proposal_valid [B, R], losses (empty unless training).
+        proposals float [B, R, 4] xyxy in the padded frame, sorted by objectness,
+        proposal_valid bool [B, R] (R = post_nms_top_n of the mode; invalid slots are zeros),
+        losses {"loss_rpn_objectness", "loss_rpn_box"} scalars in training, {} in eval mode.
+    features are P2..P6 [B, C, H_l, W_l], windows float [B, 4] (y1, x1, y2, x2) the real image
+    inside the padded input of side `image_size`; gt_boxes [B, G, 4] and gt_valid bool [B, G]
+    are needed in training only.
+
+    Args:
+        head: `RPNHead`, shared over levels: P_l -> objectness logits and deltas per anchor.
+        anchor_generator: `AnchorGenerator`, the anchors [A, 4] in the head's output order.
+        pre_nms_top_n: (train, test) anchors kept per level by objectness before NMS
+            (FPN paper: 2000 / 1000).
+        post_nms_top_n: (train, test) proposals kept per image after NMS: R (2000 / 1000).
+        nms_thresh: IoU threshold of the NMS within each (image, level) (0.7).
+        min_size: proposals narrower or shorter than this (pixels) are dropped.
+        score_thresh: proposals with sigmoid objectness below this are dropped (0.0).
+        fg_iou_thresh: training: an anchor with IoU >= this to a gt box is positive (0.7);
+            each gt's best anchors are positive too (Faster R-CNN sec. 3.1.2).
+        bg_iou_thresh: training: an anchor whose best IoU is below this is negative (0.3);
+            in between it is ignored.
+        batch_size_per_image: training: anchors sampled per image for the losses (256).
+        positive_fraction: training: at most this share of them are positive (0.5).
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mrcnn.detections import Detections
 
-__all__ = ["Batch", "Detections"]
+__all__ = ["Batch", "Detections", "RawDetections"]
 
 
 @dataclass
@@ -69,3 +69,23 @@ class Batch:
                 for v in [getattr(self, f.name)]
             }
         )
+
+
+@dataclass
+class RawDetections:
+    """Fixed-shape detections in the padded frame, before pasting: what `MaskRCNN.forward`
+    returns in eval mode (and `MaskRCNN.predict` always); `MaskRCNN.postprocess` turns them into
+    one `Detections` per image.
+
+    boxes:      float32 [B, D, 4] xyxy in the padded frame, each row sorted by score
+    scores:     float32 [B, D] softmax score of the label
+    labels:     int64   [B, D] class index 1..K-1 (0 in empty slots)
+    valid:      bool    [B, D] which slots hold a detection (D = detections_per_img)
+    mask_probs: float32 [B, D, M, M] the label's mask after sigmoid, in the box (M = 28)
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    valid: Tensor
+    mask_probs: Tensor

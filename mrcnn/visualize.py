@@ -175,13 +175,20 @@ def draw_anchors(
         if limit is not None and len(idx) > limit:
             idx = np.sort(rng.choice(idx, limit, replace=False))
         for a in np.asarray(anchors)[idx]:
-            draw.rectangle([float(a[0]), float(a[1]), float(a[2]) - 1, float(a[3]) - 1],
-                           outline=colour, width=width)  # fmt: skip
-        legend.append((f"{name}: {total}" + (f" ({len(idx)} shown)" if len(idx) < total else ""),
-                       colour))  # fmt: skip
+            draw.rectangle(
+                [float(a[0]), float(a[1]), float(a[2]) - 1, float(a[3]) - 1],
+                outline=colour,
+                width=width,
+            )
+        legend.append(
+            (f"{name}: {total}" + (f" ({len(idx)} shown)" if len(idx) < total else ""), colour)
+        )
     for b in np.asarray(gt_boxes if gt_boxes is not None else np.zeros((0, 4))):
-        draw.rectangle([float(b[0]), float(b[1]), float(b[2]) - 1, float(b[3]) - 1],
-                       outline=(255, 255, 255), width=2)  # fmt: skip
+        draw.rectangle(
+            [float(b[0]), float(b[1]), float(b[2]) - 1, float(b[3]) - 1],
+            outline=(255, 255, 255),
+            width=2,
+        )
     font = _font(max(10, min(pil.size) // 40))
     line = draw.textbbox((0, 0), "Ag", font=font)[3] + 3
     for k, (text, colour) in enumerate(legend):
@@ -254,8 +261,9 @@ def plot_class_distribution(
     palette = colors(len(splits)) / 255.0
     for k, split in enumerate(splits):
         values = [counts[split].get(name, 0) for name in names]
-        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, values, width, label=split,
-                      color=palette[k])  # fmt: skip
+        bars = ax.bar(
+            x + (k - (len(splits) - 1) / 2) * width, values, width, label=split, color=palette[k]
+        )
         ax.bar_label(bars, fontsize=7)
     ax.set_xticks(
         x, names, rotation=45 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center"

@@ -12,7 +12,6 @@ then extracts into a temporary folder that is renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+
+from mrcnn.fileio import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def download_file(
         part.unlink()
         raise ChecksumError(f"{dest.name}: size {got_size} != expected {size}; deleted it")
     if md5 is not None:
-        got = file_md5(part)
+        got = file_digest(part, "md5")
         if got != md5:
             part.unlink()
             raise ChecksumError(
@@ -128,10 +129,17 @@ def _fetch_into(url: str, part: Path, size: int | None, timeout: float) -> None:
             have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else size
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5],
-            leave=False,
-        ) as bar:  # fmt: skip
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=part.name[:-5],
+                leave=False,
+            ) as bar,
+        ):
             while chunk := resp.read(CHUNK):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -141,14 +149,6 @@ def _fetch_into(url: str, part: Path, size: int | None, timeout: float) -> None:
         raise http.client.IncompleteRead(b"", total - part.stat().st_size)
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK * 4):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_zip_members(archive: zipfile.ZipFile, name: str) -> None:
     """Raise `UnsafeArchiveError` if any entry could escape the extraction folder."""
     for info in archive.infolist():
@@ -156,8 +156,10 @@ def check_zip_members(archive: zipfile.ZipFile, name: str) -> None:
         parts = PurePosixPath(p).parts
         is_link = stat.S_ISLNK(info.external_attr >> 16)
         if p.startswith("/") or ".." in parts or (parts and ":" in parts[0]) or is_link:
-            raise UnsafeArchiveError(f"{name}: refusing entry {info.filename!r} (outside the "
-                                     "target folder or a link); nothing was extracted")  # fmt: skip
+            raise UnsafeArchiveError(
+                f"{name}: refusing entry {info.filename!r} (outside the "
+                "target folder or a link); nothing was extracted"
+            )
 
 
 def extract_zip(
@@ -174,8 +176,9 @@ def extract_zip(
         infos = [i for i in zf.infolist() if members is None or members(i.filename)]
         tmp.mkdir(parents=True)
         root = tmp.resolve()
-        for info in tqdm(infos, desc=f"extract {Path(archive_path).name}", unit="file",
-                         leave=False):  # fmt: skip
+        for info in tqdm(
+            infos, desc=f"extract {Path(archive_path).name}", unit="file", leave=False
+        ):
             out = (tmp / info.filename).resolve()
             if root not in out.parents and out != root:  # belt and braces after the check
                 raise UnsafeArchiveError(f"refusing {info.filename!r}")

@@ -23,15 +23,23 @@ from typing import Any, TypeVar
 import yaml
 
 from mrcnn import presets
-from mrcnn.config import RESIZE_MODES, Config, from_mapping, reprefix
+from mrcnn.config import Config, InputConfig, from_mapping, reprefix
 from mrcnn.data.shapes import ShapesSpec
+from mrcnn.data.writer import ShardOptions
 
 T = TypeVar("T")
 
 DATA_SOURCES = ("shapes", "coco", "local")
 SPLITS = ("train", "val")
 IMAGE_FORMATS = ("auto", "png", "jpeg")
-TUNE_METRICS = {"segm_AP": "max", "bbox_AP": "max", "loss": "min"}  # what train_loop reports
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """`auto`, `cpu`, `cuda` or `cuda:N` (see `resolve_device`)."""
+    check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
 
 
 def check(ok: bool, key: str, why: str) -> None:
@@ -100,13 +108,11 @@ class ShardsParams:
     num_workers: int = 0  # processes; 0 = all cores
 
     def validate(self) -> None:
-        check(
-            self.image_size >= 32 and self.image_size % 32 == 0,
-            "image_size",
-            "must be a multiple of 32 (the FPN's coarsest stride), >= 32",
-        )
-        check(self.resize_mode in RESIZE_MODES, "resize_mode", f"must be one of {RESIZE_MODES}")
-        check(self.min_size > 0, "min_size", "must be > 0")
+        # The model's own input rules (mrcnn.config.InputConfig): shards and model must agree.
+        try:
+            InputConfig(self.image_size, self.resize_mode, self.min_size).validate()
+        except ValueError as e:
+            raise ValueError(reprefix(str(e), "", "params key")) from None
         check(4 <= self.mini_mask_shape <= 256, "mini_mask_shape", "must be in 4..256")
         check(self.image_format in IMAGE_FORMATS, "image_format", f"must be one of {IMAGE_FORMATS}")
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
@@ -114,40 +120,40 @@ class ShardsParams:
         check(self.min_box_size >= 0, "min_box_size", "must be >= 0")
         check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = all cores)")
 
+    @staticmethod
+    def normalize(d: dict[str, Any]) -> dict[str, Any]:
+        """`mini_mask_shape: [56, 56]` (matterport's spelling) is `56`; mini-masks are square."""
+        shape = d.get("mini_mask_shape")
+        if isinstance(shape, (list, tuple)):
+            check(
+                len(shape) == 2 and shape[0] == shape[1],
+                "mini_mask_shape",
+                f"must be one side (56) or a square [h, w] with h == w, got {list(shape)}",
+            )
+            d = {**d, "mini_mask_shape": shape[0]}
+        return d
+
+    def options(self, split: str) -> ShardOptions:
+        """The writer's options for `split`: this section's shared fields, and the split's
+        keep_negatives_<split>."""
+        names = [f.name for f in dataclasses.fields(ShardOptions) if f.name != "keep_negatives"]
+        shared = {name: getattr(self, name) for name in names}
+        return ShardOptions(**shared, keep_negatives=getattr(self, f"keep_negatives_{split}"))
+
 
 @dataclass
 class InspectParams:
-    """`inspect`: the data / anchor / mini-mask pictures (`pipeline.inspect`)."""
+    """`inspect`: the data / anchor / mini-mask pictures (`pipeline.inspect`). The anchors and
+    their IoU thresholds are the `model` section's, so the pictures show what the model uses."""
 
     split: str = "train"
     num_samples: int = 6
     seed: int = 0
-    # One anchor size per level P2..P6; empty = image_size / 16 * (1, 2, 4, 8, 16).
-    anchor_sizes: tuple[float, ...] = ()
-    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    positive_iou: float = 0.7
-    negative_iou: float = 0.3
-    anchors_per_level: int = 6
+    anchors_per_level: int = 6  # drawn per level in anchors_per_level.png
 
     def validate(self) -> None:
         check(self.split in SPLITS, "split", f"must be one of {SPLITS}")
         check(1 <= self.num_samples <= 64, "num_samples", "must be in 1..64")
-        check(
-            len(self.anchor_sizes) in (0, 5),
-            "anchor_sizes",
-            "needs one size per level P2..P6 (5 values) or none",
-        )
-        check(all(s > 0 for s in self.anchor_sizes), "anchor_sizes", "must be > 0")
-        check(
-            len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios),
-            "anchor_ratios",
-            "must be > 0",
-        )
-        check(
-            0 <= self.negative_iou <= self.positive_iou <= 1,
-            "positive_iou",
-            "needs 0 <= negative_iou <= positive_iou <= 1",
-        )
         check(self.anchors_per_level >= 1, "anchors_per_level", "must be >= 1")
 
 
@@ -186,8 +192,7 @@ class EvaluateParams:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(1 <= self.num_overlays <= 64, "num_overlays", "must be in 1..64")
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
-        device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
-        check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
+        check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
 
@@ -218,8 +223,7 @@ class PredictParams:
     def validate(self) -> None:
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        device_ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
-        check(device_ok is not None, "device", "must be auto, cpu, cuda or cuda:N")
+        check_device(self.device)
 
 
 @dataclass
@@ -261,6 +265,10 @@ class TrainParams:
     storage_path: str = "runs"  # Ray Train storage (a shared path on a cluster)
     init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
 
+    def global_batch(self, world_size: int | None = None) -> int:
+        """Images per iteration over all workers (`world_size` defaults to num_workers)."""
+        return self.batch_size * max(1, world_size or self.num_workers)
+
     def validate(self) -> None:
         check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = in-process, no Ray)")
         for name in ("cpus_per_worker", "batch_size", "reference_batch", "iterations"):
@@ -282,61 +290,6 @@ class TrainParams:
             "run_name",
             "must be letters, digits, '.', '_', '-'",
         )
-
-
-@dataclass
-class TuneParams:
-    """`tune`: Ray Tune sweeps (`pipeline.tune`; not a DVC stage). Trials are training runs of the
-    `train` and `model` sections with the sampled values applied and these keys overriding.
-
-    The search space `tune.space` is a mapping parsed by `pipeline.search_space` (not a field).
-    """
-
-    name: str = "shapes"  # sweeps/<name>/ and the Ray Tune experiment <storage_path>/<name>
-    num_samples: int = 6  # trials (times each grid, when the space has grids)
-    metric: str = "segm_AP"  # segm_AP | bbox_AP (val AP, mode max) | loss (mode min)
-    mode: str = "max"
-    scheduler: str = "asha"  # asha (stops bad trials at rungs) | fifo (every trial runs out)
-    grace_period: int = 100  # ASHA: iterations before a trial can be stopped (first rung)
-    reduction_factor: float = 2.0  # ASHA: keep the best 1/factor of trials at each rung
-    search_alg: str = "random"  # random | optuna | hyperopt (those two need their package)
-    seed: int = 0  # of the search algorithm's sampling
-    iterations: int = 300  # per trial, replaces train.iterations (same units, reference batch)
-    eval_every: int = 100  # val AP every N iterations: what ASHA compares (train.eval_every)
-    eval_images: int = 50  # val images in those evaluations (train.eval_images)
-    time_budget_s: float = 0.0  # stop starting / running trials after this; 0 = no budget
-    max_concurrent_trials: int = 0  # 0 = from the cluster: CPUs (GPUs) / those of one trial
-    max_failures: int = 0  # Tune restarts of a trial whose driver died (0: recorded as failed)
-    storage_path: str = ""  # Ray Tune storage; "" = <train.storage_path>/tune
-    out_dir: str = "sweeps"  # best_params.yaml, trials table and picture: <out_dir>/<name>/
-
-    def validate(self) -> None:
-        check(
-            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
-            "name",
-            "must be letters, digits, '.', '_', '-'",
-        )
-        check(self.num_samples >= 1, "num_samples", "must be >= 1")
-        check(self.metric in TUNE_METRICS, "metric", f"must be one of {tuple(TUNE_METRICS)}")
-        check(
-            self.mode == TUNE_METRICS.get(self.metric, self.mode),
-            "mode",
-            f"must be {TUNE_METRICS.get(self.metric)} for metric {self.metric}",
-        )
-        check(self.scheduler in ("asha", "fifo"), "scheduler", "must be asha or fifo")
-        check(self.grace_period >= 1, "grace_period", "must be >= 1")
-        check(self.reduction_factor > 1, "reduction_factor", "must be > 1")
-        check(
-            re.fullmatch(r"[a-z_]+", self.search_alg) is not None,
-            "search_alg",
-            "must be a name such as random, optuna or hyperopt",
-        )
-        for name in ("iterations", "eval_every", "eval_images"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.time_budget_s >= 0, "time_budget_s", "must be >= 0 (0 = no budget)")
-        check(self.max_concurrent_trials >= 0, "max_concurrent_trials", "must be >= 0 (0 = auto)")
-        check(self.max_failures >= 0, "max_failures", "must be >= 0")
-        check(bool(self.out_dir.strip()), "out_dir", "must not be empty")
 
 
 def load_model_config(
@@ -399,6 +352,11 @@ def from_dict(cls: type[T], d: Any, section: str) -> T:
     """Build and validate `cls` from a mapping; errors name `section.key`."""
     if not isinstance(d, dict):
         raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
+    if hasattr(cls, "normalize"):
+        try:
+            d = cls.normalize(d)
+        except ValueError as e:
+            raise ValueError(reprefix(str(e), f"{section}.", "params key")) from None
     return from_mapping(cls, d, prefix=f"{section}.", noun="params key")
 
 

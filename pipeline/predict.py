@@ -231,7 +231,7 @@ def _pull_registered(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipeline.tracking import redact
+    from pipeline.tracking.store import redact
 
     if uri:
         mlflow.set_tracking_uri(uri)
@@ -278,34 +278,23 @@ def _pull_registered(
 
 
 def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None:
-    """`class_map` of the saved model's config.json (label -> dataset category id), if any.
-
-    Accepted: {"1": 18, ...}, {"1": {"id": 18, "name": "dog"}, ...} or [[1, 18, "dog"], ...].
-    It must cover every foreground label 1..K-1.
-    """
+    """{label: dataset category id} from the saved model's config.json class map (the shape of
+    `mrcnn.data.read_class_map`, covering every foreground label 1..K-1), or None without one."""
+    from mrcnn.data import category_ids
+    from mrcnn.data import read_class_map as parse
     from mrcnn.weights import CONFIG_FILE
 
     raw = json.loads((weights_dir / CONFIG_FILE).read_text()).get("class_map")
     if raw is None:
         return None
     try:
-        items = raw.items() if isinstance(raw, dict) else [(row[0], row[1]) for row in raw]
-        mapping = {
-            int(k): int(v.get("id", v.get("category_id")) if isinstance(v, dict) else v)
-            for k, v in items
-        }
-    except (TypeError, ValueError, IndexError, AttributeError) as e:
-        raise ValueError(f"class_map in {weights_dir / CONFIG_FILE} is malformed: {e}") from None
-    missing = sorted(set(range(1, num_classes)) - set(mapping))
-    if missing:
-        raise ValueError(
-            f"class_map in {weights_dir / CONFIG_FILE} has no category id for labels {missing}"
-        )
-    return mapping
+        return category_ids(parse(raw, num_classes))
+    except ValueError as e:
+        raise ValueError(f"class_map in {weights_dir / CONFIG_FILE}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.tracking import TrackingError, check_tracking_uri, tracking_uri
+    from pipeline.tracking.store import TrackingError, check_tracking_uri, tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or a model folder")

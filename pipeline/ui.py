@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline.params import MlflowParams, load_section
-from pipeline.tracking import check_tracking_uri, project_root, redact, tracking_uri
+from pipeline.tracking.store import check_tracking_uri, project_root, redact, tracking_uri
 
 log = logging.getLogger(__name__)
 

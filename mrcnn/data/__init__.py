@@ -9,34 +9,36 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mrcnn.data.class_map import ClassInfo, ClassMap, category_ids, read_class_map
     from mrcnn.data.loader import TrainLoader, collate, eval_batches, hflip_sample
     from mrcnn.data.minimask import expand_mini_masks, make_mini_masks
     from mrcnn.data.resize import resize_and_pad
     from mrcnn.data.shards import Sample, ShardDataset
 
 __all__ = [
+    "ClassInfo",
+    "ClassMap",
     "Sample",
     "ShardDataset",
     "TrainLoader",
+    "category_ids",
     "collate",
     "eval_batches",
     "expand_mini_masks",
     "hflip_sample",
     "make_mini_masks",
+    "read_class_map",
     "resize_and_pad",
 ]
 
-_NAMES = {
-    "Sample": "mrcnn.data.shards",
-    "ShardDataset": "mrcnn.data.shards",
-    "TrainLoader": "mrcnn.data.loader",
-    "collate": "mrcnn.data.loader",
-    "eval_batches": "mrcnn.data.loader",
-    "hflip_sample": "mrcnn.data.loader",
-    "expand_mini_masks": "mrcnn.data.minimask",
-    "make_mini_masks": "mrcnn.data.minimask",
-    "resize_and_pad": "mrcnn.data.resize",
+_MODULES = {
+    "mrcnn.data.class_map": ("ClassInfo", "ClassMap", "category_ids", "read_class_map"),
+    "mrcnn.data.loader": ("TrainLoader", "collate", "eval_batches", "hflip_sample"),
+    "mrcnn.data.minimask": ("expand_mini_masks", "make_mini_masks"),
+    "mrcnn.data.resize": ("resize_and_pad",),
+    "mrcnn.data.shards": ("Sample", "ShardDataset"),
 }
+_NAMES = {name: module for module, names in _MODULES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:

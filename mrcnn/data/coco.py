@@ -122,8 +122,10 @@ def load_coco_split(ann_file: str | Path) -> CocoSplit:
     if not isinstance(doc, dict) or not all(
         isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")
     ):
-        raise ValueError(f"{ann_file}: not a COCO instances file (needs lists 'images', "
-                         "'annotations', 'categories')")  # fmt: skip
+        raise ValueError(
+            f"{ann_file}: not a COCO instances file (needs lists 'images', "
+            "'annotations', 'categories')"
+        )
     categories = validate_categories(doc["categories"], str(ann_file))
     cat_ids = {c["id"] for c in categories}
     skipped: list[Skip] = []
@@ -149,8 +151,14 @@ def load_coco_split(ann_file: str | Path) -> CocoSplit:
         if not _is_int(image_id) or image_id not in records:
             skipped.append(Skip("unknown_image", image_id if _is_int(image_id) else None, ann_id))
         elif ann.get("category_id") not in cat_ids:
-            skipped.append(Skip("unknown_category", image_id, ann_id,
-                                detail=f"category_id={ann.get('category_id')!r}"))  # fmt: skip
+            skipped.append(
+                Skip(
+                    "unknown_category",
+                    image_id,
+                    ann_id,
+                    detail=f"category_id={ann.get('category_id')!r}",
+                )
+            )
         else:
             records[image_id].annotations.append(ann)
     return CocoSplit(

@@ -53,8 +53,12 @@ def collate(samples: list[Sample], max_gt: int) -> Batch:
             area = (s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1])
             keep = np.sort(np.argsort(-area, kind="stable")[:max_gt])
             if not _warned_max_gt:
-                logger.warning("image %d has %d instances > max_gt=%d; keeping the largest "
-                               "(logged once)", s.image_id, len(s.labels), max_gt)  # fmt: skip
+                logger.warning(
+                    "image %d has %d instances > max_gt=%d; keeping the largest (logged once)",
+                    s.image_id,
+                    len(s.labels),
+                    max_gt,
+                )
                 _warned_max_gt = True
         n = len(keep)
         gt_boxes[i, :n] = s.boxes[keep]
@@ -195,8 +199,10 @@ class TrainLoader:
         pin_memory: bool = False,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got "
-                             f"{batch_size=}, {rank=}, {world_size=}")  # fmt: skip
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got "
+                f"{batch_size=}, {rank=}, {world_size=}"
+            )
         if start_iteration < 0 or num_workers < 0 or max_gt < 1:
             raise ValueError("start_iteration and num_workers must be >= 0, max_gt >= 1")
         self.dataset = dataset

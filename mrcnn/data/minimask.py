@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from mrcnn.mask_ops import paste_separable
+from mrcnn.mask_paste import paste_separable
 
 
 def boxes_from_masks(masks: Tensor | np.ndarray) -> Tensor | np.ndarray:

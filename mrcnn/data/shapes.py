@@ -51,11 +51,17 @@ class ShapesSpec:
 
     def validate(self) -> None:
         _check(self.num_train >= 0 and self.num_val >= 0, "num_train", "counts must be >= 0")
-        _check(1 <= self.min_shapes <= self.max_shapes, "max_shapes",
-               "needs 1 <= min_shapes <= max_shapes")  # fmt: skip
+        _check(
+            1 <= self.min_shapes <= self.max_shapes,
+            "max_shapes",
+            "needs 1 <= min_shapes <= max_shapes",
+        )
         _check(2 <= self.min_size <= self.max_size, "max_size", "needs 2 <= min_size <= max_size")
-        _check(2 * _margin(self.max_size) < self.image_size, "image_size",
-               f"must exceed {2 * _margin(self.max_size)} to fit shapes of max_size")  # fmt: skip
+        _check(
+            2 * _margin(self.max_size) < self.image_size,
+            "image_size",
+            f"must exceed {2 * _margin(self.max_size)} to fit shapes of max_size",
+        )
         _check(0.0 <= self.min_visible <= 1.0, "min_visible", "must be in [0, 1]")
 
     def count(self, split: str) -> int:
@@ -120,9 +126,13 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
         file_name = f"{image_id:012d}.png"
         Image.fromarray(sample.image).save(image_dir / file_name, format="PNG")
         images.append(
-            {"id": image_id, "file_name": file_name, "height": spec.image_size,
-             "width": spec.image_size}
-        )  # fmt: skip
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": spec.image_size,
+                "width": spec.image_size,
+            }
+        )
         for cat, mask in zip(sample.category_ids, sample.masks, strict=True):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mrcnn.data.class_map import read_class_map
 from mrcnn.data.minimask import unpack_mini_masks
 
 try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% faster than PIL
@@ -50,9 +51,15 @@ except ImportError:  # a torchvision without image decoders: Pillow does the job
 FORMAT = "mrcnn-shards"
 FORMAT_VERSION = 1
 INDEX_COLUMNS = (
-    "shard", "image_id", "json_offset", "json_size", "image_offset", "image_size",
-    "masks_offset", "masks_size",
-)  # fmt: skip
+    "shard",
+    "image_id",
+    "json_offset",
+    "json_size",
+    "image_offset",
+    "image_size",
+    "masks_offset",
+    "masks_size",
+)
 MANIFEST = "manifest.json"
 INDEX = "index.npy"
 REPORT = "report.json"
@@ -160,6 +167,8 @@ class ShardDataset(torch.utils.data.Dataset):
         self.mini_mask_shape = int(self.manifest["mini_mask_shape"])
         self.num_classes = int(self.manifest["num_classes"])
         self.class_names = list(self.manifest["class_names"])
+        # {label: ClassInfo(category_id, name)}; empty for shards without categories
+        self.class_map = read_class_map(self.manifest.get("class_map") or {})
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
@@ -191,8 +200,10 @@ class ShardDataset(torch.utils.data.Dataset):
         chw = decode_chw(image_bytes)  # uint8 [3, h', w']
         y1, x1, y2, x2 = meta["window"]
         if chw.shape[1:] != (y2 - y1, x2 - x1):
-            raise ValueError(f"image {meta['image_id']}: decoded {tuple(chw.shape[1:])} "
-                             f"!= window {meta['window']}")  # fmt: skip
+            raise ValueError(
+                f"image {meta['image_id']}: decoded {tuple(chw.shape[1:])} "
+                f"!= window {meta['window']}"
+            )
         # numpy, not torch, for the copies: tiny torch ops go multi-threaded (OpenMP) and stall
         # when the training step holds the other cores.
         padded = np.zeros((3, s, s), dtype=np.uint8)

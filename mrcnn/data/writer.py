@@ -44,6 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mrcnn.data import shards as fmt
+from mrcnn.data.class_map import class_map_json
 from mrcnn.data.coco import (
     ImageError,
     ImageRecord,
@@ -54,7 +55,7 @@ from mrcnn.data.coco import (
 )
 from mrcnn.data.minimask import make_mini_masks, pack_mini_masks
 from mrcnn.data.resize import compute_scale, resize_image, resized_shape
-from mrcnn.fileio import write_json_atomic
+from mrcnn.fileio import file_digest, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,15 @@ def prepare_example(
     tall = boxes[:, 3] - boxes[:, 1]
     keep = (wide >= max(options.min_box_size, 1e-3)) & (tall >= max(options.min_box_size, 1e-3))
     for i in np.flatnonzero(~keep):
-        skips.append(Skip("box_too_small", record.image_id, int(inst.annotation_ids[i]),
-                          record.file_name, f"{wide[i]:.2f}x{tall[i]:.2f} px"))  # fmt: skip
+        skips.append(
+            Skip(
+                "box_too_small",
+                record.image_id,
+                int(inst.annotation_ids[i]),
+                record.file_name,
+                f"{wide[i]:.2f}x{tall[i]:.2f} px",
+            )
+        )
     kept = np.flatnonzero(keep)
     if len(kept) == 0 and not options.keep_negatives:
         reason = "no_annotations" if not record.annotations else "no_valid_annotations"
@@ -173,8 +181,10 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
         except Exception as e:  # a record nobody foresaw must not stop the build either
             logger.exception("image %s: unexpected error", record.image_id)
             detail = f"{type(e).__name__}: {e}"
-            example, skips = None, [Skip("unexpected_error", record.image_id, None,
-                                         record.file_name, detail)]  # fmt: skip
+            example, skips = (
+                None,
+                [Skip("unexpected_error", record.image_id, None, record.file_name, detail)],
+            )
         skipped.extend(skips)
         if example is None:
             continue
@@ -184,8 +194,13 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
         crowd += example.num_crowd
         negatives += not example.labels
         if example.converted:
-            converted.append({"reason": example.converted, "image_id": record.image_id,
-                              "file_name": record.file_name})  # fmt: skip
+            converted.append(
+                {
+                    "reason": example.converted,
+                    "image_id": record.image_id,
+                    "file_name": record.file_name,
+                }
+            )
     tmp = out_dir / f".{name}.tmp-{os.getpid()}"
     ranges = fmt.write_tar(tmp, members)
     for sample in samples:
@@ -195,7 +210,7 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
         "file": name,
         "fingerprint": task.fingerprint,
         "bytes": tmp.stat().st_size,
-        "sha256": _sha256(tmp),
+        "sha256": file_digest(tmp),
         "samples": samples,
         "labels": {str(k): v for k, v in sorted(labels.items())},
         "crowd": crowd,
@@ -241,10 +256,17 @@ def build_split(
         for i in range(0, len(records), options.samples_per_shard)
     ]
     tasks = [
-        ShardTask(k, str(out_dir), str(image_dir), group, labels_by_category, options,
-                  _fingerprint(group, Path(image_dir), labels_by_category, options))
+        ShardTask(
+            k,
+            str(out_dir),
+            str(image_dir),
+            group,
+            labels_by_category,
+            options,
+            _fingerprint(group, Path(image_dir), labels_by_category, options),
+        )
         for k, group in enumerate(groups)
-    ]  # fmt: skip
+    ]
     _remove_unplanned(out_dir, len(tasks))
     results: dict[int, dict[str, Any]] = {}
     todo = []
@@ -259,8 +281,12 @@ def build_split(
             "%s: %d of %d shards already built, resuming", out_dir, len(results), len(tasks)
         )
     workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
-    bar = tqdm(total=len(records), initial=len(records) - sum(len(t.records) for t in todo),
-               desc=f"shards {out_dir.name}", unit="img")  # fmt: skip
+    bar = tqdm(
+        total=len(records),
+        initial=len(records) - sum(len(t.records) for t in todo),
+        desc=f"shards {out_dir.name}",
+        unit="img",
+    )
     if workers <= 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # like a pool worker: one core
@@ -283,11 +309,23 @@ def build_split(
                 results[task.index] = fut.result()
                 bar.update(len(task.records))
     bar.close()
-    manifest = _finish(out_dir, [results[t.index] for t in tasks], classes, options,
-                       list(source_skipped), source_counts or {}, extra_manifest or {})  # fmt: skip
+    manifest = _finish(
+        out_dir,
+        [results[t.index] for t in tasks],
+        classes,
+        options,
+        list(source_skipped),
+        source_counts or {},
+        extra_manifest or {},
+    )
     seconds = time.perf_counter() - t0
-    logger.info("%s: %d samples in %d shards (%.1fs)", out_dir, manifest["counts"]["images"],
-                len(tasks), seconds)  # fmt: skip
+    logger.info(
+        "%s: %d samples in %d shards (%.1fs)",
+        out_dir,
+        manifest["counts"]["images"],
+        len(tasks),
+        seconds,
+    )
     return manifest
 
 
@@ -314,9 +352,16 @@ def _finish(
 
     skipped = [s.to_dict() for s in source_skipped]
     skipped += [s for rec in shard_records for s in rec["skipped"]]
-    image_level = {"invalid_image_entry", "duplicate_image_id", "missing_image", "corrupt_image",
-                   "image_size_mismatch", "no_annotations", "no_valid_annotations",
-                   "unexpected_error"}  # fmt: skip
+    image_level = {
+        "invalid_image_entry",
+        "duplicate_image_id",
+        "missing_image",
+        "corrupt_image",
+        "image_size_mismatch",
+        "no_annotations",
+        "no_valid_annotations",
+        "unexpected_error",
+    }
     skip_objs = [Skip(**s) for s in skipped]
     converted = [c for rec in shard_records for c in rec["converted"]]
     report = {
@@ -343,9 +388,7 @@ def _finish(
         "mini_mask_shape": options.mini_mask_shape,
         "num_classes": len(names),
         "class_names": names,
-        "class_map": {
-            str(i + 1): {"category_id": cat, "name": name} for i, (cat, name) in enumerate(classes)
-        },
+        "class_map": class_map_json(classes),
         "counts": {
             "images": int(index.shape[0]),
             "instances": sum(per_label.values()),
@@ -361,8 +404,8 @@ def _finish(
         "index": {
             "file": fmt.INDEX,
             "columns": list(fmt.INDEX_COLUMNS),
-            "sha256": _sha256(out_dir / fmt.INDEX),
-        },  # fmt: skip
+            "sha256": file_digest(out_dir / fmt.INDEX),
+        },
         "shards": [
             {
                 "file": r["file"],
@@ -371,7 +414,7 @@ def _finish(
                 "sha256": r["sha256"],
             }
             for r in shard_records
-        ],  # fmt: skip
+        ],
         "report": fmt.REPORT,
         "params": dataclasses.asdict(options),
         **extra,
@@ -423,8 +466,11 @@ def _fingerprint(
 ) -> str:
     """sha256 of everything a shard's bytes depend on (file sizes stand in for pixels)."""
     h = hashlib.sha256()
-    h.update(json.dumps([fmt.FORMAT_VERSION, dataclasses.asdict(options),
-                         sorted(labels_by_category.items())]).encode())  # fmt: skip
+    h.update(
+        json.dumps(
+            [fmt.FORMAT_VERSION, dataclasses.asdict(options), sorted(labels_by_category.items())]
+        ).encode()
+    )
     for r in records:
         path = image_dir / r.file_name
         size = path.stat().st_size if path.is_file() else -1
@@ -447,7 +493,7 @@ def _finished_record(out_dir: Path, task: ShardTask) -> dict[str, Any] | None:
         return None
     if rec.get("fingerprint") != task.fingerprint or not tar_path.is_file():
         return None
-    if tar_path.stat().st_size != rec.get("bytes") or _sha256(tar_path) != rec.get("sha256"):
+    if tar_path.stat().st_size != rec.get("bytes") or file_digest(tar_path) != rec.get("sha256"):
         logger.warning("%s does not match its record; rebuilding it", tar_path)
         return None
     return rec
@@ -462,14 +508,6 @@ def _remove_unplanned(out_dir: Path, num_shards: int) -> None:
             continue
         if k >= num_shards:
             path.unlink()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _init_worker() -> None:

@@ -172,7 +172,7 @@ def test_a_shared_category_name_keeps_both_categories() -> None:
                 "area": 8.0,
                 "bbox": [0, 0, 2, 4],
                 "iscrowd": 0,
-            },  # fmt: skip
+            },
         ],
     }
     with contextlib.redirect_stdout(io.StringIO()):

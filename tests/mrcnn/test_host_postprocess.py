@@ -6,9 +6,8 @@ import numpy as np
 import torch
 
 from mrcnn import host_postprocess
-from mrcnn.inference import paste_masks_in_image
-from mrcnn.roi_heads import RawDetections
-from mrcnn.structures import Batch
+from mrcnn.mask_paste import paste_masks_in_image
+from mrcnn.structures import Batch, RawDetections
 from tests.mrcnn.scenes import tiny_model
 
 

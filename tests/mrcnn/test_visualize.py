@@ -18,8 +18,15 @@ def _scene():
 
 def test_draw_instances_changes_pixels_only_at_instances():
     image, masks, boxes = _scene()
-    out = vis.draw_instances(image, boxes, masks, labels=[1, 2], class_names=["bg", "a", "b"],
-                             scores=[0.9, 0.5], show_text=False)  # fmt: skip
+    out = vis.draw_instances(
+        image,
+        boxes,
+        masks,
+        labels=[1, 2],
+        class_names=["bg", "a", "b"],
+        scores=[0.9, 0.5],
+        show_text=False,
+    )
     assert out.shape == image.shape and out.dtype == np.uint8
     changed = (out != image).any(axis=2)
     assert changed[masks[0]].all() and changed[masks[1]].all()
@@ -60,8 +67,9 @@ def test_draw_anchors_colours_by_label():
 
 def test_class_distribution_plot():
     fig = vis.new_figure(4, 3)
-    vis.plot_class_distribution(fig.add_subplot(1, 1, 1),
-                                {"train": {"a": 5, "b": 2}, "val": {"a": 1, "b": 0}})  # fmt: skip
+    vis.plot_class_distribution(
+        fig.add_subplot(1, 1, 1), {"train": {"a": 5, "b": 2}, "val": {"a": 1, "b": 0}}
+    )
     out = vis.figure_to_array(fig)
     assert out.shape == (300, 400, 3) and out.dtype == np.uint8
     assert (out != 255).any()

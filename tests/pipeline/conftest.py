@@ -101,7 +101,7 @@ shards:
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """A 16 + 6 image shapes dataset at 64 px, built by the real stages (session-wide)."""
-    from pipeline import download, shards
+    from pipeline.stages import download, shards
 
     root = tmp_path_factory.mktemp("tiny_project")
     (root / "params.yaml").write_text(TINY_PARAMS)
@@ -116,11 +116,32 @@ def tiny_shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def fault_file(tmp_path_factory) -> Path:
+    """The file `pipeline.training.faults` reads on every Ray worker: named in the environment
+    before Ray starts (workers inherit it), empty unless a test injects a fault."""
+    from pipeline.training import faults
+
+    path = tmp_path_factory.mktemp("faults") / "faults.json"
+    path.write_text("{}")
+    os.environ[faults.ENV] = str(path)
+    return path
+
+
+@pytest.fixture()
+def inject_fault(fault_file: Path):
+    """`inject_fault({"kill": {...}} or {"nan_iteration": i})` for this test only."""
+    import json
+
+    yield lambda spec: fault_file.write_text(json.dumps(spec))
+    fault_file.write_text("{}")
+
+
+@pytest.fixture(scope="session")
+def ray_session(fault_file):
     """One local Ray instance for every test that trains (its start-up costs seconds), started
     as the stages start it (with the dashboard, whose state API Ray Train's cleanup uses)."""
     ray = pytest.importorskip("ray")
-    from pipeline.train import init_ray
+    from pipeline.training.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield ray

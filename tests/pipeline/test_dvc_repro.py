@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import REPO_ROOT
 from tests.pipeline.tiny_model import TINY_MODEL
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 TINY = {
     "data": {
@@ -72,12 +73,15 @@ def test_dvc_repro_produces_every_declared_output(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # Every output dvc.yaml declares exists.
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
+    doc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    paths = doc["vars"][0]["paths"]
+    for name, stage in doc["stages"].items():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 out = next(iter(entry)) if isinstance(entry, dict) else entry
                 out = out.replace("${data.source}", "shapes")
+                for key, value in paths.items():
+                    out = out.replace("${paths." + key + "}", value)
                 assert (repo / out).exists(), f"stage {name}: {kind} {out} missing"
     assert (repo / "dvc.lock").is_file()
     ev = json.loads((repo / "metrics/eval.json").read_text())
@@ -98,3 +102,14 @@ def test_dvc_repro_produces_every_declared_output(tmp_path):
     )
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     assert "Running stage 'train'" in exp.stdout and "Running stage 'shards'" not in exp.stdout
+
+    # Editing any module of mrcnn makes training stale (deps name the package, not a hand-kept
+    # list of files), but not the data stages, which depend on mrcnn/data only.
+    weights_py = repo / "mrcnn" / "weights.py"
+    weights_py.write_text(weights_py.read_text() + "\n# edited\n")
+    status = subprocess.run(
+        [*dvc, "status", "--json"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    stale = json.loads(status.stdout)
+    assert {"train", "evaluate", "export"} <= set(stale) and "shards" not in stale, stale
+    assert {"changed deps": {"mrcnn": "modified"}} in stale["train"]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import DataParams, InspectParams, ShardsParams, load_section
+from pipeline.params import DataParams, InspectParams, ShardsParams, TrainParams, load_section
+from tests import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -17,13 +18,28 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_project_params_load():
-    data = load_section(ROOT / "params.yaml", "data", DataParams)
-    shards = load_section(ROOT / "params.yaml", "shards", ShardsParams)
-    inspect = load_section(ROOT / "params.yaml", "inspect", InspectParams)
-    assert data.source == "shapes" and data.shapes.num_val >= 200
-    assert (shards.image_size, shards.resize_mode, shards.mini_mask_shape) == (128, "square", 28)
-    assert inspect.anchor_ratios == (0.5, 1.0, 2.0)
+def test_mini_mask_shape_takes_a_side_or_a_square(tmp_path):
+    for text in ("56", "[56, 56]"):
+        p = write(tmp_path, f"shards:\n  mini_mask_shape: {text}\n")
+        assert load_section(p, "shards", ShardsParams).mini_mask_shape == 56
+    p = write(tmp_path, "shards:\n  mini_mask_shape: [28, 56]\n")
+    with pytest.raises(
+        ValueError, match=r"'shards\.mini_mask_shape' must be one side .* \[28, 56\]"
+    ):
+        load_section(p, "shards", ShardsParams)
+
+
+def test_shard_options_per_split_come_from_the_section():
+    params = ShardsParams(image_size=256, mini_mask_shape=28, keep_negatives_train=False)
+    train, val = params.options("train"), params.options("val")
+    assert (train.image_size, train.mini_mask_shape, train.keep_negatives) == (256, 28, False)
+    assert val.keep_negatives is True and val.jpeg_quality == params.jpeg_quality
+
+
+def test_global_batch_is_workers_times_batch():
+    params = TrainParams(num_workers=4, batch_size=2)
+    assert params.global_batch() == 8 and params.global_batch(3) == 6
+    assert TrainParams(num_workers=0, batch_size=2).global_batch() == 2  # in-process
 
 
 def test_missing_section_and_keys_keep_defaults(tmp_path):
@@ -45,7 +61,8 @@ def test_missing_section_and_keys_keep_defaults(tmp_path):
         ("shards:\n  image_size: big\n", "params key 'shards.image_size' must be an integer"),
         ("shards:\n  keep_negatives_val: 1\n", "'shards.keep_negatives_val' must be true or"),
         ("shards:\n  resize_mode: crop\n", "params key 'shards.resize_mode'"),
-        ("inspect:\n  anchor_sizes: [8, 16]\n", "params key 'inspect.anchor_sizes'"),
+        ("inspect:\n  anchor_sizes: [8, 16]\n", "unknown params key 'inspect.anchor_sizes'"),
+        ("inspect:\n  num_samples: 0\n", "params key 'inspect.num_samples' must be in 1..64"),
         ("shards: [1, 2]\n", "params section 'shards' must be a mapping"),
     ],
 )
@@ -60,12 +77,9 @@ def test_bad_params_name_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml"])
 def test_shipped_params_files_are_valid(path):
     """Every section of the shipped params files loads and the model config builds."""
-    from pathlib import Path
-
     from pipeline import params as P
 
-    root = Path(__file__).resolve().parents[2]
-    file = root / path
+    file = ROOT / path
     sections = {
         "data": P.DataParams,
         "shards": P.ShardsParams,

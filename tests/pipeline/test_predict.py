@@ -109,11 +109,12 @@ def test_output_names_are_unique(tmp_path: Path) -> None:
 
 
 def test_class_map_formats(tmp_path: Path) -> None:
-    for raw in ({"1": 5, "2": 7}, {"1": {"id": 5}, "2": {"id": 7, "name": "b"}}, [[1, 5], [2, 7]]):
+    # the manifest's shape, and {label: id} of model folders saved before it was the only one
+    for raw in ({"1": {"category_id": 5, "name": "a"}, "2": {"category_id": 7}}, {"1": 5, "2": 7}):
         (tmp_path / "config.json").write_text(json.dumps({"config": {}, "class_map": raw}))
         assert predict.read_class_map(tmp_path, 3) == {1: 5, 2: 7}
     (tmp_path / "config.json").write_text(json.dumps({"config": {}, "class_map": {"1": 5}}))
-    with pytest.raises(ValueError, match=r"no category id for labels \[2\]"):
+    with pytest.raises(ValueError, match=r"no category for labels \[2\]"):
         predict.read_class_map(tmp_path, 3)
     (tmp_path / "config.json").write_text(json.dumps({"config": {}}))
     assert predict.read_class_map(tmp_path, 3) is None

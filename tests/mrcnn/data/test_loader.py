@@ -100,9 +100,16 @@ def test_hflip_keeps_image_boxes_and_mini_masks_together():
     image = np.zeros((s, s, 3), np.uint8)
     image[:40, :30] = np.random.default_rng(0).integers(1, 256, (40, 30, 3))
     boxes = boxes_from_masks(mask)
-    sample = Sample(image=image, image_id=1, window=window, scale=1.0, original_size=(40, 30),
-                    boxes=boxes, labels=np.array([1]),
-                    mini_masks=make_mini_masks(mask, boxes, 28).astype(bool))  # fmt: skip
+    sample = Sample(
+        image=image,
+        image_id=1,
+        window=window,
+        scale=1.0,
+        original_size=(40, 30),
+        boxes=boxes,
+        labels=np.array([1]),
+        mini_masks=make_mini_masks(mask, boxes, 28).astype(bool),
+    )
     f = hflip_sample(sample)
     np.testing.assert_array_equal(f.image[:40, :30], image[:40, :30][:, ::-1])
     assert not f.image[40:].any() and not f.image[:, 30:].any()  # padding untouched
@@ -176,9 +183,14 @@ def shards(tmp_path_factory) -> Path:
     make_coco(raw, "train", [(100, 140), (90, 90), (140, 70)] * 4, seed=3)
     parsed = load_coco_split(raw / "annotations" / "instances_train.json")
     out = tmp_path_factory.mktemp("shards") / "train"
-    build_split(parsed.records, raw / "train", out, class_map([parsed.categories]),
-                ShardOptions(image_size=64, mini_mask_shape=14, samples_per_shard=5),
-                num_workers=1)  # fmt: skip
+    build_split(
+        parsed.records,
+        raw / "train",
+        out,
+        class_map([parsed.categories]),
+        ShardOptions(image_size=64, mini_mask_shape=14, samples_per_shard=5),
+        num_workers=1,
+    )
     return out
 
 

@@ -27,9 +27,14 @@ def build(raw: Path, out: Path, split: str = "train", num_workers: int = 1, **kw
     parsed = load_coco_split(raw / "annotations" / f"instances_{split}.json")
     options = ShardOptions(**{"image_size": 128, "mini_mask_shape": 56, **kw})
     return build_split(
-        parsed.records, raw / split, out / split, class_map([parsed.categories]), options,
-        source_skipped=parsed.skipped, num_workers=num_workers,
-    )  # fmt: skip
+        parsed.records,
+        raw / split,
+        out / split,
+        class_map([parsed.categories]),
+        options,
+        source_skipped=parsed.skipped,
+        num_workers=num_workers,
+    )
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

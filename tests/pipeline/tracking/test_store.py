@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.params import MlflowParams, load_section
-from pipeline.tracking import (
+from pipeline.tracking.store import (
     TrackingError,
     check_tracking_uri,
     default_artifact_location,
@@ -21,6 +21,7 @@ from pipeline.tracking import (
     start_run,
     tracking_uri,
 )
+from tests import REPO_ROOT
 from tests.pipeline.registry_helpers import fresh_store
 
 
@@ -142,7 +143,7 @@ def test_new_experiments_keep_artifacts_beside_the_database(tmp_path: Path) -> N
 def test_project_params_have_valid_mlflow_export_predict_sections() -> None:
     from pipeline.params import ExportParams, PredictParams
 
-    root = Path(__file__).resolve().parents[2]
+    root = REPO_ROOT
     assert load_section(root / "params.yaml", "mlflow", MlflowParams).experiment == "mrcnn"
     assert load_section(root / "params.yaml", "export", ExportParams).champion_metric == "segm.AP"
     assert load_section(root / "params.yaml", "predict", PredictParams).score_thresh < 0

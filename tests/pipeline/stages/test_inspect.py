@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mrcnn import presets
 from mrcnn.data import ShardDataset, TrainLoader
-from pipeline import download, inspect, shards
-from pipeline.inspect import label_anchors
+from pipeline.stages import download, inspect, shards
+from pipeline.stages.inspect import label_anchors
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -51,14 +52,22 @@ def test_stages_end_to_end(tmp_path, monkeypatch, capsys):
     assert batch.images.shape == (4, 3, 96, 96) and batch.gt_valid.any()
 
     pictures = sorted(p.name for p in (tmp_path / "reports/inspect").glob("*.png"))
-    assert pictures == ["anchors.png", "anchors_per_level.png", "class_distribution.png",
-                        "mini_mask_round_trip.png", "samples.png"]  # fmt: skip
+    assert pictures == [
+        "anchors.png",
+        "anchors_per_level.png",
+        "class_distribution.png",
+        "mini_mask_round_trip.png",
+        "samples.png",
+    ]
     for name in pictures:
         with Image.open(tmp_path / "reports/inspect" / name) as im:
             assert im.size[0] > 100 and im.mode == "RGB"
     summary = json.loads((tmp_path / "reports/inspect/summary.json").read_text())
     assert summary["mini_mask"]["iou"] > 0.9
     assert summary["anchors"]["positive"] >= 1
+    # the model section's anchors (shapes_small at 96 px), not a second definition
+    expected = presets.shapes_small(image_size=96).anchors.sizes
+    assert summary["anchors"]["sizes"] == list(expected)
 
     # a source without a train split: the old train shards must not outlive it
     (tmp_path / "data/raw/shapes/annotations/instances_train.json").unlink()
@@ -73,8 +82,13 @@ def test_label_anchors_thresholds_and_best_anchor():
         dtype=torch.float32,
     )
     gt = torch.tensor([[0, 0, 10, 10], [100, 100, 130, 130]], dtype=torch.float32)
-    labels = label_anchors(anchors, gt, positive_iou=0.7, negative_iou=0.3)
+    cfg = presets.shapes_small()  # rpn.fg_iou_thresh 0.7, bg_iou_thresh 0.3
+    assert (cfg.rpn.fg_iou_thresh, cfg.rpn.bg_iou_thresh) == (0.7, 0.3)
+    labels = label_anchors(anchors, gt, cfg)
     # IoU with gt0: 1, 0.83, 0.25, 0; gt1's best anchor has IoU 150/1050 < 0.3 but is positive
     assert labels.tolist() == [1, 1, 0, 0, 1]
-    assert label_anchors(anchors, torch.zeros((0, 4)), 0.7, 0.3).tolist() == [0] * 5
+    assert label_anchors(anchors, torch.zeros((0, 4)), cfg).tolist() == [0] * 5
+    # The thresholds are the model section's: at fg 0.9 the 0.83 anchor is no longer positive.
+    strict = cfg.replace(rpn={"fg_iou_thresh": 0.9})
+    assert label_anchors(anchors, gt, strict).tolist() == [1, -1, 0, 0, 1]
     np.testing.assert_array_equal(labels.numpy().dtype, np.int8)

@@ -1,28 +1,7 @@
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
-from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
 
-from mrcnn.inference import detection_layer, paste_masks_in_image
-
-
-def test_paste_matches_torchvision_geometry():
-    g = torch.Generator().manual_seed(0)
-    n, h, w = 30, 120, 160
-    masks = torch.rand(n, 28, 28, generator=g)
-    xy = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) - 10  # some start off-image
-    wh = torch.rand(n, 2, generator=g) * 80 + 0.5
-    boxes = torch.cat([xy, xy + wh], dim=1)
-    ref = tv_paste(masks[:, None], boxes, (h, w))[:, 0] >= 0.5
-    ours = paste_masks_in_image(masks, boxes, (h, w), 0.5)
-    assert ours.shape == (n, h, w) and ours.dtype == torch.bool
-    disagree = (ours != ref).sum().item()
-    assert disagree <= 0.001 * ref.sum().item()  # float rounding at the threshold only
-    assert ref.sum() > 1000
-
-
-def test_paste_empty():
-    out = paste_masks_in_image(torch.zeros(0, 28, 28), torch.zeros(0, 4), (10, 12))
-    assert out.shape == (0, 10, 12)
+from mrcnn.detection_layer import detection_layer, select_class_masks
 
 
 def test_detection_layer_matches_torchvision_postprocess():
@@ -72,3 +51,18 @@ def test_detection_layer_respects_invalid_proposals_and_threshold():
     )
     assert valid.sum() == 2 and (labels[valid] == 1).all()
     assert not any(torch.equal(bx, props[0, 1]) for bx in boxes[0][valid[0]])
+
+
+def test_select_class_masks_takes_each_labels_mask():
+    logits = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2) - 10
+    probs = select_class_masks(logits, torch.tensor([2, 0]))
+    torch.testing.assert_close(probs, torch.stack([logits[0, 2], logits[1, 0]]).sigmoid())
+
+
+def test_old_module_paths_still_import():
+    from mrcnn import inference, mask_ops, mask_paste, roi_heads, structures
+
+    assert inference.detection_layer is detection_layer
+    assert inference.paste_masks_in_image is mask_paste.paste_masks_in_image
+    assert mask_ops.paste_separable is mask_paste.paste_separable
+    assert roi_heads.RawDetections is structures.RawDetections

@@ -13,15 +13,15 @@ import pytest
 from PIL import Image
 
 from mrcnn.data.shapes import ShapesSpec
-from pipeline.download import run
+from mrcnn.fileio import file_digest
 from pipeline.fetch import (
     ChecksumError,
     RemoteFile,
     UnsafeArchiveError,
     download_file,
-    file_md5,
 )
 from pipeline.params import DataParams
+from pipeline.stages.download import run
 
 
 def _jpeg(seed: int) -> bytes:
@@ -44,26 +44,38 @@ def make_coco_archives(root: Path, extra_entry: str | None = None) -> dict[str, 
             zf.writestr(extra_entry, b"gotcha")
     doc = {
         "images": images,
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100,
-                         "bbox": [5, 5, 10, 10], "segmentation": [[5, 5, 15, 5, 15, 15, 5, 15]]}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 100,
+                "bbox": [5, 5, 10, 10],
+                "segmentation": [[5, 5, 15, 5, 15, 15, 5, 15]],
+            }
+        ],
         "categories": [{"id": 1, "name": "thing"}],
-    }  # fmt: skip
+    }
     with zipfile.ZipFile(root / "annotations" / "annotations_trainval2017.zip", "w") as zf:
         zf.writestr("annotations/instances_val2017.json", json.dumps(doc))
         zf.writestr("annotations/captions_val2017.json", "{}")
     table = {}
-    for key, rel in [("val", "zips/val2017.zip"),
-                     ("annotations", "annotations/annotations_trainval2017.zip")]:  # fmt: skip
+    for key, rel in [
+        ("val", "zips/val2017.zip"),
+        ("annotations", "annotations/annotations_trainval2017.zip"),
+    ]:
         p = root / rel
-        table[key] = RemoteFile(rel, p.stat().st_size, file_md5(p))
+        table[key] = RemoteFile(rel, p.stat().st_size, file_digest(p, "md5"))
     table["train"] = RemoteFile("zips/train2017.zip", 1, "0" * 32)  # never requested
     return table
 
 
 def _run_coco(server, tmp_path, table, **kw):
     params = DataParams(source="coco", coco_base_url=server.url)
-    return run(params, tmp_path / "raw", splits=("val",), cache_dir=tmp_path / "dl",
-               coco_files=table, **kw)  # fmt: skip
+    return run(
+        params, tmp_path / "raw", splits=("val",), cache_dir=tmp_path / "dl", coco_files=table, **kw
+    )
 
 
 def test_coco_val_download_extract_layout_and_idempotence(http_server, tmp_path):
@@ -71,8 +83,10 @@ def test_coco_val_download_extract_layout_and_idempotence(http_server, tmp_path)
     summary = _run_coco(http_server, tmp_path, table)
     target = tmp_path / "raw" / "coco"
     assert sorted(p.name for p in (target / "val").iterdir()) == [
-        "000000000001.jpg", "000000000002.jpg", "filler.bin"
-    ]  # fmt: skip
+        "000000000001.jpg",
+        "000000000002.jpg",
+        "filler.bin",
+    ]
     assert sorted(p.name for p in (target / "annotations").iterdir()) == ["instances_val.json"]
     assert summary["splits"]["val"] == {"images": 2, "annotations": 1}
     assert not (target / "train").exists()
@@ -89,7 +103,7 @@ def test_dropped_connection_resumes_with_a_range_request(http_server, tmp_path):
     val = [r for p, r in http_server.state.requests if p == "zips/val2017.zip"]
     assert val == [None, "bytes=100000-"]
     assert http_server.state.bytes_sent["zips/val2017.zip"] == table["val"].size  # no byte twice
-    assert file_md5(tmp_path / "dl" / "val2017.zip") == table["val"].md5
+    assert file_digest(tmp_path / "dl" / "val2017.zip", "md5") == table["val"].md5
 
 
 def test_a_part_left_by_a_killed_run_is_resumed(http_server, tmp_path):
@@ -113,8 +127,13 @@ def test_checksum_mismatch_is_a_clear_error_and_nothing_is_extracted(http_server
     assert sorted(os.listdir(tmp_path / "dl")) == ["annotations_trainval2017.zip"]  # no part
     bad_size = RemoteFile(table["val"].path, table["val"].size + 1, None)
     with pytest.raises(ChecksumError, match="size"):
-        download_file(f"{http_server.url}/{bad_size.path}", tmp_path / "x.zip",
-                      size=bad_size.size, md5=None, sleep=lambda s: None)  # fmt: skip
+        download_file(
+            f"{http_server.url}/{bad_size.path}",
+            tmp_path / "x.zip",
+            size=bad_size.size,
+            md5=None,
+            sleep=lambda s: None,
+        )
     assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.part").exists()
 
 

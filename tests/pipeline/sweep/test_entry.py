@@ -1,4 +1,5 @@
-"""pipeline.tune: real sweeps of tiny trials (Ray Tune + Ray Train + MLflow) on the tiny shards."""
+"""pipeline.sweep (`python -m pipeline.tune`): real sweeps of tiny trials (Ray Tune + Ray Train
++ MLflow) on the tiny shards."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import yaml
 
 from mrcnn.data import ShardDataset
 from pipeline.params import MlflowParams
-from pipeline.tune import load_sweep, run
+from pipeline.sweep.config import load_sweep
+from pipeline.sweep.entry import run
 from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = pytest.mark.slow
@@ -29,13 +31,12 @@ TRAIN = {
 
 
 @pytest.fixture(scope="module")
-def ray_state_api():
+def ray_state_api(fault_file):
     """A local Ray with its dashboard, as `pipeline.tune` starts it: Ray Train V2 frees the
     workers of a trial that ASHA stopped through the state API. Replaces a session Ray started
     without it (the ray_session fixture's)."""
     ray = pytest.importorskip("ray")
-    from pipeline.train import init_ray
-    from pipeline.tune import check_state_api
+    from pipeline.training.runtime import check_state_api, init_ray
 
     if ray.is_initialized():
         try:

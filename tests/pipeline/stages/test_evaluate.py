@@ -28,14 +28,14 @@ from pycocotools.coco import COCO
 from mrcnn import presets, weights
 from mrcnn.coco_eval import METRIC_NAMES, coco_evaluate
 from mrcnn.data import ShardDataset
+from mrcnn.evaluation import predict_dataset
 from mrcnn.model import MaskRCNN, build_model
-from mrcnn.roi_heads import RawDetections
-from mrcnn.structures import Batch
-from pipeline import evaluate
-from pipeline.evaluate import EvaluatePaths, predict_dataset
+from mrcnn.structures import Batch, RawDetections
 from pipeline.params import EvaluateParams, ShardsParams, load_section
-from pipeline.shards import run as build_shards
-from pipeline.tracking import start_run
+from pipeline.stages import evaluate
+from pipeline.stages.evaluate import EvaluatePaths
+from pipeline.stages.shards import run as build_shards
+from pipeline.tracking.store import start_run
 from tests.coco_helpers import CATEGORIES, make_coco
 from tests.pipeline.registry_helpers import fresh_store
 
@@ -74,8 +74,12 @@ def coco_gt(root: Path) -> COCO:
 def ground_truth_raw(batch: Batch, mask_size: int) -> RawDetections:
     """The batch's ground truth as fixed-shape detections in the padded frame, score 1."""
     g = batch.gt_valid.shape[1]
-    masks = F.interpolate(batch.gt_mini_masks.float().flatten(0, 1)[:, None], size=mask_size,
-                          mode="bilinear", align_corners=False)  # fmt: skip
+    masks = F.interpolate(
+        batch.gt_mini_masks.float().flatten(0, 1)[:, None],
+        size=mask_size,
+        mode="bilinear",
+        align_corners=False,
+    )
     return RawDetections(
         boxes=batch.gt_boxes,
         scores=batch.gt_valid.float(),
@@ -150,6 +154,18 @@ def test_untrained_model_detections_inside_original_images(project: Path) -> Non
     assert [r["image_id"] for r in first[::5]] == ids[:2]
 
 
+def paths_under(root: Path) -> EvaluatePaths:
+    """The project layout under `root` (what `python -m pipeline.evaluate` uses)."""
+    return EvaluatePaths(
+        model_dir=root / "models/final",
+        shards_dir=root / "data/shards/val",
+        annotations=root / "data/raw/shapes/annotations/instances_val.json",
+        train_run=root / "metrics/train_run.json",
+        metrics_out=root / "metrics/eval.json",
+        reports_dir=root / "reports/evaluate",
+    )
+
+
 def _write_model(root: Path, score_thresh: float = 0.0) -> None:
     weights.save(tiny_model(score_thresh), root / "models" / "final")
 
@@ -160,16 +176,22 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
     with start_run(uri, "mrcnn", run_name="train") as train_run:  # what pipeline.train does
         train_id = train_run.info.run_id
     (project / "metrics").mkdir(exist_ok=True)
-    (project / "metrics" / "train.json").write_text(json.dumps({"mlflow_run_id": train_id}))
-    paths = EvaluatePaths.under(project, "shapes")
+    (project / "metrics" / "train_run.json").write_text(json.dumps({"mlflow_run_id": train_id}))
+    paths = paths_under(project)
     params = EvaluateParams(batch_size=4, num_overlays=3, write_results=True)
 
     out = evaluate.run(paths, params, tracking_uri=uri, experiment="mrcnn")
 
     metrics = json.loads(paths.metrics_out.read_text())
     assert metrics == out
-    assert set(metrics) == {"bbox", "segm", "per_category", "num_images", "num_detections",
-                            "score_thresh"}  # fmt: skip
+    assert set(metrics) == {
+        "bbox",
+        "segm",
+        "per_category",
+        "num_images",
+        "num_detections",
+        "score_thresh",
+    }
     assert (metrics["num_images"], metrics["num_detections"]) == (7, 35)
     assert metrics["score_thresh"] == 0.0  # the model's own (params.score_thresh < 0)
     assert set(metrics["per_category"]) == {c["name"] for c in CATEGORIES}
@@ -216,7 +238,7 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
 def test_main_without_training_run_and_without_detections(
     project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A model that detects nothing: AP 0, nothing crashes; train.json names a run the store
+    """A model that detects nothing: AP 0, nothing crashes; train_run.json names a run the store
     does not have: a new run "evaluate", and the log says so. A stale results.json goes."""
     root = tmp_path / "proj"
     root.mkdir()
@@ -224,7 +246,7 @@ def test_main_without_training_run_and_without_detections(
     _write_model(root, score_thresh=0.0)
     fresh_store(root)  # root/mlflow.db
     (root / "metrics").mkdir()
-    (root / "metrics" / "train.json").write_text(json.dumps({"mlflow_run_id": "f" * 32}))
+    (root / "metrics" / "train_run.json").write_text(json.dumps({"mlflow_run_id": "f" * 32}))
     (root / "reports" / "evaluate").mkdir(parents=True)
     (root / "reports" / "evaluate" / "results.json").write_text("[]")
     doc = {
@@ -268,7 +290,7 @@ def test_model_and_shards_that_do_not_belong_together(project: Path, tmp_path: P
     root = tmp_path / "proj"
     root.mkdir()
     (root / "data").symlink_to(project / "data", target_is_directory=True)
-    paths = EvaluatePaths.under(root, "shapes")
+    paths = paths_under(root)
     for cfg, message in (
         (presets.shapes_small(num_classes=6, image_size=SIZE), r"labels \[4, 5\]"),
         (presets.shapes_small(image_size=2 * SIZE), "takes 128 px images"),
@@ -279,10 +301,7 @@ def test_model_and_shards_that_do_not_belong_together(project: Path, tmp_path: P
     assert not paths.metrics_out.exists() and not paths.reports_dir.exists()
 
 
-def test_project_params_and_bad_keys(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
-    params = load_section(root / "params.yaml", "evaluate", EvaluateParams)
-    assert params == EvaluateParams()  # params.yaml spells out the defaults
+def test_bad_evaluate_keys(tmp_path: Path) -> None:
     for text, message in (
         ("evaluate: {num_overlays: 0}", "evaluate.num_overlays"),
         ("evaluate: {score_thresh: 1.0}", "evaluate.score_thresh"),

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mrcnn.data import ShardDataset
 from pipeline.params import ShardsParams
-from pipeline.shards import run
+from pipeline.stages.shards import run
 from tests.coco_helpers import CATEGORIES, textured_image, write_annotations
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -111,8 +111,9 @@ def messy(tmp_path) -> tuple[Path, set[int]]:
         _ann(1302, 13, [[100, 10, 600, 10, 600, 90, 100, 90]], cat=11),
         "not an annotation",  # invalid_annotation_entry
     ]
-    write_annotations(raw, "train", {"images": images, "annotations": anns,
-                                     "categories": CATEGORIES})  # fmt: skip
+    write_annotations(
+        raw, "train", {"images": images, "annotations": anns, "categories": CATEGORIES}
+    )
     valid = {101, 102, 201, 301, 401, 501, 601, 1302}
     return raw, valid
 
@@ -167,8 +168,9 @@ def test_every_bad_record_is_reported_and_nothing_valid_is_lost(messy, tmp_path)
 
 def test_negatives_kept_when_asked(messy, tmp_path):
     raw, valid = messy
-    params = ShardsParams(image_size=128, mini_mask_shape=28, keep_negatives_train=True,
-                          num_workers=1)  # fmt: skip
+    params = ShardsParams(
+        image_size=128, mini_mask_shape=28, keep_negatives_train=True, num_workers=1
+    )
     run(params, raw, tmp_path / "shards")
     report = json.loads((tmp_path / "shards" / "train" / "report.json").read_text())
     assert "no_annotations" not in report["skipped_images"]

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.params import TrainParams, TuneParams, from_dict, load_section
-from pipeline.search_space import (
+from pipeline.params import TrainParams, from_dict, load_section
+from pipeline.sweep.config import Sweep, TuneParams, load_sweep
+from pipeline.sweep.entry import max_concurrent_trials, search_algorithm
+from pipeline.sweep.space import (
     Dimension,
     apply,
     dvc_set_args,
     nested,
     parse_space,
 )
-from pipeline.tune import Sweep, load_sweep, max_concurrent_trials, search_algorithm
+from tests import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 DATASET = {"num_classes": 4, "image_size": 128, "class_names": ("BG", "square", "circle", "tri")}
 
 

@@ -18,11 +18,13 @@ import yaml
 from PIL import Image
 
 from mrcnn.coco_results import to_coco_results
-from pipeline import export, predict
-from pipeline.export import md5_file, md5_json
-from pipeline.mlflow_model import frame_detections
-from pipeline.params import PredictParams
-from pipeline.tracking import start_run
+from mrcnn.fileio import file_digest, json_digest
+from pipeline import predict
+from pipeline.params import ExportParams, PredictParams
+from pipeline.stages import export
+from pipeline.tracking import registry as reg
+from pipeline.tracking.pyfunc import frame_detections
+from pipeline.tracking.store import start_run
 from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_images, tiny_model
 
 NAME = "mrcnn-test"
@@ -47,8 +49,8 @@ def _export(root: Path, segm_ap: float, train_run_id: str, portable: bool) -> di
     (root / "metrics").mkdir(exist_ok=True)
     evals = {"bbox": {"AP": segm_ap / 2, "AP50": 0.9}, "segm": {"AP": segm_ap, "AP50": 0.8}}
     (root / "metrics" / "eval.json").write_text(json.dumps(evals))
-    train = {"mlflow_run_id": train_run_id, "iterations": 5}
-    (root / "metrics" / "train.json").write_text(json.dumps(train))
+    (root / "metrics" / "train.json").write_text(json.dumps({"iterations": 5}))
+    (root / "metrics" / "train_run.json").write_text(json.dumps({"mlflow_run_id": train_run_id}))
     _write_params(root, portable)
     export.main(["--params", str(root / "params.yaml")])
     return json.loads((root / "models" / "export" / "export.json").read_text())
@@ -97,7 +99,7 @@ def test_champion_moves_only_on_improvement(registry: dict) -> None:
     assert registry["aliases"][2]["champion"] == "3"
     assert second["previous_champion"] == {"version": 1, "value": 0.5}
     assert third["previous_champion"] == {"version": 1, "value": 0.5}
-    assert export.is_improvement(0.5, None) and not export.is_improvement(0.5, 0.5)
+    assert reg.is_improvement(0.5, None) and not reg.is_improvement(0.5, 0.5)
 
 
 def test_versions_are_tagged_with_metrics_and_hashes(registry: dict) -> None:
@@ -107,11 +109,13 @@ def test_versions_are_tagged_with_metrics_and_hashes(registry: dict) -> None:
     assert v1["metrics.segm.AP"] == "0.5"
     assert v1["metrics.bbox.AP"] == "0.25"
     assert v1["metrics.segm.AP50"] == "0.8"
-    assert v1["data.train_manifest_md5"] == md5_file(root / "data/shards/train/manifest.json")
+    assert v1["data.train_manifest_md5"] == file_digest(
+        root / "data/shards/train/manifest.json", "md5"
+    )
     assert "data.val_manifest_md5" not in v1  # absent manifest: skipped
     for section, value in SECTIONS.items():
-        assert v1[f"params.{section}_md5"] == md5_json(value)
-    assert v1["weights_md5"] == md5_file(root / "models/final/model.safetensors")
+        assert v1[f"params.{section}_md5"] == json_digest(value, "md5")
+    assert v1["weights_md5"] == file_digest(root / "models/final/model.safetensors", "md5")
     assert v1["train.iterations"] == "5"
     assert v1["export.decision"] == "champion"
     assert v1["portable.onnx"].endswith("portable/backbone_rpn.onnx")
@@ -137,7 +141,7 @@ def test_logged_model_has_no_pickle_and_ships_weights_and_code(registry: dict, t
     assert "artifacts/weights/model.safetensors" in files
     assert "artifacts/weights/config.json" in files
     assert "code/mrcnn/model.py" in files
-    assert "mlflow_model.py" in files
+    assert "pyfunc.py" in files  # pipeline/tracking/pyfunc.py, the model's code
     pyfunc = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert "model_code_path" in pyfunc and "python_model" not in pyfunc
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
@@ -245,9 +249,17 @@ def _predict_cli(registry: dict, model: str, tmp_path: Path) -> None:
     folder = tmp_path / "imgs"
     _save_pngs(synthetic_images()[:1], folder)
     predict.main(
-        ["--model", model, "--input", str(folder), "--out", str(tmp_path / "out"),
-         "--params", str(registry["root"] / "params.yaml")]
-    )  # fmt: skip
+        [
+            "--model",
+            model,
+            "--input",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--params",
+            str(registry["root"] / "params.yaml"),
+        ]
+    )
 
 
 def test_predict_missing_alias_or_model_is_a_clear_error(
@@ -267,12 +279,18 @@ def test_predict_missing_alias_or_model_is_a_clear_error(
 
 
 def test_export_with_a_metric_eval_json_lacks(tmp_path: Path) -> None:
-    with pytest.raises(export.ExportError, match="has no 'segm.APx'"):
-        export.metric_value({"segm": {"AP": 0.1}}, "segm.APx")
-    assert export.metric_value({"segm": {"AP": 0.25}}, "segm.AP") == 0.25
+    with pytest.raises(reg.ExportError, match="has no 'segm.APx'"):
+        reg.metric_value({"segm": {"AP": 0.1}}, "segm.APx")
+    assert reg.metric_value({"segm": {"AP": 0.25}}, "segm.AP") == 0.25
 
 
 def test_export_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
-    paths = export.ExportPaths.under(tmp_path)
+    paths = export.ExportPaths(
+        model_dir=tmp_path / "models/final",
+        eval_metrics=tmp_path / "metrics/eval.json",
+        train_run=tmp_path / "metrics/train_run.json",
+        train_metrics=tmp_path / "metrics/train.json",
+        out_dir=tmp_path / "models/export",
+    )
     with pytest.raises(FileNotFoundError, match="pipeline.evaluate"):
-        export.run(paths, export.ExportParams(), tracking_uri="sqlite:///unused.db", experiment="x")
+        export.run(paths, ExportParams(), tracking_uri="sqlite:///unused.db", experiment="x")

@@ -8,11 +8,14 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from ray.train import TrainingFailedError
 
 from mrcnn import presets
-from mrcnn.data import ShardDataset
+from mrcnn.data import ShardDataset, read_class_map
+from mrcnn.model import build_model
 from pipeline.params import MlflowParams, TrainParams
-from pipeline.train import NonFiniteLossError, TrainPaths, load_state, run
+from pipeline.stages.train import TrainPaths, run
+from pipeline.training.checkpoints import NonFiniteLossError, load_state
 from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -22,7 +25,7 @@ def _cfg():
     return presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL)
 
 
-def _train(tmp_path: Path, shards: Path, fault=None, **overrides):
+def _train(tmp_path: Path, shards: Path, **overrides):
     # The schedule is given at the global batch, so every test runs 6 iterations whatever the
     # worker count (a larger global batch would scale the iteration count down).
     workers = overrides.get("num_workers", 1)
@@ -46,11 +49,12 @@ def _train(tmp_path: Path, shards: Path, fault=None, **overrides):
         shards=shards,
         model_dir=tmp_path / "models/final",
         metrics=tmp_path / "metrics/train.json",
+        run_info=tmp_path / "metrics/train_run.json",
         reports=tmp_path / "reports/train",
         storage=tmp_path / "runs",
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    return run(params, _cfg(), paths, MlflowParams(experiment="test"), uri, fault=fault), uri
+    return run(params, _cfg(), paths, MlflowParams(experiment="test"), uri), uri
 
 
 def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
@@ -59,11 +63,22 @@ def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
     digests = {p.name: p.read_text() for p in ckpt.glob("weights_rank*.sha256")}
     assert sorted(digests) == ["weights_rank0.sha256", "weights_rank1.sha256"]
     assert len(set(digests.values())) == 1
-    # ... and they moved away from the initial weights: training happened.
+    # ... and they moved away from the initial weights (same seed as the loop): training happened.
     state = load_state(ckpt / "state.pt")
     assert state["iteration"] == 6
-    # The outputs of the stage.
-    assert json.loads((tmp_path / "metrics/train.json").read_text())["iterations"] == 6
+    torch.manual_seed(TrainParams().seed)
+    initial = build_model(_cfg()).state_dict()
+    moved = [
+        k
+        for k, v in state["model"].items()
+        if v.is_floating_point() and not torch.equal(v, initial[k])
+    ]
+    assert "roi_heads.mask_head.predictor.weight" in moved or len(moved) > len(initial) // 2
+    # The outputs of the stage: metrics only in train.json, the run's identity beside it.
+    metrics = json.loads((tmp_path / "metrics/train.json").read_text())
+    assert metrics["iterations"] == 6 and "mlflow_run_id" not in metrics
+    run_file = json.loads((tmp_path / "metrics/train_run.json").read_text())
+    assert run_file["mlflow_run_id"] == summary["mlflow_run_id"]
     assert (tmp_path / "models/final/model.safetensors").is_file()
     csv = (tmp_path / "reports/train/losses.csv").read_text().splitlines()
     assert csv[0].startswith("step,loss") and len(csv) == 1 + 3  # steps 2, 4, 6
@@ -73,19 +88,24 @@ def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
     assert "loss_mask" in run_info.data.metrics and "images_per_s" in run_info.data.metrics
 
 
-def test_a_killed_worker_is_replaced_and_resumes_from_the_checkpoint(tmp_path, tiny_shards):
+def test_a_killed_worker_is_replaced_and_resumes_from_the_checkpoint(
+    tmp_path, tiny_shards, inject_fault
+):
     marker = tmp_path / "killed"
-    fault = {"kill": {"rank": 1, "iteration": 4, "marker": str(marker)}}
-    summary, _ = _train(tmp_path, tiny_shards, fault=fault, num_workers=2, max_failures=1)
+    inject_fault({"kill": {"rank": 1, "iteration": 4, "marker": str(marker)}})
+    summary, _ = _train(tmp_path, tiny_shards, num_workers=2, max_failures=1)
     assert marker.exists()  # the worker really died at iteration 4
     assert summary["iterations"] == 6 and summary["resumes"] == 1
 
 
-def test_restart_with_the_same_name_resumes_iterations_and_mlflow_run(tmp_path, tiny_shards):
+def test_restart_with_the_same_name_resumes_iterations_and_mlflow_run(
+    tmp_path, tiny_shards, inject_fault
+):
     marker = tmp_path / "killed"
-    fault = {"kill": {"rank": 0, "iteration": 4, "marker": str(marker)}}
-    with pytest.raises(Exception, match="[Ff]ail|[Dd]ied|[Ee]rror"):  # dies after checkpoint 3
-        _train(tmp_path, tiny_shards, fault=fault, max_failures=0)
+    inject_fault({"kill": {"rank": 0, "iteration": 4, "marker": str(marker)}})
+    with pytest.raises(TrainingFailedError):  # the only worker dies after checkpoint 3
+        _train(tmp_path, tiny_shards, max_failures=0)
+    assert marker.exists()
     first_run = json.loads(next((tmp_path / "runs").glob("t-*/mlflow_run.json")).read_text())
     summary, uri = _train(tmp_path, tiny_shards, max_failures=0)  # same params -> same name
     assert summary["resumes"] == 1 and summary["iterations"] == 6
@@ -99,9 +119,12 @@ def test_restart_with_the_same_name_resumes_iterations_and_mlflow_run(tmp_path, 
     assert other["run_name"] != summary["run_name"] and other["resumes"] == 0
 
 
-def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_checkpoint(tmp_path, tiny_shards):
+def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_checkpoint(
+    tmp_path, tiny_shards, inject_fault
+):
+    inject_fault({"nan_iteration": 4})
     with pytest.raises(NonFiniteLossError, match="iteration 4"):
-        _train(tmp_path, tiny_shards, fault={"nan_iteration": 4})
+        _train(tmp_path, tiny_shards)
     ckpts = [d for d in (tmp_path / "runs").glob("t-*/checkpoint_*") if d.is_dir()]
     assert len(ckpts) == 1
     assert load_state(ckpts[0] / "state.pt")["iteration"] == 3
@@ -117,5 +140,6 @@ def test_final_model_loads_and_detects(tmp_path, tiny_shards):
     dets = model.detect([sample.image])
     assert dets[0].masks.shape[1:] == (64, 64)
     meta = json.loads((tmp_path / "models/final/config.json").read_text())
-    assert meta["class_map"] == {"1": 1, "2": 2, "3": 3}
+    assert read_class_map(meta["class_map"]) == ShardDataset(tiny_shards / "train").class_map
+    assert meta["class_map"]["1"] == {"category_id": 1, "name": "square"}
     assert torch.is_tensor(next(iter(model.state_dict().values())))

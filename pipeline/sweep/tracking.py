@@ -1,5 +1,5 @@
 """MLflow side of a sweep: one run per trial nested under the sweep's run, and what the parent
-gets at the end (statuses, the trial table, the files of `pipeline.sweep_report`, the best
+gets at the end (statuses, the trial table, the files of `pipeline.sweep.report`, the best
 values).
 
     client, run_id = trial_run(sweep, trial_id, values)     # in the trial: found or created
@@ -12,20 +12,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline import sweep_report
 from pipeline.params import to_dict
-from pipeline.sweep_report import COMPLETED, FAILED, STOPPED, TrialRecord
+from pipeline.sweep import report as sweep_report
+from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord
 
 if TYPE_CHECKING:
-    from pipeline.params import TrainParams, TuneParams
-    from pipeline.tune import Sweep
+    from pipeline.params import TrainParams
+    from pipeline.sweep.config import Sweep, TuneParams
 
 
 def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]):
     """The trial's MLflow run under the parent: found again after a restart, else created."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.tracking import store as tracking
 
     client = MlflowClient(sweep.tracking_uri)
     found = client.search_runs(
@@ -59,7 +59,7 @@ def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]):
 
 
 def log_trial_params(client, run_id: str, params: TrainParams, cfg) -> None:
-    from pipeline import tracking
+    from pipeline.tracking import store as tracking
 
     flat = tracking.flatten({"train": to_dict(params), "model": cfg.to_dict()})
     items = [_param(k, v) for k, v in flat.items()]

@@ -15,43 +15,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.search_space import SearchSpace, dvc_set_args, nested
-
-COMPLETED, STOPPED, FAILED = "completed", "stopped_early", "failed"
-METRIC_KEYS = ("segm_AP", "bbox_AP", "loss")
-
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    status: str  # completed | stopped_early | failed
-    values: dict[str, Any]  # dotted key -> sampled params value
-    iteration: int = 0  # last iteration reported
-    planned_iterations: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)  # last reported segm_AP, ...
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (iteration, metric)
-    error: str = ""
-    mlflow_run_id: str = ""
-
-
-def best_trial(records: Sequence[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
-    """The trial whose last reported `metric` is best (failed trials excluded); ties go to the
-    trial that trained longer, then the earlier one."""
-    scored = [r for r in records if r.status != FAILED and _finite(r.metrics.get(metric))]
-    if not scored:
-        return None
-    sign = 1.0 if mode == "max" else -1.0
-    return max(scored, key=lambda r: (sign * r.metrics[metric], r.iteration))
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+from mrcnn.fileio import write_text_atomic
+from pipeline.sweep.records import COMPLETED, FAILED, METRIC_KEYS, STOPPED, TrialRecord
+from pipeline.sweep.space import SearchSpace, dvc_set_args, nested
 
 
 def table_rows(records: Sequence[TrialRecord], space: SearchSpace) -> list[dict[str, Any]]:
@@ -98,17 +70,17 @@ def write_reports(
     csv_lines = [",".join(columns)]
     for row in rows:
         csv_lines.append(",".join(_csv(row[c]) for c in columns))
-    _atomic_text(files["trials.csv"], "\n".join(csv_lines) + "\n")
+    write_text_atomic(files["trials.csv"], "\n".join(csv_lines) + "\n")
     md = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     md += [
         "| " + " | ".join(_text(row[c]).replace("|", "/") for c in columns) + " |" for row in rows
     ]
-    _atomic_text(files["trials.md"], "\n".join(md) + "\n")
+    write_text_atomic(files["trials.md"], "\n".join(md) + "\n")
     if best is not None:
         files["best_params.yaml"] = out / "best_params.yaml"
-        _atomic_text(files["best_params.yaml"], best_params_text(best, metric, params_doc))
+        write_text_atomic(files["best_params.yaml"], best_params_text(best, metric, params_doc))
     files["summary.json"] = out / "summary.json"
-    _atomic_text(files["summary.json"], json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(files["summary.json"], json.dumps(summary, indent=2, default=str) + "\n")
     files["sweep.png"] = out / "sweep.png"
     plot_sweep(files["sweep.png"], records, best, space, metric)
     return files
@@ -131,12 +103,6 @@ def best_params_text(best: TrialRecord, metric: str, params_doc: Mapping[str, An
     ]
     body = yaml.safe_dump(nested(best.values), sort_keys=False, default_flow_style=None)
     return "\n".join(head) + "\n" + body
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def plot_sweep(

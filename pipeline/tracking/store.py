@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.layout import project_root
 from pipeline.params import MlflowParams
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,6 @@ _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which and how to fix it."""
-
-
-def project_root(params_path: str | Path) -> Path:
-    """The project root: the folder holding params.yaml."""
-    return Path(params_path).resolve().parent
 
 
 def tracking_uri(params_path: str | Path, uri: str) -> str:

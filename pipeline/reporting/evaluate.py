@@ -1,0 +1,197 @@
+"""Evaluate reports: the pictures, the DVC plots file and the COCO results, written as one
+folder (`reports/evaluate/`, built beside it and swapped in, so a failed run keeps the last
+complete one).
+
+    per_category_ap.png   bbox and segm AP of each category
+    pr_curve.png          precision / recall at IoU .50, .75 and .50:.95, mean over categories
+    overlays.png          prediction next to ground truth for a few val images
+    pr.csv                the curves as rows (`dvc plots`)
+    results.json          every detection in COCO results format (only when asked)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mrcnn.coco_eval import CocoScores, pr_curves
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
+    from mrcnn.data import ShardDataset
+
+PICTURES = ("per_category_ap.png", "pr_curve.png", "overlays.png")
+PR_FILE = "pr.csv"
+RESULTS_FILE = "results.json"
+OVERLAY_MAX_DETECTIONS = 15  # drawn per image, best scores first (all are evaluated)
+
+
+def pr_rows(scores: CocoScores) -> list[dict[str, Any]]:
+    """The curves of `pr_curves` as rows for `pr.csv`: recall, then one precision column per
+    curve (`bbox_iou50`, ..., `segm_iou50_95`); empty cells where undefined."""
+    curves = pr_curves(scores)
+    rows = []
+    for r, recall in enumerate(scores.recall_thresholds):
+        row: dict[str, Any] = {"recall": round(float(recall), 2)}
+        for iou_type, series in curves.items():
+            for key, values in series.items():
+                v = float(values[r])
+                row[f"{iou_type}_{key}"] = "" if math.isnan(v) else round(v, 6)
+        rows.append(row)
+    return rows
+
+
+def draw_overlays(
+    dataset: ShardDataset,
+    indices: Sequence[int],
+    coco_gt: COCO,
+    results: Sequence[Mapping[str, Any]],
+    category_ids: Mapping[int, int],
+) -> np.ndarray:
+    """Prediction next to ground truth for dataset samples `indices` -> uint8 [H, W, 3].
+
+    Both are drawn on the image in its original size (the shard's image cut to its window and
+    resized back): predictions from `results` (at most `OVERLAY_MAX_DETECTIONS`, best first,
+    with scores), ground truth from `coco_gt`'s annotations.
+    """
+    from PIL import Image
+
+    from mrcnn import visualize as vis
+    from mrcnn.coco_results import decode_masks
+
+    labels_of = {cat: label for label, cat in category_ids.items()}
+    names = list(dataset.class_names)
+    by_image: dict[int, list[Mapping[str, Any]]] = {}
+    for r in results:
+        by_image.setdefault(int(r["image_id"]), []).append(r)
+    cols = 2 if len(indices) <= 2 else 4
+    rows = -(-2 * len(indices) // cols)
+    fig = vis.new_figure(3.4 * cols, 3.6 * rows)
+    for k, i in enumerate(indices):
+        x = dataset[int(i)]
+        h, w = x.original_size
+        y1, x1, y2, x2 = x.window
+        crop = np.ascontiguousarray(x.image[y1:y2, x1:x2])
+        image = np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+        factor = max(1, 256 // max(h, w))  # small images are enlarged so text stays readable
+        big = vis.zoom(image, factor)
+
+        found = sorted(by_image.get(x.image_id, []), key=lambda r: -float(r["score"]))
+        shown = found[:OVERLAY_MAX_DETECTIONS]
+        pred_boxes = np.array([_xyxy(r["bbox"]) for r in shown], np.float32).reshape(-1, 4)
+        pred = vis.draw_instances(
+            big,
+            pred_boxes * factor,
+            _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor),
+            [labels_of.get(int(r["category_id"]), 0) for r in shown],
+            names,
+            [float(r["score"]) for r in shown],
+        )
+        anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[x.image_id]))
+        gt_masks = np.array([coco_gt.annToMask(a) for a in anns], bool).reshape(-1, h, w)
+        gt_boxes = np.array([_xyxy(a["bbox"]) for a in anns], np.float32).reshape(-1, 4)
+        gt = vis.draw_instances(
+            big,
+            gt_boxes * factor,
+            _zoom_masks(gt_masks, factor),
+            [labels_of.get(int(a["category_id"]), 0) for a in anns],
+            names,
+        )
+        more = f", {len(shown)} drawn" if len(found) > len(shown) else ""
+        titles = (
+            f"image {x.image_id}: {len(found)} detections{more}",
+            f"ground truth: {len(anns)} instances",
+        )
+        for j, (picture, title) in enumerate(zip((pred, gt), titles, strict=True)):
+            ax = fig.add_subplot(rows, cols, 2 * k + j + 1)
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
+    fig.tight_layout()
+    return vis.figure_to_array(fig)
+
+
+def _xyxy(bbox: Sequence[float]) -> list[float]:
+    x, y, w, h = (float(v) for v in bbox)
+    return [x, y, x + w, y + h]
+
+
+def _zoom_masks(masks: np.ndarray, factor: int) -> np.ndarray:
+    """bool [N, H, W] -> [N, H * factor, W * factor] (nearest)."""
+    return masks.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else masks
+
+
+def overlay_indices(num_images: int, num_overlays: int) -> list[int]:
+    """`num_overlays` sample indices spread evenly over the first `num_images` (fixed)."""
+    k = min(num_overlays, num_images)
+    return sorted({int(v) for v in np.linspace(0, num_images - 1, k).round()}) if k else []
+
+
+def write_reports(
+    out_dir: Path,
+    scores: CocoScores,
+    overlays: np.ndarray,
+    results: Sequence[Mapping[str, Any]] | None,
+) -> None:
+    """Write `out_dir` as a whole (built beside it, then swapped in): the three pictures,
+    `pr.csv` and, when `results` is given, `results.json`."""
+    from PIL import Image
+
+    from mrcnn import visualize as vis
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    names = list(scores.per_category)
+    fig = vis.new_figure(max(5.0, 0.5 * len(names) + 2.5), 4.0 if len(names) <= 8 else 5.5)
+    vis.plot_per_category_ap(fig.add_subplot(1, 1, 1), scores.per_category, list(scores.metrics))
+    fig.tight_layout()
+    Image.fromarray(vis.figure_to_array(fig)).save(tmp / "per_category_ap.png")
+
+    curves = pr_curves(scores)
+    fig = vis.new_figure(5.0 * len(curves), 4.2)
+    for k, (iou_type, series) in enumerate(curves.items()):
+        m = scores.metrics[iou_type]
+        labelled = {
+            f"IoU .50 (AP50 {m['AP50']:.3f})": series["iou50"],
+            f"IoU .75 (AP75 {m['AP75']:.3f})": series["iou75"],
+            f"mean IoU .50:.95 (AP {m['AP']:.3f})": series["iou50_95"],
+        }
+        vis.plot_pr_curves(
+            fig.add_subplot(1, len(curves), k + 1),
+            scores.recall_thresholds,
+            labelled,
+            title=f"{iou_type}: mean over categories",
+        )
+    fig.tight_layout()
+    Image.fromarray(vis.figure_to_array(fig)).save(tmp / "pr_curve.png")
+
+    Image.fromarray(overlays).save(tmp / "overlays.png")
+
+    rows = pr_rows(scores)
+    with open(tmp / PR_FILE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["recall"])
+        writer.writeheader()
+        writer.writerows(rows)
+    if results is not None:
+        (tmp / RESULTS_FILE).write_text(json.dumps(list(results)) + "\n")
+
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)

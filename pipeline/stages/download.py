@@ -1,0 +1,234 @@
+"""Stage `download`: a COCO-layout folder `data/raw/<source>/` from the configured source.
+
+    data/raw/<source>/{train,val}/                       images
+    data/raw/<source>/annotations/instances_{train,val}.json
+
+Sources (`params.yaml`, section `data`):
+    shapes  the synthetic shapes dataset, generated (`mrcnn.data.shapes`); the default
+    coco    COCO 2017 from `data.coco_base_url` (archives cached in `data/downloads/`,
+            resumable and md5-verified, see `pipeline.fetch`)
+    local   an existing folder in the layout above (`data.local_dir`), validated and linked in
+
+The folder appears complete or not at all: everything is built beside it and renamed into
+place. A finished download is not repeated.
+
+    python -m pipeline.download [--params params.yaml] [--splits val]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mrcnn.data import shapes
+from mrcnn.data.coco import load_coco_split
+from mrcnn.fileio import write_json_atomic
+from pipeline import layout
+from pipeline.fetch import RemoteFile, download_file, extract_zip
+from pipeline.params import SPLITS, DataParams, load_section, to_dict
+
+logger = logging.getLogger(__name__)
+
+# The official COCO 2017 archives: path under the base URL, size in bytes, md5.
+COCO_FILES = {
+    "train": RemoteFile("zips/train2017.zip", 19_336_861_798, "cced6f7f71b7629ddf16f17bbcfab6b2"),
+    "val": RemoteFile("zips/val2017.zip", 815_585_330, "442b8da7639aecaf257c1dceb8ba8c80"),
+    "annotations": RemoteFile(
+        "annotations/annotations_trainval2017.zip", 252_907_541, "f4bbac642086de4f52a3fdda2de5fa2c"
+    ),
+}
+STAMP = "download.json"
+
+
+def run(
+    params: DataParams,
+    out_root: Path = layout.RAW,
+    *,
+    splits: tuple[str, ...] | None = None,
+    cache_dir: Path = layout.DOWNLOADS,
+    coco_files: dict[str, RemoteFile] | None = None,
+) -> dict[str, Any]:
+    """Materialise `out_root/<source>` -> summary (per split: images, annotations)."""
+    splits = tuple(splits or params.splits)
+    if not splits or not set(splits) <= set(SPLITS):
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {splits}")
+    target = Path(out_root) / params.source
+    if params.source == "shapes":
+        _shapes(params, target, splits)
+    elif params.source == "coco":
+        _coco(params, target, splits, Path(cache_dir), coco_files or COCO_FILES)
+    else:
+        _local(params, target, splits)
+    summary = {"source": params.source, "root": str(target), "splits": {}}
+    for split in splits:
+        ann = json.loads((target / "annotations" / f"instances_{split}.json").read_text())
+        summary["splits"][split] = {
+            "images": len(ann["images"]),
+            "annotations": len(ann["annotations"]),
+        }
+    return summary
+
+
+def _shapes(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:
+    stamp = {"source": "shapes", "spec": to_dict(params.shapes), "splits": list(splits)}
+    if _read_stamp(target) == stamp:
+        logger.info("%s is up to date", target)
+        return
+    tmp = _fresh_tmp(target)
+    for split in splits:
+        counts = shapes.write_split(params.shapes, tmp, split)
+        logger.info(
+            "shapes %s: %d images, %d instances", split, counts["images"], counts["annotations"]
+        )
+    _commit(tmp, target, stamp)
+
+
+def _coco(
+    params: DataParams,
+    target: Path,
+    splits: tuple[str, ...],
+    cache_dir: Path,
+    files: dict[str, RemoteFile],
+) -> None:
+    """Download, verify and extract COCO 2017 into the common layout."""
+    base = params.coco_base_url.rstrip("/")
+    target.mkdir(parents=True, exist_ok=True)
+    ann_dir = target / "annotations"
+    missing_ann = [s for s in splits if not (ann_dir / f"instances_{s}.json").is_file()]
+    if missing_ann:
+        spec = files["annotations"]
+        archive = download_file(
+            f"{base}/{spec.path}", cache_dir / spec.name, size=spec.size, md5=spec.md5
+        )
+        wanted = {f"annotations/instances_{s}2017.json" for s in missing_ann}
+        tmp = target / ".annotations.extracting"
+        extract_zip(archive, tmp, members=lambda name: name in wanted)
+        ann_dir.mkdir(exist_ok=True)
+        for s in missing_ann:
+            src = tmp / "annotations" / f"instances_{s}2017.json"
+            if not src.is_file():
+                raise FileNotFoundError(f"{archive.name} has no annotations/instances_{s}2017.json")
+            os.replace(src, ann_dir / f"instances_{s}.json")
+        shutil.rmtree(tmp)
+    for split in splits:
+        if (target / split).is_dir():
+            logger.info("%s already extracted", target / split)
+            continue
+        spec = files[split]
+        archive = download_file(
+            f"{base}/{spec.path}", cache_dir / spec.name, size=spec.size, md5=spec.md5
+        )
+        tmp = target / f".{split}.extracting"
+        extract_zip(archive, tmp)
+        inner = tmp / f"{split}2017"
+        if not inner.is_dir():
+            raise FileNotFoundError(f"{archive.name} has no top-level folder {split}2017/")
+        os.replace(inner, target / split)  # atomic: the split folder appears complete
+        shutil.rmtree(tmp)
+        if not params.keep_archives:
+            archive.unlink()
+    _write_stamp(target, {"source": "coco", "base_url": base, "splits": sorted(splits)})
+
+
+def _local(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:
+    """Validate a user's COCO-layout folder and link (or copy) it into place."""
+    src = Path(params.local_dir)
+    problems = []
+    for split in splits:
+        ann = src / "annotations" / f"instances_{split}.json"
+        if not (src / split).is_dir():
+            problems.append(f"missing image folder {src / split}")
+        if not ann.is_file():
+            problems.append(f"missing annotation file {ann}")
+    if problems:
+        raise FileNotFoundError(
+            f"data.local_dir={src} is not in the COCO layout ({{train,val}}/ and "
+            "annotations/instances_{train,val}.json): " + "; ".join(problems)
+        )
+    tmp = _fresh_tmp(target)
+    for split in splits:
+        parsed = load_coco_split(src / "annotations" / f"instances_{split}.json")  # validates
+        missing = [r.file_name for r in parsed.records if not (src / split / r.file_name).is_file()]
+        if missing:
+            logger.warning(
+                "%s: %d images listed in the annotations are missing (e.g. %s); the shards "
+                "report will list them",
+                split,
+                len(missing),
+                missing[0],
+            )
+        _link_tree(src / split, tmp / split)
+        (tmp / "annotations").mkdir(exist_ok=True)
+        _link(
+            src / "annotations" / f"instances_{split}.json",
+            tmp / "annotations" / f"instances_{split}.json",
+        )
+    _commit(tmp, target, {"source": "local", "local_dir": str(src), "splits": list(splits)})
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    for root, _, names in os.walk(src):
+        out = dst / Path(root).relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            _link(Path(root) / name, out / name)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard link (no copy, same bytes) where the filesystem allows, else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _fresh_tmp(target: Path) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit(tmp: Path, target: Path, stamp: dict[str, Any]) -> None:
+    (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _read_stamp(target: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((target / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stamp(target: Path, stamp: dict[str, Any]) -> None:
+    write_json_atomic(target / STAMP, stamp, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=layout.PARAMS, help="params (section data)")
+    ap.add_argument("--splits", nargs="+", choices=SPLITS, help="override data.splits")
+    ap.add_argument("--out", default=layout.RAW, type=Path, help="writes OUT/<source>/")
+    ap.add_argument("--cache", default=layout.DOWNLOADS, type=Path, help="COCO archives")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_section(args.params, "data", DataParams)
+    if params.local_dir:  # relative to the project, not to the working directory
+        root = layout.project_root(args.params)
+        params = replace(params, local_dir=str(layout.under(root, params.local_dir)))
+    splits = tuple(args.splits) if args.splits else None
+    print(json.dumps(run(params, args.out, splits=splits, cache_dir=args.cache), indent=1))
+
+
+if __name__ == "__main__":
+    main()

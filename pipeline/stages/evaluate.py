@@ -1,0 +1,217 @@
+"""Stage `evaluate`: COCO bbox + segm AP of the final model on the val shards.
+
+    python -m pipeline.evaluate [--params params.yaml] [--model DIR] [--shards DIR] ...
+
+1. Batched detection over the val shards (`mrcnn.evaluation.predict_dataset`): detections in
+   original-image pixels, model labels mapped to COCO category ids through the val manifest's
+   class map, masks RLE-encoded.
+2. COCOeval for bbox and segm against the *original* annotations
+   `data/raw/<data.source>/annotations/instances_val.json` (not the shards' mini-masks).
+3. Writes `metrics/eval.json`: `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
+   "segm": {...}}` straight from `COCOeval.stats` (COCO writes -1 where an area range has no
+   ground truth), plus `per_category`, `num_images`, `num_detections`, `score_thresh`.
+4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`) and logs the numbers and pictures
+   into the training's MLflow run (`pipeline.tracking.runs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrcnn.coco_eval import IOU_TYPES, EvaluationInputError, coco_evaluate
+from mrcnn.data import category_ids as label_to_category
+from mrcnn.evaluation import predict_dataset
+from mrcnn.fileio import file_digest, write_json_atomic
+from pipeline import layout
+from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section, resolve_device
+from pipeline.reporting.evaluate import draw_overlays, overlay_indices, write_reports
+from pipeline.tracking import runs, store
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateError(ValueError):
+    """The stage's inputs do not belong together; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    """What evaluate reads and writes."""
+
+    model_dir: Path
+    shards_dir: Path  # the val split folder
+    annotations: Path  # original COCO instances_val.json
+    train_run: Path  # train_run.json: the MLflow run to log into
+    metrics_out: Path
+    reports_dir: Path
+
+
+def run(
+    paths: EvaluatePaths,
+    params: EvaluateParams,
+    *,
+    tracking_uri: str | None,
+    experiment: str = "mrcnn",
+    artifact_location: str | None = None,
+) -> dict[str, Any]:
+    """Detect, evaluate, write `metrics/eval.json` and `reports/evaluate/`, log to MLflow
+    (skipped when `tracking_uri` is None) -> what eval.json holds."""
+    from pycocotools.coco import COCO
+
+    from mrcnn import weights
+    from mrcnn.data import ShardDataset
+
+    for path, how in (
+        (paths.model_dir, "train a model first (`dvc repro` or `python -m pipeline.train`)"),
+        (paths.shards_dir, "run `python -m pipeline.shards`"),
+        (paths.annotations, "run `python -m pipeline.download`"),
+    ):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; {how}")
+    dataset = ShardDataset(paths.shards_dir)
+    model = weights.load(paths.model_dir, resolve_device(params.device, "evaluate.device"))
+    if model.image_size != dataset.image_size:
+        raise EvaluateError(
+            f"the model takes {model.image_size} px images, the val shards are "
+            f"{dataset.image_size} px (shards.image_size must match the trained model)"
+        )
+    if params.score_thresh >= 0:
+        model.roi_heads.score_thresh = params.score_thresh
+    if not dataset.class_map:
+        raise EvaluateError("the val shard manifest has no class_map (label -> category id)")
+    category_ids = label_to_category(dataset.class_map)
+    unmapped = sorted(set(range(1, model.num_classes)) - set(category_ids))
+    if unmapped:
+        raise EvaluateError(
+            f"the model has {model.num_classes - 1} classes, the val shards' class_map has no "
+            f"category for labels {unmapped}: model and shards come from different datasets"
+        )
+    if model.class_names and list(model.class_names) != list(dataset.class_names):
+        log.warning(
+            "the model's class names %s differ from the shards' %s; evaluating with the "
+            "shards' class_map",
+            list(model.class_names),
+            dataset.class_names,
+        )
+    check_annotations(paths.annotations, dataset.manifest)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(paths.annotations))
+
+    n = len(dataset) if params.max_images <= 0 else min(params.max_images, len(dataset))
+    start = time.perf_counter()
+    results = predict_dataset(
+        model,
+        dataset,
+        params.batch_size,
+        category_ids=category_ids,
+        max_images=n,
+        num_workers=params.num_workers,
+    )
+    predict_s = time.perf_counter() - start
+    image_ids = [int(v) for v in dataset.index[:n, 1]]
+    missing = len(set(coco_gt.getImgIds()) - set(image_ids))
+    if missing:
+        why = "evaluate.max_images" if n < len(dataset) else "see the shards' report.json"
+        total = len(coco_gt.getImgIds())
+        log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
+    start = time.perf_counter()
+    scores = coco_evaluate(coco_gt, results, IOU_TYPES, image_ids)
+    eval_s = time.perf_counter() - start
+    for iou_type, text in scores.summary.items():
+        log.info("%s:\n%s", iou_type, text)
+    rate = n / max(predict_s, 1e-9)
+    log.info(
+        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval %.1f s",
+        *(n, len(results), predict_s, rate, model.device, eval_s),
+    )
+    metrics: dict[str, Any] = {
+        **scores.metrics,
+        "per_category": scores.per_category,
+        "num_images": n,
+        "num_detections": len(results),
+        "score_thresh": float(model.roi_heads.score_thresh),
+    }
+    overlays = draw_overlays(
+        dataset, overlay_indices(n, params.num_overlays), coco_gt, results, category_ids
+    )
+    write_reports(paths.reports_dir, scores, overlays, results if params.write_results else None)
+    write_json_atomic(paths.metrics_out, metrics)
+    log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
+    if tracking_uri is not None:
+        runs.log_evaluation(
+            paths.train_run,
+            paths.metrics_out,
+            paths.reports_dir,
+            metrics,
+            params,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            artifact_location=artifact_location,
+        )
+    return metrics
+
+
+def check_annotations(annotations: Path, manifest: dict[str, Any]) -> None:
+    """Warn when the shards were built from another version of the annotation file."""
+    expected = manifest.get("source", {}).get("annotations_sha256")
+    if expected and expected != file_digest(annotations):
+        log.warning(
+            "%s differs from the file the val shards were built from; rebuild the shards "
+            "(`dvc repro shards`) if the images changed",
+            annotations,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap.add_argument(
+        "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
+    )
+    ap.add_argument("--shards", type=Path, default=layout.SHARDS)
+    ap.add_argument("--model", type=Path, default=layout.MODEL)
+    ap.add_argument("--train-run", type=Path, default=layout.TRAIN_RUN)
+    ap.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
+    ap.add_argument("--reports", type=Path, default=layout.EVAL_REPORTS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    root = layout.project_root(args.params)
+    data = load_section(args.params, "data", DataParams)
+    params = load_section(args.params, "evaluate", EvaluateParams)
+    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
+    raw = layout.under(root, args.raw) if args.raw else layout.raw_dir(root, data.source)
+    paths = EvaluatePaths(
+        model_dir=layout.under(root, args.model),
+        shards_dir=layout.under(root, args.shards) / "val",
+        annotations=raw / "annotations" / "instances_val.json",
+        train_run=layout.under(root, args.train_run),
+        metrics_out=layout.under(root, args.metrics),
+        reports_dir=layout.under(root, args.reports),
+    )
+    uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
+    try:
+        store.check_tracking_uri(uri)
+        run(
+            paths,
+            params,
+            tracking_uri=uri,
+            experiment=mlflow_params.experiment,
+            artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
+        )
+    except (EvaluateError, EvaluationInputError, FileNotFoundError, store.TrackingError) as e:
+        log.error("%s", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Stage `inspect`: pictures of the shards, as in matterport's inspect notebooks.
+
+Writes under `reports/inspect/`:
+    samples.png              random samples with their masks (mini-masks expanded), boxes, labels
+    mini_mask_round_trip.png an instance, its mini-mask, the mini-mask expanded back, and the
+                             agreement with the source annotation (pycocotools `annToMask`)
+    anchors.png              one image's anchors (the `model` section's) labelled against its
+                             ground truth as the RPN does (`mrcnn.matcher`, the model's
+                             thresholds; each box's best anchor positive; the rest neutral)
+    anchors_per_level.png    a few anchors of each pyramid level P2..P6
+    class_distribution.png   instances per class, train and val (from the manifests)
+
+    python -m pipeline.inspect [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from mrcnn import visualize as vis
+from mrcnn.anchors import AnchorGenerator
+from mrcnn.config import Config
+from mrcnn.data import ShardDataset, expand_mini_masks
+from mrcnn.matcher import BELOW_LOW, batched_iou, match
+from pipeline import layout
+from pipeline.params import SPLITS, DataParams, InspectParams, load_model_config, load_section
+
+logger = logging.getLogger(__name__)
+
+
+def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The RPN's anchor labels for one image, from `mrcnn.matcher` with the model's thresholds
+    (`model.rpn.fg_iou_thresh` / `bg_iou_thresh`, each box's best anchors positive):
+    int8 [A], 1 positive, 0 negative, -1 neutral. anchors [A, 4], gt_boxes [G, 4] xyxy."""
+    if gt_boxes.numel() == 0:  # nothing to match: every anchor is background
+        return torch.zeros(anchors.shape[0], dtype=torch.int8)
+    gt = gt_boxes.float()[None]  # [1, G, 4]
+    valid = torch.ones(gt.shape[:2], dtype=torch.bool)
+    iou = batched_iou(gt, anchors[None])  # [1, G, A]
+    fg, bg = cfg.rpn.fg_iou_thresh, cfg.rpn.bg_iou_thresh
+    matched = match(iou, valid, fg, bg, allow_low_quality=True)[0]  # [A]
+    labels = torch.full(matched.shape, -1, dtype=torch.int8)
+    labels[matched == BELOW_LOW] = 0
+    labels[matched >= 0] = 1
+    return labels
+
+
+def run(
+    params: InspectParams,
+    cfg: Config,
+    shards_dir: Path,
+    out_dir: Path,
+    raw_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Draw the pictures into `out_dir` (replaced as a whole) -> summary. The anchors are the
+    model's (`cfg.anchors`), labelled as its RPN labels them (`cfg.rpn`)."""
+    ds = ShardDataset(Path(shards_dir) / params.split)
+    s = ds.image_size
+    factor = max(1, 512 // s)  # small frames are enlarged so boxes and text stay readable
+    rng = np.random.default_rng(params.seed)
+    picks = np.sort(rng.choice(len(ds), min(params.num_samples, len(ds)), replace=False))
+    samples = [ds[int(i)] for i in picks]
+    tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    summary: dict[str, Any] = {"samples": [x.image_id for x in samples]}
+
+    tiles = []
+    for x in samples:
+        masks = expand_mini_masks(x.boxes, x.mini_masks, (s, s))  # [N, S, S]
+        big_masks = vis.zoom(masks.transpose(1, 2, 0), factor).transpose(2, 0, 1)
+        tile = vis.draw_instances(
+            zoom_all(x.image, factor), x.boxes * factor, big_masks, x.labels, ds.class_names
+        )
+        tiles.append(tile)
+    _save(tmp / "samples.png", vis.image_grid(tiles, cols=3))
+
+    with_instances = [x for x in samples if len(x.labels)] or [ds[0]]
+    x = with_instances[0]
+    summary["mini_mask"] = _round_trip(x, ds, raw_dir, tmp / "mini_mask_round_trip.png")
+
+    sizes = cfg.anchors.sizes
+    anchors, counts = AnchorGenerator(sizes, cfg.anchors.ratios, cfg.anchors.stride)(s)
+    labels = label_anchors(anchors, torch.from_numpy(x.boxes), cfg)
+    summary["anchors"] = {
+        "image_id": x.image_id,
+        "sizes": list(sizes),
+        "ratios": list(cfg.anchors.ratios),
+        "fg_iou_thresh": cfg.rpn.fg_iou_thresh,
+        "bg_iou_thresh": cfg.rpn.bg_iou_thresh,
+        "per_level": counts,
+        "positive": int((labels == 1).sum()),
+        "negative": int((labels == 0).sum()),
+        "neutral": int((labels == -1).sum()),
+    }
+    a = anchors.numpy() * factor
+    image = zoom_all(x.image, factor)
+    picture = vis.draw_anchors(
+        image, a, labels.numpy(), gt_boxes=x.boxes * factor, seed=params.seed
+    )
+    _save(tmp / "anchors.png", picture)
+    picture = vis.draw_anchors_per_level(
+        image, a, counts, per_level=params.anchors_per_level, sizes=sizes, seed=params.seed
+    )
+    _save(tmp / "anchors_per_level.png", picture)
+
+    per_split = {}
+    for split in SPLITS:
+        manifest = Path(shards_dir) / split / "manifest.json"
+        if manifest.is_file():
+            per_split[split] = json.loads(manifest.read_text())["counts"]["instances_per_class"]
+    fig = vis.new_figure(max(5.0, 0.6 * len(ds.class_names) + 2), 3.5)
+    vis.plot_class_distribution(fig.add_subplot(1, 1, 1), per_split)
+    fig.tight_layout()
+    _save(tmp / "class_distribution.png", vis.figure_to_array(fig))
+    summary["class_distribution"] = per_split
+
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    if Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    summary["files"] = sorted(p.name for p in Path(out_dir).iterdir())
+    return summary
+
+
+def zoom_all(image: np.ndarray, factor: int) -> np.ndarray:
+    return np.ascontiguousarray(vis.zoom(image, factor))
+
+
+def _round_trip(x, ds: ShardDataset, raw_dir: Path | None, path: Path) -> dict[str, Any]:
+    """Largest instance of sample x: mini-mask round trip, against the source mask if found."""
+    if len(x.labels) == 0:
+        return {}
+    areas = (x.boxes[:, 2] - x.boxes[:, 0]) * (x.boxes[:, 3] - x.boxes[:, 1])
+    k = int(np.argmax(areas))
+    meta = ds.read_meta(ds_index(ds, x.image_id))
+    # Work in the original frame, where the source annotation lives.
+    h, w = x.original_size
+    image = np.asarray(
+        Image.fromarray(np.ascontiguousarray(x.image[: x.window[2], : x.window[3]])).resize((w, h))
+    )
+    box = x.boxes[k] / x.scale
+    ref = None
+    ann_file = (
+        raw_dir / "annotations" / f"instances_{ds.manifest['split']}.json" if raw_dir else None
+    )
+    if ann_file is not None and ann_file.is_file():
+        coco = COCO(str(ann_file))
+        ref = coco.annToMask(coco.loadAnns([meta["annotation_ids"][k]])[0]).astype(bool)
+        back = expand_mini_masks(box[None], x.mini_masks[k : k + 1], (h, w))[0]
+        iou = float((ref & back).sum() / max(1, (ref | back).sum()))
+    else:
+        iou = None
+    title = f"image {x.image_id}, {ds.class_names[x.labels[k]]}"
+    _save(path, vis.draw_mini_mask_round_trip(image, box, x.mini_masks[k], ref, title=title))
+    return {"image_id": x.image_id, "annotation_id": meta["annotation_ids"][k], "iou": iou}
+
+
+def ds_index(ds: ShardDataset, image_id: int) -> int:
+    return int(np.flatnonzero(ds.index[:, 1] == image_id)[0])
+
+
+def _save(path: Path, image: np.ndarray) -> None:
+    Image.fromarray(image).save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=layout.PARAMS, help="inspect, data, model")
+    ap.add_argument("--shards", type=Path, default=layout.SHARDS)
+    ap.add_argument("--raw", type=Path, help=f"raw folder (default {layout.RAW}/<source>)")
+    ap.add_argument("--out", type=Path, default=layout.INSPECT_REPORTS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_section(args.params, "inspect", InspectParams)
+    raw = args.raw or layout.RAW / load_section(args.params, "data", DataParams).source
+    ds = ShardDataset(Path(args.shards) / params.split)
+    cfg = load_model_config(
+        args.params,
+        num_classes=ds.num_classes,
+        image_size=ds.image_size,
+        class_names=tuple(ds.class_names),
+    )
+    print(json.dumps(run(params, cfg, args.shards, args.out, raw), indent=1))
+
+
+if __name__ == "__main__":
+    main()

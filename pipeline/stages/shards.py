@@ -1,0 +1,85 @@
+"""Stage `shards`: `data/raw/<source>/` -> `data/shards/{train,val}/` (see `mrcnn.data.shards`).
+
+Every split present in the raw folder is resized and padded (`shards.image_size`,
+`shards.resize_mode`), its boxes computed from the masks, its masks stored as mini-masks
+(`shards.mini_mask_shape`), its category ids mapped to contiguous labels 1..K (one class map for
+all splits, recorded in each manifest), and written as tar shards with an index, a manifest and
+a report of every skipped record. Uses all cores; an interrupted run resumes.
+
+    python -m pipeline.shards [--params params.yaml] [--raw DIR] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mrcnn.data.coco import class_map, load_coco_split
+from mrcnn.data.writer import build_split
+from mrcnn.fileio import file_digest
+from pipeline import layout
+from pipeline.params import SPLITS, DataParams, ShardsParams, load_section, to_dict
+
+logger = logging.getLogger(__name__)
+
+
+def run(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Build the shards of every split found in `raw_dir` -> per-split counts."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    ann_files = {s: raw_dir / "annotations" / f"instances_{s}.json" for s in SPLITS}
+    splits = [s for s in SPLITS if ann_files[s].is_file()]
+    if not splits:
+        raise FileNotFoundError(
+            f"no annotations/instances_{{train,val}}.json under {raw_dir}; "
+            "run `python -m pipeline.download` first"
+        )
+    for stale in sorted(set(SPLITS) - set(splits)):  # e.g. train from an earlier source
+        if (out_dir / stale).exists():
+            logger.warning("removing %s: %s has no %s split", out_dir / stale, raw_dir, stale)
+            shutil.rmtree(out_dir / stale)
+    parsed = {s: load_coco_split(ann_files[s]) for s in splits}
+    classes = class_map([parsed[s].categories for s in splits])
+    summary: dict[str, Any] = {}
+    for split in splits:
+        source = {
+            "annotations": str(ann_files[split]),
+            "annotations_sha256": file_digest(ann_files[split]),
+            "images": str(raw_dir / split),
+        }
+        counts = {"images": parsed[split].num_images, "annotations": parsed[split].num_annotations}
+        manifest = build_split(
+            parsed[split].records,
+            raw_dir / split,
+            out_dir / split,
+            classes,
+            params.options(split),
+            source_skipped=parsed[split].skipped,
+            source_counts=counts,
+            num_workers=params.num_workers,
+            extra_manifest={"params": to_dict(params), "source": source},
+        )
+        summary[split] = manifest["counts"]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap.add_argument(
+        "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
+    )
+    ap.add_argument("--out", type=Path, default=layout.SHARDS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    data = load_section(args.params, "data", DataParams)
+    params = load_section(args.params, "shards", ShardsParams)
+    raw = args.raw or layout.RAW / data.source
+    print(json.dumps(run(params, raw, args.out), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What the evaluate stage logs into the training's MLflow run: metrics, settings, pictures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mrcnn.coco_eval import IOU_TYPES
+from pipeline.params import EvaluateParams, to_dict
+from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE
+from pipeline.tracking.store import flatten, start_run
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_PATH = "evaluate"
+
+
+def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """eval.json -> MLflow metrics: `eval/bbox_AP`, ..., `eval/segm_APl` and
+    `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth in that area range)
+    and per-category None are left out rather than logged as numbers."""
+    out = {}
+    for iou_type in IOU_TYPES:
+        for name, value in metrics.get(iou_type, {}).items():
+            if value >= 0:
+                out[f"eval/{iou_type}_{name}"] = float(value)
+    for name, entry in metrics.get("per_category", {}).items():
+        safe = re.sub(r"[^\w.\- /]", "_", name)
+        for iou_type in IOU_TYPES:
+            value = entry.get(f"{iou_type}_AP")
+            if value is not None:
+                out[f"eval/per_category/{safe}/{iou_type}_AP"] = float(value)
+    return out
+
+
+def log_evaluation(
+    train_run: Path,
+    metrics_file: Path,
+    reports_dir: Path,
+    metrics: Mapping[str, Any],
+    params: EvaluateParams,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    artifact_location: str | None = None,
+) -> str:
+    """Log into the training's run (`mlflow_run_id` of train_run.json) if the store has it, else a
+    new run "evaluate" -> the run id. Settings go in as tags (`evaluate.*`): params of a run
+    cannot change, and evaluate may run again on the same training run."""
+    import mlflow
+
+    info = json.loads(train_run.read_text()) if train_run.is_file() else {}
+    train_run_id = info.get("mlflow_run_id")
+    if not train_run_id:
+        log.warning(
+            "no mlflow_run_id in %s: evaluate logs into a new MLflow run 'evaluate'", train_run
+        )
+    with start_run(
+        tracking_uri,
+        experiment,
+        run_name="evaluate",
+        run_id=train_run_id,
+        artifact_location=artifact_location,
+    ) as active:
+        run_id = active.info.run_id
+        if train_run_id and run_id != train_run_id:
+            log.warning(
+                "training run %s is not in the store: logged into new run %s ('evaluate')",
+                train_run_id,
+                run_id,
+            )
+        mlflow.log_metrics(mlflow_metrics(metrics))
+        mlflow.set_tags(
+            {
+                **flatten(to_dict(params), prefix="evaluate."),
+                "evaluate.num_images": str(metrics["num_images"]),
+                "evaluate.num_detections": str(metrics["num_detections"]),
+            }
+        )
+        mlflow.log_artifact(str(metrics_file), artifact_path=ARTIFACT_PATH)
+        for name in (*PICTURES, PR_FILE, RESULTS_FILE):
+            if (reports_dir / name).is_file():
+                mlflow.log_artifact(str(reports_dir / name), artifact_path=ARTIFACT_PATH)
+    log.info("logged to MLflow run %s (artifacts under %s/)", run_id, ARTIFACT_PATH)
+    return run_id

@@ -1,0 +1,134 @@
+"""The checkpoint / resume protocol of a training run.
+
+A checkpoint is a directory that every rank reports together through `ray.train.report` (a
+barrier): rank 0 writes `state.pt` (model, optimizer, scheduler, iteration, resume count), each
+rank its RNG state `rng_rank<r>.pt`, and on the last iteration a digest of its parameters
+`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them). Ray Train registers the
+directory under the run's storage and restores the latest one when the run is started again
+with the same name (`resume_state`).
+
+What the driver must learn without a checkpoint (a non-finite loss) travels as a JSON file in
+the run directory (`write_run_file`): Ray Train V2's `Result.metrics` only holds the metrics of
+the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+NONFINITE_FILE = "nonfinite.json"  # rank 0 writes it into the run directory on a NaN/inf loss
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the run stopped before using it."""
+
+
+def report_checkpoint(
+    state: dict[str, Any], metrics: dict[str, Any], rank: int, digest: str | None = None
+) -> None:
+    """Every rank reports (a barrier); rank 0 writes the weights, each rank its RNG state (and
+    on the last one a digest of its parameters)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        if rank == 0:
+            torch.save(state, Path(d) / STATE_FILE)
+        torch.save(torch.get_rng_state(), Path(d) / f"rng_rank{rank}.pt")
+        if digest:
+            (Path(d) / f"weights_rank{rank}.sha256").write_text(digest)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def resume_state(rank: int) -> dict[str, Any] | None:
+    """The training state to resume from (with this rank's RNG state under "rng"), or None.
+
+    Usually Ray's latest registered checkpoint. But the Ray Train controller collects the
+    workers' reports every 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), so a worker that dies just
+    after `report` leaves a complete checkpoint on storage that Ray never registered; on local
+    or mounted storage a newer such directory is used instead of losing those iterations."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    registered = Path(checkpoint.path).name if checkpoint is not None else ""
+    for d in _unregistered_checkpoints(registered):
+        try:
+            return _read_checkpoint(d, rank)
+        except Exception as e:  # a half-written copy: the worker died while persisting it
+            logger.warning("skipping unregistered checkpoint %s: %s", d, e)
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return _read_checkpoint(Path(d), rank)
+
+
+def _unregistered_checkpoints(registered: str) -> list[Path]:
+    """Checkpoint directories of this run newer than `registered` (by name, which Ray stamps
+    with the time), newest first; [] on remote storage."""
+    import pyarrow.fs
+    import ray.train
+
+    try:  # a DeveloperAPI of Ray Train: without it, only registered checkpoints are used
+        storage = ray.train.get_context().get_storage()
+        local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+        experiment = Path(storage.experiment_fs_path)
+    except AttributeError:
+        return []
+    if not local:
+        return []
+    found = experiment.glob("checkpoint_*")
+    return sorted((d for d in found if d.is_dir() and d.name > registered), reverse=True)
+
+
+def _read_checkpoint(d: Path, rank: int) -> dict[str, Any]:
+    state = load_state(d / STATE_FILE)
+    rng = d / f"rng_rank{rank}.pt"
+    if rng.exists():
+        state["rng"] = torch.load(rng, weights_only=True)
+    return state
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A training checkpoint (tensors and plain values only: loaded with weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_run_file(name: str, data: dict[str, Any]) -> None:
+    """A JSON file in this run's Ray Train storage directory (local or remote)."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    path = f"{storage.experiment_fs_path}/{name}"
+    with storage.storage_filesystem.open_output_stream(path) as f:
+        f.write(json.dumps(data).encode())
+
+
+def raise_if_nonfinite(run_dir: Path) -> None:
+    """Raise `NonFiniteLossError` when a worker wrote the non-finite marker of `run_dir`."""
+    marker = run_dir / NONFINITE_FILE
+    if not marker.is_file():
+        return
+    info = json.loads(marker.read_text())
+    raise NonFiniteLossError(
+        f"non-finite loss at iteration {info['iteration']}: {info['losses']}; training stopped, "
+        f"the last good checkpoint is kept in {run_dir} (lower train.lr, raise "
+        "train.warmup_iters or set train.grad_clip)"
+    )
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """sha256 of every learnable parameter. (BatchNorm's running statistics are buffers that
+    each rank updates from its own images, so they are left out.)"""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode() + p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

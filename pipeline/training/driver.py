@@ -1,0 +1,143 @@
+"""The training driver: a Ray Train `TorchTrainer` run of `pipeline.training.loop.train_loop`.
+
+A run is named `<train.run_name>-<hash of the shards, model and train params>`
+(`run_name`), so starting the same training again resumes it: Ray Train V2 restores the latest
+checkpoint of that name from `train.storage_path`, and the MLflow run id stored beside it
+(`mlflow_run.json`) is continued (`mlflow_run`). `fit` is also the entry point of sweeps:
+`pipeline.sweep.trial` calls it from each trial with `TuneReportCallback`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mrcnn.config import Config
+from mrcnn.data import ShardDataset
+from mrcnn.fileio import json_digest
+from pipeline.params import TrainParams, to_dict
+from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
+from pipeline.training.loop import train_loop
+from pipeline.training.periodic_eval import val_annotations
+from pipeline.training.runtime import init_ray
+
+logger = logging.getLogger(__name__)
+
+MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run directory: the MLflow run it logs to
+# Settings that do not change what is trained: changing them resumes the same run.
+NOT_IN_RUN_NAME = ("max_failures", "log_every", "loader_workers", "storage_path", "run_name")
+
+
+def run_name(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:
+    """`<train.run_name>-<8 hex digits>`: same data, model and recipe -> same name."""
+    recipe = {k: v for k, v in to_dict(params).items() if k not in NOT_IN_RUN_NAME}
+    data = {k: manifest.get(k) for k in ("index", "params", "counts", "class_map")}
+    digest = json_digest({"train": recipe, "model": cfg.to_dict(), "data": data}, length=8)
+    return f"{params.run_name}-{digest}"
+
+
+def loop_config(
+    params: TrainParams, cfg: Config, shards: Path, tracking_uri: str, mlflow_run_id: str
+) -> dict[str, Any]:
+    """What `train_loop` gets on every worker: plain, serialisable values only.
+
+    Rank 0 logs into the MLflow run `mlflow_run_id` (a sweep passes each trial's nested run)."""
+    return {
+        "train": to_dict(params),
+        "model": cfg.to_dict(),
+        "shards": str(Path(shards).resolve()),
+        "val_annotations": str(val_annotations(Path(shards))) if params.eval_every else "",
+        "mlflow": {"tracking_uri": tracking_uri, "run_id": mlflow_run_id},
+    }
+
+
+def fit(
+    config: dict[str, Any],
+    params: TrainParams,
+    name: str,
+    storage: Path,
+    callbacks: list | None = None,
+):
+    """Run `train_loop` under a Ray Train `TorchTrainer` -> its `Result`.
+
+    Raises `NonFiniteLossError` when the loss went NaN/inf."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    init_ray()
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=params.num_workers,
+            use_gpu=params.use_gpu,
+            resources_per_worker={"CPU": params.cpus_per_worker}
+            | ({"GPU": 1} if params.use_gpu else {}),
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage).resolve()),
+            failure_config=FailureConfig(max_failures=params.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
+        ),
+    )
+    run_dir = Path(storage).resolve() / name
+    (run_dir / NONFINITE_FILE).unlink(missing_ok=True)  # from an earlier attempt of this run
+    result = trainer.fit()
+    raise_if_nonfinite(run_dir)
+    return result
+
+
+def mlflow_run(
+    run_dir: Path,
+    name: str,
+    params: TrainParams,
+    cfg: Config,
+    train_set: ShardDataset,
+    experiment: str,
+    uri: str,
+    artifact_location: str | None = None,
+) -> str:
+    """The MLflow run of this training run: resumed from `run_dir/mlflow_run.json`, else new
+    (with the flattened params logged once) -> its id. `artifact_location` applies when the
+    experiment is created here (`pipeline.tracking.store.default_artifact_location`)."""
+    import mlflow
+
+    from pipeline.tracking import store
+
+    marker = run_dir / MLFLOW_RUN_FILE
+    if marker.exists():
+        run_id = json.loads(marker.read_text())["run_id"]
+        mlflow.set_tracking_uri(uri)
+        if store.run_exists(run_id):
+            return run_id
+        logger.warning("MLflow run %s (from %s) is gone; starting a new one", run_id, marker)
+    with store.start_run(
+        uri, experiment, run_name=name, artifact_location=artifact_location
+    ) as active:
+        flat = store.flatten({"train": to_dict(params), "model": cfg.to_dict()})
+        flat["data.train_images"] = str(len(train_set))
+        flat["data.manifest_sha256"] = train_set.manifest.get("index", {}).get("sha256", "")
+        mlflow.log_params(flat)
+        mlflow.set_tags({"stage": "train", "ray_run": name})
+        run_id = active.info.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    return run_id
+
+
+def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
+    """Per-step `loss*` and `lr` metrics of a run from MLflow, one row per step (a resumed run
+    is one curve). The loss names are whatever the model's loss dict held."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("loss"))
+    rows: dict[int, dict[str, float]] = {}
+    for key in [*keys, "lr"]:
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(m.step, {"step": m.step})[key] = m.value
+    return [rows[s] for s in sorted(rows)]

@@ -1,0 +1,39 @@
+"""Fault injection for the tests: a worker killed or a loss made NaN at a chosen iteration.
+
+Never part of the public API: the tests write a JSON spec to the file named by the environment
+variable `MRCNN_TEST_FAULTS` (set before Ray starts, so every Ray worker inherits it) and remove
+it afterwards. Without the variable nothing is read and nothing happens.
+
+    {"kill": {"rank": 1, "iteration": 4, "marker": "/tmp/x"}}   SIGKILL that worker once
+    {"nan_iteration": 4}                                         that iteration's loss is NaN
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+ENV = "MRCNN_TEST_FAULTS"
+
+
+def load() -> dict[str, Any]:
+    """The spec in force for this worker ({} when none)."""
+    path = os.environ.get(ENV)
+    if not path or not Path(path).is_file():
+        return {}
+    return json.loads(Path(path).read_text() or "{}")
+
+
+def inject(spec: dict[str, Any], rank: int, iteration: int) -> bool:
+    """Kill this process if `spec` says so (once: the marker file records it); True when this
+    iteration's loss must be made NaN."""
+    kill = spec.get("kill")
+    if kill and kill["rank"] == rank and kill["iteration"] == iteration:
+        marker = Path(kill["marker"])
+        if not marker.exists():
+            marker.write_text(f"killed rank {rank} at iteration {iteration}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return spec.get("nan_iteration") == iteration
