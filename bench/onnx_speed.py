@@ -44,7 +44,9 @@ from mrcnn.onnx_model import OnnxModel  # noqa: E402
 from mrcnn.weights import load_torchvision  # noqa: E402
 
 
-def run_config(size: int, batch: int, rounds: int, score_thresh: float, tmp: Path) -> dict:
+def run_config(
+    size: int, batch: int, rounds: int, score_thresh: float, tmp: Path, warmup: bool = True
+) -> dict:
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(
         weights=None,
@@ -75,12 +77,14 @@ def run_config(size: int, batch: int, rounds: int, score_thresh: float, tmp: Pat
         return [len(d) for d in onnx.detect(images)]
 
     runners = {"torchvision": run_tv, "eager": run_eager, "onnx": run_onnx}
-    counts = {name: fn() for name, fn in runners.items()}  # warm-up, and detections per image
+    counts: dict[str, list[int]] = {}
+    if warmup:
+        counts = {name: fn() for name, fn in runners.items()}  # detections per image
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
             start = time.perf_counter()
-            fn()
+            counts[name] = fn()
             times[name].append(time.perf_counter() - start)
     ips = {name: batch / statistics.median(t) for name, t in times.items()}
     return {
@@ -99,6 +103,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 800])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-warmup", action="store_true", help="time the first call too")
     ap.add_argument("--score-thresh", type=float, default=0.0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -109,13 +114,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             for batch in args.batches:
-                r = run_config(size, batch, args.rounds, args.score_thresh, Path(tmp))
+                r = run_config(
+                    size, batch, args.rounds, args.score_thresh, Path(tmp), not args.no_warmup
+                )
                 results.append(r)
                 ips, ratio = r["images_per_s"], r["ratio_vs_torchvision"]
                 print(
-                    f"{size:4d} px  batch {batch}  images/s  torchvision {ips['torchvision']:.2f}"
-                    f"  eager {ips['eager']:.2f} ({ratio['eager']:.2f}x)"
-                    f"  onnx {ips['onnx']:.2f} ({ratio['onnx']:.2f}x)"
+                    f"{size:4d} px  batch {batch}  images/s  torchvision {ips['torchvision']:.3g}"
+                    f"  eager {ips['eager']:.3g} ({ratio['eager']:.2f}x)"
+                    f"  onnx {ips['onnx']:.3g} ({ratio['onnx']:.2f}x)"
                     f"  detections {r['detections_per_image']}",
                     flush=True,
                 )
