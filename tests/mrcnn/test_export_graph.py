@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from mrcnn import presets
-from mrcnn.export import compare_onnx, raw_outputs, to_onnx, to_torch_export
+from mrcnn.export import (
+    compare_onnx,
+    match_detections,
+    raw_outputs,
+    to_onnx,
+    to_torch_export,
+)
 from mrcnn.model import build_model
 from mrcnn.onnx_model import OUTPUT_NAMES, OnnxModel
 from tests.mrcnn.scenes import S, make_batch, scene, tiny_model
@@ -154,8 +160,10 @@ def test_torch_export_program(trained, tmp_path):
     eager, batch = raw_outputs(trained, images)
     with torch.no_grad():
         out = program(batch.images, batch.windows)
-    for name, got in zip(OUTPUT_NAMES, out, strict=True):
-        np.testing.assert_allclose(got.numpy(), eager[name], atol=1e-4)
+    got = {name: t.numpy() for name, t in zip(OUTPUT_NAMES, out, strict=True)}
+    # Slots are compared as matched detections: a trained model's scores saturate, and equal
+    # scores may take their slots in either order (TopK vs the eager NMS sort).
+    _assert_parity(match_detections(eager, got))
     assert eager["valid"].sum() >= 4
 
 
