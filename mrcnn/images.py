@@ -71,8 +71,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def check_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """What `MaskRCNN.detect` accepts: a list of uint8 `H x W x 3` arrays, else `ValueError`
-    saying what was expected."""
+    """What `detect` accepts: a non-empty list of uint8 `H x W x 3` arrays (else `ValueError`
+    saying what was expected)."""
     if isinstance(images, np.ndarray):
         raise ValueError(
             "detect() takes a list of images; wrap a single H x W x 3 array as [image]"

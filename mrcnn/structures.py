@@ -11,14 +11,13 @@ Shape shorthand used across the package:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from mrcnn.box_masks import BoxMasks
+from mrcnn.detections import Detections  # numpy only, so OnnxModel needs no torch
+
+__all__ = ["Batch", "Detections", "InferenceSteps", "RawDetections"]
 
 
 @dataclass
@@ -99,34 +98,6 @@ class RawDetections:
     mask_probs: Tensor | None
     keypoints: Tensor | None = None
     mask_scores: Tensor | None = None
-
-
-@dataclass
-class Detections:
-    """One image's detections in original-image coordinates (what `MaskRCNN.detect` returns).
-
-    boxes:  float32 [N, 4] xyxy in original-image pixels
-    scores: float32 [N]
-    labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
-    masks:  bool    [N, H, W] at original resolution ([N, 0, 0] for a model without a mask
-            head, e.g. torchvision's Keypoint R-CNN); or, from `MaskRCNN.postprocess(...,
-            box_masks=True)`, a `mrcnn.box_masks.BoxMasks` (the same masks as box crops,
-            `.full()` gives [N, H, W])
-    keypoints:   float32 [N, Kp, 3] (x, y, score) in original-image pixels (keypoint models;
-                 None otherwise); the score is the heatmap logit at the keypoint, as torchvision's
-    mask_scores: float32 [N] the masks' own scores (Mask Scoring R-CNN: class score x predicted
-                 mask IoU; None otherwise): the score of the segm results, boxes keep `scores`
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray | BoxMasks
-    keypoints: np.ndarray | None = None
-    mask_scores: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 @dataclass

@@ -222,7 +222,7 @@ class ExportParams:
     """`export`: registration in the MLflow model registry (`pipeline.export`)."""
 
     registered_model: str = "mrcnn-shapes"
-    portable: bool = True  # also write + check the ONNX backbone/RPN file (see mrcnn/export.py)
+    portable: bool = True  # also write + check the whole-model ONNX file (mrcnn/export.py)
     champion_metric: str = "segm.AP"  # a key of metrics/eval.json; higher is better
 
     def validate(self) -> None:

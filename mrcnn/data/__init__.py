@@ -1,11 +1,20 @@
-"""Data: resize/pad, mini-masks, the shard format, augmentation and collate."""
+"""Data: resize/pad, mini-masks, the shard format, augmentation and collate.
 
-from mrcnn.data.augment import Augmentation, augment_sample
-from mrcnn.data.class_map import ClassInfo, ClassMap, category_ids, read_class_map
-from mrcnn.data.loader import TrainLoader, collate, eval_batches, hflip_sample
-from mrcnn.data.minimask import expand_mini_masks, make_mini_masks
-from mrcnn.data.resize import resize_and_pad
-from mrcnn.data.shards import Sample, ShardDataset
+Names are imported on first use (PEP 562): `mrcnn.data.resize` loads without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mrcnn.data.augment import Augmentation, augment_sample
+    from mrcnn.data.class_map import ClassInfo, ClassMap, category_ids, read_class_map
+    from mrcnn.data.loader import TrainLoader, collate, eval_batches, hflip_sample
+    from mrcnn.data.minimask import expand_mini_masks, make_mini_masks
+    from mrcnn.data.resize import resize_and_pad
+    from mrcnn.data.shards import Sample, ShardDataset
 
 __all__ = [
     "Augmentation",
@@ -24,3 +33,23 @@ __all__ = [
     "read_class_map",
     "resize_and_pad",
 ]
+
+_MODULES = {
+    "mrcnn.data.augment": ("Augmentation", "augment_sample"),
+    "mrcnn.data.class_map": ("ClassInfo", "ClassMap", "category_ids", "read_class_map"),
+    "mrcnn.data.loader": ("TrainLoader", "collate", "eval_batches", "hflip_sample"),
+    "mrcnn.data.minimask": ("expand_mini_masks", "make_mini_masks"),
+    "mrcnn.data.resize": ("resize_and_pad",),
+    "mrcnn.data.shards": ("Sample", "ShardDataset"),
+}
+_NAMES = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'mrcnn.data' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])

@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from mrcnn.config import RESIZE_MODES
 
@@ -65,10 +63,19 @@ def resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
     Bilinear (antialiased when shrinking) straight on uint8 channels-last pixels: PyTorch's
     vectorised uint8 kernel, ~5x faster than converting to float and back at 1024 px, and within
-    one grey level of it.
+    one grey level of it. Without torch (an `OnnxModel` process), Pillow's bilinear resize, the
+    same filter in its own fixed-point arithmetic: within two grey levels of torch's.
     """
     if image.shape[:2] == (h, w):
         return image
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        from PIL import Image
+
+        resized = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR)
+        return np.asarray(resized).copy()
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # NCHW view of HWC
     shrinking = h < image.shape[0] or w < image.shape[1]
     out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)

@@ -118,7 +118,7 @@ def test_versions_are_tagged_with_metrics_and_hashes(registry: dict) -> None:
     assert v1["weights_md5"] == file_digest(root / "models/final/model.safetensors", "md5")
     assert v1["train.iterations"] == "5"
     assert v1["export.decision"] == "champion"
-    assert v1["portable.onnx"].endswith("portable/backbone_rpn.onnx")
+    assert v1["portable.onnx"].endswith("portable/model.onnx")
     assert client.get_model_version(NAME, "2").tags["export.decision"] == "challenger"
     assert client.get_model_version(NAME, "2").tags["metrics.segm.AP"] == "0.4"
 
@@ -150,15 +150,16 @@ def test_logged_model_has_no_pickle_and_ships_weights_and_code(registry: dict, t
 def test_portable_file_was_checked_and_logged(registry: dict, tmp_path: Path) -> None:
     first, second, _ = registry["exports"]
     portable = first["portable"]
-    assert portable["ok"] and portable["worst_relative"] <= portable["tolerance"]
+    assert portable["ok"] and portable["matched_fraction"] >= 0.99
+    assert portable["contains"] == "the whole inference graph" and portable["num_images"] == 3
     mlflow.set_tracking_uri(registry["uri"])
     logged = mlflow.artifacts.download_artifacts(
-        f"runs:/{first['run_id']}/portable/backbone_rpn.onnx", dst_path=str(tmp_path)
+        f"runs:/{first['run_id']}/portable/model.onnx", dst_path=str(tmp_path)
     )
     assert Path(logged).stat().st_size > 100_000
     # Later exports had portable: false; they must not leave the old file behind as theirs.
     assert second["portable"] is None
-    assert not (registry["root"] / "models" / "export" / "backbone_rpn.onnx").exists()
+    assert not (registry["root"] / "models" / "export" / "model.onnx").exists()
 
 
 _PYFUNC_SCRIPT = textwrap.dedent(
