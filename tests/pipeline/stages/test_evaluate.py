@@ -302,8 +302,9 @@ def test_main_without_training_run_and_without_detections(
         assert metrics[iou_type]["AP"] == metrics[iou_type]["AP50"] == 0.0
     assert "no detections" in caplog.text
     assert "f" * 32 + " is not in the store" in caplog.text
+    # the stale results.json is gone; steps/ holds the step-by-step pictures
     assert sorted(p.name for p in (root / "reports" / "evaluate").iterdir()) == sorted(
-        [*PICTURES, "pr.csv"]
+        [*PICTURES, "pr.csv", "steps"]
     )
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mrcnn").experiment_id])
