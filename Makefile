@@ -37,7 +37,9 @@ format: $(STAMP)
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1 over the tracking URI in params.yaml
 	$(BIN)/python -m pipeline.ui --params $(PARAMS)
 
-sweep: $(STAMP)  ## Ray Tune sweep over the space in params.yaml
+sweep: $(STAMP)  ## Ray Tune sweep over the space in params.yaml (builds the shards it needs first)
+	@test -d .git || git init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro shards
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.tune --params $(PARAMS)
 
 bench: $(STAMP)
