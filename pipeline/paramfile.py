@@ -63,7 +63,10 @@ def model_config(
         cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
         return cfg.replace(**section, class_names=list(class_names))
     except ValueError as e:
-        raise ValueError(reprefix(str(e), "model.", "params key")) from None
+        message = str(e).replace("unknown config key '", "unknown params key 'model.", 1)
+        if message.startswith("unknown preset"):
+            message = f"params key 'model.preset': {message}"
+        raise ValueError(reprefix(message, "model.", "params key")) from None
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
