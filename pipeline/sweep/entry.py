@@ -311,6 +311,11 @@ def main(argv: list[str] | None = None) -> None:
 def _main(args: argparse.Namespace) -> None:
     root = layout.project_root(args.params)
     shards = layout.under(root, args.shards)
+    if not (shards / "train" / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"no shards in {shards / 'train'}: build them with `dvc repro shards` "
+            "(`make sweep` does it first)"
+        )
     manifest = ShardDataset(shards / "train").manifest
     dataset = {
         "num_classes": manifest["num_classes"],
