@@ -86,7 +86,7 @@ def run(
         evals, params.champion_metric, info, paths.manifests, paths.params_file
     )
     description = registry.describe(evals, info, paths.manifests)
-    register, why = registry.should_register(params.register)
+    register, register_why = registry.should_register(params.register)
     train_run_id = train_run.get("mlflow_run_id")
     with store.start_run(
         tracking_uri,
@@ -126,12 +126,12 @@ def run(
                 {"export.registered_model": name, "export.version": version, "export.alias": alias}
             )
         else:
-            log.info("not registered: %s", why)
-            mlflow.set_tag("export.registered", f"no: {why}")
+            log.info("not registered: %s", register_why)
+            mlflow.set_tag("export.registered", f"no: {register_why}")
     result = {
         "registered_model": params.registered_model,
         "registered": version is not None,
-        "why": why,
+        "why": register_why,
         "new_version": new_version,
         "version": int(version) if version is not None else None,
         "alias": alias,

@@ -174,6 +174,8 @@ def assign_alias(
             )
     alias = CHAMPION if previous is None or is_improvement(value, previous["value"]) else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
+    if alias == CHAMPION and str(aliases.get(CHALLENGER, "")) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)  # promoted: one alias, not two
     client.set_model_version_tag(name, version, "export.decision", alias)
     return alias, previous
 
