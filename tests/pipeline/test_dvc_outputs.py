@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -39,3 +40,22 @@ def test_make_sweep_builds_the_shards_before_the_sweep():
     shards = next(i for i, line in enumerate(lines) if "dvc repro shards" in line)
     sweep = next(i for i, line in enumerate(lines) if "-m pipeline.tune" in line)
     assert shards < sweep
+
+
+@pytest.mark.slow  # two DVC commands: seconds
+def test_dvc_deletes_outputs_of_a_failing_stage_unless_they_persist(tmp_path):
+    """Why the test above matters: what `dvc repro` does to the outputs of a stage that fails."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run = {"cwd": tmp_path, "capture_output": True, "text": True}
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], check=True, **run)
+    stage = {
+        "cmd": "exit 1",
+        "outs": [{"kept.json": {"cache": False, "persist": True}}, {"lost.json": {"cache": False}}],
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+    for name in ("kept.json", "lost.json"):
+        (tmp_path / name).write_text('{"last": "success"}')
+    done = subprocess.run([*dvc, "repro"], **run)
+    assert done.returncode != 0
+    assert (tmp_path / "kept.json").read_text() == '{"last": "success"}'
+    assert not (tmp_path / "lost.json").exists()
