@@ -80,15 +80,16 @@ def run(
         run_dir, name, params, cfg, train_set, mlflow_params.experiment, uri, artifact_location
     )
     logger.info("Ray run %s (storage %s), MLflow run %s", name, paths.storage, run_id)
-    start, attempts = time.time(), None
+    start = time.time()
     try:
         config = driver.loop_config(params, cfg, paths.shards, uri, run_id)
         result = driver.fit(config, params, name, paths.storage)
-        attempts = driver.record_attempt(run_dir, time.time() - start, "finished")
+        this = {"wall_s": round(time.time() - start, 1), "status": "finished"}
+        attempts = [*driver.read_attempts(run_dir), this]  # this one recorded once it is done
         out = _write_outputs(result, params, cfg, paths, train_set, name, run_id, uri, attempts)
+        driver.record_attempt(run_dir, this["wall_s"], "finished")
     except BaseException as e:
-        if attempts is None:
-            driver.record_attempt(run_dir, time.time() - start, "failed")
+        driver.record_attempt(run_dir, time.time() - start, "failed")
         store.end_run(uri, run_id, "failed", f"{type(e).__name__}: {e}", prefix="train")
         raise
     store.end_run(uri, run_id, "finished", prefix="train")
