@@ -8,8 +8,8 @@ before any work, and user errors as one line instead of a traceback.
         cli.run_main(args, lambda: run(...), errors=(ExportError,))
 
 A user error (a bad params file, a missing input, an unreachable tracking store, a cluster
-without the resources asked for) prints `pipeline.<stage>: error: <message>` on stderr and
-exits with status 1; `--debug` shows the traceback instead.
+without the resources asked for) is logged as one line, `... pipeline.<stage>: error: <message>`
+(on stderr), and the stage exits with status 1; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ def run_main(
     except (*USER_ERRORS, *errors) as e:
         if getattr(args, "debug", False):
             raise
-        prog = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "pipeline"
-        print(f"{prog}: error: {one_line(e)} (--debug for the traceback)", file=sys.stderr)
+        stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+        name = (
+            f"pipeline.{stem}" if (Path(__file__).parent / f"{stem}.py").is_file() else "pipeline"
+        )
+        logging.getLogger(name).error("error: %s (--debug for the traceback)", one_line(e))
         sys.exit(1)
 
 

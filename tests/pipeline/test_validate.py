@@ -84,11 +84,17 @@ def test_export_register_takes_yaml_booleans_and_auto(tmp_path):
         validate_file(_write(tmp_path, {"export": {"register": "sometimes"}}))
 
 
+def _error_lines(caplog) -> list[str]:
+    """What the stage logged at ERROR, line by line (one record of one line, for a user error)."""
+    records = [r for r in caplog.records if r.levelname == "ERROR"]
+    return [line for r in records for line in r.getMessage().splitlines()]
+
+
 STAGE_MAINS = [download.main, shards.main, inspect.main, train.main, evaluate.main, export.main]
 
 
 @pytest.mark.parametrize("main", [*STAGE_MAINS, entry.main], ids=lambda m: m.__module__)
-def test_every_stage_fails_at_once_on_a_typo_in_another_section(tmp_path, capsys, main):
+def test_every_stage_fails_at_once_on_a_typo_in_another_section(tmp_path, caplog, main):
     # Nothing else exists (no data, no shards, no model): the typo is what every stage reports.
     path = _write(tmp_path, {"train": {"iterations": 5}, "evaluate": {"batchsize": 2}})
     start = time.monotonic()
@@ -96,7 +102,7 @@ def test_every_stage_fails_at_once_on_a_typo_in_another_section(tmp_path, capsys
         main(["--params", str(path)])
     assert exit_info.value.code == 1
     assert time.monotonic() - start < 5
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _error_lines(caplog)
     assert len(err) == 1 and "unknown params key 'evaluate.batchsize'" in err[0]
     assert "--debug" in err[0]
 
@@ -107,12 +113,12 @@ def test_debug_shows_the_error_itself(tmp_path):
         train.main(["--params", str(path), "--debug"])
 
 
-def test_a_missing_input_is_one_line_too(tmp_path, capsys):
+def test_a_missing_input_is_one_line_too(tmp_path, caplog):
     """Valid params, no shards: the stage says what is missing, without a traceback."""
     path = _write(tmp_path, {"train": {"iterations": 5}})
     with pytest.raises(SystemExit):
         train.main(["--params", str(path), "--shards", str(tmp_path / "no_shards")])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = _error_lines(caplog)
     assert len(err) == 1 and "no_shards" in err[0]
 
 

@@ -102,7 +102,7 @@ def test_a_failure_at_the_end_keeps_the_last_outputs_and_wall_time_adds_up(
 
 
 def test_use_gpu_without_a_gpu_fails_at_once_and_keeps_the_last_outputs(
-    tmp_path, tiny_shards, capsys
+    tmp_path, tiny_shards, caplog
 ):
     fresh_store(tmp_path)
     doc = {
@@ -119,8 +119,8 @@ def test_use_gpu_without_a_gpu_fails_at_once_and_keeps_the_last_outputs(
         train.main(["--params", str(tmp_path / "params.yaml"), "--shards", str(tiny_shards)])
     assert exit_info.value.code == 1
     assert time.monotonic() - start < 60  # Ray is up (ray_session): no waiting for a GPU
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
+    err = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(err) == 1 and "\n" not in err[0]
     assert "train.use_gpu is true" in err[0] and "Ray sees 2 CPUs and 0 GPUs" in err[0]
     assert _snapshot(tmp_path) == before
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
