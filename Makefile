@@ -40,7 +40,9 @@ ui: $(STAMP)  ## MLflow UI on 127.0.0.1 over the tracking URI in params.yaml
 tracking-server: $(STAMP)  ## team MLflow server: PostgreSQL ($$MLFLOW_BACKEND_STORE_URI) + S3/folder artifacts
 	$(BIN)/python -m pipeline.server $(SERVER_ARGS)
 
-sweep: $(STAMP)  ## Ray Tune sweep over the space in params.yaml
+sweep: $(STAMP)  ## Ray Tune sweep over the space in params.yaml (builds the shards it needs first)
+	@test -d .git || git init -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro shards
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipeline.tune --params $(PARAMS)
 
 bench: $(STAMP)

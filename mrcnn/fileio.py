@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def replace_dir(new: str | Path, target: str | Path) -> Path:
+    """Put the folder `new` in the place of `target` (whose old content is removed): `target`
+    is renamed aside, `new` renamed in, then the old one deleted, so a crash leaves either the
+    old or the new folder at `target` (or the old one beside it as `.<name>.old`)."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

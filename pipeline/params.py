@@ -9,51 +9,50 @@ unknown keys (`ValueError: unknown params key 'data.sorce' ...`), checks types a
 `validate()`. A missing section or key keeps its default. A field may itself be a dataclass
 (a nested mapping in the YAML, e.g. `data.shapes`).
 
-To add a section: write its dataclass below and call `load_section(path, "name", NameParams)`.
+`validate_file` checks the whole file at once (every section, unknown sections too): each stage
+and `pipeline.tune` call it before doing any work (`pipeline.cli.run_main`), so a typo in
+`evaluate:` fails `train` in seconds instead of after an hour of training.
+
+To add a section: write its dataclass below, add it to `SECTIONS` and call
+`load_section(path, "name", NameParams)`. The file machinery is in `pipeline.paramfile`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
-
-from mrcnn import presets
-from mrcnn.config import Config, InputConfig, from_mapping, reprefix
+from mrcnn.config import InputConfig, reprefix
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
 from pipeline.formats import FORMATS
-
-T = TypeVar("T")
+from pipeline.paramfile import (  # noqa: F401 (the params API is imported from here)
+    DEVICE_PATTERN,
+    check,
+    check_device,
+    from_dict,
+    load_model_config,
+    load_params,
+    load_section,
+    model_config,
+    to_dict,
+)
+from pipeline.sweep.space import parse_space
+from pipeline.sweep.tune_params import TuneParams
 
 DATA_SOURCES = ("shapes", "coco", "local")
 SPLITS = ("train", "val")
 IMAGE_FORMATS = ("auto", "png", "jpeg")
 
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def check_device(device: str, key: str = "device") -> None:
-    """`auto`, `cpu`, `cuda` or `cuda:N` (see `pipeline.training.runtime.resolve_device`)."""
-    check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
-
-
 def check_range(v: tuple[float, ...], key: str, top: float) -> None:
     """`[]` (off) or `[lo, hi]` with 0 < lo <= hi <= top."""
     ok = not v or (len(v) == 2 and 0 < v[0] <= v[1] <= top)
     check(ok, key, f"must be [] or [lo, hi] with 0 < lo <= hi <= {top}")
-
-
-def check(ok: bool, key: str, why: str) -> None:
-    """Raise `ValueError("params key 'key' why")` unless `ok` (the section prefix is added by
-    `load_section`)."""
-    if not ok:
-        raise ValueError(f"params key '{key}' {why}")
 
 
 @dataclass
@@ -224,8 +223,19 @@ class ExportParams:
     registered_model: str = "mrcnn-shapes"
     portable: bool = True  # also write + check the whole-model ONNX file (mrcnn/export.py)
     champion_metric: str = "segm.AP"  # a key of metrics/eval.json; higher is better
+    # auto: register, except under `dvc exp run` (throwaway experiments stay out of the
+    # registry); true / false: always / never (the model is still logged to its MLflow run).
+    register: str = "auto"
+
+    @staticmethod
+    def normalize(d: dict[str, Any]) -> dict[str, Any]:
+        """YAML's `register: true` / `false` (booleans) -> "true" / "false"."""
+        if isinstance(d.get("register"), bool):
+            d = {**d, "register": str(d["register"]).lower()}
+        return d
 
     def validate(self) -> None:
+        check(self.register in ("auto", "true", "false"), "register", "must be auto, true or false")
         name_ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.registered_model)
         check(name_ok is not None, "registered_model", "must be letters, digits, '.', '_', '-'")
         key_ok = re.fullmatch(r"\w+(\.\w+)*", self.champion_metric)
@@ -288,7 +298,8 @@ class TrainParams:
     eval_every: int = 0  # val segm AP every N iterations (sweeps); 0 = only in `evaluate`
     eval_images: int = 100  # val images used by those periodic evaluations
     max_failures: int = 2  # worker-group restarts from the last checkpoint
-    run_name: str = "shapes"  # Ray run = <run_name>-<hash of shards/model/train params>
+    # Ray run = <run_name>-<hash of shards/model/train params>; "" = <data source>-<preset>
+    run_name: str = ""
     storage_path: str = "runs"  # Ray Train storage: a folder, or s3://bucket/prefix on a cluster
     placement: str = "pack"  # workers' placement group: pack | spread | strict_spread (nodes)
     shard_cache: str = ""  # s3:// shards: a local folder per node for whole shards; "" = none
@@ -320,77 +331,51 @@ class TrainParams:
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
         check(self.placement in PLACEMENTS, "placement", f"must be one of {sorted(PLACEMENTS)}")
         check(
-            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name) is not None,
+            not self.run_name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name),
             "run_name",
             "must be letters, digits, '.', '_', '-'",
         )
 
 
-def load_model_config(
-    path: str | Path, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
-) -> Config:
-    """The `model` section -> `mrcnn.Config`: a preset (`model.preset`) with the section's
-    other keys merged over it; the dataset fixes classes and input size."""
-    return model_config(
-        load_params(path).get("model") or {},
-        num_classes=num_classes,
-        image_size=image_size,
-        class_names=class_names,
-    )
+SECTIONS: dict[str, type | None] = {
+    "data": DataParams,
+    "shards": ShardsParams,
+    "inspect": InspectParams,
+    "model": None,  # mrcnn.Config: checked by model_config
+    "train": TrainParams,
+    "tune": TuneParams,  # + tune.space, checked by pipeline.sweep.space.parse_space
+    "mlflow": MlflowParams,
+    "evaluate": EvaluateParams,
+    "export": ExportParams,
+    "predict": PredictParams,
+}
 
 
-def model_config(
-    section: dict[str, Any],
-    *,
-    num_classes: int,
-    image_size: int,
-    class_names: tuple[str, ...] = (),
-) -> Config:
-    """A `model` section given as a dict -> `mrcnn.Config` (what `load_model_config` does for
-    a file; sweeps apply each trial's sampled values to the section first)."""
-    section = dict(section)
-    preset = section.pop("preset", "shapes_small")
-    try:
-        cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
-        return cfg.replace(**section, class_names=list(class_names))
-    except ValueError as e:
-        raise ValueError(reprefix(str(e), "model.", "params key")) from None
-
-
-def load_params(path: str | Path) -> dict[str, Any]:
-    """The whole YAML file as a dict (empty for an empty file)."""
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
+def validate_file(path: str | Path) -> dict[str, Any]:
+    """Check every section of the params file -> the document. An unknown section or key, a
+    value of the wrong type or out of range raises `ValueError` naming it; a missing file
+    `FileNotFoundError`. (The sweep's trials are checked against the dataset by `pipeline.tune`.)
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"no params file {path} (run from the project folder or pass --params FILE)"
+        )
+    doc = load_params(path)
+    for name in doc:
+        if name not in SECTIONS:
+            near = difflib.get_close_matches(str(name), SECTIONS, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ValueError(
+                f"unknown params section '{name}' in {path} ({hint}sections: {', '.join(SECTIONS)})"
+            )
+    for name, cls in SECTIONS.items():
+        section = doc.get(name) or {}
+        if cls is TuneParams and isinstance(section, dict):
+            section = dict(section)
+            if "space" in section:
+                parse_space(section.pop("space"))
+        if cls is not None:
+            from_dict(cls, section, name)
+    shards = from_dict(ShardsParams, doc.get("shards") or {}, "shards")
+    model_config(doc.get("model") or {}, num_classes=2, image_size=shards.image_size)
     return doc
-
-
-def load_section(path: str | Path, section: str, cls: type[T]) -> T:
-    """Read `section` of the YAML file at `path` into the dataclass `cls` (validated)."""
-    return from_dict(cls, load_params(path).get(section) or {}, section)
-
-
-def from_dict(cls: type[T], d: Any, section: str) -> T:
-    """Build and validate `cls` from a mapping; errors name `section.key`."""
-    if not isinstance(d, dict):
-        raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
-    if hasattr(cls, "normalize"):
-        try:
-            d = cls.normalize(d)
-        except ValueError as e:
-            raise ValueError(reprefix(str(e), f"{section}.", "params key")) from None
-    return from_mapping(cls, d, prefix=f"{section}.", noun="params key")
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A section as a plain, JSON/YAML-safe dict (tuples become lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return plain(dataclasses.asdict(obj))

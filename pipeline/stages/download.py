@@ -19,7 +19,6 @@ place. A finished download is not repeated.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from typing import Any
 
 from mrcnn.data import shapes
 from mrcnn.fileio import write_json_atomic
-from pipeline import formats, layout
+from pipeline import cli, formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
 from pipeline.params import SPLITS, DataParams, load_section, to_dict
 
@@ -197,19 +196,21 @@ def _write_stamp(target: Path, stamp: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=layout.PARAMS, help="params (section data)")
+    ap = cli.parser(__doc__)
     ap.add_argument("--splits", nargs="+", choices=SPLITS, help="override data.splits")
     ap.add_argument("--out", default=layout.RAW, type=Path, help="writes OUT/<source>/")
     ap.add_argument("--cache", default=layout.DOWNLOADS, type=Path, help="COCO archives")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_section(args.params, "data", DataParams)
-    if params.local_dir:  # relative to the project, not to the working directory
-        root = layout.project_root(args.params)
-        params = replace(params, local_dir=str(layout.under(root, params.local_dir)))
-    splits = tuple(args.splits) if args.splits else None
-    print(json.dumps(run(params, args.out, splits=splits, cache_dir=args.cache), indent=1))
+
+    def body() -> None:
+        params = load_section(args.params, "data", DataParams)
+        if params.local_dir:  # relative to the project, not to the working directory
+            root = layout.project_root(args.params)
+            params = replace(params, local_dir=str(layout.under(root, params.local_dir)))
+        splits = tuple(args.splits) if args.splits else None
+        print(json.dumps(run(params, args.out, splits=splits, cache_dir=args.cache), indent=1))
+
+    cli.run_main(args, body)
 
 
 if __name__ == "__main__":

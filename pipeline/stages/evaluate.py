@@ -25,7 +25,6 @@ import contextlib
 import io
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from mrcnn.coco_eval import EvaluationInputError, coco_evaluate
 from mrcnn.data import category_ids as label_to_category
 from mrcnn.evaluation import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
-from pipeline import layout
+from pipeline import cli, layout
 from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section
 from pipeline.reporting.evaluate import (
     draw_overlays,
@@ -44,6 +43,7 @@ from pipeline.reporting.evaluate import (
     write_reports,
 )
 from pipeline.tracking import runs, store
+from pipeline.tracking.store import TrackingError
 from pipeline.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,7 @@ def check_annotations(annotations: Path, manifest: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap = cli.parser(__doc__)
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
     )
@@ -214,7 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
     ap.add_argument("--reports", type=Path, default=layout.EVAL_REPORTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.run_main(args, lambda: _main(args), (EvaluateError, EvaluationInputError, TrackingError))
+
+
+def _main(args: argparse.Namespace) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = layout.project_root(args.params)
     data = load_section(args.params, "data", DataParams)
@@ -230,18 +232,14 @@ def main(argv: list[str] | None = None) -> None:
         reports_dir=layout.under(root, args.reports),
     )
     uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
-    try:
-        store.check_tracking_uri(uri)
-        run(
-            paths,
-            params,
-            tracking_uri=uri,
-            experiment=mlflow_params.experiment,
-            artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
-        )
-    except (EvaluateError, EvaluationInputError, FileNotFoundError, store.TrackingError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    store.check_tracking_uri(uri)
+    run(
+        paths,
+        params,
+        tracking_uri=uri,
+        experiment=mlflow_params.experiment,
+        artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
+    )
 
 
 if __name__ == "__main__":

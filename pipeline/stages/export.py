@@ -7,9 +7,12 @@
    it, or when the store has no such run, a new run named "export" is started and the log says
    so).
 2. Logs the model without pickle and registers a new version of `export.registered_model`,
-   tagged with its metrics and provenance (`pipeline.tracking.registry`).
-3. Moves alias `champion` to it only when its `export.champion_metric` (default `segm.AP`) is
-   strictly greater than the current champion's; otherwise the new version gets `challenger`.
+   with a description (data, preset, AP) and a few tags (`pipeline.tracking.registry`). Weights
+   already registered (same sha256) are not registered again: that version gets the new
+   metrics and the aliases. `export.register: false` (and, by default, `dvc exp run`) logs
+   the model to its run without registering it.
+3. Moves alias `champion` to the version only when its `export.champion_metric` (default
+   `segm.AP`) is strictly greater than the current champion's; otherwise it gets `challenger`.
 4. With `export.portable: true`, writes `models/export/model.onnx`, the whole inference graph
    (`mrcnn.export.to_onnx`), checks it against eager PyTorch on up to 8 val images (the shards'
    val split; seeded images when there is none) and logs it to the run; a file whose
@@ -23,14 +26,14 @@ import argparse
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mrcnn.fileio import file_digest, write_json_atomic
-from pipeline import layout
-from pipeline.params import SPLITS, ExportParams, MlflowParams, load_section
+from pipeline import cli, layout
+from pipeline.paramfile import DEFAULT_PRESET
+from pipeline.params import SPLITS, ExportParams, MlflowParams, load_params, load_section
 from pipeline.tracking import registry, store
 
 log = logging.getLogger(__name__)
@@ -74,13 +77,19 @@ def run(
         log.warning("%s not found: the model gets a run of its own", paths.train_run)
     model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
 
-    tags = {
-        **registry.metric_tags(evals),
-        **registry.provenance_tags(paths.manifests, paths.params_file),
-        "weights_md5": file_digest(paths.model_dir / weights.WEIGHTS_FILE, "md5"),
+    sha256 = file_digest(paths.model_dir / weights.WEIGHTS_FILE)
+    info = {
+        "data": train_run.get("data_source", ""),
+        "preset": model_preset(paths.params_file),
+        "train.run": train_run.get("run_name", ""),
+        "train.iterations": str(train.get("iterations", "")),
+        registry.WEIGHTS_TAG: sha256,
     }
-    if "iterations" in train:
-        tags["train.iterations"] = str(train["iterations"])
+    tags = registry.version_tags(
+        evals, params.champion_metric, info, paths.manifests, paths.params_file
+    )
+    description = registry.describe(evals, info, paths.manifests)
+    register, register_why = registry.should_register(params.register)
     train_run_id = train_run.get("mlflow_run_id")
     with store.start_run(
         tracking_uri,
@@ -106,25 +115,36 @@ def run(
             tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
             tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
             tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
-        info = registry.log_model(paths.model_dir)
-        version = registry.register(params.registered_model, info.model_uri, tags)
-        alias, previous = registry.assign_alias(
-            params.registered_model, version, params.champion_metric, value
-        )
-        mlflow.set_tags(
-            {
-                "export.registered_model": params.registered_model,
-                "export.version": version,
-                "export.alias": alias,
-            }
-        )
+        name = params.registered_model
+        version = registry.find_version(name, sha256) if register else None
+        new_version = register and version is None
+        logged_uri = None
+        if version is None:  # weights not registered yet (or not registering): log them
+            logged_uri = registry.log_model(paths.model_dir).model_uri
+        if new_version:
+            version = registry.register(name, logged_uri, tags, description)
+        elif version is not None:
+            log.info("these weights are %s version %s already: aliases only", name, version)
+            registry.update_version(name, version, tags, description)
+        alias, previous = None, None
+        if version is not None:
+            alias, previous = registry.assign_alias(name, version, params.champion_metric, value)
+            mlflow.set_tags(
+                {"export.registered_model": name, "export.version": version, "export.alias": alias}
+            )
+        else:
+            log.info("not registered: %s", register_why)
+            mlflow.set_tag("export.registered", f"no: {register_why}")
     result = {
         "registered_model": params.registered_model,
-        "version": int(version),
+        "registered": version is not None,
+        "why": register_why,
+        "new_version": new_version,
+        "version": int(version) if version is not None else None,
         "alias": alias,
-        "model_uri": f"models:/{params.registered_model}/{version}",
-        "alias_uri": f"models:/{params.registered_model}@{alias}",
-        "logged_model_uri": info.model_uri,
+        "model_uri": f"models:/{name}/{version}" if version else None,
+        "alias_uri": f"models:/{name}@{alias}" if alias else None,
+        "logged_model_uri": logged_uri,
         "run_id": run_id,
         "logged_into_training_run": into_training_run,
         "tracking_uri": store.redact(tracking_uri),
@@ -132,17 +152,19 @@ def run(
         "previous_champion": previous,
         "portable": portable,
         "tags": tags,
+        "description": description,
     }
     write_json_atomic(paths.out_dir / "export.json", result)
-    log.info(
-        "registered %s version %s as %s (%s = %.4f; previous champion %s)",
-        params.registered_model,
-        version,
-        alias,
-        params.champion_metric,
-        value,
-        previous,
-    )
+    if version is not None:
+        log.info(
+            "%s version %s is %s (%s = %.4f; previous champion %s)",
+            name,
+            version,
+            alias,
+            params.champion_metric,
+            value,
+            previous,
+        )
     return result
 
 
@@ -163,6 +185,13 @@ def val_images(manifests: tuple[tuple[str, Path], ...], limit: int) -> list | No
     return None
 
 
+def model_preset(params_file: Path | None) -> str:
+    """`model.preset` of the params file training used (the default when it names none)."""
+    if params_file is None or not params_file.is_file():
+        return ""
+    return str((load_params(params_file).get("model") or {}).get("preset", DEFAULT_PRESET))
+
+
 def read_json(path: Path, how_to_create: str = "") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
@@ -172,8 +201,7 @@ def read_json(path: Path, how_to_create: str = "") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap = cli.parser(__doc__)
     ap.add_argument("--model", type=Path, default=layout.MODEL)
     ap.add_argument("--eval-metrics", type=Path, default=layout.EVAL_METRICS)
     ap.add_argument("--train-metrics", type=Path, default=layout.TRAIN_METRICS)
@@ -181,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=Path, default=layout.SHARDS)
     ap.add_argument("--out", type=Path, default=layout.EXPORT)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.run_main(args, lambda: _main(args), (registry.ExportError, store.TrackingError))
+
+
+def _main(args: argparse.Namespace) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     params = load_section(args.params, "export", ExportParams)
@@ -197,18 +228,14 @@ def main(argv: list[str] | None = None) -> None:
         params_file=Path(args.params).resolve(),
         manifests=tuple((s, shards / s / "manifest.json") for s in SPLITS),
     )
-    try:
-        store.check_tracking_uri(uri)
-        run(
-            paths,
-            params,
-            tracking_uri=uri,
-            experiment=mlflow_params.experiment,
-            artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
-        )
-    except (registry.ExportError, FileNotFoundError, store.TrackingError) as e:
-        log.error("%s", e)
-        sys.exit(1)
+    store.check_tracking_uri(uri)
+    run(
+        paths,
+        params,
+        tracking_uri=uri,
+        experiment=mlflow_params.experiment,
+        artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
+    )
 
 
 if __name__ == "__main__":

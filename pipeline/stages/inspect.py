@@ -33,8 +33,17 @@ from mrcnn.anchors import AnchorGenerator
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, expand_mini_masks
 from mrcnn.matcher import BELOW_LOW, batched_iou, match
-from pipeline import layout
-from pipeline.params import SPLITS, DataParams, InspectParams, load_model_config, load_section
+from pipeline import cli, layout
+from pipeline.params import (
+    SPLITS,
+    DataParams,
+    InspectParams,
+    MlflowParams,
+    load_model_config,
+    load_section,
+)
+from pipeline.tracking import store
+from pipeline.tracking.store import TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -177,15 +186,21 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=layout.PARAMS, help="inspect, data, model")
+    ap = cli.parser(__doc__)
     ap.add_argument("--shards", type=Path, default=layout.SHARDS)
     ap.add_argument("--raw", type=Path, help=f"raw folder (default {layout.RAW}/<source>)")
     ap.add_argument("--out", type=Path, default=layout.INSPECT_REPORTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.run_main(args, lambda: _main(args), (TrackingError,))
+
+
+def _main(args: argparse.Namespace) -> None:
     params = load_section(args.params, "inspect", InspectParams)
-    raw = args.raw or layout.RAW / load_section(args.params, "data", DataParams).source
+    source = load_section(args.params, "data", DataParams).source
+    raw = args.raw or layout.RAW / source
+    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
+    uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
+    store.check_tracking_uri(uri)  # before drawing anything
     ds = ShardDataset(Path(args.shards) / params.split)
     cfg = load_model_config(
         args.params,
@@ -193,7 +208,27 @@ def main(argv: list[str] | None = None) -> None:
         image_size=ds.image_size,
         class_names=tuple(ds.class_names),
     )
-    print(json.dumps(run(params, cfg, args.shards, args.out, raw), indent=1))
+    summary = run(params, cfg, args.shards, args.out, raw)
+    location = store.default_artifact_location(args.params, uri, mlflow_params)
+    summary["mlflow_run_id"] = log_pictures(
+        Path(args.out), source, uri, mlflow_params.experiment, location
+    )
+    print(json.dumps(summary, indent=1))
+
+
+def log_pictures(
+    out_dir: Path, source: str, uri: str, experiment: str, artifact_location: str | None = None
+) -> str:
+    """The pictures (and summary.json) as artifacts `inspect/` of a new MLflow run
+    `inspect-<data source>` (tags `stage`, `data.source`) -> its run id."""
+    import mlflow
+
+    tags = {"stage": "inspect", "data.source": source}
+    name = f"inspect-{source}"
+    location = artifact_location
+    with store.start_run(uri, experiment, name, tags=tags, artifact_location=location) as r:
+        mlflow.log_artifacts(str(out_dir), artifact_path="inspect")
+        return r.info.run_id
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ a report of every skipped record. Uses all cores; an interrupted run resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -21,7 +20,7 @@ from typing import Any
 from mrcnn.data.coco import class_map, load_coco_split
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
-from pipeline import layout
+from pipeline import cli, layout
 from pipeline.params import SPLITS, DataParams, ShardsParams, load_section, to_dict
 
 logger = logging.getLogger(__name__)
@@ -67,18 +66,20 @@ def run(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap = cli.parser(__doc__)
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
     )
     ap.add_argument("--out", type=Path, default=layout.SHARDS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data = load_section(args.params, "data", DataParams)
-    params = load_section(args.params, "shards", ShardsParams)
-    raw = args.raw or layout.RAW / data.source
-    print(json.dumps(run(params, raw, args.out), indent=1))
+
+    def body() -> None:
+        data = load_section(args.params, "data", DataParams)
+        params = load_section(args.params, "shards", ShardsParams)
+        raw = args.raw or layout.RAW / data.source
+        print(json.dumps(run(params, raw, args.out), indent=1))
+
+    cli.run_main(args, body)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,14 +27,22 @@ from typing import Any
 from mrcnn import weights
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
-from mrcnn.fileio import write_json_atomic
+from mrcnn.fileio import replace_dir, write_json_atomic
 from mrcnn.model import build_model
-from pipeline import layout
-from pipeline.params import MlflowParams, TrainParams, load_model_config, load_section
+from pipeline import cli, layout
+from pipeline.paramfile import DEFAULT_PRESET
+from pipeline.params import (
+    MlflowParams,
+    TrainParams,
+    load_model_config,
+    load_params,
+    load_section,
+)
 from pipeline.reporting.train import write_loss_reports
 from pipeline.tracking import store
+from pipeline.tracking.store import TrackingError
 from pipeline.training import driver
-from pipeline.training.checkpoints import STATE_FILE, load_state
+from pipeline.training.checkpoints import STATE_FILE, NonFiniteLossError, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +67,11 @@ def run(
 ) -> dict[str, Any]:
     """Train, then write the final model, the metrics and the loss curves -> train.json's
     metrics and train_run.json's run info in one dict. `artifact_location`: for an experiment
-    created here (see `pipeline.tracking.store.default_artifact_location`)."""
+    created here (see `pipeline.tracking.store.default_artifact_location`).
+
+    Nothing of an earlier success is touched until this run has everything: the outputs are
+    written beside and swapped in at the end. The MLflow run's tag `train.status` ends
+    `finished` or `failed` (and the run FINISHED or FAILED)."""
     store.check_tracking_uri(uri)
     # fails early on a missing/broken shard set
     train_set = ShardDataset(storage.join(paths.shards, "train"))
@@ -68,49 +82,89 @@ def run(
     )
     logger.info("Ray run %s (storage %s), MLflow run %s", name, paths.storage, run_id)
     start = time.time()
-    config = driver.loop_config(params, cfg, paths.shards, uri, run_id)
-    result = driver.fit(config, params, name, paths.storage)
-    wall = time.time() - start
+    try:
+        config = driver.loop_config(params, cfg, paths.shards, uri, run_id)
+        result = driver.fit(config, params, name, paths.storage)
+        this = {"wall_s": round(time.time() - start, 1), "status": "finished"}
+        attempts = [*driver.read_attempts(run_dir), this]  # this one recorded once it is done
+        out = _write_outputs(result, params, cfg, paths, train_set, name, run_id, uri, attempts)
+        driver.record_attempt(run_dir, this["wall_s"], "finished")
+    except BaseException as e:
+        driver.record_attempt(run_dir, time.time() - start, "failed")
+        store.end_run(uri, run_id, "failed", f"{type(e).__name__}: {e}", prefix="train")
+        raise
+    store.end_run(uri, run_id, "finished", prefix="train")
+    return out
+
+
+def _write_outputs(
+    result: Any,
+    params: TrainParams,
+    cfg: Config,
+    paths: TrainPaths,
+    train_set: ShardDataset,
+    name: str,
+    run_id: str,
+    uri: str,
+    attempts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Model, losses, train.json, train_run.json: each built beside its target, then swapped in
+    (a failure before the swaps leaves the previous outputs as they were)."""
     with result.checkpoint.as_directory() as d:  # downloaded first from object storage
         state = load_state(Path(d) / STATE_FILE)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     class_map = train_set.manifest.get("class_map", {})
-    weights.save(model, paths.model_dir, extra={"class_map": class_map, "run_name": name})
     history = driver.loss_history(uri, run_id)
     metrics = {
         "iterations": int(state["iteration"]),
         "images_seen": int(state["iteration"]) * params.global_batch(),
         "final_loss": history[-1].get("loss") if history else None,
-        "wall_s": round(wall, 1),
-        "resumes": int(state.get("resumes", 0)),
+        "wall_s": round(sum(a["wall_s"] for a in attempts), 1),  # over every attempt
+        "attempts": len(attempts),
+        "resumes": int(state.get("resumes", 0)),  # continued from a checkpoint
     }
     run_info = {
         "run_name": name,
         "mlflow_run_id": run_id,
         "checkpoint": str(result.checkpoint.path),
+        "data_source": driver.data_source(train_set.manifest),
     }
-    write_loss_reports(history, paths.reports)
+    staged_model = paths.model_dir.with_name(f".{paths.model_dir.name}.new")
+    staged_reports = paths.reports.with_name(f".{paths.reports.name}.new")
+    for d in (staged_model, staged_reports):
+        shutil.rmtree(d, ignore_errors=True)
+    weights.save(model, staged_model, extra={"class_map": class_map, "run_name": name})
+    write_loss_reports(history, staged_reports)
+    replace_dir(staged_model, paths.model_dir)
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    for f in sorted(staged_reports.iterdir()):
+        os.replace(f, paths.reports / f.name)
+    staged_reports.rmdir()
     write_json_atomic(paths.metrics, metrics)
     write_json_atomic(paths.run_info, run_info)
-    with store.start_run(uri, mlflow_params.experiment, run_id=run_id):  # resumes
-        import mlflow
+    from mlflow import MlflowClient
 
-        mlflow.log_metrics({"train/wall_s": wall, "train/images_seen": metrics["images_seen"]})
-        mlflow.log_artifact(str(paths.reports / "losses.png"), "train")
+    client = MlflowClient(uri)
+    client.log_metric(run_id, "train/wall_s", metrics["wall_s"])  # every attempt together
+    client.log_metric(run_id, "train/images_seen", metrics["images_seen"])
+    client.log_artifact(run_id, str(paths.reports / "losses.png"), "train")
     return metrics | run_info
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Train Mask R-CNN with Ray Train (params: train).")
-    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap = cli.parser(__doc__)
     ap.add_argument("--shards", default=str(layout.SHARDS), help="a folder or s3://bucket/prefix")
     ap.add_argument("--model", type=Path, default=layout.MODEL, help="final model folder")
     ap.add_argument("--metrics", type=Path, default=layout.TRAIN_METRICS)
     ap.add_argument("--run-info", type=Path, default=layout.TRAIN_RUN)
     ap.add_argument("--reports", type=Path, default=layout.TRAIN_REPORTS)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    errors = (TrackingError, driver.ClusterResourceError, NonFiniteLossError)
+    cli.run_main(args, lambda: _main(args), errors, "%(asctime)s %(name)s: %(message)s")
+
+
+def _main(args: argparse.Namespace) -> None:
     root = layout.project_root(args.params)
     params = load_section(args.params, "train", TrainParams)
     if params.init_weights:  # Ray workers do not run in the project folder
@@ -124,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         image_size=manifest["image_size"],
         class_names=tuple(manifest["class_names"]),
     )
+    if not params.run_name:  # <data source>-<preset>, e.g. shapes-shapes-small
+        preset = (load_params(args.params).get("model") or {}).get("preset", DEFAULT_PRESET)
+        params = replace(params, run_name=driver.default_run_label(manifest, str(preset)))
     paths = TrainPaths(
         shards=shards,
         model_dir=layout.under(root, args.model),

@@ -40,7 +40,7 @@ from typing import Any
 
 from mrcnn.data import ShardDataset
 from mrcnn.fileio import json_digest
-from pipeline import layout
+from pipeline import cli, layout
 from pipeline.params import (
     MlflowParams,
     TrainParams,
@@ -56,6 +56,8 @@ from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, best_trial, trial
 from pipeline.sweep.space import dvc_set_args
 from pipeline.sweep.trial import run_trial
 from pipeline.tracking import store
+from pipeline.tracking.store import TrackingError
+from pipeline.training.driver import ClusterResourceError
 from pipeline.training.runtime import check_state_api, init_ray
 
 logger = logging.getLogger(__name__)
@@ -296,16 +298,24 @@ def _log_outcome(summary: dict[str, Any], files: dict[str, Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Ray Tune sweep over train/model params (tune).")
-    ap.add_argument("--params", type=Path, default=layout.PARAMS)
+    ap = cli.parser("Ray Tune sweep over train/model params (tune).")
     ap.add_argument("--shards", type=Path, default=layout.SHARDS)
     ap.add_argument("--name", help="sweep name (default tune.name); the same name resumes")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     ap.add_argument("--retry-failed", action="store_true", help="on resume, rerun failed trials")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    errors = (TrackingError, ClusterResourceError)
+    cli.run_main(args, lambda: _main(args), errors, "%(asctime)s %(name)s: %(message)s")
+
+
+def _main(args: argparse.Namespace) -> None:
     root = layout.project_root(args.params)
     shards = layout.under(root, args.shards)
+    if not (shards / "train" / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"no shards in {shards / 'train'}: build them with `dvc repro shards` "
+            "(`make sweep` does it first)"
+        )
     manifest = ShardDataset(shards / "train").manifest
     dataset = {
         "num_classes": manifest["num_classes"],

@@ -2,10 +2,12 @@
 
 The model is logged as MLflow "models from code": `pipeline/tracking/pyfunc.py` as the pyfunc's
 code, the `mrcnn` package as its code path and the `mrcnn.weights.save` folder as its `model`
-artifact. A new version is tagged with its metrics (`metrics.segm.AP`, ...) and provenance
-(digests of the shard manifests, of the params sections training used, of the weights).
-Alias `champion` moves only to a version whose metric strictly beats the champion's; otherwise
-the version gets `challenger`.
+artifact. A version is registered once per weights file: weights already registered (same
+sha256, tag `weights.sha256`) keep their version, which only gets the new metrics and aliases
+(`find_version`). A version carries a description (data, preset, AP: `describe`) and a few
+readable tags (`version_tags`). Alias `champion` moves only to a version whose metric strictly
+beats the champion's; otherwise the version gets `challenger`. Under `dvc exp run` nothing is
+registered unless `export.register` is true (`should_register`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 
 from mrcnn.fileio import file_digest, json_digest
+from pipeline.tracking.store import dvc_experiment
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,8 @@ MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 MODEL_ARTIFACT = "model"  # the key `MaskRCNNModel.load_context` reads
 PARAM_SECTIONS = ("shards", "model", "train")  # the params.yaml sections training used
 METRIC_TAG = "metrics."
+WEIGHTS_TAG = "weights.sha256"
+HEADLINE_METRICS = ("segm.AP", "bbox.AP")  # tagged on every version, with the champion metric
 _REQUIREMENTS = (
     "torch",
     "torchvision",
@@ -90,12 +95,55 @@ def requirements() -> list[str]:
     return out
 
 
-def register(name: str, model_uri: str, tags: dict[str, str]) -> str:
+def register(name: str, model_uri: str, tags: dict[str, str], description: str = "") -> str:
     """A new version of registered model `name` (created if missing) -> its version."""
     import mlflow
 
     mv = mlflow.register_model(model_uri, name, tags=tags)
+    if description:
+        mlflow.MlflowClient().update_model_version(name, mv.version, description=description)
     return str(mv.version)
+
+
+def find_version(name: str, weights_sha256: str) -> str | None:
+    """The version of `name` registered with these weights (tag `weights.sha256`), or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return None
+    found = [
+        int(mv.version)
+        for mv in client.search_model_versions(f"name = '{name}'")
+        if mv.tags.get(WEIGHTS_TAG) == weights_sha256
+    ]
+    return str(min(found)) if found else None
+
+
+def update_version(name: str, version: str, tags: dict[str, str], description: str) -> None:
+    """New metrics (and the rest of `tags`) and description on an existing version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=description)
+
+
+def should_register(setting: str) -> tuple[bool, str]:
+    """`export.register` (auto / true / false) -> (register?, why). auto registers except under
+    `dvc exp run` (DVC_EXP_NAME set): experiments stay out of the registry until promoted."""
+    experiment = dvc_experiment()
+    if setting == "true":
+        return True, "export.register is true"
+    if setting == "false":
+        return False, "export.register is false"
+    if experiment:
+        return False, f"DVC experiment {experiment} (set export.register: true to register it)"
+    return True, "export.register is auto"
 
 
 def assign_alias(
@@ -126,6 +174,8 @@ def assign_alias(
             )
     alias = CHAMPION if previous is None or is_improvement(value, previous["value"]) else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
+    if alias == CHAMPION and str(aliases.get(CHALLENGER, "")) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)  # promoted: one alias, not two
     client.set_model_version_tag(name, version, "export.decision", alias)
     return alias, previous
 
@@ -147,32 +197,63 @@ def metric_value(evals: dict[str, Any], key: str, where: Path | str = "eval.json
     return float(node)
 
 
-def metric_tags(evals: dict[str, Any]) -> dict[str, str]:
-    """`{"bbox": {"AP": 0.5}, "segm": {...}}` -> `{"metrics.bbox.AP": "0.5", ...}` (numbers at
-    the first two levels only; per-category tables stay in the reports)."""
-    tags = {}
-    for section, stats in evals.items():
-        if isinstance(stats, dict):
-            for k, v in stats.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    tags[f"{METRIC_TAG}{section}.{k}"] = repr(float(v))
-        elif isinstance(stats, (int, float)) and not isinstance(stats, bool):
-            tags[f"{METRIC_TAG}{section}"] = repr(float(stats))
-    return tags
-
-
-def provenance_tags(
-    manifests: tuple[tuple[str, Path], ...], params_file: Path | None
+def version_tags(
+    evals: dict[str, Any],
+    champion_metric: str,
+    info: dict[str, str],
+    manifests: tuple[tuple[str, Path], ...],
+    params_file: Path | None,
 ) -> dict[str, str]:
-    """md5 of the shard manifests and of the params sections used for training (those present):
-    `data.<split>_manifest_md5`, `params.<section>_md5` (canonical JSON of the section)."""
+    """The few tags of a version: `metrics.segm.AP`, `metrics.bbox.AP` and the champion metric
+    (what `assign_alias` compares), `info` (e.g. data, preset, train.run, weights.sha256), and
+    `provenance.md5`: one digest of the shard manifests and the params sections training used."""
     tags = {}
+    for key in dict.fromkeys((*HEADLINE_METRICS, champion_metric)):
+        try:
+            tags[METRIC_TAG + key] = repr(metric_value(evals, key))
+        except ExportError:
+            continue
+    parts: dict[str, Any] = {}
     for split, manifest in manifests:
         if manifest.is_file():
-            tags[f"data.{split}_manifest_md5"] = file_digest(manifest, "md5")
+            parts[f"manifest.{split}"] = file_digest(manifest, "md5")
     if params_file is not None and params_file.is_file():
         doc = yaml.safe_load(params_file.read_text()) or {}
-        for section in PARAM_SECTIONS:
-            if section in doc:
-                tags[f"params.{section}_md5"] = json_digest(doc[section], "md5")
-    return tags
+        parts |= {f"params.{k}": doc[k] for k in PARAM_SECTIONS if k in doc}
+    if parts:
+        tags["provenance.md5"] = json_digest(parts, "md5")
+    return tags | {k: v for k, v in info.items() if v}
+
+
+def describe(
+    evals: dict[str, Any], info: dict[str, str], manifests: tuple[tuple[str, Path], ...]
+) -> str:
+    """One paragraph for the version page: what was trained on what, and how well.
+
+    >>> describe({"segm": {"AP": 0.5}}, {"data": "shapes", "preset": "shapes_small"}, ())
+    'Mask R-CNN, preset shapes_small, trained on shapes. Val segm AP 0.500.'"""
+    import json
+
+    text = f"Mask R-CNN, preset {info.get('preset') or '?'}, trained on {info.get('data') or '?'}"
+    counts = {}
+    for split, manifest in manifests:
+        if manifest.is_file():
+            m = json.loads(manifest.read_text())
+            counts[split] = m.get("counts", {}).get("images")
+            names = [n for n in m.get("class_names", []) if n != "background"]
+    if counts:
+        text += " (" + ", ".join(f"{n} {s} images" for s, n in counts.items() if n is not None)
+        more = "..." if len(names) > 10 else ""
+        text += f"; {len(names)} classes: {', '.join(names[:10])}{more}"
+        text += ")"
+    if info.get("train.iterations"):
+        text += f", {info['train.iterations']} iterations"
+    if info.get("train.run"):
+        text += f" (run {info['train.run']})"
+    aps = []
+    for key in HEADLINE_METRICS:
+        try:
+            aps.append(f"{key.replace('.', ' ')} {metric_value(evals, key):.3f}")
+        except ExportError:
+            continue
+    return text + "." + (f" Val {', '.join(aps)}." if aps else "")

@@ -291,6 +291,27 @@ def start_run(
         yield run
 
 
+def end_run(uri: str, run_id: str, status: str, error: str = "", prefix: str = "train") -> None:
+    """End run `run_id` honestly: tag `<prefix>.status` = `status` ("finished" or "failed", with
+    `<prefix>.error` for a failure) and mark the run FINISHED or FAILED. Never raises (it runs
+    while another error is on its way up); a store that cannot be reached is logged."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        client.set_tag(run_id, f"{prefix}.status", status)
+        if error:
+            client.set_tag(run_id, f"{prefix}.error", error[:5000])
+        client.set_terminated(run_id, "FINISHED" if status == "finished" else "FAILED")
+    except Exception as e:  # noqa: BLE001 (the original error matters more)
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, e)
+
+
+def dvc_experiment() -> str:
+    """The DVC experiment being run (`dvc exp run` sets DVC_EXP_NAME for its commands), or ""."""
+    return os.environ.get("DVC_EXP_NAME", "")
+
+
 def log_figure_png(image: str | Path | np.ndarray | Any, artifact_path: str) -> None:
     """Log a picture as a PNG artifact of the active run at `artifact_path` (e.g.
     "pictures/detections.png"): a PNG file, a uint8 H x W x 3 (or H x W) array, or a

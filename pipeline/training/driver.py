@@ -1,10 +1,13 @@
 """The training driver: a Ray Train `TorchTrainer` run of `pipeline.training.loop.train_loop`.
 
-A run is named `<train.run_name>-<hash of the shards, model and train params>`
-(`run_name`), so starting the same training again resumes it: Ray Train V2 restores the latest
-checkpoint of that name from `train.storage_path`, and the MLflow run id stored beside it
-(`mlflow_run.json`) is continued (`mlflow_run`). `fit` is also the entry point of sweeps:
-`pipeline.sweep.trial` calls it from each trial with `TuneReportCallback`.
+A run is named `<train.run_name>-<hash of the shards, model and train params>` (`run_name`;
+`train.run_name` defaults to `<data source>-<model preset>`), so starting the same training
+again resumes it: Ray Train V2 restores the latest checkpoint of that name from
+`train.storage_path`, and the MLflow run id stored beside it (`mlflow_run.json`) is continued
+(`mlflow_run`). Each start of the stage is an attempt, recorded in `attempts.json` beside it
+(`record_attempt`), so the wall time of a resumed run is the sum over its attempts. `fit`
+checks first that the cluster has what the run asks for (`check_resources`); it is also the
+entry point of sweeps: `pipeline.sweep.trial` calls it from each trial with `TuneReportCallback`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pipeline.training.runtime import init_ray
 logger = logging.getLogger(__name__)
 
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run directory: the MLflow run it logs to
+ATTEMPTS_FILE = "attempts.json"  # in the run directory: one entry per start of the stage
 # Settings that do not change what is trained: changing them resumes the same run.
 NOT_IN_RUN_NAME = (
     "max_failures",
@@ -38,12 +42,49 @@ NOT_IN_RUN_NAME = (
 )
 
 
+class ClusterResourceError(RuntimeError):
+    """The Ray cluster lacks the GPUs or CPUs the run asks for; the message says what it has."""
+
+
+def check_resources(params: TrainParams, available: dict[str, float]) -> None:
+    """Raise `ClusterResourceError` unless `available` (`ray.cluster_resources()`) holds
+    `train.num_workers` GPUs (with `train.use_gpu`) and num_workers x cpus_per_worker CPUs.
+    (Ray itself would wait for them forever, retrying every minute.)"""
+    gpus, cpus = available.get("GPU", 0.0), available.get("CPU", 0.0)
+    sees = f"Ray sees {cpus:g} CPUs and {gpus:g} GPUs"
+    if params.use_gpu and gpus < params.num_workers:
+        raise ClusterResourceError(
+            f"train.use_gpu is true with train.num_workers {params.num_workers}, but {sees}: set "
+            "train.use_gpu: false, lower train.num_workers, or join a cluster with GPUs "
+            "(RAY_ADDRESS)"
+        )
+    need = params.num_workers * params.cpus_per_worker
+    if need > cpus:
+        raise ClusterResourceError(
+            f"train.num_workers {params.num_workers} x train.cpus_per_worker "
+            f"{params.cpus_per_worker} = {need} CPUs, but {sees}: lower one of them"
+        )
+
+
+def data_source(manifest: dict[str, Any]) -> str:
+    """The data source the shards were built from (`shapes`, `coco`, `local`): the raw folder
+    `data/raw/<source>/` the manifest names; "data" when it names none."""
+    images = (manifest.get("source") or {}).get("images", "")
+    return Path(images).parent.name if images else "data"
+
+
+def default_run_label(manifest: dict[str, Any], preset: str) -> str:
+    """`train.run_name` when params.yaml leaves it empty: `<data source>-<model preset>`."""
+    return f"{data_source(manifest)}-{preset}".replace("_", "-")
+
+
 def run_name(params: TrainParams, cfg: Config, manifest: dict[str, Any]) -> str:
-    """`<train.run_name>-<8 hex digits>`: same data, model and recipe -> same name."""
+    """`<train.run_name>-<8 hex digits>`: same data, model and recipe -> same name
+    (`train.run_name` should be set; `default_run_label` when it is empty)."""
     recipe = {k: v for k, v in to_dict(params).items() if k not in NOT_IN_RUN_NAME}
     data = {k: manifest.get(k) for k in ("index", "params", "counts", "class_map")}
     digest = json_digest({"train": recipe, "model": cfg.to_dict(), "data": data}, length=8)
-    return f"{params.run_name}-{digest}"
+    return f"{params.run_name or 'run'}-{digest}"
 
 
 def loop_config(
@@ -81,10 +122,12 @@ def fit(
     Workers are placed by `train.placement` (Ray placement-group strategy: PACK fills a node
     first, SPREAD / STRICT_SPREAD put them on different nodes). Raises `NonFiniteLossError`
     when the loss went NaN/inf."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     init_ray()
+    check_resources(params, ray.cluster_resources())
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -121,8 +164,9 @@ def mlflow_run(
     artifact_location: str | None = None,
 ) -> str:
     """The MLflow run of this training run: resumed from `run_dir/mlflow_run.json`, else new
-    (with the flattened params logged once) -> its id. `artifact_location` applies when the
-    experiment is created here (`pipeline.tracking.store.default_artifact_location`)."""
+    (with the flattened params logged once) -> its id. The new run is named `name`, or after
+    the DVC experiment under `dvc exp run` (tag `dvc.experiment`). `artifact_location` applies
+    when the experiment is created here (`pipeline.tracking.store.default_artifact_location`)."""
     import mlflow
 
     from pipeline.tracking import store
@@ -137,14 +181,16 @@ def mlflow_run(
         if store.run_exists(run_id):
             return run_id
         logger.warning("MLflow run %s (from %s) is gone; starting a new one", run_id, marker)
+    dvc_exp = store.dvc_experiment()
     with store.start_run(
-        uri, experiment, run_name=name, artifact_location=artifact_location
+        uri, experiment, run_name=dvc_exp or name, artifact_location=artifact_location
     ) as active:
         flat = store.flatten({"train": to_dict(params), "model": cfg.to_dict()})
         flat["data.train_images"] = str(len(train_set))
         flat["data.manifest_sha256"] = train_set.manifest.get("index", {}).get("sha256", "")
         mlflow.log_params(flat)
-        mlflow.set_tags({"stage": "train", "ray_run": name})
+        tags = {"stage": "train", "ray_run": name, "data.source": data_source(train_set.manifest)}
+        mlflow.set_tags(tags | ({"dvc.experiment": dvc_exp} if dvc_exp else {}))
         run_id = active.info.run_id
     storage.write_text(marker, json.dumps({"run_id": run_id, "tracking_uri": uri}))
     return run_id
@@ -162,3 +208,19 @@ def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
         for m in client.get_metric_history(run_id, key):
             rows.setdefault(m.step, {"step": m.step})[key] = m.value
     return [rows[s] for s in sorted(rows)]
+
+
+def record_attempt(run_dir: Path | str, wall_s: float, status: str) -> list[dict[str, Any]]:
+    """Append this start of the stage (`wall_s`, `status` finished / failed) to the run's
+    `attempts.json` (a folder or a URL) -> every attempt so far."""
+    attempts = read_attempts(run_dir) + [{"wall_s": round(wall_s, 1), "status": status}]
+    storage.write_text(storage.join(run_dir, ATTEMPTS_FILE), json.dumps(attempts, indent=1))
+    return attempts
+
+
+def read_attempts(run_dir: Path | str) -> list[dict[str, Any]]:
+    """The attempts recorded for a run ([] for a new one)."""
+    try:
+        return json.loads(storage.read_text(storage.join(run_dir, ATTEMPTS_FILE)))
+    except FileNotFoundError:
+        return []

@@ -110,6 +110,7 @@ def train_loop(config: dict[str, Any]) -> None:
     fault = faults.load()
     batches = iter(loader)
     ddp.train()
+    finished = False
     try:
         for it in range(start, sched.iterations):
             nan = faults.inject(fault, rank, it) if fault else False
@@ -145,8 +146,9 @@ def train_loop(config: dict[str, Any]) -> None:
                     metrics |= evaluate(model, it + 1)
                 digest = parameters_digest(model) if done else None
                 report_checkpoint(state, metrics, rank, digest)
-    finally:
-        log.close()
+        finished = True
+    finally:  # FAILED, not FINISHED, on an error or a non-finite loss (train.status: the driver)
+        log.close("FINISHED" if finished else "FAILED")
 
 
 def load_init_weights(model: torch.nn.Module, path: Path) -> None:
@@ -231,11 +233,11 @@ class RankZeroLog:
         )
         self.sums, self.count, self.t0 = {}, 0, time.time()
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         if self.enabled:
             import mlflow
 
-            mlflow.end_run()
+            mlflow.end_run(status=status)
 
 
 def memory_gb(device: torch.device) -> float:

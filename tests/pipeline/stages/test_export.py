@@ -29,6 +29,10 @@ from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_i
 
 NAME = "mrcnn-test"
 CLASS_MAP = {"1": 11, "2": 12, "3": 13}
+MANIFEST = {
+    "class_names": ["background", "square", "circle", "triangle"],
+    "counts": {"images": 3},
+}
 SECTIONS = {
     "shards": {"image_size": 128},
     "model": {"preset": "shapes_small"},
@@ -36,22 +40,28 @@ SECTIONS = {
 }
 
 
-def _write_params(root: Path, portable: bool) -> None:
+RUN_NAME = "shapes-shapes-small-0123abcd"
+
+
+def _write_params(root: Path, portable: bool, register: str | bool = "auto") -> None:
     doc = {
         "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "mrcnn"},
-        "export": {"registered_model": NAME, "portable": portable},
+        "export": {"registered_model": NAME, "portable": portable, "register": register},
         **SECTIONS,
     }
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
 
 
-def _export(root: Path, segm_ap: float, train_run_id: str, portable: bool) -> dict:
+def _export(
+    root: Path, segm_ap: float, train_run_id: str, portable: bool, register: str | bool = "auto"
+) -> dict:
     (root / "metrics").mkdir(exist_ok=True)
     evals = {"bbox": {"AP": segm_ap / 2, "AP50": 0.9}, "segm": {"AP": segm_ap, "AP50": 0.8}}
     (root / "metrics" / "eval.json").write_text(json.dumps(evals))
     (root / "metrics" / "train.json").write_text(json.dumps({"iterations": 5}))
-    (root / "metrics" / "train_run.json").write_text(json.dumps({"mlflow_run_id": train_run_id}))
-    _write_params(root, portable)
+    run_info = {"mlflow_run_id": train_run_id, "data_source": "shapes", "run_name": RUN_NAME}
+    (root / "metrics" / "train_run.json").write_text(json.dumps(run_info))
+    _write_params(root, portable, register)
     export.main(["--params", str(root / "params.yaml")])
     return json.loads((root / "models" / "export" / "export.json").read_text())
 
@@ -64,29 +74,29 @@ def _aliases(uri: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Three exports of the same tiny model with mask AP 0.5, 0.4, 0.6."""
+    """Three exports of three tiny models (other weights each) with mask AP 0.5, 0.4, 0.6."""
     root = tmp_path_factory.mktemp("project")
     uri = fresh_store(root)
-    model = tiny_model()
-    save_model(model, root / "models" / "final", extra={"class_map": CLASS_MAP})
     manifest = root / "data" / "shards" / "train" / "manifest.json"
     manifest.parent.mkdir(parents=True)
-    manifest.write_text('{"count": 3}')
+    manifest.write_text(json.dumps(MANIFEST))
     with start_run(uri, "mrcnn", run_name="train") as run:  # what pipeline.train does
         train_id = run.info.run_id
-    first = _export(root, 0.5, train_id, portable=True)
-    after_first = _aliases(uri)
-    second = _export(root, 0.4, train_id, portable=False)
-    after_second = _aliases(uri)
-    third = _export(root, 0.6, "f" * 32, portable=False)  # a run the store does not have
-    after_third = _aliases(uri)
+    models = [tiny_model(seed) for seed in range(3)]
+    exports, aliases = [], []
+    runs = (train_id, train_id, "f" * 32)  # the last: a run the store does not have
+    plan = zip(models, (0.5, 0.4, 0.6), runs, (True, False, False), strict=True)
+    for model, ap, run_id, portable in plan:
+        save_model(model, root / "models" / "final", extra={"class_map": CLASS_MAP})
+        exports.append(_export(root, ap, run_id, portable=portable))
+        aliases.append(_aliases(uri))
     return {
         "root": root,
         "uri": uri,
-        "model": model,
+        "model": models[2],  # the champion's
         "train_id": train_id,
-        "exports": [first, second, third],
-        "aliases": [after_first, after_second, after_third],
+        "exports": exports,
+        "aliases": aliases,
     }
 
 
@@ -102,25 +112,72 @@ def test_champion_moves_only_on_improvement(registry: dict) -> None:
     assert reg.is_improvement(0.5, None) and not reg.is_improvement(0.5, 0.5)
 
 
-def test_versions_are_tagged_with_metrics_and_hashes(registry: dict) -> None:
+def test_versions_have_a_description_and_a_few_readable_tags(registry: dict) -> None:
     root = registry["root"]
     client = mlflow.MlflowClient(registry["uri"])
-    v1 = client.get_model_version(NAME, "1").tags
-    assert v1["metrics.segm.AP"] == "0.5"
-    assert v1["metrics.bbox.AP"] == "0.25"
-    assert v1["metrics.segm.AP50"] == "0.8"
-    assert v1["data.train_manifest_md5"] == file_digest(
-        root / "data/shards/train/manifest.json", "md5"
+    v1 = client.get_model_version(NAME, "1")
+    assert v1.description == (
+        "Mask R-CNN, preset shapes_small, trained on shapes (3 train images; 3 classes: "
+        f"square, circle, triangle), 5 iterations (run {RUN_NAME}). Val segm AP 0.500, "
+        "bbox AP 0.250."
     )
-    assert "data.val_manifest_md5" not in v1  # absent manifest: skipped
-    for section, value in SECTIONS.items():
-        assert v1[f"params.{section}_md5"] == json_digest(value, "md5")
-    assert v1["weights_md5"] == file_digest(root / "models/final/model.safetensors", "md5")
-    assert v1["train.iterations"] == "5"
-    assert v1["export.decision"] == "champion"
-    assert v1["portable.onnx"].endswith("portable/model.onnx")
-    assert client.get_model_version(NAME, "2").tags["export.decision"] == "challenger"
-    assert client.get_model_version(NAME, "2").tags["metrics.segm.AP"] == "0.4"
+    provenance = {
+        "manifest.train": file_digest(root / "data/shards/train/manifest.json", "md5"),
+        **{f"params.{k}": v for k, v in SECTIONS.items()},
+    }
+    assert v1.tags == {
+        "metrics.segm.AP": "0.5",
+        "metrics.bbox.AP": "0.25",
+        "data": "shapes",
+        "preset": "shapes_small",
+        "train.run": RUN_NAME,
+        "train.iterations": "5",
+        "weights.sha256": v1.tags["weights.sha256"],
+        "provenance.md5": json_digest(provenance, "md5"),
+        "portable.onnx": v1.tags["portable.onnx"],
+        "portable.matched_fraction": "1.0000",
+        "portable.max_box_diff": v1.tags["portable.max_box_diff"],
+        "export.decision": "champion",
+    }
+    assert v1.tags["portable.onnx"].endswith("portable/model.onnx")
+    v2 = client.get_model_version(NAME, "2").tags
+    assert v2["export.decision"] == "challenger" and v2["metrics.segm.AP"] == "0.4"
+    weights_now = file_digest(root / "models/final/model.safetensors")  # the third model
+    assert client.get_model_version(NAME, "3").tags["weights.sha256"] == weights_now
+    assert len({client.get_model_version(NAME, v).tags["weights.sha256"] for v in "123"}) == 3
+
+
+def test_same_weights_are_registered_once_and_only_move_aliases(tmp_path, monkeypatch):
+    uri = fresh_store(tmp_path)
+    (tmp_path / "data/shards/train").mkdir(parents=True)
+    (tmp_path / "data/shards/train/manifest.json").write_text(json.dumps(MANIFEST))
+    with start_run(uri, "mrcnn", run_name="train") as run:
+        train_id = run.info.run_id
+    client = mlflow.MlflowClient(uri)
+    for seed, ap in ((0, 0.5), (1, 0.4)):
+        save_model(tiny_model(seed), tmp_path / "models/final", extra={"class_map": CLASS_MAP})
+        _export(tmp_path, ap, train_id, portable=False)
+    again = _export(tmp_path, 0.6, train_id, portable=False)  # model 1 re-evaluated: better
+    assert again["registered"] and not again["new_version"] and again["version"] == 2
+    assert again["logged_model_uri"] is None  # not logged a second time
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+    assert _aliases(uri) == {"champion": "2"}  # the better AP took the alias, no new version
+    assert client.get_model_version(NAME, "2").tags["metrics.segm.AP"] == "0.6"
+    assert "segm AP 0.600" in client.get_model_version(NAME, "2").description
+
+    # Under `dvc exp run`: logged to the run, not registered, unless export.register is true.
+    monkeypatch.setenv("DVC_EXP_NAME", "urban-sill")
+    save_model(tiny_model(2), tmp_path / "models/final", extra={"class_map": CLASS_MAP})
+    skipped = _export(tmp_path, 0.9, train_id, portable=False)
+    assert not skipped["registered"] and skipped["version"] is None and skipped["alias"] is None
+    assert "urban-sill" in skipped["why"] and skipped["logged_model_uri"]
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+    assert _aliases(uri) == {"champion": "2"}
+    kept = _export(tmp_path, 0.9, train_id, portable=False, register=True)
+    assert kept["new_version"] and kept["version"] == 3 and kept["alias"] == "champion"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert reg.should_register("false") == (False, "export.register is false")
+    assert reg.should_register("auto") == (True, "export.register is auto")
 
 
 def test_model_is_logged_into_the_training_run_when_it_exists(registry: dict) -> None:

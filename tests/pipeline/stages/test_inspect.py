@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from mrcnn import presets
 from mrcnn.data import ShardDataset, TrainLoader
 from pipeline.stages import download, inspect, shards
 from pipeline.stages.inspect import label_anchors
+from tests.pipeline.registry_helpers import fresh_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -33,11 +36,20 @@ inspect:
 def test_stages_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(PARAMS)
+    uri = fresh_store(tmp_path)  # the default store, sqlite:///mlflow.db, made in milliseconds
     download.main([])
     shards.main(["--params", "params.yaml"])
     inspect.main([])
     out = capsys.readouterr().out
     assert '"images": 12' in out
+
+    # the pictures are in MLflow too, in a run named after the data
+    run_id = re.search(r'"mlflow_run_id": "(\w+)"', out).group(1)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(run_id).info.run_name == "inspect-shapes"
+    logged = sorted(a.path for a in client.list_artifacts(run_id, "inspect"))
+    assert "inspect/samples.png" in logged and "inspect/anchors.png" in logged
+    assert len(logged) == 6  # five pictures and summary.json
 
     for split, n in (("train", 12), ("val", 5)):
         manifest = json.loads((tmp_path / "data/shards" / split / "manifest.json").read_text())

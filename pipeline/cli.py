@@ -1,0 +1,73 @@
+"""What every stage's `main()` shares: `--params` / `--debug`, the whole params file checked
+before any work, and user errors as one line instead of a traceback.
+
+    def main(argv=None):
+        ap = cli.parser(__doc__)
+        ap.add_argument("--out", ...)
+        args = ap.parse_args(argv)
+        cli.run_main(args, lambda: run(...), errors=(ExportError,))
+
+A user error (a bad params file, a missing input, an unreachable tracking store, a cluster
+without the resources asked for) is logged as one line, `... pipeline.<stage>: error: <message>`
+(on stderr), and the stage exits with status 1; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline import layout
+from pipeline.params import validate_file
+
+# Raised for what a user got wrong; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """An argument parser with `--params` and `--debug` (first line of `description`)."""
+    ap = argparse.ArgumentParser(description=(description or "").strip().split("\n")[0])
+    ap.add_argument("--params", type=Path, default=layout.PARAMS, help="default: %(default)s")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return ap
+
+
+def run_main(
+    args: argparse.Namespace,
+    body: Callable[[], Any],
+    errors: tuple[type[BaseException], ...] = (),
+    log_format: str = "%(levelname)s %(name)s: %(message)s",
+) -> Any:
+    """Set up logging, validate `args.params` as a whole, then `body()` -> its result.
+
+    `errors`: the stage's own user-error types, reported like `USER_ERRORS`."""
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    try:
+        validate_file(args.params)
+        return body()
+    except (*USER_ERRORS, *errors) as e:
+        if getattr(args, "debug", False):
+            raise
+        stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+        name = (
+            f"pipeline.{stem}" if (Path(__file__).parent / f"{stem}.py").is_file() else "pipeline"
+        )
+        logging.getLogger(name).error("error: %s (--debug for the traceback)", one_line(e))
+        sys.exit(1)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (its type when the message is empty)."""
+    text = " ".join(str(error).split())
+    if isinstance(error, (FileNotFoundError, NotADirectoryError)) and error.filename:
+        text = text if str(error.filename) in text else f"{text}: {error.filename}"
+    return text or type(error).__name__

@@ -1,0 +1,108 @@
+"""`params.yaml` as a file: read it, build a section's dataclass from a mapping (errors name
+`section.key`), turn a section back into a plain dict, and the `model` section into an
+`mrcnn.Config`. The sections themselves, and the whole-file check, are in `pipeline.params`
+(which re-exports these functions: import them from there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mrcnn import presets
+from mrcnn.config import Config, from_mapping, reprefix
+
+T = TypeVar("T")
+
+DEFAULT_PRESET = "shapes_small"  # model.preset when the section names none
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """`auto`, `cpu`, `cuda` or `cuda:N` (see `resolve_device`)."""
+    check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
+
+
+def check(ok: bool, key: str, why: str) -> None:
+    """Raise `ValueError("params key 'key' why")` unless `ok` (the section prefix is added by
+    `load_section`)."""
+    if not ok:
+        raise ValueError(f"params key '{key}' {why}")
+
+
+def load_model_config(
+    path: str | Path, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
+) -> Config:
+    """The `model` section -> `mrcnn.Config`: a preset (`model.preset`) with the section's
+    other keys merged over it; the dataset fixes classes and input size."""
+    return model_config(
+        load_params(path).get("model") or {},
+        num_classes=num_classes,
+        image_size=image_size,
+        class_names=class_names,
+    )
+
+
+def model_config(
+    section: dict[str, Any],
+    *,
+    num_classes: int,
+    image_size: int,
+    class_names: tuple[str, ...] = (),
+) -> Config:
+    """A `model` section given as a dict -> `mrcnn.Config` (what `load_model_config` does for
+    a file; sweeps apply each trial's sampled values to the section first)."""
+    section = dict(section)
+    preset = section.pop("preset", DEFAULT_PRESET)
+    try:
+        cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
+        return cfg.replace(**section, class_names=list(class_names))
+    except ValueError as e:
+        message = str(e).replace("unknown config key '", "unknown params key 'model.", 1)
+        if message.startswith("unknown preset"):
+            message = f"params key 'model.preset': {message}"
+        raise ValueError(reprefix(message, "model.", "params key")) from None
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """The whole YAML file as a dict (empty for an empty file)."""
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
+    return doc
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    """Read `section` of the YAML file at `path` into the dataclass `cls` (validated)."""
+    return from_dict(cls, load_params(path).get(section) or {}, section)
+
+
+def from_dict(cls: type[T], d: Any, section: str) -> T:
+    """Build and validate `cls` from a mapping; errors name `section.key`."""
+    if not isinstance(d, dict):
+        raise ValueError(f"params section '{section}' must be a mapping, got {type(d).__name__}")
+    if hasattr(cls, "normalize"):
+        try:
+            d = cls.normalize(d)
+        except ValueError as e:
+            raise ValueError(reprefix(str(e), f"{section}.", "params key")) from None
+    return from_mapping(cls, d, prefix=f"{section}.", noun="params key")
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A section as a plain, JSON/YAML-safe dict (tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(obj))

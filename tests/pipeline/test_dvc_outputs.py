@@ -1,0 +1,61 @@
+"""dvc.yaml and the Makefile keep the promises about failures and fresh clones."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests import REPO_ROOT
+
+
+def _entries(stage: dict) -> list[tuple[str, dict]]:
+    out = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in stage.get(kind, []):
+            path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            out.append((path, opts or {}))
+    return out
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate"])
+def test_a_failed_stage_keeps_the_last_outputs(name):
+    """DVC deletes a stage's outputs before running it unless they persist; these stages write
+    beside and swap at the end, so with persist a failure leaves the last success in place."""
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][name]
+    entries = _entries(stage)
+    assert len(entries) >= 4
+    assert [path for path, opts in entries if opts.get("persist") is not True] == []
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_sweep_builds_the_shards_before_the_sweep():
+    done = subprocess.run(
+        ["make", "-n", "sweep"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    lines = done.stdout.splitlines()
+    shards = next(i for i, line in enumerate(lines) if "dvc repro shards" in line)
+    sweep = next(i for i, line in enumerate(lines) if "-m pipeline.tune" in line)
+    assert shards < sweep
+
+
+@pytest.mark.slow  # two DVC commands: seconds
+def test_dvc_deletes_outputs_of_a_failing_stage_unless_they_persist(tmp_path):
+    """Why the test above matters: what `dvc repro` does to the outputs of a stage that fails."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run = {"cwd": tmp_path, "capture_output": True, "text": True}
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], check=True, **run)
+    stage = {
+        "cmd": "exit 1",
+        "outs": [{"kept.json": {"cache": False, "persist": True}}, {"lost.json": {"cache": False}}],
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+    for name in ("kept.json", "lost.json"):
+        (tmp_path / name).write_text('{"last": "success"}')
+    done = subprocess.run([*dvc, "repro"], **run)
+    assert done.returncode != 0
+    assert (tmp_path / "kept.json").read_text() == '{"last": "success"}'
+    assert not (tmp_path / "lost.json").exists()
