@@ -279,6 +279,10 @@ def start_run(
     location = artifact_location or _beside_database(uri, experiment)
     experiment_id = ensure_experiment(experiment, location)
     if run_id and run_exists(run_id):
+        # MLflow refuses to resume a run outside the process's active experiment (one that an
+        # earlier `mlflow.set_experiment` left behind): make the run's own experiment active.
+        run_experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+        mlflow.set_experiment(experiment_id=run_experiment)
         ctx = mlflow.start_run(run_id=run_id, nested=nested)
         log.info("resuming MLflow run %s", run_id)
     else:

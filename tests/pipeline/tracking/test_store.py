@@ -119,6 +119,9 @@ def test_start_run_resumes_an_existing_run_else_starts_one(tmp_path: Path) -> No
         first = run.info.run_id
         mlflow.log_metric("loss", 1.0)
         log_figure_png(np.zeros((8, 8, 3), np.uint8), "pictures/black.png")
+    # another experiment left active (as `mlflow.set_experiment` elsewhere in the process
+    # does) must not stop the resume
+    mlflow.set_experiment("another")
     with start_run(uri, "exp", run_id=first, tags={"stage": "export"}) as run:
         assert run.info.run_id == first
     with start_run(uri, "exp", run_name="other", run_id="0" * 32) as run:
