@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrcnn.coco_eval import CocoScores, pr_curves
+from mrcnn.fileio import replace_dir
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -230,10 +230,4 @@ def write_reports(
     for stem, picture in (steps or {}).items():
         Image.fromarray(picture).save(tmp / STEPS_DIR / f"{stem}.png")
 
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out_dir)

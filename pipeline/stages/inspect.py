@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from mrcnn import visualize as vis
 from mrcnn.anchors import AnchorGenerator
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, expand_mini_masks
+from mrcnn.fileio import replace_dir
 from mrcnn.matcher import BELOW_LOW, batched_iou, match
 from pipeline import cli, layout
 from pipeline.params import (
@@ -137,9 +137,7 @@ def run(
     summary["class_distribution"] = per_split
 
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-    if Path(out_dir).exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     summary["files"] = sorted(p.name for p in Path(out_dir).iterdir())
     return summary
 
