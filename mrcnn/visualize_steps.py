@@ -8,8 +8,11 @@ padded input image of one batch slot, with the counts and shapes of what it show
    proposals that survive the proposal layer's NMS.
 2. `draw_detection_steps`: the detection layer's (proposal, class) candidates above the score
    threshold, before the per-class NMS, and the detections after it.
-3. `draw_mask_steps`: each final detection's 28 x 28 mask probabilities beside its mask
-   pasted into the image (`mrcnn.mask_paste`) at the model's threshold.
+3. `draw_mask_steps`: each final detection's 28 x 28 mask probabilities, thresholded, and, when
+   the batch carries ground truth, its mask target: what the mask head is trained towards for
+   that box (the ground truth it overlaps most, IoU >= the RoI heads' foreground threshold,
+   cropped to the box by `mrcnn.targets.mask_targets_from_mini_masks`, as in training), beside
+   the masks pasted into the image (`mrcnn.mask_paste`) at the model's threshold.
 
 Functions return uint8 [H, W, 3] images; nothing touches pyplot's global state.
 """
@@ -17,15 +20,19 @@ Functions return uint8 [H, W, 3] images; nothing touches pyplot's global state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
+from torch import Tensor
 
 from mrcnn import box_coder
 from mrcnn.mask_paste import paste_masks_in_image
+from mrcnn.matcher import batched_iou
 from mrcnn.structures import Batch, InferenceSteps
+from mrcnn.targets import mask_targets_from_mini_masks
 from mrcnn.visualize import colors, draw_instances, figure_to_array, new_figure
 
 SHOWN = 40  # boxes drawn at most per panel (the titles give the full counts)
@@ -130,6 +137,28 @@ def draw_detection_steps(
     return figure_to_array(fig)
 
 
+def mask_targets_for(
+    batch: Batch, i: int, boxes: Tensor, mask_size: int, fg_iou_thresh: float = 0.5
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The mask targets of slot i's boxes [n, 4] (padded frame), as training makes them: each
+    box's ground truth of highest IoU, cropped to the box and resized to M x M.
+
+    -> targets float {0, 1} [n, M, M], box IoU with that ground truth [n], matched bool [n]
+    (IoU >= `fg_iou_thresh`: a training RoI there would be a positive and get this target).
+    """
+    n = boxes.shape[0]
+    if not batch.has_targets or n == 0 or batch.gt_boxes.shape[1] == 0:
+        none = boxes.new_zeros(n)
+        return boxes.new_zeros((n, mask_size, mask_size)), none, none > 0
+    gt_boxes = batch.gt_boxes[i : i + 1].to(boxes)
+    iou = batched_iou(gt_boxes, boxes[None])[0]  # [G, n]
+    iou = iou.masked_fill(~batch.gt_valid[i].to(iou.device)[:, None], -1.0)
+    best_iou, gt_idx = iou.max(dim=0)  # [n]
+    minis = batch.gt_mini_masks[i : i + 1].to(boxes.device)
+    targets = mask_targets_from_mini_masks(boxes[None], gt_idx[None], gt_boxes, minis, mask_size)[0]
+    return targets, best_iou.clamp(min=0), best_iou >= fg_iou_thresh
+
+
 def draw_mask_steps(
     batch: Batch,
     steps: InferenceSteps,
@@ -137,8 +166,10 @@ def draw_mask_steps(
     class_names: Sequence[str] | None = None,
     threshold: float = 0.5,
     most: int = 6,
+    fg_iou_thresh: float = 0.5,
 ) -> np.ndarray:
-    """Slot i: each detection's M x M mask probabilities | its mask pasted into the image."""
+    """Slot i: each detection's M x M mask probabilities, thresholded, and (when `batch` has
+    ground truth) its mask target with their mask IoU | the masks pasted into the image."""
     image = _image(batch, i)
     det = steps.detections
     keep = det.valid[i]
@@ -148,19 +179,31 @@ def draw_mask_steps(
     labels = det.labels[i][keep][:n].cpu().numpy()
     masks = paste_masks_in_image(probs, boxes, image.shape[:2], threshold).cpu().numpy()
     m = det.mask_probs.shape[-1]
-    fig = new_figure(2.0 * max(n, 1) + 4.5, 4.2)
-    grid = fig.add_gridspec(2, max(n, 1) + 2)
+    rows = 3 if batch.has_targets else 2
+    if batch.has_targets:
+        targets, box_iou, matched = mask_targets_for(batch, i, boxes.float(), m, fg_iou_thresh)
+    fig = new_figure(2.0 * max(n, 1) + 4.5, 2.1 * rows)
+    grid = fig.add_gridspec(rows, max(n, 1) + 2)
     for j in range(n):
         ax = fig.add_subplot(grid[0, j])
         ax.imshow(probs[j].cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
         name = class_names[labels[j]] if class_names else str(labels[j])
         ax.set_title(f"{name} {float(det.scores[i][keep][j]):.2f}", fontsize=7)
         ax.set_axis_off()
-        ax = fig.add_subplot(grid[1, j])
-        ax.imshow(probs[j].cpu().numpy() >= threshold, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f">= {threshold:g}", fontsize=7)
-        ax.set_xticks([])  # a frame, so that an all-white mask shows
-        ax.set_yticks([])
+        binary = probs[j].cpu().numpy() >= threshold
+        _mask_panel(fig.add_subplot(grid[1, j]), binary, f">= {threshold:g}")
+        if not batch.has_targets:
+            continue
+        ax = fig.add_subplot(grid[2, j])
+        if bool(matched[j]):
+            target = targets[j].cpu().numpy() > 0.5
+            union = np.logical_or(binary, target).sum()
+            mask_iou = np.logical_and(binary, target).sum() / union if union else 1.0
+            _mask_panel(
+                ax, target, f"target, IoU {mask_iou:.2f}\n(box IoU {float(box_iou[j]):.2f})"
+            )
+        else:
+            _mask_panel(ax, np.zeros((m, m), bool), f"no target\n(box IoU {float(box_iou[j]):.2f})")
     ax = fig.add_subplot(grid[:, max(n, 1) :])
     pasted = draw_instances(image, boxes.cpu().numpy(), masks, labels, class_names, show_text=False)
     _panel(
@@ -171,8 +214,20 @@ def draw_mask_steps(
         f"{image.shape[1]}",
     )
     if n:
-        fig.suptitle(f"mask head output, M = {m} (top), thresholded (bottom)", fontsize=8, x=0.3)
+        what = (
+            "thresholded (middle), mask targets (bottom)"
+            if batch.has_targets
+            else ("thresholded (bottom)")
+        )
+        fig.suptitle(f"mask head output, M = {m} (top), {what}", fontsize=8, x=0.3)
     return figure_to_array(fig)
+
+
+def _mask_panel(ax: Axes, mask: np.ndarray, title: str) -> None:
+    ax.imshow(mask, cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.set_xticks([])  # a frame, so that an all-white or all-black mask shows
+    ax.set_yticks([])
 
 
 @torch.no_grad()
@@ -180,8 +235,12 @@ def step_pictures(
     model, batch: Batch, class_names: Sequence[str] | None = None
 ) -> list[dict[str, np.ndarray]]:
     """`model.inference_steps(batch)` drawn for every slot -> per slot {"1_rpn", "2_detections",
-    "3_masks"}: uint8 images."""
-    steps = model.inference_steps(batch)
+    "3_masks"}: uint8 images. The model sees the images only; a batch with ground truth also
+    gets the mask targets drawn (`draw_mask_steps`)."""
+    inputs = replace(
+        batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None, gt_keypoints=None
+    )
+    steps = model.inference_steps(inputs)
     names = class_names or model.class_names or None
     out = []
     for i in range(len(batch)):
@@ -191,7 +250,14 @@ def step_pictures(
                 "2_detections": draw_detection_steps(
                     batch, steps, i, names, model.roi_heads.score_thresh
                 ),
-                "3_masks": draw_mask_steps(batch, steps, i, names, model.mask_thresh),
+                "3_masks": draw_mask_steps(
+                    batch,
+                    steps,
+                    i,
+                    names,
+                    model.mask_thresh,
+                    fg_iou_thresh=model.roi_heads.fg_iou_thresh,
+                ),
             }
         )
     return out

@@ -155,8 +155,6 @@ def overlay_indices(num_images: int, num_overlays: int) -> list[int]:
 def draw_steps(model: Any, dataset: ShardDataset, indices: Sequence[int]) -> dict[str, np.ndarray]:
     """The model step by step (`mrcnn.visualize_steps`) on the val samples at `indices` ->
     {"<image id>_1_rpn": image, "<image id>_2_detections": ..., "<image id>_3_masks": ...}."""
-    from dataclasses import replace
-
     from torch.utils.data import Subset
 
     from mrcnn.data import eval_batches
@@ -166,8 +164,8 @@ def draw_steps(model: Any, dataset: ShardDataset, indices: Sequence[int]) -> dic
     if not indices:
         return out
     for batch in eval_batches(Subset(dataset, list(indices)), len(indices)):
-        inputs = replace(batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None)
-        pictures = step_pictures(model, inputs.to(model.device), dataset.class_names or None)
+        # The model sees the images only; the ground truth gives the mask targets drawn.
+        pictures = step_pictures(model, batch.to(model.device), dataset.class_names or None)
         for image_id, pics in zip(batch.image_ids.tolist(), pictures, strict=True):
             out.update({f"{image_id}_{name}": picture for name, picture in pics.items()})
     return out
