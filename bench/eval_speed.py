@@ -10,8 +10,8 @@ path side by side, back to back in one process:
 
   (a) paste + encode: `MaskRCNN.postprocess` + `to_coco_results` over all detections
       - reference: every mask pasted into a full H x W image, RLE-encoded by pycocotools
-      - fast:      masks pasted into their box crops only, RLE built from the crops, encoding
-                   over `--workers` processes
+      - fast:      no paste: RLE computed from each mask's 28 x 28 grid and box
+                   (`mrcnn.grid_masks`), encoding over `--workers` processes
   (b) `coco_evaluate` bbox + segm (evaluate, accumulate, summarize), backend pycocotools vs
       faster, on the same results
   (c) the evaluate path end to end minus the model's forward: (a) + (b) as the evaluate stage
@@ -221,7 +221,7 @@ def paste_and_encode(
     t = time.perf_counter()
     with ResultsEncoder(None, num_workers=workers if fast else 0) as encoder:
         for raw, batch in batches:
-            dets = model.postprocess(_as_model_output(raw), batch, box_masks=fast)
+            dets = model.postprocess(_as_model_output(raw), batch, grid_masks=fast)
             encoder.add(dets, batch.image_ids.tolist())
         results = encoder.results()
     return time.perf_counter() - t, results
@@ -289,7 +289,8 @@ def main() -> None:
             k = len(ids) if args.reference_images <= 0 else min(args.reference_images, len(ids))
             sub = batches[: math.ceil(k / args.batch_size)]
             k = sum(len(b) for _, b in sub)
-            a_ref_k, _ = paste_and_encode(model, sub, fast=False, workers=0)
+            a_ref_k, ref_results = paste_and_encode(model, sub, fast=False, workers=0)
+            row.update(_mask_agreement(results[: len(ref_results)], ref_results))
             b_ref, ref_scores = evaluate(gt, results, "pycocotools")
             for t_ in ("bbox", "segm"):
                 diff = float(np.abs(ref_scores.stats[t_] - fast_scores.stats[t_]).max())
@@ -306,6 +307,24 @@ def main() -> None:
     _report(row)
     if args.json:
         args.json.write_text(json.dumps(row, indent=2))
+
+
+def _mask_agreement(fast: list, reference: list) -> dict:
+    """How far the grid RLEs are from pasting then encoding: masks with the same RLE, and the
+    pixels that differ (at the threshold: tests/mrcnn/test_grid_masks.py)."""
+    from pycocotools import mask as mask_utils
+
+    same = sum(f["segmentation"] == r["segmentation"] for f, r in zip(fast, reference, strict=True))
+    differing = [
+        (f["segmentation"], r["segmentation"])
+        for f, r in zip(fast, reference, strict=True)
+        if f["segmentation"] != r["segmentation"]
+    ]
+    pixels = 0
+    for f, r in differing:
+        merged = mask_utils.merge([f, r], intersect=True)
+        pixels += int(mask_utils.area(f) + mask_utils.area(r) - 2 * mask_utils.area(merged))
+    return {"masks_compared": len(fast), "masks_identical": same, "mask_pixels_differing": pixels}
 
 
 def _load(path: Path) -> COCO:
@@ -332,6 +351,10 @@ def _report(row: dict) -> None:
             f"reference (c) = annotation load + (a) + (b); "
             f"max |stats diff| bbox {row['bbox_stats_max_diff']:.1e} "
             f"segm {row['segm_stats_max_diff']:.1e})"
+        )
+        print(
+            f"masks: {row['masks_identical']} of {row['masks_compared']} with the same RLE as "
+            f"pasted + encoded; {row['mask_pixels_differing']} pixels differ in the others"
         )
     print(
         f"segm AP {row['segm_AP']:.4f}  bbox AP {row['bbox_AP']:.4f}  "

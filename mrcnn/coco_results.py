@@ -3,8 +3,8 @@
 One result per instance: `{"image_id", "category_id", "bbox": [x, y, w, h], "score",
 "segmentation": RLE}` where the RLE is `pycocotools.mask.encode` of the instance mask with its
 `counts` decoded to a string (JSON-safe). Encoding is lossless: `decode_masks(encode_masks(m))`
-gives `m` back. Masks kept as box crops (`mrcnn.box_masks.BoxMasks`, from
-`MaskRCNN.postprocess(..., box_masks=True)`) are encoded from the crops, with the same bytes.
+gives `m` back. Masks kept as the mask head's grid and box (`mrcnn.grid_masks.GridMasks`, from
+`MaskRCNN.postprocess(..., grid_masks=True)`) are encoded from the grid, no pixel pasted.
 
 Keypoint models add `"keypoints": [x1, y1, s1, x2, y2, s2, ...]` (COCO's flat layout; the third
 value of each is the keypoint's score where COCO's ground truth has its visibility, as detectron2
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mrcnn.box_masks import BoxMasks, encode_box_masks
+from mrcnn.grid_masks import GridMasks
 from mrcnn.structures import Detections
 
 
@@ -68,10 +68,10 @@ def to_coco_results(
 
     `category_ids` maps model labels to dataset category ids (labels are used as they are when it
     is None); a label missing from it raises `KeyError`. `file_name` is added to each result when
-    given (COCO tools ignore extra keys). `det.masks` is bool [N, H, W] or `BoxMasks`.
+    given (COCO tools ignore extra keys). `det.masks` is bool [N, H, W] or `GridMasks`.
     """
-    if isinstance(det.masks, BoxMasks):
-        rles = encode_box_masks(det.masks)
+    if isinstance(det.masks, GridMasks):
+        rles = det.masks.encode()
     else:
         masks = np.asarray(det.masks)
         has_masks = masks.ndim == 3 and masks.shape[1] * masks.shape[2] > 0
@@ -114,7 +114,7 @@ class ResultsEncoder:
 
         with ResultsEncoder(category_ids, num_workers=2) as encoder:
             for batch in batches:
-                encoder.add(model.postprocess(model.predict(batch), batch, box_masks=True),
+                encoder.add(model.postprocess(model.predict(batch), batch, grid_masks=True),
                             batch.image_ids.tolist())
             results = encoder.results()
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from mrcnn.box_masks import BoxMasks
+    from mrcnn.grid_masks import GridMasks
 
 
 @dataclass
@@ -20,8 +20,8 @@ class Detections:
     labels: int64   [N] model class index (1..K-1; 0 = background is never returned)
     masks:  bool    [N, H, W] at original resolution ([N, 0, 0] for a model without a mask
             head, e.g. torchvision's Keypoint R-CNN); or, from `MaskRCNN.postprocess(...,
-            box_masks=True)`, a `mrcnn.box_masks.BoxMasks` (the same masks as box crops,
-            `.full()` gives [N, H, W])
+            grid_masks=True)`, a `mrcnn.grid_masks.GridMasks` (the masks as the mask head's
+            grid and their boxes; `.full()` gives [N, H, W], `.encode()` COCO RLEs)
     keypoints:   float32 [N, Kp, 3] (x, y, score) in original-image pixels (keypoint models;
                  None otherwise); the score is the heatmap logit at the keypoint, as torchvision's
     mask_scores: float32 [N] the masks' own scores (Mask Scoring R-CNN: class score x predicted
@@ -31,7 +31,7 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    masks: np.ndarray | BoxMasks
+    masks: np.ndarray | GridMasks
     keypoints: np.ndarray | None = None
     mask_scores: np.ndarray | None = None
 

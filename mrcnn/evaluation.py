@@ -1,10 +1,10 @@
 """Evaluation of a dataset: batched detection over shards -> COCO results.
 
 `predict_dataset` is what the evaluate stage, the periodic validation during training and the
-sweeps all run; `mrcnn.coco_eval.coco_evaluate` then scores its output. Masks are pasted into
-their box crops on the model's device (`postprocess(..., box_masks=True)`) and RLE-encoded from
-the crops, over `encode_workers` processes while the model goes on detecting
-(`mrcnn.coco_results.ResultsEncoder`): the same results as full-image masks, without them.
+sweeps all run; `mrcnn.coco_eval.coco_evaluate` then scores its output. Masks are not pasted:
+they stay the mask head's M x M grid and box (`postprocess(..., grid_masks=True)`) and their
+RLE is computed from the grid (`mrcnn.grid_masks`), over `encode_workers` processes while the
+model goes on detecting (`mrcnn.coco_results.ResultsEncoder`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def predict_dataset(
             inputs = replace(
                 batch, gt_boxes=None, gt_labels=None, gt_mini_masks=None, gt_valid=None
             ).to(device, non_blocking=True)
-            detections = model.postprocess(model.predict(inputs), inputs, box_masks=True)
+            detections = model.postprocess(model.predict(inputs), inputs, grid_masks=True)
             encoder.add(detections, batch.image_ids.tolist())
             bar.update(len(batch))
         results = encoder.results()

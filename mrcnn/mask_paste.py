@@ -12,8 +12,9 @@ loop and the same arithmetic on CPU and GPU.
 Detections (`paste_masks_in_boxes`, torchvision's geometry) are pasted into their box crops
 only: a crop is all a detection's mask can cover, and 100 full 640 x 480 masks per image are
 30 M pixels where the crops are a few hundred thousand. Crops of similar size share one
-zero-padded batch (one matmul per group); `mrcnn.box_masks` encodes them as COCO RLE without
-full-image copies, and `paste_masks_in_image` places them in full images for users.
+zero-padded batch (one matmul per group); `paste_masks_in_image` places them in full images
+for users. COCO evaluation pastes nothing: `mrcnn.grid_masks` finds the same runs from the
+M x M grid.
 Mini-mask expansion (`mrcnn.data.minimask.expand_mini_masks`) pastes into whole frames with
 `paste_separable`.
 """

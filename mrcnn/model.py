@@ -20,15 +20,15 @@ from torch.profiler import record_function
 
 from mrcnn.anchors import AnchorGenerator
 from mrcnn.backbone import FPNBackbone
-from mrcnn.box_masks import BoxMasks
 from mrcnn.config import Config
 from mrcnn.data.resize import resize_and_pad
 from mrcnn.detection_layer import detection_candidates
+from mrcnn.grid_masks import GridMasks
 from mrcnn.images import check_images
 from mrcnn.keypoint_head import KeypointHead
 from mrcnn.losses import total_loss
 from mrcnn.mask_iou_head import MaskIoUHead
-from mrcnn.mask_paste import paste_masks_in_boxes, paste_masks_in_image
+from mrcnn.mask_paste import paste_masks_in_image
 from mrcnn.roi_heads import BoxHead, MaskHead, RoIHeads
 from mrcnn.rpn import RegionProposalNetwork, RPNHead
 from mrcnn.structures import Batch, Detections, InferenceSteps, RawDetections
@@ -260,19 +260,20 @@ class MaskRCNN(nn.Module):
         )
 
     def postprocess(
-        self, raw: RawDetections, batch: Batch, *, box_masks: bool = False
+        self, raw: RawDetections, batch: Batch, *, grid_masks: bool = False
     ) -> list[Detections]:
         """Fixed-shape detections -> one `Detections` per image in original-image pixels.
 
         raw: `RawDetections` [B, D, ...] of `batch` (its windows, scales, original_sizes are
         used) -> B `Detections`: boxes float32 [N, 4] xyxy clipped to the image, scores
         float32 [N], labels int64 [N], masks bool [N, H, W]; N = valid slots of the image.
-        box_masks: keep each mask as the crop of its box (`mrcnn.box_masks.BoxMasks`, the same
-        pixels without N full images; what COCO evaluation encodes) instead of [N, H, W].
+        grid_masks: keep each mask as its M x M probabilities and box (`mrcnn.grid_masks.
+        GridMasks`: no pixels pasted; what COCO evaluation encodes, straight to RLE) instead of
+        [N, H, W].
 
         A loop over images: each has its own output size, so this is where shapes stop being
-        fixed. Box mapping is vectorised; masks are pasted into their box crops on the model's
-        device, crops of similar size in one batched matmul (`mrcnn.mask_paste`).
+        fixed. Box mapping is vectorised; full masks are pasted on the model's device, crops of
+        similar size in one batched matmul (`mrcnn.mask_paste`).
         """
         offsets = batch.windows[:, [1, 0, 1, 0]].to(raw.boxes)  # (x1, y1, x1, y1)
         scales = batch.scales.to(raw.boxes)
@@ -297,13 +298,12 @@ class MaskRCNN(nn.Module):
                 ],
                 dim=1,
             )
-            masks: np.ndarray | BoxMasks
+            masks: np.ndarray | GridMasks
             if raw.mask_probs is None:  # a model without a mask head
                 masks = np.zeros((len(b), 0, 0), dtype=bool)
-            elif box_masks:
-                probs = raw.mask_probs[i][keep]
-                groups = paste_masks_in_boxes(probs, b, (h, w), self.mask_thresh)
-                masks = BoxMasks.from_groups(groups, (h, w))
+            elif grid_masks:
+                probs = raw.mask_probs[i][keep].float().cpu().numpy()
+                masks = GridMasks(probs, b.float().cpu().numpy(), (h, w), self.mask_thresh)
             else:
                 probs = raw.mask_probs[i][keep]
                 masks = paste_masks_in_image(probs, b, (h, w), self.mask_thresh).cpu().numpy()

@@ -6,11 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from mrcnn.box_masks import BoxMasks
 from mrcnn.coco_results import ResultsEncoder, decode_masks, encode_masks, to_coco_results
-from mrcnn.mask_paste import paste_masks_in_boxes
+from mrcnn.grid_masks import GridMasks
 from mrcnn.structures import Detections
 
 
@@ -41,20 +39,19 @@ def test_rle_round_trip_and_results() -> None:
 
 
 def _detections(rng: np.random.Generator, n: int, h: int, w: int) -> Detections:
-    probs = torch.from_numpy(rng.random((n, 28, 28)).astype(np.float32))
+    probs = rng.random((n, 28, 28)).astype(np.float32)
     xy = rng.uniform(-10, [w, h], (n, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(1, 60, (n, 2))], axis=1).astype(np.float32)
-    groups = paste_masks_in_boxes(probs, torch.from_numpy(boxes), (h, w), 0.5)
     return Detections(
         boxes=boxes,
         scores=rng.random(n).astype(np.float32),
         labels=rng.integers(1, 3, n),
-        masks=BoxMasks.from_groups(groups, (h, w)),
+        masks=GridMasks(probs, boxes, (h, w)),
     )
 
 
-def test_box_masks_and_workers_give_the_same_results() -> None:
-    """Results from box crops equal those from full masks; a ResultsEncoder with 0 or 2
+def test_grid_masks_and_workers_give_the_same_results() -> None:
+    """Results from grid masks equal those from their full masks; a ResultsEncoder with 0 or 2
     worker processes gives them in the order the images were added."""
     rng = np.random.default_rng(3)
     images = [

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mrcnn import presets
-from mrcnn.box_masks import BoxMasks
+from mrcnn.grid_masks import GridMasks
 from mrcnn.model import MaskRCNN, build_model
 from mrcnn.structures import Batch, RawDetections
 from tests.mrcnn.scenes import S, make_batch, tiny_model
@@ -135,12 +135,12 @@ def test_postprocess_maps_boxes_and_masks_to_original_pixels():
     cols, rows = det.masks[0].any(0).nonzero()[0], det.masks[0].any(1).nonzero()[0]
     assert (cols.min(), cols.max(), rows.min(), rows.max()) == (2, 19, 3, 24)
     assert det.masks[0].sum() == 18 * 22
-    # box_masks=True: the same masks as crops of their boxes (what COCO evaluation encodes)
-    [crops] = model.postprocess(raw, batch, box_masks=True)
-    assert isinstance(crops.masks, BoxMasks) and crops.masks.shape == (2, 32, 32)
-    np.testing.assert_array_equal(crops.masks.full(), det.masks)
-    np.testing.assert_array_equal(crops.boxes, det.boxes)
-    assert max(c.shape[1] * c.shape[2] for c in crops.masks.crops) < 32 * 32
+    # grid_masks=True: the same masks kept as the grid and boxes (what COCO evaluation encodes)
+    [grid] = model.postprocess(raw, batch, grid_masks=True)
+    assert isinstance(grid.masks, GridMasks) and grid.masks.shape == (2, 32, 32)
+    np.testing.assert_array_equal(grid.masks.full(), det.masks)
+    np.testing.assert_array_equal(grid.boxes, det.boxes)
+    np.testing.assert_array_equal(grid.masks.boxes, det.boxes)
 
 
 def test_class_docstring_example_runs():

@@ -156,10 +156,11 @@ def test_untrained_model_detections_inside_original_images(project: Path) -> Non
     assert [r["image_id"] for r in first[::5]] == ids[:2]
 
 
-def test_box_masks_and_encode_workers_give_the_full_mask_results(project: Path) -> None:
-    """predict_dataset's fast path (masks pasted into box crops, RLE from the crops, encoded
-    by 2 worker processes) gives exactly the results of full-image masks encoded one by one
-    by pycocotools in this process."""
+def test_grid_masks_and_encode_workers_give_the_full_mask_results(project: Path) -> None:
+    """predict_dataset's fast path (RLE from the mask grids, no pixel pasted, encoded by 2
+    worker processes) gives the results of full-image masks encoded one by one by pycocotools
+    in this process: the same, up to a pixel at the threshold in a rare mask
+    (tests/mrcnn/test_grid_masks.py says which pixels may differ)."""
     from dataclasses import replace
 
     from mrcnn.coco_results import to_coco_results
@@ -176,8 +177,18 @@ def test_box_masks_and_encode_workers_give_the_full_mask_results(project: Path) 
         assert isinstance(detections[0].masks, np.ndarray)
         for image_id, det in zip(batch.image_ids.tolist(), detections, strict=True):
             reference += to_coco_results(det, image_id, cats)
-    assert fast == reference
-    assert sum(mask_utils.area(r["segmentation"]) > 0 for r in fast) > len(fast) // 2
+    assert len(fast) == len(reference)
+    strip = [{k: v for k, v in r.items() if k != "segmentation"} for r in fast]
+    assert strip == [{k: v for k, v in r.items() if k != "segmentation"} for r in reference]
+    fast_rles = [r["segmentation"] for r in fast]
+    reference_rles = [r["segmentation"] for r in reference]
+    same = sum(a == b for a, b in zip(fast_rles, reference_rles, strict=True))
+    assert same >= 0.99 * len(fast)
+    iou = mask_utils.iou(fast_rles, reference_rles, [0] * len(fast)).diagonal()
+    areas = mask_utils.area(reference_rles)
+    assert (np.abs(mask_utils.area(fast_rles).astype(int) - areas) <= 2).all()
+    assert (iou[areas > 0] > 0.95).all()
+    assert sum(areas > 0) > len(fast) // 2
 
 
 def paths_under(root: Path) -> EvaluatePaths:
