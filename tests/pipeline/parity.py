@@ -30,3 +30,23 @@ def assert_same_detections(
             union = (ma | mb).sum()
             iou = 1.0 if union == 0 else (ma & mb).sum() / union
             assert iou >= MIN_MASK_IOU, f"image {i} detection {j}: mask IoU {iou:.3f}"
+
+
+def assert_same_results(expected: list[dict], actual: list[dict], box_tol: float) -> None:
+    """Two COCO results lists (`pipeline.predict`'s results.json) hold the same detections in
+    the same order: ids, file names and categories equal, `bbox` [x, y, w, h] within `box_tol`
+    px (2 x for w and h), scores within `SCORE_TOL`, mask IoU >= `MIN_MASK_IOU`."""
+    from mrcnn.coco_results import decode_masks
+
+    assert len(actual) == len(expected) > 0
+    for e, a in zip(expected, actual, strict=True):
+        assert (a["image_id"], a["file_name"], a["category_id"]) == (
+            e["image_id"],
+            e["file_name"],
+            e["category_id"],
+        )
+        np.testing.assert_allclose(a["bbox"], e["bbox"], rtol=0, atol=2 * box_tol)
+        assert abs(a["score"] - e["score"]) <= SCORE_TOL
+        ma, mb = decode_masks([e["segmentation"], a["segmentation"]])
+        union = (ma | mb).sum()
+        assert union == 0 or (ma & mb).sum() / union >= MIN_MASK_IOU

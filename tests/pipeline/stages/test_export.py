@@ -26,7 +26,7 @@ from pipeline.stages import export
 from pipeline.tracking import registry as reg
 from pipeline.tracking.pyfunc import frame_detections
 from pipeline.tracking.store import start_run
-from tests.pipeline.parity import assert_same_detections
+from tests.pipeline.parity import BOX_TOL, assert_same_detections, assert_same_results
 from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_images, tiny_model
 
 NAME = "mrcnn-test"
@@ -364,6 +364,7 @@ def test_predict_by_alias_gives_the_in_memory_detections(registry: dict, tmp_pat
         "version": 3,
         "alias": "champion",
         "uri": f"models:/{NAME}/3",
+        "backend": "torch",
     }
     class_map = {int(k): v for k, v in CLASS_MAP.items()}
     want = []
@@ -375,6 +376,25 @@ def test_predict_by_alias_gives_the_in_memory_detections(registry: dict, tmp_pat
     for i, im in enumerate(images):
         overlay = np.asarray(Image.open(out / "overlays" / "imgs" / f"img{i}.png"))
         assert overlay.shape == im.shape and not np.array_equal(overlay, im)
+
+
+def test_predict_runs_a_registered_onnx_model_on_onnxruntime(registry: dict, tmp_path: Path):
+    """models:/NAME/1 was exported with pyfunc_backend onnxruntime: predict's auto backend runs
+    its ONNX file (only that and config.json are pulled) and writes the eager detections."""
+    images = synthetic_images()
+    _save_pngs(images, tmp_path / "imgs")
+    out = tmp_path / "out"
+    summary = predict.run(
+        f"models:/{NAME}/1", [tmp_path / "imgs"], out, PredictParams(), tracking_uri=registry["uri"]
+    )
+    assert summary["model"]["backend"] == "onnxruntime" and summary["model"]["version"] == 1
+    class_map = {int(k): v for k, v in CLASS_MAP.items()}
+    want = []
+    for i, det in enumerate(registry["models"][0].detect(images)):
+        want += to_coco_results(det, i + 1, class_map, file_name=f"imgs/img{i}.png")
+    got = json.loads((out / "results.json").read_text())
+    scale = min(128 / max(im.shape[:2]) for im in images)
+    assert_same_results(json.loads(json.dumps(want)), got, BOX_TOL / scale)
 
 
 def _predict_cli(registry: dict, model: str, tmp_path: Path) -> None:
