@@ -19,6 +19,10 @@ at load time (the ONNX one needs a model logged with its ONNX file):
 Input: a DataFrame with a binary column `image`, one encoded image file (JPEG, PNG, BMP, WebP)
 per row. A served model takes it base64-encoded, as `{"dataframe_split": {"columns": ["image"],
 "data": [["<base64>"]]}}` or `{"inputs": {"image": ["<base64>", ...]}}` (docs/mlflow.md).
+MLflow decodes the base64 of `dataframe_split` itself (the signature says binary) but hands the
+text of `inputs` over as it is, so `image_bytes` decodes base64 that reaches `predict`. A row
+that is not an image is refused with an `MlflowException` naming it (HTTP 400 with that
+message when served, not MLflow's generic "unexpected error").
 
 Output: a DataFrame with one row per detection: `image_index` (input row), `label` (model class
 index, 1..K-1), `class_name`, `score`, the box `x1, y1, x2, y2` in original pixels; then, only
@@ -36,6 +40,8 @@ This module must stay importable from the logged model alone: it imports mlflow,
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +52,7 @@ from mlflow.pyfunc import PythonModel
 
 from mrcnn.coco_results import encode_masks
 from mrcnn.detections import Detections
-from mrcnn.images import read_image
+from mrcnn.images import ImageReadError, read_image
 
 INPUT_COLUMN = "image"
 BACKENDS = ("torch", "onnxruntime")
@@ -69,6 +75,7 @@ MASK_COLUMNS = (("mask_counts", "string"), ("mask_height", "long"), ("mask_width
 MASK_SCORE_COLUMNS = (("mask_score", "double"),)
 KEYPOINT_COLUMNS = (("keypoints", FLOAT_ARRAY),)
 OUTPUT_COLUMNS = BOX_COLUMNS + MASK_COLUMNS  # a plain Mask R-CNN's (kept for old callers)
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _PANDAS_TYPES = {"long": "int64", "double": "float64", "string": "object", FLOAT_ARRAY: "object"}
 
 
@@ -140,15 +147,40 @@ class MaskRCNNModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if INPUT_COLUMN not in frame.columns:
-            raise ValueError(
+            raise MlflowException(
                 f"expected a DataFrame with a binary column '{INPUT_COLUMN}' (encoded image "
-                f"files), got columns {list(frame.columns)}"
+                f"files), got columns {list(frame.columns)}",
+                error_code=INVALID_PARAMETER_VALUE,
             )
-        images = [read_image(data, name=f"row {i}") for i, data in enumerate(frame[INPUT_COLUMN])]
+        try:
+            images = [
+                read_image(image_bytes(data), name=f"row {i}")
+                for i, data in enumerate(frame[INPUT_COLUMN])
+            ]
+        except ImageReadError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
         detections = self.model.detect(images) if images else []
         return detections_frame(detections, self.model.class_names, self.heads)
+
+
+def image_bytes(value: Any) -> bytes:
+    """One `image` cell -> the encoded file's bytes. Base64 text (a str, or bytes made only of
+    base64 characters, which no PNG, JPEG, BMP, WebP or TIFF file is: each has a non-ASCII or
+    NUL byte in its header) is decoded; file bytes pass through."""
+    if isinstance(value, str):
+        value = value.encode("ascii", errors="replace")
+    data = bytes(value)
+    if data and _BASE64_TEXT.fullmatch(data):
+        try:
+            return base64.b64decode(b"".join(data.split()), validate=True)
+        except ValueError:
+            return data  # not valid base64 after all: read_image says what is wrong
+    return data
 
 
 def detections_frame(

@@ -3,6 +3,7 @@ round-trip to `Detections`, and the onnxruntime backend gives the torch backend'
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -132,10 +133,27 @@ def test_onnxruntime_backend_gives_the_torch_backends_detections(artifacts) -> N
     assert_same_detections(frame_detections(a, 2), frame_detections(b, 2), scales)
 
 
+def test_image_cells_may_be_file_bytes_or_base64() -> None:
+    png = _png_frame(synthetic_images()[:1])[pyfunc.INPUT_COLUMN][0]
+    text = base64.b64encode(png)
+    assert pyfunc.image_bytes(png) == png
+    assert pyfunc.image_bytes(text) == png == pyfunc.image_bytes(text.decode())
+    assert pyfunc.image_bytes(text[:40] + b"\n" + text[40:]) == png  # MIME line breaks
+    assert pyfunc.image_bytes(b"abc") == b"abc"  # not valid base64: left for read_image
+
+
 def test_backend_errors_say_what_to_do(artifacts) -> None:
     with pytest.raises(ValueError, match="logged without one .* load it with backend torch"):
         _loaded({"model": artifacts["model"]}, "onnxruntime")
     with pytest.raises(ValueError, match="backend must be one of torch, onnxruntime: 'trt'"):
         _loaded(artifacts, "trt")
-    with pytest.raises(ValueError, match="binary column 'image'"):
-        _loaded(artifacts).predict(None, pd.DataFrame({"img": [b""]}))
+    from mlflow.exceptions import MlflowException
+
+    model = _loaded(artifacts)
+    with pytest.raises(MlflowException, match="binary column 'image'") as e:
+        model.predict(None, pd.DataFrame({"img": [b""]}))
+    assert e.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="cannot read image row 1: ") as e:
+        good = _png_frame(synthetic_images()[:1])[pyfunc.INPUT_COLUMN][0]
+        model.predict(None, pd.DataFrame({"image": [good, b"\x89PN"]}))
+    assert e.value.get_http_status_code() == 400
