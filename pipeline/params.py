@@ -226,6 +226,10 @@ class ExportParams:
     # auto: register, except under `dvc exp run` (throwaway experiments stay out of the
     # registry); true / false: always / never (the model is still logged to its MLflow run).
     register: str = "auto"
+    # What the registered model's pyfunc (and `mlflow models serve`) runs by default: torch (the
+    # weights, eager PyTorch) or onnxruntime (the checked ONNX file; needs portable: true and a
+    # model with boxes + masks only, no keypoint or MaskIoU head).
+    pyfunc_backend: str = "torch"
 
     @staticmethod
     def normalize(d: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +244,16 @@ class ExportParams:
         check(name_ok is not None, "registered_model", "must be letters, digits, '.', '_', '-'")
         key_ok = re.fullmatch(r"\w+(\.\w+)*", self.champion_metric)
         check(key_ok is not None, "champion_metric", "must be a key of eval.json, e.g. segm.AP")
+        check(
+            self.pyfunc_backend in ("torch", "onnxruntime"),
+            "pyfunc_backend",
+            "must be torch or onnxruntime",
+        )
+        check(
+            self.pyfunc_backend != "onnxruntime" or self.portable,
+            "pyfunc_backend",
+            "onnxruntime runs the ONNX file: set portable: true as well",
+        )
 
 
 @dataclass

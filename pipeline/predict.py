@@ -6,9 +6,13 @@
 `--model` is `models:/NAME@ALIAS`, `models:/NAME/VERSION` (or `/latest`), pulled from the
 registry of `mlflow.tracking_uri` in params.yaml; or a local folder, either in
 `mrcnn.weights.save` format (config.json + model.safetensors, e.g. `models/final`) or a
-downloaded MLflow model (with its `MLmodel` file). From the registry only the weights folder is
-downloaded and `mrcnn.weights.load` rebuilds the model: the same weights and code the pyfunc
-uses, without MLflow's per-call DataFrame round trip.
+downloaded MLflow model (with its `MLmodel` file); or a whole-model ONNX file
+(`models/export/model.onnx`). `--backend torch` rebuilds the network from the weights
+(`mrcnn.weights.load`), `--backend onnxruntime` runs the ONNX file (`mrcnn.onnx_model.OnnxModel`,
+the same detections within the export's parity tolerances); the default `auto` takes
+onnxruntime for an .onnx file, the registered model's own `export.pyfunc_backend`, else torch
+(`pipeline.predict_model`). From the registry only the files that backend needs are downloaded:
+the same files and code the pyfunc uses, without MLflow's per-call DataFrame round trip.
 
 `--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif
 .tiff; 8/16-bit, gray, RGBA and palette images are converted to RGB, EXIF orientation is
@@ -38,38 +42,31 @@ creates an empty store).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from mrcnn.images import ImageReadError, read_image
 from pipeline.params import MlflowParams, PredictParams, load_section
+from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_map: public API)
+    BACKENDS,
+    HOW_TO_CREATE,
+    ModelNotFoundError,
+    load_predictor,
+    locate,
+    read_class_map,
+    resolve_model,
+)
 from pipeline.prediction_outputs import ImageInput, PredictionWriter, collect_inputs
 from pipeline.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
-
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
-HOW_TO_CREATE = (
-    "Create one with `dvc repro` (train, evaluate, export) or `python -m pipeline.export` "
-    "after training."
-)
-
-
-class ModelNotFoundError(LookupError):
-    """`--model` names nothing loadable; the message lists what exists and how to create it."""
-
-    def __str__(self) -> str:  # LookupError's default repr-quotes the message
-        return str(self.args[0]) if self.args else ""
 
 
 def run(
@@ -83,6 +80,7 @@ def run(
     tile: int | None = None,
     tile_overlap: float = 0.2,
     skip_bad: bool | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Predict on every image of `inputs`; returns what `images.json` holds.
 
@@ -90,18 +88,15 @@ def run(
     tile:     None: tile images >= 3x the model input (at the input size); 0: never; N: tile
               every image larger than N px at N px
     skip_bad: accepted for old callers; skipping is the default now (see `strict`)
+    backend:  auto | torch | onnxruntime (`pipeline.predict_model`)
     """
-    from mrcnn import weights
-
     del skip_bad
     files = collect_inputs(inputs)
     with tempfile.TemporaryDirectory(prefix="mrcnn-model-") as tmp:
-        weights_dir, source = resolve_model(model, tracking_uri, Path(tmp))
-        net = weights.load(weights_dir, resolve_device(params.device, "predict.device"))
-        class_map = read_class_map(weights_dir, net.num_classes)
-    if params.score_thresh >= 0:
-        net.roi_heads.score_thresh = params.score_thresh
-    state = PredictionWriter(out_dir, net, class_map, source)
+        found = locate(model, tracking_uri, Path(tmp), backend)
+        device = resolve_device(params.device, "predict.device")
+        net, class_map = load_predictor(found, device, params.score_thresh)
+    state = PredictionWriter(out_dir, net, class_map, found.source)
     progress = tqdm(total=len(files), desc="predict", unit="img", disable=None)
     try:
         pending: list[tuple[int, ImageInput, np.ndarray]] = []
@@ -148,122 +143,20 @@ def _tile_size(image: np.ndarray, image_size: int, tile: int | None) -> int:
     return tile if tile > 0 and max(h, w) > tile else 0
 
 
-def resolve_model(spec: str, tracking_uri: str | None, workdir: Path) -> tuple[Path, dict]:
-    """`--model` -> (folder in `mrcnn.weights.save` format, description of the source).
-
-    Registry models are downloaded into `workdir` (only the weights folder).
-    """
-    m = _MODELS_URI.match(spec)
-    if m:
-        return _pull_registered(m["name"], m["alias"], m["version"], tracking_uri, workdir)
-    if spec.startswith(("models:/", "runs:/")):
-        raise ModelNotFoundError(
-            f"cannot read --model {spec!r}: use models:/NAME@ALIAS, models:/NAME/VERSION or a "
-            "local folder"
-        )
-    return _local_model(Path(spec)), {"path": str(Path(spec).resolve())}
-
-
-def _local_model(path: Path) -> Path:
-    from mrcnn.weights import CONFIG_FILE, WEIGHTS_FILE
-
-    if not path.exists():
-        raise ModelNotFoundError(f"model folder {path} does not exist. {HOW_TO_CREATE}")
-    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        return path
-    if (path / "MLmodel").is_file():  # a downloaded MLflow model
-        return path / _weights_subpath(path / "MLmodel")
-    raise ModelNotFoundError(
-        f"{path} is not a saved model: expected {CONFIG_FILE} + {WEIGHTS_FILE} "
-        "(mrcnn.weights.save) or an MLflow model folder with an MLmodel file"
-    )
-
-
-def _weights_subpath(mlmodel: Path) -> str:
-    """The weights folder of a logged model, from its MLmodel file (artifact key "model")."""
-    doc = yaml.safe_load(mlmodel.read_text()) or {}
-    try:
-        return doc["flavors"]["python_function"]["artifacts"]["model"]["path"]
-    except (KeyError, TypeError):
-        raise ModelNotFoundError(
-            f"{mlmodel} is not a model logged by pipeline.export (no 'model' artifact)"
-        ) from None
-
-
-def _pull_registered(
-    name: str, alias: str | None, version: str | None, uri: str | None, workdir: Path
-) -> tuple[Path, dict]:
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.tracking.store import redact
-
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    where = redact(mlflow.get_tracking_uri())
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        names = [m.name for m in client.search_registered_models(max_results=50)]
-        listing = ", ".join(names) if names else "none"
-        raise ModelNotFoundError(
-            f"no registered model '{name}' in {where} (registered models: {listing}). "
-            + HOW_TO_CREATE
-        ) from None
-    aliases = {a: str(v) for a, v in registered.aliases.items()}
-    if alias is not None:
-        if alias not in aliases:
-            listing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
-            raise ModelNotFoundError(
-                f"registered model '{name}' has no alias '{alias}' (aliases: {listing}). "
-                + HOW_TO_CREATE
-            )
-        version = aliases[alias]
-    else:
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-        if version in (None, "latest"):
-            if not versions:
-                raise ModelNotFoundError(f"registered model '{name}' has no versions")
-            version = str(versions[-1])
-        elif not version.isdigit() or int(version) not in versions:
-            raise ModelNotFoundError(
-                f"registered model '{name}' has no version {version!r} (versions: "
-                f"{', '.join(map(str, versions)) or 'none'})"
-            )
-    base = f"models:/{name}/{version}"
-    mlmodel = mlflow.artifacts.download_artifacts(f"{base}/MLmodel", dst_path=str(workdir))
-    sub = _weights_subpath(Path(mlmodel))
-    local = mlflow.artifacts.download_artifacts(f"{base}/{sub}", dst_path=str(workdir))
-    log.info("pulled %s v%s%s from %s", name, version, f" (@{alias})" if alias else "", where)
-    source = {"registered_model": name, "version": int(version), "alias": alias, "uri": base}
-    return Path(local), source
-
-
-def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None:
-    """{label: dataset category id} from the saved model's config.json class map (the shape of
-    `mrcnn.data.read_class_map`, covering every foreground label 1..K-1), or None without one."""
-    from mrcnn.data import category_ids
-    from mrcnn.data import read_class_map as parse
-    from mrcnn.weights import CONFIG_FILE
-
-    raw = json.loads((weights_dir / CONFIG_FILE).read_text()).get("class_map")
-    if raw is None:
-        return None
-    try:
-        return category_ids(parse(raw, num_classes))
-    except ValueError as e:
-        raise ValueError(f"class_map in {weights_dir / CONFIG_FILE}: {e}") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     from pipeline.tracking.store import TrackingError, check_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or a model folder")
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, a model folder or a .onnx file"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="torch (the weights) or onnxruntime (the ONNX file); auto: onnxruntime for a .onnx "
+        "file, the registered model's own backend, else torch (default: %(default)s)",
+    )
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--params", default="params.yaml", help="default: %(default)s")
@@ -299,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             strict=args.strict,
             tile=args.tile,
             tile_overlap=args.tile_overlap,
+            backend=args.backend,
         )
     except (ModelNotFoundError, ImageReadError, FileNotFoundError, TrackingError, ValueError) as e:
         log.error("%s", e)

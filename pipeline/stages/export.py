@@ -16,7 +16,8 @@
 4. With `export.portable: true`, writes `models/export/model.onnx`, the whole inference graph
    (`mrcnn.export.to_onnx`), checks it against eager PyTorch on up to 8 val images (the shards'
    val split; seeded images when there is none) and logs it to the run; a file whose
-   detections do not match is removed and the export fails.
+   detections do not match is removed and the export fails. The registered model carries the
+   checked file too (artifact `onnx`), and runs it when `export.pyfunc_backend` is onnxruntime.
 5. Writes `models/export/export.json`: version, alias, URIs, metric, decision.
 """
 
@@ -68,6 +69,7 @@ def run(
 
     from mrcnn import export as portable_export
     from mrcnn import weights
+    from pipeline.tracking import pyfunc
 
     evals = read_json(paths.eval_metrics, "run `python -m pipeline.evaluate` (or `dvc repro`)")
     value = registry.metric_value(evals, params.champion_metric, paths.eval_metrics)
@@ -76,6 +78,12 @@ def run(
     if not train_run:
         log.warning("%s not found: the model gets a run of its own", paths.train_run)
     model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
+    heads = pyfunc.model_heads(model)
+    if params.pyfunc_backend == "onnxruntime" and heads != pyfunc.Heads():
+        raise registry.ExportError(
+            f"export.pyfunc_backend: onnxruntime serves boxes and masks only, and this model has "
+            f"{heads}: set export.pyfunc_backend: torch"
+        )
 
     sha256 = file_digest(paths.model_dir / weights.WEIGHTS_FILE)
     info = {
@@ -111,6 +119,7 @@ def run(
             portable = portable_export.export_portable(
                 model, paths.out_dir / PORTABLE_FILE, val_images(paths.manifests, CHECK_IMAGES)
             )
+            portable["sha256"] = file_digest(Path(portable["file"]))
             mlflow.log_artifact(portable["file"], artifact_path="portable")
             tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
             tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
@@ -120,7 +129,12 @@ def run(
         new_version = register and version is None
         logged_uri = None
         if version is None:  # weights not registered yet (or not registering): log them
-            logged_uri = registry.log_model(paths.model_dir).model_uri
+            logged_uri = registry.log_model(
+                paths.model_dir,
+                heads=heads,
+                onnx_file=paths.out_dir / PORTABLE_FILE if portable else None,
+                backend=params.pyfunc_backend,
+            ).model_uri
         if new_version:
             version = registry.register(name, logged_uri, tags, description)
         elif version is not None:

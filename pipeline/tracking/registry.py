@@ -1,13 +1,17 @@
 """The MLflow model registry: log a trained model without pickle, register it, move aliases.
 
 The model is logged as MLflow "models from code": `pipeline/tracking/pyfunc.py` as the pyfunc's
-code, the `mrcnn` package as its code path and the `mrcnn.weights.save` folder as its `model`
-artifact. A version is registered once per weights file: weights already registered (same
-sha256, tag `weights.sha256`) keep their version, which only gets the new metrics and aliases
-(`find_version`). A version carries a description (data, preset, AP: `describe`) and a few
-readable tags (`version_tags`). Alias `champion` moves only to a version whose metric strictly
-beats the champion's; otherwise the version gets `challenger`. Under `dvc exp run` nothing is
-registered unless `export.register` is true (`should_register`).
+code, the `mrcnn` package as its code path, the `mrcnn.weights.save` folder as its `model`
+artifact and the checked ONNX file (when exported) as its `onnx` artifact; model_config
+`backend` (`export.pyfunc_backend`) says which of the two the pyfunc runs.
+
+A version is registered once per weights file: weights already registered (same sha256, tag
+`weights.sha256`) keep their version, which only gets the new metrics and aliases
+(`find_version`; its backend and ONNX file stay those it was logged with). A version carries
+a description (data, preset, AP: `describe`) and a few readable tags (`version_tags`). Alias
+`champion` moves only to a version whose metric strictly beats the champion's; otherwise the
+version gets `challenger`. Under `dvc exp run` nothing is registered unless `export.register`
+is true (`should_register`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
-MODEL_ARTIFACT = "model"  # the key `MaskRCNNModel.load_context` reads
+MODEL_ARTIFACT = "model"  # the weights folder `MaskRCNNModel.load_context` reads
 PARAM_SECTIONS = ("shards", "model", "train")  # the params.yaml sections training used
 METRIC_TAG = "metrics."
 WEIGHTS_TAG = "weights.sha256"
@@ -50,26 +54,43 @@ class ExportError(RuntimeError):
     """Export cannot go on; the message says why and what to do."""
 
 
-def log_model(model_dir: Path) -> Any:
-    """Log the saved model as a models-from-code pyfunc into the active run -> ModelInfo."""
+def log_model(
+    model_dir: Path,
+    *,
+    heads: Any = None,
+    onnx_file: Path | None = None,
+    backend: str = "torch",
+) -> Any:
+    """Log the saved model as a models-from-code pyfunc into the active run -> ModelInfo.
+
+    heads:     `pipeline.tracking.pyfunc.Heads` of the model (which output columns the
+               signature lists; default: boxes + masks)
+    onnx_file: the checked whole-model ONNX file, logged as artifact `onnx` (with onnxruntime
+               among the requirements) so the pyfunc can run it
+    backend:   the pyfunc's default backend, "torch" or "onnxruntime" (model_config `backend`;
+               "onnxruntime" needs `onnx_file`)
+    """
     import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
 
     import mrcnn
     from mrcnn import weights
-    from pipeline.tracking.pyfunc import INPUT_COLUMN, OUTPUT_COLUMNS
+    from pipeline.tracking.pyfunc import BACKENDS, ONNX_ARTIFACT, Heads
 
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
-        outputs=Schema([ColSpec(t, name) for name, t in OUTPUT_COLUMNS]),
-    )
+    if backend not in BACKENDS:
+        raise ExportError(f"export.pyfunc_backend must be one of {', '.join(BACKENDS)}: {backend}")
+    if backend == "onnxruntime" and onnx_file is None:
+        raise ExportError(
+            "export.pyfunc_backend: onnxruntime needs the ONNX file: set export.portable: true"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         # Only the two files `mrcnn.weights.load` reads travel with the model.
         staged = Path(tmp) / "weights"
         staged.mkdir()
         for name in (weights.WEIGHTS_FILE, weights.CONFIG_FILE):
             shutil.copy2(model_dir / name, staged / name)
+        artifacts = {MODEL_ARTIFACT: str(staged)}
+        if onnx_file is not None:
+            artifacts[ONNX_ARTIFACT] = str(onnx_file)
         with warnings.catch_warnings():
             # An input example would run the model while logging; the signature says enough.
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")
@@ -77,17 +98,34 @@ def log_model(model_dir: Path) -> Any:
             return mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(MODEL_CODE),
-                artifacts={MODEL_ARTIFACT: str(staged)},
+                artifacts=artifacts,
                 code_paths=[str(Path(mrcnn.__file__).parent)],
-                pip_requirements=requirements(),
-                signature=signature,
+                pip_requirements=requirements(onnx=onnx_file is not None),
+                signature=signature(heads or Heads()),
+                model_config={"backend": backend},
             )
 
 
-def requirements() -> list[str]:
-    """Pinned requirements of the logged model (local version labels such as +cu130 dropped)."""
+def signature(heads: Any) -> Any:
+    """The pyfunc's `ModelSignature`: a binary column `image` in, `output_columns(heads)` out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
+
+    from pipeline.tracking.pyfunc import FLOAT_ARRAY, INPUT_COLUMN, output_columns
+
+    outputs = [
+        ColSpec(Array(DataType.double) if t == FLOAT_ARRAY else t, name)
+        for name, t in output_columns(heads)
+    ]
+    return ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema(outputs))
+
+
+def requirements(onnx: bool = False) -> list[str]:
+    """Pinned requirements of the logged model (local version labels such as +cu130 dropped);
+    `onnx`: with onnxruntime, for a model that carries its ONNX file."""
     out = []
-    for dist in ("mlflow", *_REQUIREMENTS):
+    for dist in ("mlflow", *_REQUIREMENTS, *(("onnxruntime",) if onnx else ())):
         try:
             out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import DataParams, InspectParams, ShardsParams, TrainParams, load_section
+from pipeline.params import (
+    DataParams,
+    ExportParams,
+    InspectParams,
+    ShardsParams,
+    TrainParams,
+    load_section,
+)
 from tests import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -74,6 +81,11 @@ def test_missing_section_and_keys_keep_defaults(tmp_path):
             "train:\n  scale_jitter: [0.5, 2]\n  short_sides: [64]\n",
             "params key 'train.short_sides' excludes scale_jitter",
         ),
+        ("export:\n  pyfunc_backend: tensorrt\n", "'export.pyfunc_backend' must be torch or"),
+        (
+            "export:\n  pyfunc_backend: onnxruntime\n  portable: false\n",
+            "'export.pyfunc_backend' onnxruntime runs the ONNX file: set portable: true",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
@@ -84,6 +96,7 @@ def test_bad_params_name_the_key(tmp_path, text, message):
         "shards": ShardsParams,
         "inspect": InspectParams,
         "train": TrainParams,
+        "export": ExportParams,
     }[section]
     with pytest.raises(ValueError, match=re.escape(message)):
         load_section(p, section, cls)

@@ -12,12 +12,21 @@ from PIL import Image
 from mrcnn.coco_results import decode_masks
 from pipeline import predict
 from pipeline.params import PredictParams
+from tests.pipeline.parity import BOX_TOL, assert_same_results
 from tests.pipeline.registry_helpers import save_model, synthetic_images, tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tiny_model(), tmp_path_factory.mktemp("models") / "final")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model_dir: Path) -> Path:
+    """The same model as a whole-model ONNX file (batch 1, as the export stage writes it)."""
+    from mrcnn.export import to_onnx
+
+    return to_onnx(tiny_model(), model_dir.parent / "export" / "model.onnx")
 
 
 def _folder_with_a_bad_file(tmp_path: Path) -> Path:
@@ -245,3 +254,53 @@ def test_local_mlflow_model_folder_is_accepted(model_dir: Path, tmp_path: Path) 
     weights_dir, _ = predict.resolve_model(str(tmp_path / "dl"), None, tmp_path)
     assert (weights_dir / "model.safetensors").is_file()
     assert (weights_dir / "config.json").read_bytes() == (model_dir / "config.json").read_bytes()
+
+
+def _images_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(synthetic_images()):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("score_thresh", [-1.0, 0.2831])
+def test_both_backends_write_the_same_detections(
+    model_dir: Path, onnx_file: Path, tmp_path: Path, score_thresh: float
+) -> None:
+    """torch on the weights and onnxruntime on the ONNX file (auto for an .onnx path) write the
+    same results within the export's parity tolerances; a raised threshold filters both alike."""
+    folder = _images_folder(tmp_path)
+    params = PredictParams(score_thresh=score_thresh)
+    eager = predict.run(str(model_dir), [folder], tmp_path / "torch", params)
+    onnx = predict.run(str(onnx_file), [folder], tmp_path / "onnx", params)
+    assert eager["model"]["backend"] == "torch" and onnx["model"]["backend"] == "onnxruntime"
+    assert onnx["score_thresh"] == eager["score_thresh"] == (0.0 if score_thresh < 0 else 0.2831)
+    want = json.loads((tmp_path / "torch" / "results.json").read_text())
+    got = json.loads((tmp_path / "onnx" / "results.json").read_text())
+    # Untrained: 10 detections per image, scores 0.278..0.289; 0.2831 keeps 6 of image 0's.
+    assert len(want) == (20 if score_thresh < 0 else 6)
+    scale = min(128 / max(im.shape[:2]) for im in synthetic_images())
+    assert_same_results(want, got, BOX_TOL / scale)
+    assert (tmp_path / "onnx" / "overlays" / "imgs" / "1.png").is_file()
+
+
+def test_onnx_backend_refuses_what_it_cannot_do(
+    model_dir: Path, onnx_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _images_folder(tmp_path)
+    with pytest.raises(SystemExit):
+        _cli(onnx_file, [folder], tmp_path / "a", "--backend", "torch")
+    assert "is an ONNX file: run it with --backend onnxruntime" in caplog.text
+    with pytest.raises(SystemExit):
+        _cli(model_dir, [folder], tmp_path / "b", "--backend", "onnxruntime")
+    assert "holds weights, not an ONNX file" in caplog.text
+    from mrcnn.export import to_onnx
+
+    net = tiny_model()
+    net.roi_heads.score_thresh = 0.2831  # traced into the graph, recorded in its metadata
+    strict = to_onnx(net, tmp_path / "strict.onnx")
+    summary = predict.run(str(strict), [folder], tmp_path / "c", PredictParams())
+    assert summary["score_thresh"] == 0.2831 and summary["num_detections"] == 6
+    with pytest.raises(ValueError, match=r"below the ONNX file's 0.2831 .* --backend torch"):
+        predict.run(str(strict), [folder], tmp_path / "d", PredictParams(score_thresh=0.1))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -25,6 +26,7 @@ from pipeline.stages import export
 from pipeline.tracking import registry as reg
 from pipeline.tracking.pyfunc import frame_detections
 from pipeline.tracking.store import start_run
+from tests.pipeline.parity import BOX_TOL, assert_same_detections, assert_same_results
 from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_images, tiny_model
 
 NAME = "mrcnn-test"
@@ -43,17 +45,30 @@ SECTIONS = {
 RUN_NAME = "shapes-shapes-small-0123abcd"
 
 
-def _write_params(root: Path, portable: bool, register: str | bool = "auto") -> None:
+def _write_params(
+    root: Path, portable: bool, register: str | bool = "auto", backend: str = "torch"
+) -> None:
+    export_section = {
+        "registered_model": NAME,
+        "portable": portable,
+        "register": register,
+        "pyfunc_backend": backend,
+    }
     doc = {
         "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "mrcnn"},
-        "export": {"registered_model": NAME, "portable": portable, "register": register},
+        "export": export_section,
         **SECTIONS,
     }
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
 
 
 def _export(
-    root: Path, segm_ap: float, train_run_id: str, portable: bool, register: str | bool = "auto"
+    root: Path,
+    segm_ap: float,
+    train_run_id: str,
+    portable: bool,
+    register: str | bool = "auto",
+    backend: str = "torch",
 ) -> dict:
     (root / "metrics").mkdir(exist_ok=True)
     evals = {"bbox": {"AP": segm_ap / 2, "AP50": 0.9}, "segm": {"AP": segm_ap, "AP50": 0.8}}
@@ -61,7 +76,7 @@ def _export(
     (root / "metrics" / "train.json").write_text(json.dumps({"iterations": 5}))
     run_info = {"mlflow_run_id": train_run_id, "data_source": "shapes", "run_name": RUN_NAME}
     (root / "metrics" / "train_run.json").write_text(json.dumps(run_info))
-    _write_params(root, portable, register)
+    _write_params(root, portable, register, backend)
     export.main(["--params", str(root / "params.yaml")])
     return json.loads((root / "models" / "export" / "export.json").read_text())
 
@@ -74,7 +89,8 @@ def _aliases(uri: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Three exports of three tiny models (other weights each) with mask AP 0.5, 0.4, 0.6."""
+    """Three exports of three tiny models (other weights each) with mask AP 0.5, 0.4, 0.6; the
+    first with its ONNX file and pyfunc backend onnxruntime."""
     root = tmp_path_factory.mktemp("project")
     uri = fresh_store(root)
     manifest = root / "data" / "shards" / "train" / "manifest.json"
@@ -88,12 +104,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
     plan = zip(models, (0.5, 0.4, 0.6), runs, (True, False, False), strict=True)
     for model, ap, run_id, portable in plan:
         save_model(model, root / "models" / "final", extra={"class_map": CLASS_MAP})
-        exports.append(_export(root, ap, run_id, portable=portable))
+        backend = "onnxruntime" if portable else "torch"
+        exports.append(_export(root, ap, run_id, portable=portable, backend=backend))
         aliases.append(_aliases(uri))
     return {
         "root": root,
         "uri": uri,
         "model": models[2],  # the champion's
+        "models": models,
         "train_id": train_id,
         "exports": exports,
         "aliases": aliases,
@@ -219,6 +237,62 @@ def test_portable_file_was_checked_and_logged(registry: dict, tmp_path: Path) ->
     assert not (registry["root"] / "models" / "export" / "model.onnx").exists()
 
 
+def test_portable_model_carries_its_onnx_file_and_runs_it(registry: dict, tmp_path: Path):
+    """Version 1 (portable, pyfunc_backend onnxruntime) runs its ONNX file through the pyfunc;
+    `model_config` at load time picks the torch backend of the same model instead."""
+    mlflow.set_tracking_uri(registry["uri"])
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(tmp_path)))
+    pyfunc = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc["config"] == {"backend": "onnxruntime"}  # MLflow keeps model_config here
+    assert set(pyfunc["artifacts"]) == {"model", "onnx"}
+    onnx_file = local / pyfunc["artifacts"]["onnx"]["path"]
+    assert file_digest(onnx_file) == registry["exports"][0]["portable"]["sha256"]
+    assert "onnxruntime==" in (local / "requirements.txt").read_text()
+    v3 = yaml.safe_load(
+        Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/3/MLmodel")).read_text()
+    )["flavors"]["python_function"]
+    assert v3["config"] == {"backend": "torch"} and set(v3["artifacts"]) == {"model"}
+
+    images = synthetic_images()
+    frame = pd.DataFrame({"image": [p.read_bytes() for p in _save_pngs(images, tmp_path)]})
+    onnx = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    eager = mlflow.pyfunc.load_model(f"models:/{NAME}/1", model_config={"backend": "torch"})
+    expected = registry["models"][0].detect(images)
+    got_onnx = frame_detections(onnx.predict(frame), len(images))
+    got_eager = frame_detections(eager.predict(frame), len(images))
+    assert [len(d) for d in got_onnx] == [len(d) for d in expected] == [10, 10]
+    assert_same_detections(expected, got_onnx, [128 / max(im.shape[:2]) for im in images])
+    for e, g in zip(expected, got_eager, strict=True):
+        np.testing.assert_array_equal(g.masks, e.masks)
+        np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=1e-4)
+
+
+def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(reg.ExportError, match="set export.portable: true"):
+        reg.log_model(tmp_path, backend="onnxruntime")
+    import torch
+
+    from mrcnn import presets
+    from mrcnn.model import build_model
+
+    torch.manual_seed(0)
+    kp = {"count": 3, "head_channels": 8, "head_convs": 1}
+    save_model(build_model(presets.shapes_small(keypoints=kp)), tmp_path / "models/final")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"segm": {"AP": 0.5}}))
+    paths = export.ExportPaths(
+        model_dir=tmp_path / "models/final",
+        eval_metrics=tmp_path / "metrics/eval.json",
+        train_run=tmp_path / "metrics/train_run.json",
+        train_metrics=tmp_path / "metrics/train.json",
+        out_dir=tmp_path / "models/export",
+    )
+    params = ExportParams(pyfunc_backend="onnxruntime")
+    with pytest.raises(reg.ExportError, match="boxes and masks only.*keypoints=3"):
+        export.run(paths, params, tracking_uri="sqlite:///unused.db", experiment="x")
+    assert not (tmp_path / "unused.db").exists() and not paths.out_dir.exists()
+
+
 _PYFUNC_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -290,6 +364,7 @@ def test_predict_by_alias_gives_the_in_memory_detections(registry: dict, tmp_pat
         "version": 3,
         "alias": "champion",
         "uri": f"models:/{NAME}/3",
+        "backend": "torch",
     }
     class_map = {int(k): v for k, v in CLASS_MAP.items()}
     want = []
@@ -301,6 +376,25 @@ def test_predict_by_alias_gives_the_in_memory_detections(registry: dict, tmp_pat
     for i, im in enumerate(images):
         overlay = np.asarray(Image.open(out / "overlays" / "imgs" / f"img{i}.png"))
         assert overlay.shape == im.shape and not np.array_equal(overlay, im)
+
+
+def test_predict_runs_a_registered_onnx_model_on_onnxruntime(registry: dict, tmp_path: Path):
+    """models:/NAME/1 was exported with pyfunc_backend onnxruntime: predict's auto backend runs
+    its ONNX file (only that and config.json are pulled) and writes the eager detections."""
+    images = synthetic_images()
+    _save_pngs(images, tmp_path / "imgs")
+    out = tmp_path / "out"
+    summary = predict.run(
+        f"models:/{NAME}/1", [tmp_path / "imgs"], out, PredictParams(), tracking_uri=registry["uri"]
+    )
+    assert summary["model"]["backend"] == "onnxruntime" and summary["model"]["version"] == 1
+    class_map = {int(k): v for k, v in CLASS_MAP.items()}
+    want = []
+    for i, det in enumerate(registry["models"][0].detect(images)):
+        want += to_coco_results(det, i + 1, class_map, file_name=f"imgs/img{i}.png")
+    got = json.loads((out / "results.json").read_text())
+    scale = min(128 / max(im.shape[:2]) for im in images)
+    assert_same_results(json.loads(json.dumps(want)), got, BOX_TOL / scale)
 
 
 def _predict_cli(registry: dict, model: str, tmp_path: Path) -> None:
