@@ -120,6 +120,21 @@ def run(
                 model, paths.out_dir / PORTABLE_FILE, val_images(paths.manifests, CHECK_IMAGES)
             )
             portable["sha256"] = file_digest(Path(portable["file"]))
+            portable["heads_not_in_graph"] = [
+                name
+                for name, present in (
+                    ("keypoints", heads.keypoints > 0),
+                    ("mask_scores", heads.mask_scores),
+                )
+                if present
+            ]
+            if portable["heads_not_in_graph"]:
+                log.warning(
+                    "%s holds boxes, scores, labels and masks only: this model's %s are not in "
+                    "it (the torch backend serves them)",
+                    PORTABLE_FILE,
+                    " and ".join(portable["heads_not_in_graph"]),
+                )
             mlflow.log_artifact(portable["file"], artifact_path="portable")
             tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
             tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"

@@ -5,6 +5,7 @@ through `pipeline.predict`) gives exactly the in-memory model's detections."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -267,7 +268,9 @@ def test_portable_model_carries_its_onnx_file_and_runs_it(registry: dict, tmp_pa
         np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=1e-4)
 
 
-def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(tmp_path: Path) -> None:
+def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(reg.ExportError, match="set export.portable: true"):
         reg.log_model(tmp_path, backend="onnxruntime")
     import torch
@@ -291,6 +294,12 @@ def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(tmp_path: 
     with pytest.raises(reg.ExportError, match="boxes and masks only.*keypoints=3"):
         export.run(paths, params, tracking_uri="sqlite:///unused.db", experiment="x")
     assert not (tmp_path / "unused.db").exists() and not paths.out_dir.exists()
+    # With the torch backend it exports; the ONNX file says what it leaves out, and so does the log
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.export"):
+        result = export.run(paths, ExportParams(register="false"), tracking_uri=uri, experiment="x")
+    assert result["portable"]["ok"] and result["portable"]["heads_not_in_graph"] == ["keypoints"]
+    assert "keypoints are not in it" in caplog.text
 
 
 _PYFUNC_SCRIPT = textwrap.dedent(
