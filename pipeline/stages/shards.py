@@ -29,6 +29,7 @@ from typing import Any
 
 from mrcnn.data import storage
 from mrcnn.data.coco import class_map, load_coco_split
+from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
@@ -37,9 +38,8 @@ from pipeline.params import SPLITS, DataParams, ShardsParams, load_section, to_d
 logger = logging.getLogger(__name__)
 
 
-# In a split uploaded by `--out URL`: the COCO annotations it was built from (val only: what
-# periodic validation needs; train annotations can be large and nothing remote reads them).
-ANNOTATIONS = "annotations.json"
+# The splits uploaded by `--out URL` with their COCO annotations (`GROUND_TRUTH`): val only, what
+# periodic validation needs (train annotations can be large and nothing remote reads them).
 GROUND_TRUTH_SPLITS = ("val",)
 
 
@@ -71,7 +71,7 @@ def _run_to_url(params: ShardsParams, raw_dir: Path, url: str) -> dict[str, Any]
         local = staging / split
         if split in GROUND_TRUTH_SPLITS:
             shutil.copyfile(
-                raw_dir / "annotations" / f"instances_{split}.json", local / ANNOTATIONS
+                raw_dir / "annotations" / f"instances_{split}.json", local / GROUND_TRUTH
             )
         storage.upload_split(local, storage.join(url, split))
     shutil.rmtree(staging, ignore_errors=True)

@@ -24,7 +24,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     try:
         params, cfg = sweep.trial_params(values)  # an impossible combination raises here
         sweep_tracking.log_trial_params(client, run_id, params, cfg)
-        config = driver.loop_config(params, cfg, Path(sweep.shards), sweep.tracking_uri, run_id)
+        config = driver.loop_config(params, cfg, sweep.shards, sweep.tracking_uri, run_id)
         result = driver.fit(
             config,
             params,

@@ -146,3 +146,19 @@ def ray_session(fault_file):
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_s3(fault_file, s3_server):
+    """A local Ray (with its dashboard, as the stages start it) whose workers see the S3
+    server's credentials and endpoint, as a cluster's nodes see them in their environment. Ray
+    workers inherit the environment of the Ray that spawns them, so a Ray started before the S3
+    server (e.g. `ray_session`'s) is restarted; later tests share this one."""
+    ray = pytest.importorskip("ray")
+    from pipeline.training.runtime import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
