@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from pipeline.sweep import tracking as sweep_tracking
@@ -29,7 +28,7 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
             config,
             params,
             f"trial-{trial_id}",
-            Path(sweep.trainer_storage),
+            sweep.trainer_storage,  # a folder or a URL
             callbacks=[TuneReportCallback()],
         )
         if result.error is not None:

@@ -5,7 +5,6 @@ names is deleted before anything is read)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -16,26 +15,11 @@ from mrcnn import presets
 from mrcnn.data import ShardDataset, storage
 from mrcnn.evaluation import predict_dataset
 from mrcnn.model import build_model
-from pipeline.params import ShardsParams, TrainParams
-from pipeline.stages import shards
+from pipeline.params import TrainParams
 from pipeline.training.periodic_eval import PeriodicEval, val_annotations
 from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-SHARDS = ShardsParams(image_size=64, mini_mask_shape=14, samples_per_shard=8, num_workers=1)
-
-
-@pytest.fixture()
-def s3_only_shards(tiny_shards, s3_bucket, tmp_path) -> str:
-    """The tiny dataset's shards written to S3 by the shards stage from a raw folder that is
-    then deleted: the bucket is the only place its val annotations are."""
-    raw = tmp_path / "raw"
-    shutil.copytree(tiny_shards.parent.parent / "data/raw/shapes", raw)
-    url = f"{s3_bucket}/shards"
-    shards.run(SHARDS, raw, url)
-    shutil.rmtree(raw)
-    return url
 
 
 def _model():
@@ -47,11 +31,11 @@ def _model():
     return build_model(cfg).eval()
 
 
-def test_val_ap_from_s3_equals_val_ap_from_the_folder(s3_only_shards, tiny_shards):
-    annotations = val_annotations(s3_only_shards)
-    assert annotations == f"{s3_only_shards}/val/annotations.json"
+def test_val_ap_from_s3_equals_val_ap_from_the_folder(s3_shards, tiny_shards):
+    annotations = val_annotations(s3_shards)
+    assert annotations == f"{s3_shards}/val/annotations.json"
     p = TrainParams(eval_images=4, batch_size=2)
-    remote = PeriodicEval({"shards": s3_only_shards, "val_annotations": annotations}, p)
+    remote = PeriodicEval({"shards": s3_shards, "val_annotations": annotations}, p)
     local = PeriodicEval(
         {"shards": str(tiny_shards), "val_annotations": val_annotations(tiny_shards)}, p
     )
@@ -74,18 +58,18 @@ def test_s3_shards_without_their_annotations_say_how_to_write_them(tiny_shards, 
 
 
 def test_annotations_that_are_not_the_ones_the_shards_were_built_from_are_refused(
-    s3_only_shards,
+    s3_shards,
 ):
-    url = f"{s3_only_shards}/val/annotations.json"
+    url = f"{s3_shards}/val/annotations.json"
     gt = json.loads(storage.read_text(url))
     gt["annotations"] = gt["annotations"][1:]
     storage.write_text(url, json.dumps(gt))
     with pytest.raises(ValueError, match="not the annotation file the val shards were built"):
-        PeriodicEval({"shards": s3_only_shards, "val_annotations": url}, TrainParams())
+        PeriodicEval({"shards": s3_shards, "val_annotations": url}, TrainParams())
 
 
 @pytest.mark.slow
-def test_training_validates_from_s3_only_shards(s3_only_shards, ray_s3, tmp_path: Path):
+def test_training_validates_from_s3_shards(s3_shards, ray_s3, tmp_path: Path):
     """`pipeline.train` with `--shards s3://...` and `train.eval_every`: rank 0 (a Ray worker)
     logs val AP read from the bucket."""
     from pipeline.params import MlflowParams
@@ -107,7 +91,7 @@ def test_training_validates_from_s3_only_shards(s3_only_shards, ray_s3, tmp_path
         storage_path=str(tmp_path / "runs"),
     )
     paths = TrainPaths(
-        shards=s3_only_shards,
+        shards=s3_shards,
         model_dir=tmp_path / "models/final",
         metrics=tmp_path / "metrics/train.json",
         run_info=tmp_path / "metrics/train_run.json",
@@ -121,4 +105,4 @@ def test_training_validates_from_s3_only_shards(s3_only_shards, ray_s3, tmp_path
     run_id = json.loads(paths.run_info.read_text())["mlflow_run_id"]
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "val/segm_AP")
     assert [m.step for m in history] == [2, 4]
-    assert ShardDataset(f"{s3_only_shards}/val").manifest["counts"]["images"] == 6
+    assert ShardDataset(f"{s3_shards}/val").manifest["counts"]["images"] == 6
