@@ -59,7 +59,11 @@ def test_sweep_with_tune_storage_and_shards_in_s3(
         trial = f"trial-{t['trial_id']}"
         assert f"{trial}/result.json" in keys  # Tune's per-trial results
         # Ray Train's checkpoints of the trial: iterations 2 and 4, with the weights.
-        checkpoints = {k.split("/")[2] for k in keys if k.startswith(f"train/{trial}/checkpoint_")}
+        checkpoints = {
+            k.split("/")[2]
+            for k in keys
+            if k.startswith(f"train/{trial}/checkpoint_") and k.count("/") == 3
+        }
         assert len(checkpoints) == 2, keys
         assert sum(k.endswith("/state.pt") for k in keys if k.startswith(f"train/{trial}/")) == 2
 
