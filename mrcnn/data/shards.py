@@ -14,6 +14,8 @@ A split folder (`data/shards/train/`) holds:
                           (`INDEX_COLUMNS`), so `ds[i]` is three `pread`s and no tar parsing
     manifest.json         counts, per-shard checksums, class map, the parameters used
     report.json           every skipped or converted record, with its reason
+    annotations.json      (val, in object storage only) the COCO annotations the split was
+                          built from, for validation where the raw folder is out of reach
 
 Why tar: it streams (sequential reads, any tool can list or extract it, the WebDataset loader
 reads it as is) and needs no dependency, while the index gives random access for `ds[i]`.
@@ -65,6 +67,7 @@ INDEX_COLUMNS = (
 MANIFEST = "manifest.json"
 INDEX = "index.npy"
 REPORT = "report.json"
+GROUND_TRUTH = "annotations.json"
 
 
 def shard_name(i: int) -> str:

@@ -233,12 +233,25 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_text(location: Location) -> str:
-    """The whole text file at a path or URL (FileNotFoundError when it is not there)."""
+def read_bytes(location: Location) -> bytes:
+    """The whole file at a path or URL (FileNotFoundError when it is not there)."""
     if is_url(location):
         fs, path = filesystem(str(location))
-        return fs.cat_file(path).decode()
-    return Path(str(location).removeprefix("file://")).read_text()
+        return fs.cat_file(path)
+    return Path(str(location).removeprefix("file://")).read_bytes()
+
+
+def read_text(location: Location) -> str:
+    """The whole text file at a path or URL (FileNotFoundError when it is not there)."""
+    return read_bytes(location).decode()
+
+
+def exists(location: Location) -> bool:
+    """Whether a file (or folder / prefix) is at a path or URL."""
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        return fs.exists(path)
+    return Path(str(location).removeprefix("file://")).exists()
 
 
 def write_text(location: Location, text: str) -> None:

@@ -6,18 +6,30 @@ Every split present in the raw folder is resized and padded (`shards.image_size`
 all splits, recorded in each manifest), and written as tar shards with an index, a manifest and
 a report of every skipped record. Uses all cores; an interrupted run resumes.
 
-    python -m pipeline.shards [--params params.yaml] [--raw DIR] [--out DIR]
+`--out s3://bucket/prefix` (any fsspec URL) builds each split in a local staging folder (one per
+URL under the system temp dir, so an interrupted build resumes there too), then uploads it with
+`mrcnn.data.storage.upload_split` (shards, index, report, the manifest last) and removes the
+staging copy. The val split also gets a copy of its COCO annotations (`annotations.json`, the
+file the manifest's `source.annotations_sha256` names), so periodic validation on a cluster
+reads them from the bucket like the shards (`pipeline.training.periodic_eval`). The manifest is
+the same as a local build's.
+
+    python -m pipeline.shards [--params params.yaml] [--raw DIR] [--out DIR | --out URL]
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from mrcnn.data import storage
 from mrcnn.data.coco import class_map, load_coco_split
+from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
@@ -26,9 +38,47 @@ from pipeline.params import SPLITS, DataParams, ShardsParams, load_section, to_d
 logger = logging.getLogger(__name__)
 
 
-def run(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Build the shards of every split found in `raw_dir` -> per-split counts."""
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+# The splits uploaded by `--out URL` with their COCO annotations (`GROUND_TRUTH`): val only, what
+# periodic validation needs (train annotations can be large and nothing remote reads them).
+GROUND_TRUTH_SPLITS = ("val",)
+
+
+def run(params: ShardsParams, raw_dir: Path, out_dir: Path | str) -> dict[str, Any]:
+    """Build the shards of every split found in `raw_dir` into `out_dir` (a folder, or a URL
+    such as s3://bucket/prefix) -> per-split counts."""
+    if storage.is_url(out_dir):
+        return _run_to_url(params, Path(raw_dir), str(out_dir))
+    return _build(params, Path(raw_dir), Path(str(out_dir).removeprefix("file://")))
+
+
+def staging_dir(url: str) -> Path:
+    """The local folder where the splits for `url` are built before upload (stable per URL, so
+    a build interrupted before its upload resumes)."""
+    key = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"mrcnn-shards-{key}"
+
+
+def _run_to_url(params: ShardsParams, raw_dir: Path, url: str) -> dict[str, Any]:
+    staging = staging_dir(url)
+    summary = _build(params, raw_dir, staging)
+    fs, root = storage.filesystem(url)
+    root = root.rstrip("/")
+    for stale in sorted(set(SPLITS) - set(summary)):
+        if fs.exists(f"{root}/{stale}"):
+            logger.warning("removing %s: %s has no %s split", f"{url}/{stale}", raw_dir, stale)
+            fs.rm(f"{root}/{stale}", recursive=True)
+    for split in summary:
+        local = staging / split
+        if split in GROUND_TRUTH_SPLITS:
+            shutil.copyfile(
+                raw_dir / "annotations" / f"instances_{split}.json", local / GROUND_TRUTH
+            )
+        storage.upload_split(local, storage.join(url, split))
+    shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
     ann_files = {s: raw_dir / "annotations" / f"instances_{s}.json" for s in SPLITS}
     splits = [s for s in SPLITS if ann_files[s].is_file()]
     if not splits:
@@ -70,7 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
     )
-    ap.add_argument("--out", type=Path, default=layout.SHARDS)
+    ap.add_argument(
+        "--out",
+        default=str(layout.SHARDS),
+        help="a folder or a URL (s3://bucket/prefix; credentials and AWS_ENDPOINT_URL from the "
+        "environment) (default %(default)s)",
+    )
     args = ap.parse_args(argv)
 
     def body() -> None:

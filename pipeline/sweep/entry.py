@@ -17,9 +17,13 @@ and `max_concurrent_trials` (`tune.max_concurrent_trials`, or the cluster's CPUs
 divided by one trial's) keeps Tune from starting trials that would wait for workers.
 
 Restarts: the Tune experiment lives in `<storage>/<name>` and each trial's TorchTrainer in
-`<storage>/<name>/train/trial-<id>`. Running the same command again restores the experiment
-(`Tuner.restore`): finished trials stay, unfinished ones start again and their TorchTrainer
-resumes from its last checkpoint (same run name and storage); `--fresh` starts over.
+`<storage>/<name>/train/trial-<id>`; `<storage>` (`tune.storage_path`, by default
+`<train.storage_path>/tune`) is a folder, or a URL such as s3://bucket/prefix that Tune, the
+trials and their workers reach through pyarrow with the credentials and `AWS_ENDPOINT_URL` of
+their own environment (what a multi-node cluster needs: no shared disk). Running the same
+command again restores the experiment (`Tuner.restore`): finished trials stay, unfinished ones
+start again and their TorchTrainer resumes from its last checkpoint (same run name and
+storage); `--fresh` starts over.
 
 Outputs (`<tune.out_dir>/<name>/`, by default `sweeps/shapes/`): `best_params.yaml` (the best
 trial's swept keys + the `dvc exp run -S ...` line), `trials.csv` / `trials.md`, `sweep.png`,
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import ShardDataset
+from mrcnn.data.storage import Location, exists, filesystem, is_url, join, read_text, write_text
 from mrcnn.fileio import json_digest
 from pipeline import cli, layout
 from pipeline.params import (
@@ -75,20 +80,23 @@ def run(
     sweep: Sweep,
     mlflow_params: MlflowParams,
     *,
-    storage: Path,
+    storage: Location,
     out_dir: Path,
     params_doc: dict[str, Any] | None = None,
     fresh: bool = False,
     retry_failed: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the sweep; write the reports; return the summary."""
+    """Run (or resume) the sweep; write the reports; return the summary.
+
+    `storage`: the Tune storage, a folder (made absolute here) or a URL (s3://bucket/prefix)."""
     store.check_tracking_uri(sweep.tracking_uri)
-    manifest = ShardDataset(Path(sweep.shards) / "train").manifest  # fails early without shards
-    exp_dir = storage / tp.name
+    manifest = ShardDataset(join(sweep.shards, "train")).manifest  # fails early without shards
+    storage = storage if is_url(storage) else Path(storage).resolve()
+    exp_dir = join(storage, tp.name)
     identity = _identity(tp, sweep, manifest)
-    if fresh and exp_dir.exists():
+    if fresh and exists(exp_dir):
         logger.info("--fresh: removing the previous sweep %s", exp_dir)
-        shutil.rmtree(exp_dir)
+        _remove_tree(exp_dir)
     state = _sweep_state(exp_dir, identity)
     init_ray()
     if tp.scheduler == "asha":
@@ -110,13 +118,12 @@ def run(
                 {f"space.{k}": json.dumps(v) for k, v in sweep.space.to_spec().items()}
             )
         state |= {"identity": identity, "parent_run_id": parent.info.run_id}
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / SWEEP_FILE).write_text(json.dumps(state, indent=2))
+        write_text(join(exp_dir, SWEEP_FILE), json.dumps(state, indent=2))
         sweep = replace(
             sweep,
             experiment_id=parent.info.experiment_id,
             parent_run_id=parent.info.run_id,
-            trainer_storage=str((exp_dir / "train").resolve()),
+            trainer_storage=str(join(exp_dir, "train")),
         )
         grid = _tuner(tp, sweep, storage, exp_dir, retry_failed).fit()
         records = trial_records(grid, sweep, tp.metric)
@@ -148,22 +155,31 @@ def _identity(tp: TuneParams, sweep: Sweep, manifest: dict[str, Any]) -> str:
     return json_digest(identity, length=12)
 
 
-def _sweep_state(exp_dir: Path, identity: str) -> dict[str, Any]:
-    path = exp_dir / SWEEP_FILE
-    if not path.exists():
+def _remove_tree(location: Location) -> None:
+    if is_url(location):
+        fs, path = filesystem(str(location))
+        fs.rm(path, recursive=True)
+    else:
+        shutil.rmtree(location)
+
+
+def _sweep_state(exp_dir: Location, identity: str) -> dict[str, Any]:
+    try:
+        state = json.loads(read_text(join(exp_dir, SWEEP_FILE)))
+    except FileNotFoundError:
         return {}
-    state = json.loads(path.read_text())
     if state.get("identity") != identity:
+        name, parent = str(exp_dir).rstrip("/").rsplit("/", 1)[::-1]
         raise ValueError(
-            f"sweep {exp_dir.name} in {exp_dir.parent} was started with other params (tune, "
+            f"sweep {name} in {parent} was started with other params (tune, "
             "train, model or data); resume it with those, or start over with --fresh, or "
             "pick another --name"
         )
-    logger.info("resuming sweep %s (MLflow run %s)", exp_dir.name, state.get("parent_run_id"))
+    logger.info("resuming sweep %s (MLflow run %s)", exp_dir, state.get("parent_run_id"))
     return state
 
 
-def _tuner(tp: TuneParams, sweep: Sweep, storage: Path, exp_dir: Path, retry_failed: bool):
+def _tuner(tp: TuneParams, sweep: Sweep, storage: Location, exp_dir: Location, retry_failed: bool):
     from ray import tune
 
     trainable = tune.with_resources(
@@ -206,7 +222,7 @@ def _tuner(tp: TuneParams, sweep: Sweep, storage: Path, exp_dir: Path, retry_fai
         ),
         run_config=tune.RunConfig(
             name=tp.name,
-            storage_path=str(storage.resolve()),
+            storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=tp.max_failures),
             verbose=1,
         ),
@@ -299,7 +315,7 @@ def _log_outcome(summary: dict[str, Any], files: dict[str, Path]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser("Ray Tune sweep over train/model params (tune).")
-    ap.add_argument("--shards", type=Path, default=layout.SHARDS)
+    ap.add_argument("--shards", default=str(layout.SHARDS), help="a folder or s3://bucket/prefix")
     ap.add_argument("--name", help="sweep name (default tune.name); the same name resumes")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     ap.add_argument("--retry-failed", action="store_true", help="on resume, rerun failed trials")
@@ -310,13 +326,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     root = layout.project_root(args.params)
-    shards = layout.under(root, args.shards)
-    if not (shards / "train" / "manifest.json").is_file():
+    shards = args.shards if is_url(args.shards) else layout.under(root, args.shards).resolve()
+    if not exists(join(shards, "train", "manifest.json")):
         raise FileNotFoundError(
-            f"no shards in {shards / 'train'}: build them with `dvc repro shards` "
+            f"no shards in {join(shards, 'train')}: build them with `dvc repro shards` "
             "(`make sweep` does it first)"
         )
-    manifest = ShardDataset(shards / "train").manifest
+    manifest = ShardDataset(join(shards, "train")).manifest
     dataset = {
         "num_classes": manifest["num_classes"],
         "image_size": manifest["image_size"],
@@ -325,14 +341,14 @@ def _main(args: argparse.Namespace) -> None:
     tp, sweep = load_sweep(args.params, dataset, args.name)
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
-    train_storage = Path(from_dict(TrainParams, sweep.sections["train"], "train").storage_path)
-    storage = Path(tp.storage_path) if tp.storage_path else train_storage / "tune"
-    sweep = replace(sweep, shards=str(shards.resolve()), tracking_uri=uri)
+    train_storage = from_dict(TrainParams, sweep.sections["train"], "train").storage_path
+    storage = tp.storage_path or join(train_storage, "tune")
+    sweep = replace(sweep, shards=str(shards), tracking_uri=uri)
     summary = run(
         tp,
         sweep,
         mlflow_params,
-        storage=layout.under(root, storage),
+        storage=storage if is_url(storage) else layout.under(root, storage),
         out_dir=layout.under(root, tp.out_dir),
         params_doc=load_params(args.params),
         fresh=args.fresh,

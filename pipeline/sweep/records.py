@@ -47,7 +47,9 @@ def trial_records(grid, sweep: Sweep, metric: str) -> list[TrialRecord]:
 
     # Every trial's config (a restored grid has none in the Result of a trial that never
     # reported).
-    configs = ExperimentAnalysis(grid.experiment_path).get_all_configs()
+    configs = ExperimentAnalysis(
+        grid.experiment_path, storage_filesystem=grid.filesystem
+    ).get_all_configs()  # the experiment may be in S3: its own filesystem reads it
     records = []
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial-")

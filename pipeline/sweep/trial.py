@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from pipeline.sweep import tracking as sweep_tracking
@@ -24,12 +23,12 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     try:
         params, cfg = sweep.trial_params(values)  # an impossible combination raises here
         sweep_tracking.log_trial_params(client, run_id, params, cfg)
-        config = driver.loop_config(params, cfg, Path(sweep.shards), sweep.tracking_uri, run_id)
+        config = driver.loop_config(params, cfg, sweep.shards, sweep.tracking_uri, run_id)
         result = driver.fit(
             config,
             params,
             f"trial-{trial_id}",
-            Path(sweep.trainer_storage),
+            sweep.trainer_storage,  # a folder or a URL
             callbacks=[TuneReportCallback()],
         )
         if result.error is not None:

@@ -34,7 +34,7 @@ class TuneParams:
     time_budget_s: float = 0.0  # stop starting / running trials after this; 0 = no budget
     max_concurrent_trials: int = 0  # 0 = from the cluster: CPUs (GPUs) / those of one trial
     max_failures: int = 0  # Tune restarts of a trial whose driver died (0: recorded as failed)
-    storage_path: str = ""  # Ray Tune storage; "" = <train.storage_path>/tune
+    storage_path: str = ""  # Ray Tune storage, a folder or s3://...; "" = <train.storage_path>/tune
     out_dir: str = "sweeps"  # best_params.yaml, trials table and picture: <out_dir>/<name>/
 
     def validate(self) -> None:

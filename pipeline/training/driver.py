@@ -98,7 +98,7 @@ def loop_config(
         "train": to_dict(params),
         "model": cfg.to_dict(),
         "shards": resolve(shards),
-        "val_annotations": str(val_annotations(Path(shards))) if params.eval_every else "",
+        "val_annotations": val_annotations(shards) if params.eval_every else "",
         "mlflow": {"tracking_uri": tracking_uri, "run_id": mlflow_run_id},
     }
 

@@ -4,18 +4,27 @@ Run by rank 0 every `train.eval_every` iterations (sweeps compare trials on it);
 `mrcnn.evaluation.predict_dataset` + `mrcnn.coco_eval.coco_evaluate` path as the evaluate stage,
 so the same fast path (masks encoded from their box crops, the faster-coco-eval backend), in
 this process (a few dozen images: worker processes would cost more than they save).
+
+Rank 0 may run on any node, so it reads everything itself from where the driver says, never
+from the driver's disk: the val shards (a folder every node sees, or a URL) and the val COCO
+annotations (`val_annotations`: the split's own `annotations.json` when it has one, as a split
+written by `pipeline.shards --out s3://...` does, else the file its manifest records), checked
+against the manifest's sha256 (annotations edited after the shards were built give wrong AP).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from mrcnn.coco_eval import coco_evaluate
-from mrcnn.data import ShardDataset
+from mrcnn.data import ShardDataset, storage
+from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.evaluation import predict_dataset
 from pipeline.params import TrainParams
 
@@ -26,11 +35,10 @@ class PeriodicEval:
     """`evaluate(model, iteration) -> {"bbox_AP", "segm_AP"}`, also logged to MLflow."""
 
     def __init__(self, config: dict[str, Any], p: TrainParams) -> None:
-        from pycocotools.coco import COCO
-
-        self.val = ShardDataset(Path(config["shards"]) / "val")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints
-            self.gt = COCO(config["val_annotations"])
+        self.val = ShardDataset(
+            storage.join(config["shards"], "val"), cache_dir=p.shard_cache or None
+        )
+        self.gt = load_ground_truth(config["val_annotations"], self.val.manifest)
         n = min(p.eval_images, len(self.val))
         self.image_ids = [int(self.val.read_meta(i)["image_id"]) for i in range(n)]
         self.batch_size = p.batch_size
@@ -54,14 +62,47 @@ class PeriodicEval:
         return metrics
 
 
-def val_annotations(shards: Path) -> Path:
-    """The val split's original COCO annotations, as recorded in its shard manifest."""
-    manifest = ShardDataset(shards / "val").manifest
+def val_annotations(shards: storage.Location) -> str:
+    """Where the val split's original COCO annotations are, as a URL or an absolute path:
+    `<shards>/val/annotations.json` when the split holds a copy, else (shards in a folder) the
+    file its manifest records. Shards at a URL without the copy raise: the driver's disk is not
+    the workers'."""
+    split = storage.join(shards, "val")
+    beside = storage.join(split, GROUND_TRUTH)
+    if storage.exists(beside):
+        return str(beside)
+    if storage.is_url(shards):
+        raise FileNotFoundError(
+            f"train.eval_every needs the val annotations in {beside}, beside the shards (the "
+            "workers cannot read this machine's copy): write the shards there with "
+            f"`python -m pipeline.shards --out {shards}`, which uploads them, or set "
+            "train.eval_every: 0"
+        )
+    manifest = ShardDataset(split).manifest
     path = Path(manifest["source"]["annotations"])
     if not path.is_absolute():  # recorded relative to the project root (shards = root/data/shards)
-        path = shards.resolve().parent.parent / path
+        path = Path(shards).resolve().parent.parent / path
     if not path.is_file():
         raise FileNotFoundError(
             f"train.eval_every needs the val annotations {path} (run the download stage)"
         )
-    return path
+    return str(path)
+
+
+def load_ground_truth(location: storage.Location, manifest: dict[str, Any]):
+    """The COCO annotations at a path or URL as a pycocotools `COCO`, after checking them
+    against the sha256 the split's manifest recorded when it was built."""
+    from pycocotools.coco import COCO
+
+    data = storage.read_bytes(location)
+    expected = (manifest.get("source") or {}).get("annotations_sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(
+            f"{location} is not the annotation file the val shards were built from (its sha256 "
+            "differs from their manifest's): rebuild the shards (`dvc repro shards`)"
+        )
+    gt = COCO()
+    gt.dataset = json.loads(data)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints
+        gt.createIndex()
+    return gt

@@ -146,3 +146,38 @@ def ray_session(fault_file):
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_s3(fault_file, s3_server):
+    """A local Ray (with its dashboard, as the stages start it) whose workers see the S3
+    server's credentials and endpoint, as a cluster's nodes see them in their environment. Ray
+    workers inherit the environment of the Ray that spawns them, so a Ray started before the S3
+    server (e.g. `ray_session`'s) is restarted; later tests share this one."""
+    ray = pytest.importorskip("ray")
+    from pipeline.training.runtime import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def s3_shards(tiny_shards, s3_bucket, tmp_path) -> str:
+    """The tiny dataset's shards written to S3 (`<bucket>/shards`) by the shards stage from a
+    copy of its raw folder that is then deleted: the bucket is the only place of its shards and
+    val annotations, as for a cluster whose nodes share no disk."""
+    import shutil
+
+    from pipeline.params import ShardsParams
+    from pipeline.stages import shards
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_shards.parent.parent / "data/raw/shapes", raw)
+    url = f"{s3_bucket}/shards"
+    params = ShardsParams(image_size=64, mini_mask_shape=14, samples_per_shard=8, num_workers=1)
+    shards.run(params, raw, url)
+    shutil.rmtree(raw)
+    return url

@@ -241,3 +241,78 @@ def test_registered_model_pulled_by_alias_through_the_server(tracking_server, tm
     ):
         assert torch.equal(a, b), name
     assert Path(pulled).is_relative_to(tmp_path / "dl")
+
+
+@pytest.mark.slow
+def test_a_ray_tune_sweep_logs_every_trial_over_http(
+    tracking_server, tiny_shards, ray_s3, tmp_path
+):
+    """A real 4-trial Ray Tune sweep (`pipeline.sweep.entry.run`, 2 trials at a time) whose
+    trials' rank-0 workers log to the server concurrently: each trial's MLflow history holds
+    exactly what the trial reported to Tune (its result.json), under the sweep's parent run."""
+    import json
+    from dataclasses import replace
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from mrcnn.data import ShardDataset
+    from pipeline.params import MlflowParams
+    from pipeline.sweep.config import load_sweep
+    from pipeline.sweep.entry import run
+    from tests.pipeline.sweep.test_entry import MODEL, TRAIN
+
+    uri, _ = tracking_server
+    iterations = 4
+    section = {
+        "name": "http",
+        "scheduler": "fifo",
+        "num_samples": 2,
+        "metric": "loss",
+        "mode": "min",
+        "iterations": iterations,
+        "eval_every": 2,
+        "eval_images": 2,
+        "space": {"train.lr": {"grid": [3.0e-3, 1.0e-3]}},
+    }
+    doc = {"model": MODEL, "train": {**TRAIN, "log_every": 1}, "tune": section}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    manifest = ShardDataset(tiny_shards / "train").manifest
+    dataset = {
+        "num_classes": manifest["num_classes"],
+        "image_size": manifest["image_size"],
+        "class_names": tuple(manifest["class_names"]),
+    }
+    tp, sweep = load_sweep(tmp_path / "params.yaml", dataset)
+    sweep = replace(sweep, shards=str(tiny_shards), tracking_uri=uri)
+    summary = run(
+        tp,
+        sweep,
+        MlflowParams(experiment="sweep-over-http"),
+        storage=tmp_path / "tune",
+        out_dir=tmp_path / "sweeps",
+        params_doc=doc,
+    )
+
+    trials = summary["trials"]
+    assert len(trials) == 4 and summary["failed"] == []
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    by_trial = {r.data.tags["trial_id"]: r for r in children}
+    assert sorted(by_trial) == sorted(t["trial_id"] for t in trials)
+    for t in trials:
+        run_id = by_trial[t["trial_id"]].info.run_id
+        assert run_id == t["mlflow_run_id"] and t["iteration"] == iterations
+        # What the trial reported to Tune, one JSON line per report, written by Ray.
+        result = tmp_path / "tune" / "http" / f"trial-{t['trial_id']}" / "result.json"
+        reports = [json.loads(line) for line in result.read_text().splitlines()]
+        reported = {r["iteration"]: r["segm_AP"] for r in reports}
+        assert sorted(reported) == [2, 4]
+        logged = client.get_metric_history(run_id, "val/segm_AP")
+        assert {m.step: m.value for m in logged} == reported and len(logged) == len(reported)
+        losses = client.get_metric_history(run_id, "loss")  # every iteration (log_every 1)
+        assert sorted(m.step for m in losses) == list(range(1, iterations + 1))
