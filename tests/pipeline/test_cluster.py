@@ -139,11 +139,6 @@ def test_train_on_two_nodes_with_s3_shards_and_storage(
     )
 
 
-@pytest.mark.skipif(
-    os.environ.get("MRCNN_NODE_FAILURE_TEST") != "1",
-    reason="not yet seen passing (the shared VM was too loaded for the cluster to start in "
-    "time): opt in with MRCNN_NODE_FAILURE_TEST=1",
-)
 def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_last_checkpoint(
     ray_cluster, s3_bucket, s3_server, tiny_shards, tmp_path
 ):
