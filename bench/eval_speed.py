@@ -12,10 +12,11 @@ path side by side, back to back in one process:
       - reference: every mask pasted into a full H x W image, RLE-encoded by pycocotools
       - fast:      no paste: RLE computed from each mask's 28 x 28 grid and box
                    (`mrcnn.grid_masks`), encoding over `--workers` processes
-  (b) `coco_evaluate` bbox + segm (evaluate, accumulate, summarize), backend pycocotools vs
-      faster, on the same results
+  (b) `coco_evaluate` bbox + segm (evaluate, accumulate, summarize) on the same results:
+      pycocotools one type after the other vs faster-coco-eval with bbox and segm side by side
+      in `--workers` processes (`--workers 1`: one after the other)
   (c) the evaluate path end to end minus the model's forward: (a) + (b) as the evaluate stage
-      chains them (`mrcnn.evaluation.evaluate_detections`)
+      chains them (`mrcnn.evaluation.predict_dataset`, then `coco_evaluate`)
 
     python bench/eval_speed.py                      # 5,000 images (several minutes)
     python bench/eval_speed.py --images 200         # a quick run
@@ -227,17 +228,19 @@ def paste_and_encode(
     return time.perf_counter() - t, results
 
 
-def evaluate(gt: COCO, results: list, backend: str) -> tuple[float, CocoScores]:
-    """(b): coco_evaluate bbox + segm -> (seconds, scores)."""
+def evaluate(gt: COCO, results: list, backend: str, processes: int = 1) -> tuple[float, CocoScores]:
+    """(b): coco_evaluate bbox + segm (side by side in `processes`) -> (seconds, scores)."""
     t = time.perf_counter()
-    scores = coco_evaluate(gt, results, backend=backend)
+    scores = coco_evaluate(gt, results, backend=backend, processes=processes)
     return time.perf_counter() - t, scores
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--images", type=int, default=5000, help="images in the set (COCO val: 5000)")
-    ap.add_argument("--workers", type=int, default=2, help="encoding processes (fast path)")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="encoding / evaluating processes (fast path)"
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="images per model batch")
     ap.add_argument(
         "--reference-images",
@@ -275,7 +278,7 @@ def main() -> None:
         t = time.perf_counter()
         gt_c = _load(ann_file)
         a_fast, results = paste_and_encode(model, batches, fast=True, workers=args.workers)
-        b_fast, fast_scores = evaluate(gt_c, results, "faster")
+        b_fast, fast_scores = evaluate(gt_c, results, "faster", args.workers)
         c_fast = time.perf_counter() - t
         row = {
             "images": len(ids),

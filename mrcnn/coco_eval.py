@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import multiprocessing
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ def coco_evaluate(
     oks_sigmas: Sequence[float] | None = None,
     *,
     backend: str = "faster",
+    processes: int = 1,
 ) -> CocoScores:
     """`COCOeval` of COCO `results` against `coco_gt` for each of `iou_types`.
 
@@ -100,6 +102,8 @@ def coco_evaluate(
     "segm" ranks results by their "segm_score" where they have one (Mask Scoring R-CNN),
     "keypoints" evaluates the results that have "keypoints".
     backend:   "faster" (faster-coco-eval's C++ COCOeval) or "pycocotools" (the reference)
+    processes: evaluate the IoU types side by side in up to this many forked processes (one
+               type each; the same numbers as one after the other); 1 = in this process
     An empty `results` is evaluated as "nothing detected" (AP 0 wherever there is ground truth),
     with a warning, instead of pycocotools' `loadRes` failing on it.
     """
@@ -124,19 +128,17 @@ def coco_evaluate(
     precision: dict[str, np.ndarray] = {}
     stats: dict[str, np.ndarray] = {}
     summary: dict[str, str] = {}
-    for iou_type in iou_types:
-        copies = _results_for(iou_type, results)
-        sigmas = _oks_sigmas(coco_gt, oks_sigmas) if iou_type == "keypoints" else None
-        run = _run_faster if backend == "faster" else _run_pycocotools
-        ev, summary[iou_type] = run(coco_gt, copies, iou_type, ids, sigmas)
+    job = _Job(coco_gt, results, ids, oks_sigmas, backend)
+    for iou_type, ev in zip(iou_types, _evaluate_types(job, iou_types, processes), strict=True):
         names = KEYPOINT_METRIC_NAMES if iou_type == "keypoints" else METRIC_NAMES
         metrics[iou_type] = {k: float(v) for k, v in zip(names, ev.stats, strict=False)}
-        precision[iou_type] = np.asarray(ev.eval["precision"])
-        stats[iou_type] = np.asarray(ev.stats[:12], dtype=np.float64)
-    params = ev.params
-    names = [str(coco_gt.cats[c]["name"]) for c in params.catIds]
+        precision[iou_type] = ev.precision
+        stats[iou_type] = ev.stats[:12]
+        summary[iou_type] = ev.summary
+    last = ev  # every type has the same categories and thresholds
+    names = [str(coco_gt.cats[c]["name"]) for c in last.cat_ids]
     per_category: dict[str, dict[str, float | None]] = {}
-    for k, (cat_id, name) in enumerate(zip(params.catIds, names, strict=True)):
+    for k, (cat_id, name) in enumerate(zip(last.cat_ids, names, strict=True)):
         entry: dict[str, float | None] = {}
         for iou_type in iou_types:
             p = precision[iou_type][:, :, k, 0, -1]  # [T, R]: area all, 100 detections
@@ -147,10 +149,73 @@ def coco_evaluate(
         per_category=per_category,
         precision=precision,
         stats=stats,
-        iou_thresholds=np.asarray(params.iouThrs),
-        recall_thresholds=np.asarray(params.recThrs),
+        iou_thresholds=last.iou_thresholds,
+        recall_thresholds=last.recall_thresholds,
         summary=summary,
     )
+
+
+@dataclass
+class _Job:
+    """What every IoU type's evaluation reads (handed to forked processes by inheritance)."""
+
+    coco_gt: COCO
+    results: Sequence[Mapping[str, Any]]
+    image_ids: list[int]
+    oks_sigmas: Sequence[float] | None
+    backend: str
+
+
+@dataclass
+class _Evaluated:
+    """One IoU type's COCOeval output (small enough to send back from a process)."""
+
+    stats: np.ndarray  # float64 [12] ([10] for keypoints)
+    precision: np.ndarray  # [T, R, K, A, M]
+    summary: str
+    cat_ids: list[int]
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+
+
+def _evaluate_type(job: _Job, iou_type: str) -> _Evaluated:
+    copies = _results_for(iou_type, job.results)
+    sigmas = _oks_sigmas(job.coco_gt, job.oks_sigmas) if iou_type == "keypoints" else None
+    run = _run_faster if job.backend == "faster" else _run_pycocotools
+    ev, summary = run(job.coco_gt, copies, iou_type, job.image_ids, sigmas)
+    p = ev.params
+    return _Evaluated(
+        stats=np.asarray(ev.stats, dtype=np.float64),
+        precision=np.asarray(ev.eval["precision"]),
+        summary=summary,
+        cat_ids=[int(c) for c in p.catIds],
+        iou_thresholds=np.asarray(p.iouThrs),
+        recall_thresholds=np.asarray(p.recThrs),
+    )
+
+
+# The job of the forked evaluation processes: set just before they fork, so they inherit it
+# (the ground truth and 500,000 COCO val results are not pickled).
+_FORKED_JOB: _Job | None = None
+
+
+def _evaluate_forked(iou_type: str) -> _Evaluated:
+    assert _FORKED_JOB is not None
+    return _evaluate_type(_FORKED_JOB, iou_type)
+
+
+def _evaluate_types(job: _Job, iou_types: Sequence[str], processes: int) -> list[_Evaluated]:
+    """Each IoU type evaluated, one after the other or in forked processes side by side."""
+    global _FORKED_JOB
+    n = min(processes, len(iou_types))
+    if n < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_evaluate_type(job, t) for t in iou_types]
+    _FORKED_JOB = job
+    try:
+        with multiprocessing.get_context("fork").Pool(n) as pool:
+            return pool.map(_evaluate_forked, iou_types, chunksize=1)
+    finally:
+        _FORKED_JOB = None
 
 
 def _results_for(iou_type: str, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -142,6 +142,7 @@ def run(
         image_ids,
         oks_sigmas=params.oks_sigmas or None,
         backend=params.backend,
+        processes=params.num_workers,
     )
     eval_s = time.perf_counter() - start
     for iou_type, text in scores.summary.items():

@@ -16,7 +16,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from mrcnn.coco_eval import coco_evaluate, ground_truth_results
+from mrcnn.coco_eval import BACKENDS, coco_evaluate, ground_truth_results
 from mrcnn.coco_results import encode_masks
 from tests.coco_helpers import CATEGORIES, make_coco
 from tests.mrcnn.test_coco_eval import SIZES
@@ -173,3 +173,21 @@ def test_faster_backend_leaves_the_ground_truth_alone(coco_gt: COCO) -> None:
 def test_unknown_backend_raises(coco_gt: COCO) -> None:
     with pytest.raises(ValueError, match="backend must be one of"):
         coco_evaluate(coco_gt, [], backend="detectron2")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_types_evaluated_in_processes_give_the_same_scores(coco_gt: COCO, backend: str) -> None:
+    """bbox and segm side by side in two forked processes: every number as in one process."""
+    results = _noisy_detections(coco_gt, 3)
+    alone = coco_evaluate(coco_gt, results, backend=backend)
+    forked = coco_evaluate(coco_gt, results, backend=backend, processes=2)
+    assert 0.05 < alone.metrics["segm"]["AP"] < 0.95
+    assert forked.metrics == alone.metrics and forked.summary == alone.summary
+    assert forked.per_category == alone.per_category
+    for iou_type in ("bbox", "segm"):
+        np.testing.assert_array_equal(forked.precision[iou_type], alone.precision[iou_type])
+        np.testing.assert_array_equal(forked.stats[iou_type], alone.stats[iou_type])
+    np.testing.assert_array_equal(forked.iou_thresholds, alone.iou_thresholds)
+    # one type: no process to fork
+    segm = coco_evaluate(coco_gt, results, ["segm"], backend=backend, processes=2)
+    assert segm.metrics["segm"] == alone.metrics["segm"]
