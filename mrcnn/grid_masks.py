@@ -134,7 +134,12 @@ def mask_runs(
     i0 = np.floor(c).astype(np.int64)
     i1 = np.minimum(i0 + 1, mp - 1)
     frac = (c - i0)[:, None]
-    profile = padded[col_mask, :, i0] * (1 - frac) + padded[col_mask, :, i1] * frac  # [C, mp]
+    by_column = np.ascontiguousarray(padded.transpose(0, 2, 1))  # [N, mp columns, mp rows]
+    profile = by_column[col_mask, i0]  # [C, mp]: (1 - frac) x left column + frac x right
+    profile *= 1 - frac
+    right = by_column[col_mask, i1]
+    right *= frac
+    profile += right
 
     # Threshold crossings between source rows j and j + 1: up, down, up, ... in each column.
     above = profile >= threshold
@@ -177,14 +182,25 @@ def rles_from_runs(
     starts, start_owner, ends = starts[~touch], owner[~touch], ends[keep_end]
     bounds = np.stack([starts, ends], axis=1).reshape(-1)  # [s0, e0, s1, e1, ...]
     counts = np.diff(bounds, prepend=0)  # run lengths, 0s and 1s alternating
-    split = np.searchsorted(start_owner, np.arange(1, n)) * 2  # where each mask's bounds begin
-    heads = split[split < len(bounds)]
-    counts[heads] = bounds[heads]  # each mask's first run of 0s counts from pixel 0
-    uncompressed = []
-    for run in np.split(counts, split):
-        tail = total - int(run.sum())  # the 0s after the last run of 1s
-        lengths = np.append(run, tail) if tail or not run.size else run
-        uncompressed.append({"size": [height, width], "counts": lengths.astype(np.uint32)})
+    runs = np.bincount(start_owner, minlength=n)  # [n] runs of 1s per mask
+    first = np.cumsum(2 * runs) - 2 * runs  # [n] where each mask's bounds begin
+    with_runs = runs > 0
+    counts[first[with_runs]] = bounds[first[with_runs]]  # a mask's first 0s count from pixel 0
+    last = np.zeros(n, dtype=np.int64)
+    last[with_runs] = bounds[first[with_runs] + 2 * runs[with_runs] - 1]
+    tail = total - last  # [n] the 0s after the last run of 1s
+    has_tail = (tail > 0) | ~with_runs
+    sizes = 2 * runs + has_tail  # [n] counts per mask
+    out_first = np.cumsum(sizes) - sizes
+    lengths = np.empty(int(sizes.sum()), dtype=np.uint32)
+    mask_of = np.repeat(np.arange(n), 2 * runs)
+    lengths[out_first[mask_of] + np.arange(len(counts)) - first[mask_of]] = counts
+    lengths[(out_first + 2 * runs)[has_tail]] = tail[has_tail]
+    ends = np.cumsum(sizes).tolist()
+    uncompressed = [
+        {"size": [height, width], "counts": lengths[s:e]}
+        for s, e in zip([0, *ends[:-1]], ends, strict=True)
+    ]
     rles = mask_utils.frPyObjects(uncompressed, height, width)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
