@@ -76,24 +76,33 @@ def to_coco_results(
         masks = np.asarray(det.masks)
         has_masks = masks.ndim == 3 and masks.shape[1] * masks.shape[2] > 0
         rles = encode_masks(masks) if has_masks else None
+    # Python floats and ints once per array (the same values as float() of each element).
+    boxes = np.asarray(det.boxes).tolist()
+    scores = np.asarray(det.scores).tolist()
+    labels = np.asarray(det.labels).tolist()
+    mask_scores = None if det.mask_scores is None else np.asarray(det.mask_scores).tolist()
+    keypoints = None
+    if det.keypoints is not None:
+        kp = np.asarray(det.keypoints)  # [N, K, 3] -> N flat lists [x1, y1, s1, x2, ...]
+        keypoints = kp.reshape(kp.shape[0], kp.shape[1] * kp.shape[2]).tolist()
     out = []
     for i in range(len(det)):
-        x1, y1, x2, y2 = (float(v) for v in det.boxes[i])
-        label = int(det.labels[i])
+        x1, y1, x2, y2 = boxes[i]
+        label = int(labels[i])
         result: dict[str, Any] = {"image_id": int(image_id)}
         if file_name is not None:
             result["file_name"] = file_name
         result.update(
             category_id=int(category_ids[label]) if category_ids is not None else label,
             bbox=[x1, y1, x2 - x1, y2 - y1],
-            score=float(det.scores[i]),
+            score=scores[i],
         )
         if rles is not None:
             result["segmentation"] = rles[i]
-        if det.mask_scores is not None:
-            result["segm_score"] = float(det.mask_scores[i])
-        if det.keypoints is not None:
-            result["keypoints"] = [float(v) for v in det.keypoints[i].reshape(-1)]
+        if mask_scores is not None:
+            result["segm_score"] = mask_scores[i]
+        if keypoints is not None:
+            result["keypoints"] = keypoints[i]
         out.append(result)
     return out
 
