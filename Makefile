@@ -23,7 +23,7 @@ repro: $(STAMP)  ## run the whole DVC pipeline (shapes dataset by default)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)  ## the full test suite (what .ci/run calls)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-fast: $(STAMP)  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"

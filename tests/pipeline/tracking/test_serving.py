@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.tracking import registry
 from pipeline.tracking.pyfunc import Heads
+from pipeline.tracking.store import start_run
 from tests import services
 from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_images, tiny_model
 
@@ -50,9 +51,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     returns in process for two PNGs (the reference every request must reproduce)."""
     root = tmp_path_factory.mktemp("serving")
     uri = fresh_store(root)
-    mlflow.set_tracking_uri(uri)
     weights = save_model(tiny_model(), root / "weights")
-    with mlflow.start_run():
+    # its own experiment: an earlier test may have left another store's experiment active
+    with start_run(uri, "serving", run_name="serve"):
         info = registry.log_model(weights, heads=Heads())
     version = registry.register(NAME, info.model_uri, tags={})
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
