@@ -2,7 +2,7 @@
 
 Run by rank 0 every `train.eval_every` iterations (sweeps compare trials on it); the same
 `mrcnn.evaluation.predict_dataset` + `mrcnn.coco_eval.coco_evaluate` path as the evaluate stage,
-so the same fast path (masks encoded from their box crops, the faster-coco-eval backend), in
+so the same fast path (masks encoded from the mask grid, the faster-coco-eval backend), in
 this process (a few dozen images: worker processes would cost more than they save).
 
 Rank 0 may run on any node, so it reads everything itself from where the driver says, never
@@ -89,7 +89,7 @@ def val_annotations(shards: storage.Location) -> str:
     return str(path)
 
 
-def load_ground_truth(location: storage.Location, manifest: dict[str, Any]):
+def load_ground_truth(location: storage.Location, manifest: dict[str, Any]) -> Any:
     """The COCO annotations at a path or URL as a pycocotools `COCO`, after checking them
     against the sha256 the split's manifest recorded when it was built."""
     from pycocotools.coco import COCO
