@@ -88,16 +88,14 @@ class GridMasks:
 
 def _axis(
     lo: np.ndarray, hi: np.ndarray, size: int, src: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Along one axis, the grown box [lo, hi] (float32 [N]) truncated to pixels as torchvision
-    -> first pixel of the resized mask (may be < 0) [N], its length (>= 1) [N], its source
-    step `ratio` float32 [N], and the pixels of it inside 0..size-1: [begin, end) [N] each."""
+    -> first pixel of the resized mask (may be < 0) [N], its source step `ratio` float32 [N]
+    (align_corners=False), and the pixels of it inside 0..size-1: [begin, end) [N] each."""
     start = np.trunc(lo).astype(np.int64)
     length = np.maximum(np.trunc(hi).astype(np.int64) - start + 1, 1)
-    ratio = np.float32(src) / length.astype(np.float32)  # align_corners=False scale
-    begin = np.maximum(start, 0)
-    end = np.minimum(start + length, size)
-    return start, length, ratio, begin, end
+    ratio = np.float32(src) / length.astype(np.float32)
+    return start, ratio, np.maximum(start, 0), np.minimum(start + length, size)
 
 
 def mask_runs(
@@ -121,8 +119,8 @@ def mask_runs(
     half_h = (b[:, 3] - b[:, 1]) * np.float32(0.5) * scale
     cx = (b[:, 2] + b[:, 0]) * np.float32(0.5)
     cy = (b[:, 3] + b[:, 1]) * np.float32(0.5)
-    x0, _, x_ratio, x_begin, x_end = _axis(cx - half_w, cx + half_w, width, mp)
-    y0, _, y_ratio, y_begin, y_end = _axis(cy - half_h, cy + half_h, height, mp)
+    x0, x_ratio, x_begin, x_end = _axis(cx - half_w, cx + half_w, width, mp)
+    y0, y_ratio, y_begin, y_end = _axis(cy - half_h, cy + half_h, height, mp)
 
     # Every image column of every mask: its mask and pixel x, then the source coordinate.
     ncols = np.maximum(x_end - x_begin, 0)

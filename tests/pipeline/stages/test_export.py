@@ -283,13 +283,7 @@ def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(
     save_model(build_model(presets.shapes_small(keypoints=kp)), tmp_path / "models/final")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/eval.json").write_text(json.dumps({"segm": {"AP": 0.5}}))
-    paths = export.ExportPaths(
-        model_dir=tmp_path / "models/final",
-        eval_metrics=tmp_path / "metrics/eval.json",
-        train_run=tmp_path / "metrics/train_run.json",
-        train_metrics=tmp_path / "metrics/train.json",
-        out_dir=tmp_path / "models/export",
-    )
+    paths = _paths_under(tmp_path)
     params = ExportParams(pyfunc_backend="onnxruntime")
     with pytest.raises(reg.ExportError, match="boxes and masks only.*keypoints=3"):
         export.run(paths, params, tracking_uri="sqlite:///unused.db", experiment="x")
@@ -445,13 +439,18 @@ def test_export_with_a_metric_eval_json_lacks(tmp_path: Path) -> None:
     assert reg.metric_value({"segm": {"AP": 0.25}}, "segm.AP") == 0.25
 
 
-def test_export_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
-    paths = export.ExportPaths(
-        model_dir=tmp_path / "models/final",
-        eval_metrics=tmp_path / "metrics/eval.json",
-        train_run=tmp_path / "metrics/train_run.json",
-        train_metrics=tmp_path / "metrics/train.json",
-        out_dir=tmp_path / "models/export",
+def _paths_under(root: Path) -> export.ExportPaths:
+    """The export stage's paths in a project at `root` (what dvc.yaml passes)."""
+    return export.ExportPaths(
+        model_dir=root / "models/final",
+        eval_metrics=root / "metrics/eval.json",
+        train_run=root / "metrics/train_run.json",
+        train_metrics=root / "metrics/train.json",
+        out_dir=root / "models/export",
     )
+
+
+def test_export_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
+    paths = _paths_under(tmp_path)
     with pytest.raises(FileNotFoundError, match="pipeline.evaluate"):
         export.run(paths, ExportParams(), tracking_uri="sqlite:///unused.db", experiment="x")
