@@ -14,8 +14,10 @@ three alike); images/s are medians over rounds, ratios are against torchvision.
     python bench/onnx_speed.py                                  # 512 and 800 px, batch 1 and 4
     python bench/onnx_speed.py --sizes 512 --batches 1 --rounds 2 --json out.json
 
---score-thresh 0 (default) keeps 100 detections per image in every model (random weights score
-every class ~1/91), so the mask head and paste run at their worst case.
+--score-thresh 0 (default) keeps D = --detections (default 100, torchvision's maximum) per
+image in every model (random weights score every class ~1/91), so the mask head and paste run
+on all D: 100 is the worst case, a smaller D stands for a typical photo's few objects.
+Each timed call follows a 1 s pause (`PAUSE_S`).
 """
 
 from __future__ import annotations
@@ -43,9 +45,19 @@ from mrcnn.model import build_model  # noqa: E402
 from mrcnn.onnx_model import OnnxModel  # noqa: E402
 from mrcnn.weights import load_torchvision  # noqa: E402
 
+# Idle time before each timed call: the previous runtime's worker threads (OpenMP for torch,
+# ONNX Runtime's pool) spin for a while after their work and would take the next one's cores.
+PAUSE_S = 1.0
+
 
 def run_config(
-    size: int, batch: int, rounds: int, score_thresh: float, tmp: Path, warmup: bool = True
+    size: int,
+    batch: int,
+    rounds: int,
+    score_thresh: float,
+    tmp: Path,
+    warmup: bool = True,
+    detections: int = 100,
 ) -> dict:
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(
@@ -54,8 +66,11 @@ def run_config(
         min_size=size,
         max_size=size,
         box_score_thresh=score_thresh,
+        box_detections_per_img=detections,
     ).eval()
-    cfg = presets.torchvision_r50_fpn(image_size=size, box_score_thresh=score_thresh)
+    cfg = presets.torchvision_r50_fpn(
+        image_size=size, box_score_thresh=score_thresh, box_detections_per_img=detections
+    )
     ours = build_model(cfg).eval()
     load_torchvision(ours, tv.state_dict())
     t0 = time.perf_counter()
@@ -83,6 +98,7 @@ def run_config(
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             counts[name] = fn()
             times[name].append(time.perf_counter() - start)
@@ -105,6 +121,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-warmup", action="store_true", help="time the first call too")
     ap.add_argument("--score-thresh", type=float, default=0.0)
+    ap.add_argument(
+        "--detections", type=int, default=100, help="detections per image D (all three models)"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     commit = subprocess.run(
@@ -115,7 +134,13 @@ def main() -> None:
         for size in args.sizes:
             for batch in args.batches:
                 r = run_config(
-                    size, batch, args.rounds, args.score_thresh, Path(tmp), not args.no_warmup
+                    size,
+                    batch,
+                    args.rounds,
+                    args.score_thresh,
+                    Path(tmp),
+                    not args.no_warmup,
+                    args.detections,
                 )
                 results.append(r)
                 ips, ratio = r["images_per_s"], r["ratio_vs_torchvision"]
@@ -133,6 +158,7 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": __import__("onnxruntime").__version__,
         "score_thresh": args.score_thresh,
+        "detections_per_img": args.detections,
         "rounds": args.rounds,
         "results": results,
     }

@@ -187,6 +187,14 @@ def metadata(model: MaskRCNN, batch_size: int) -> dict[str, str]:
     return {onnx_model.METADATA_PREFIX + k: json.dumps(v) for k, v in values.items()}
 
 
+def _check_exportable(model: MaskRCNN) -> None:
+    if model.roi_heads.mask_head is None:
+        raise ValueError(
+            "the exported graph outputs masks and this model has no mask head "
+            "(roi_heads.masks: false): run it eagerly (export.portable: false)"
+        )
+
+
 def to_onnx(
     model: MaskRCNN, path: str | Path, batch_size: int = 1, opset: int = GRAPH_OPSET
 ) -> Path:
@@ -201,6 +209,7 @@ def to_onnx(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if opset < 16:
         raise ValueError(f"opset {opset} has no RoiAlign coordinate_transformation_mode; use >= 16")
+    _check_exportable(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(copy.deepcopy(model).cpu().float().eval()).eval()
@@ -230,6 +239,7 @@ def to_onnx(
 def to_torch_export(model: MaskRCNN, path: str | Path, batch_size: int = 1) -> Path:
     """Write the same graph as a `torch.export` program (`.pt2`; load with
     `torch.export.load(path).module()(images, windows)`, no pickle involved)."""
+    _check_exportable(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(copy.deepcopy(model).cpu().float().eval()).eval()

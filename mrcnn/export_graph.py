@@ -10,11 +10,13 @@ shapes, and whose data-dependent parts are ONNX operators:
                     survivors are marked in a [B, N] mask (ScatterND) and each image's k best
                     are a `TopK` of the masked scores, so the slot count never varies.
     RoIAlign        ONNX `RoiAlign` per pyramid level on the RoIs assigned to that level
-                    (`NonZero` + `Gather`, results put back in RoI order with `ScatterND`).
+                    (`NonZero` + `Gather`), concatenated in level order; the heads run on
+                    that order and only their outputs go back to RoI order (`ScatterND`).
                     aligned=True -> coordinate_transformation_mode "half_pixel",
                     aligned=False -> "output_half_pixel" (opset >= 16), as torchvision exports.
     mask head       runs on the valid detections only (plus one dummy RoI, so it never sees an
-                    empty batch), scattered back into [B, D] slots.
+                    empty batch), scattered back into [B, D] slots; only the detected class's
+                    mask is computed, the deconv as a 1x1 conv (`mask_probs_for_labels`).
 
 Shape shorthand: B images, S input side, L pyramid levels, A anchors, k_l pre-NMS candidates of
 level l (K = sum), R proposals, C classes incl. background, D detections, M mask side.
@@ -33,6 +35,7 @@ from mrcnn import box_coder
 from mrcnn.detection_layer import MIN_BOX_SIZE
 from mrcnn.model import MaskRCNN
 from mrcnn.poolers import K_MAX, K_MIN, assign_levels, rois_with_image_index
+from mrcnn.roi_heads import MaskHead
 
 # Scores of non-candidates; the NMS score threshold lies between it and every real score (>= 0).
 _NOT_A_CANDIDATE = -1.0
@@ -224,23 +227,58 @@ def roi_align_levels(
     aligned: bool,
     canonical_scale: int,
     canonical_level: int,
-) -> Tensor:
-    """`mrcnn.poolers.roi_align_levels` for export: rows [N, 5] -> [N, C, o, o].
+) -> tuple[Tensor, Tensor]:
+    """`mrcnn.poolers.roi_align_levels` for export, in level order: rows [N, 5] ->
+    pooled [N, C, o, o] and order int64 [N] (pooled row i is RoI `order[i]`).
 
-    Each level pools only its own RoIs (`NonZero` + `Gather`), so no level does 4x the work.
+    Each level pools only its own RoIs (`NonZero` + `Gather`), so no level does 4x the work,
+    and the levels' results are concatenated: callers run their head on them as they are and
+    put the head's (much smaller) output back in RoI order, so the pooled features are never
+    scattered.
     """
     rois = rois.float()
     levels = assign_levels(rois[:, 1:], canonical_scale, canonical_level)
-    feats = features[: K_MAX - K_MIN + 1]
-    out = torch.zeros(
-        (rois.shape[0], feats[0].shape[1], output_size, output_size), dtype=feats[0].dtype
-    )
-    for level, feat in enumerate(feats):
+    pooled, order = [], []
+    for level, feat in enumerate(features[: K_MAX - K_MIN + 1]):
         idx = _nonzero(levels == level)
         scale = feat.shape[-1] / image_size
-        pooled = roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned)
-        out = out.index_put((idx,), pooled)
-    return out
+        pooled.append(roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned))
+        order.append(idx)
+    return torch.cat(pooled), torch.cat(order)
+
+
+def _in_roi_order(values: Tensor, order: Tensor, n: int) -> Tensor:
+    """Rows of `values` in level order (`roi_align_levels`) -> in the order of the n RoIs.
+
+    A gather by the inverse permutation: its index has the static length n, so the graph's
+    shapes after it stay static.
+    """
+    inverse = torch.zeros(n, dtype=torch.int64).index_put((order,), torch.arange(n))
+    return values[inverse]
+
+
+def mask_probs_for_labels(head: MaskHead, pooled: Tensor, labels: Tensor) -> Tensor:
+    """`MaskHead` for export, only the given class's mask: pooled [N, C, P, P], labels int64
+    [N] -> sigmoid probabilities [N, 2P, 2P].
+
+    The same arithmetic as `head(pooled)` then picking the label's channel, in the operators
+    a CPU runs fastest. Each output pixel (2i + a, 2j + b) of the 2x2 stride-2 deconv takes
+    exactly one kernel tap (a, b), so the deconv is a 1x1 conv to C_out x 4 sub-pixel channels;
+    the 1x1 logits conv then needs only the label's weights (a batched matmul over C_out, not
+    all K classes), and only the [N, 4, P, P] logits are interleaved into [N, 2P, 2P].
+    """
+    x = pooled
+    for conv in head.convs:
+        x = conv(x).relu()
+    deconv = head.deconv  # weight [C_in, C_out, 2, 2]
+    c_in, c_out, kh, kw = deconv.weight.shape
+    weight = deconv.weight.permute(1, 2, 3, 0).reshape(c_out * kh * kw, c_in, 1, 1)
+    x = F.conv2d(x, weight, deconv.bias.repeat_interleave(kh * kw)).relu()
+    n, _, p, _ = x.shape  # x [N, C_out * 4, P, P], channel o * 4 + a * 2 + b
+    class_weight = head.logits.weight[:, :, 0, 0][labels]  # [N, C_out]
+    logits = torch.bmm(class_weight[:, None, :], x.reshape(n, c_out, kh * kw * p * p))
+    logits = logits.reshape(n, kh, kw, p, p).permute(0, 3, 1, 4, 2).reshape(n, kh * p, kw * p)
+    return (logits + head.logits.bias[labels][:, None, None]).sigmoid()
 
 
 class InferenceGraph(nn.Module):
@@ -285,10 +323,10 @@ class InferenceGraph(nn.Module):
             canonical_scale=heads.canonical_scale,
             canonical_level=heads.canonical_level,
         )
-        pooled = roi_align_levels(
+        pooled, order = roi_align_levels(
             features, rois_with_image_index(proposals), output_size=heads.box_pool_size, **pool
         )
-        class_logits, box_deltas = heads.box_head(pooled)
+        class_logits, box_deltas = (_in_roi_order(t, order, b * r) for t in heads.box_head(pooled))
         boxes, scores, labels, valid = detection_layer(
             class_logits.reshape(b, r, -1),
             box_deltas.reshape(b, r, -1),
@@ -307,13 +345,12 @@ class InferenceGraph(nn.Module):
         flat_labels = torch.cat([labels.reshape(-1), torch.ones(1, dtype=labels.dtype)])
         flat_valid = torch.cat([valid.reshape(-1), torch.ones(1, dtype=torch.bool)])
         sel = _nonzero(flat_valid)
-        logits = heads.mask_head(
-            roi_align_levels(features, rois[sel], output_size=heads.mask_pool_size, **pool)
+        pooled, order = roi_align_levels(
+            features, rois[sel], output_size=heads.mask_pool_size, **pool
         )
-        chosen = flat_labels[sel]
-        probs = logits.gather(1, chosen[:, None, None, None].expand(-1, 1, *logits.shape[2:]))
-        probs = probs[:, 0].sigmoid()
+        slots = sel[order]  # the slot of each pooled RoI
+        probs = mask_probs_for_labels(heads.mask_head, pooled, flat_labels[slots])
         mk = 2 * heads.mask_pool_size  # the mask head doubles the pooled side (deconv)
         mask_probs = torch.zeros((b * d + 1, mk, mk), dtype=probs.dtype)
-        mask_probs = mask_probs.index_put((sel,), probs)[: b * d].reshape(b, d, mk, mk)
+        mask_probs = mask_probs.index_put((slots,), probs)[: b * d].reshape(b, d, mk, mk)
         return boxes, scores, labels, valid, mask_probs

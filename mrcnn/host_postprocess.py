@@ -5,8 +5,8 @@ invalid slots are dropped, and each M x M mask probability map is pasted into it
 arithmetic is `MaskRCNN.postprocess` / `mrcnn.mask_paste.paste_masks_in_image` step for step in
 float32 (torchvision's paste geometry: a one-pixel border, the box grown by (M + 2) / M and
 truncated to whole pixels, bilinear resize with align_corners=False, done as a separable
-matmul), so eager and exported models give the same masks up to matmul rounding at the
-threshold.
+matmul into the box's crop), so eager and exported models give the same masks up to matmul
+rounding at the threshold.
 
 Shape shorthand: B images, D detection slots, M mask side, N kept detections, H x W an image.
 """
@@ -18,9 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from mrcnn.detections import Detections
-
-# Output pixels pasted per chunk: bounds the float32 [chunk, H, W] intermediate (~256 MB).
-_CHUNK_PIXELS = 64 * 1024 * 1024
 
 
 def to_detections(
@@ -68,7 +65,11 @@ def to_detections(
 def paste_masks_in_image(
     masks: np.ndarray, boxes: np.ndarray, image_shape: tuple[int, int], threshold: float = 0.5
 ) -> np.ndarray:
-    """Paste mask probabilities [N, M, M] at boxes [N, 4] (image pixels) -> bool [N, H, W]."""
+    """Paste mask probabilities [N, M, M] at boxes [N, 4] (image pixels) -> bool [N, H, W].
+
+    Each mask is resampled into its box's crop only (all it can cover; the rest stays False),
+    as `mrcnn.mask_paste.paste_masks_in_boxes` does: two small matmuls per detection.
+    """
     m = masks.shape[-1]
     h, w = int(image_shape[0]), int(image_shape[1])
     padded = np.pad(np.asarray(masks, dtype=np.float32), ((0, 0), (1, 1), (1, 1)))
@@ -81,42 +82,31 @@ def paste_masks_in_image(
     cy = (boxes[:, 3] + boxes[:, 1]) * np.float32(0.5)
     x0, x1 = (cx - half_w).astype(np.int64), (cx + half_w).astype(np.int64)  # truncation
     y0, y1 = (cy - half_h).astype(np.int64), (cy + half_h).astype(np.int64)
-    xs, x_valid = _resize_coords(x0, x1, w, mp)
-    ys, y_valid = _resize_coords(y0, y1, h, mp)
-    n = padded.shape[0]
-    out = np.zeros((n, h, w), dtype=bool)
-    chunk = max(1, _CHUNK_PIXELS // max(1, h * w))
-    for s in range(0, n, chunk):  # chunks bound memory; each is one batched matmul
-        e = min(n, s + chunk)
-        wy = _bilinear_matrix(ys[s:e], y_valid[s:e], mp)  # [c, H, M+2]
-        wx = _bilinear_matrix(xs[s:e], x_valid[s:e], mp)  # [c, W, M+2]
-        out[s:e] = (wy @ padded[s:e] @ wx.transpose(0, 2, 1)) >= np.float32(threshold)
+    out = np.zeros((padded.shape[0], h, w), dtype=bool)
+    for i, mask in enumerate(padded):
+        top, wy = _crop_weights(int(y0[i]), int(y1[i]), h, mp)  # [rows, M+2]
+        left, wx = _crop_weights(int(x0[i]), int(x1[i]), w, mp)  # [cols, M+2]
+        crop = (wy @ mask @ wx.T) >= np.float32(threshold)
+        out[i, top : top + len(wy), left : left + len(wx)] = crop
     return out
 
 
-def _resize_coords(
-    start: np.ndarray, end: np.ndarray, size: int, src: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Source coordinates of image pixels 0..size-1 when a length-`src` signal is resized to
-    `end - start + 1` pixels placed at `start`: float32 [N, size] + validity [N, size]."""
-    length = np.maximum(end - start + 1, 1)
-    dst = np.arange(size)[None] - start[:, None]
-    valid = (dst >= 0) & (dst < length[:, None])
-    ratio = np.float32(src) / length.astype(np.float32)
-    coords = (dst.astype(np.float32) + np.float32(0.5)) * ratio[:, None] - np.float32(0.5)
-    return np.maximum(coords, np.float32(0)), valid
-
-
-def _bilinear_matrix(coords: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
-    """float32 [N, L] source indices -> [N, L, size] interpolation weights (zero rows where not
-    valid); as `mrcnn.mask_paste.bilinear_matrix`."""
-    c = np.clip(coords, 0, size - 1)
+def _crop_weights(start: int, end: int, size: int, src: int) -> tuple[int, np.ndarray]:
+    """Along one axis: a length-`src` signal resized to `end - start + 1` pixels (at least 1)
+    placed at `start`, seen through the image's pixels 0..size-1 -> the first covered pixel
+    and float32 bilinear weights [L, src] of the L covered pixels (L = 0 off the image);
+    the coordinates of `mrcnn.mask_paste._crop_coords`, each row two weights summing to 1."""
+    length = max(end - start + 1, 1)
+    first = min(max(start, 0), size)
+    dst = np.arange(first, max(first, min(start + length, size))) - start
+    ratio = np.float32(src) / np.float32(length)
+    coords = (dst.astype(np.float32) + np.float32(0.5)) * ratio - np.float32(0.5)
+    c = np.clip(coords, 0, src - 1)
     i0 = np.floor(c).astype(np.int64)
-    i1 = np.minimum(i0 + 1, size - 1)
+    i1 = np.minimum(i0 + 1, src - 1)
     frac = (c - i0).astype(np.float32)
-    w = np.zeros((*coords.shape, size), dtype=np.float32)
-    np.put_along_axis(w, i0[..., None], (1 - frac)[..., None], axis=-1)
-    # i1 == i0 at the last index: add, as the eager scatter_add does
-    w1 = np.take_along_axis(w, i1[..., None], axis=-1) + frac[..., None]
-    np.put_along_axis(w, i1[..., None], w1, axis=-1)
-    return w * valid[..., None]
+    weights = np.zeros((len(dst), src), dtype=np.float32)
+    rows = np.arange(len(dst))
+    weights[rows, i0] = 1 - frac
+    weights[rows, i1] += frac  # i1 == i0 at the last index: add, as the eager scatter_add does
+    return first, weights

@@ -115,7 +115,11 @@ def run(
             log.warning("logging the model into a new run %s (%s)", run_id, why)
         portable = None
         (paths.out_dir / PORTABLE_FILE).unlink(missing_ok=True)  # never leave a stale file
-        if params.portable:
+        if params.portable and not heads.masks:
+            why = "the graph outputs masks and this model has no mask head"
+            log.warning("export.portable: %s not written: %s", PORTABLE_FILE, why)
+            portable = {"skipped": why}
+        elif params.portable:
             portable = portable_export.export_portable(
                 model, paths.out_dir / PORTABLE_FILE, val_images(paths.manifests, CHECK_IMAGES)
             )
@@ -147,7 +151,7 @@ def run(
             logged_uri = registry.log_model(
                 paths.model_dir,
                 heads=heads,
-                onnx_file=paths.out_dir / PORTABLE_FILE if portable else None,
+                onnx_file=Path(portable["file"]) if portable and "file" in portable else None,
                 backend=params.pyfunc_backend,
             ).model_uri
         if new_version:

@@ -294,6 +294,16 @@ def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(
         result = export.run(paths, ExportParams(register="false"), tracking_uri=uri, experiment="x")
     assert result["portable"]["ok"] and result["portable"]["heads_not_in_graph"] == ["keypoints"]
     assert "keypoints are not in it" in caplog.text
+    # Without a mask head there is no graph to write (it outputs masks): said, and skipped
+    no_masks = presets.shapes_small(keypoints=kp, roi_heads={"masks": False})
+    save_model(build_model(no_masks), tmp_path / "models/final")
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.export"):
+        result = export.run(paths, ExportParams(register="false"), tracking_uri=uri, experiment="x")
+    assert result["portable"] == {
+        "skipped": "the graph outputs masks and this model has no mask head"
+    }
+    assert "model.onnx not written" in caplog.text
+    assert not (paths.out_dir / export.PORTABLE_FILE).exists()
 
 
 _PYFUNC_SCRIPT = textwrap.dedent(
