@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import yaml
 
 from mrcnn import presets
-from mrcnn.config import Config, from_mapping, reprefix
+from mrcnn.config import Config
+from mrcnn.mapping import from_mapping, reprefix
 
 T = TypeVar("T")
 

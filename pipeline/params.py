@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrcnn.config import InputConfig, reprefix
+from mrcnn.config import InputConfig
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
+from mrcnn.mapping import reprefix
 from pipeline.formats import FORMATS
 from pipeline.paramfile import (  # noqa: F401 (the params API is imported from here)
     DEVICE_PATTERN,

@@ -34,7 +34,7 @@ pixel frame as the boxes; an annotation without them in an image whose others ha
 unlabelled keypoints.
 
 Images that are not 8-bit RGB are converted, not skipped, and noted with a reason
-(`grayscale`, `cmyk`, `alpha` (dropped), `palette`, `other_mode`). Crowd annotations
+(`mrcnn.data.image_file.load_rgb`). Crowd annotations
 (`iscrowd=1`) never become training targets; their boxes are kept beside the sample.
 
 Boxes are computed from the masks (pycocotools `toBbox` on the RLE: tight, x2/y2 exclusive, the
@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
-from PIL import Image
 
 
 @dataclass
@@ -109,15 +108,6 @@ class Instances:
     annotation_ids: np.ndarray
     crowd_boxes: np.ndarray
     keypoints: np.ndarray | None = None
-
-
-class ImageError(Exception):
-    """An image that cannot be used; `reason` is one of the image-level skip reasons."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 def load_coco_split(ann_file: str | Path) -> CocoSplit:
@@ -207,23 +197,6 @@ def class_map(category_lists: list[list[dict[str, Any]]]) -> list[tuple[int, str
                     f"'{c['name']}' in another"
                 )
     return [(k, names[k]) for k in sorted(names)]
-
-
-def load_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
-    """Decode an image file -> (uint8 [H, W, 3], conversion reason or None).
-
-    Raises `ImageError("missing_image" | "corrupt_image")`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError("missing_image", str(path))
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image, converted = _to_rgb(im)
-        return np.require(image, requirements=["C", "W"]), converted  # torch wants writable
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError("corrupt_image", f"{path.name}: {e}") from None
 
 
 def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Instances, list[Skip]]:
@@ -374,26 +347,6 @@ def _rle_string_counts(s: str) -> list[int] | None:
             x += counts[-2]
         counts.append(x)
     return counts
-
-
-def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
-    mode = im.mode
-    if mode == "RGB":
-        return np.asarray(im), None
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA"))[..., :3].copy(), "alpha"
-    if mode == "CMYK":
-        return np.asarray(im.convert("RGB")), "cmyk"
-    if mode in ("1", "L"):
-        return np.asarray(im.convert("RGB")), "grayscale"
-    if mode.startswith("I") or mode == "F":  # 16/32-bit or float grayscale -> 8 bit
-        a = np.asarray(im).astype(np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(255.0, float(a.max()))
-        g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=2), "grayscale"
-    if mode == "P":
-        return np.asarray(im.convert("RGB")), "palette"
-    return np.asarray(im.convert("RGB")), "other_mode"
 
 
 def _is_int(v: Any) -> bool:

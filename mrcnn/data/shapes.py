@@ -36,6 +36,8 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 from tqdm import tqdm
 
+from mrcnn.mapping import check as _check
+
 CLASS_NAMES = ("square", "circle", "triangle")  # COCO category ids 1, 2, 3
 KEYPOINT_NAMES = (
     "square_top_left",
@@ -201,11 +203,6 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
     with open(ann_dir / f"instances_{split}.json", "w") as f:
         json.dump(doc, f, separators=(",", ":"))
     return {"images": len(images), "annotations": len(annotations)}
-
-
-def _check(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise ValueError(f"config key '{key}' {why}")
 
 
 def _margin(half: int) -> int:

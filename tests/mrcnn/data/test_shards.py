@@ -11,6 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from mrcnn.data import ShardDataset, expand_mini_masks, resize_and_pad
+from mrcnn.data import example as example_mod
 from mrcnn.data import writer as writer_mod
 from mrcnn.data.coco import class_map, load_coco_split
 from mrcnn.data.minimask import boxes_from_masks
@@ -214,14 +215,14 @@ def test_an_interrupted_rebuild_does_not_leave_the_old_manifest(raw, built, tmp_
 
 
 def test_an_unforeseen_error_skips_only_that_image(raw, tmp_path, monkeypatch):
-    real = writer_mod.decode_instances
+    real = example_mod.decode_instances
 
     def broken(record, h, w):
         if record.image_id == 3:
             raise RuntimeError("boom")
         return real(record, h, w)
 
-    monkeypatch.setattr(writer_mod, "decode_instances", broken)
+    monkeypatch.setattr(example_mod, "decode_instances", broken)
     build(raw, tmp_path)
     report = json.loads((tmp_path / "train" / "report.json").read_text())
     assert report["skipped_images"] == {"unexpected_error": 1}
