@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pycocotools.coco import COCO  # noqa: E402
 
+from bench import provenance  # noqa: E402
 from mrcnn import presets  # noqa: E402
 from mrcnn.coco_eval import CocoScores, coco_evaluate  # noqa: E402
 from mrcnn.coco_results import ResultsEncoder  # noqa: E402
@@ -363,12 +363,7 @@ def _report(row: dict) -> None:
         f"segm AP {row['segm_AP']:.4f}  bbox AP {row['bbox_AP']:.4f}  "
         f"(the synthetic detections' AP, identical for both backends)"
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent,
-    ).stdout.strip()
+    commit = provenance.commit()
     print(
         f"commit {commit}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"

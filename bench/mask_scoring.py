@@ -18,7 +18,7 @@ import contextlib
 import io
 import json
 import platform
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +37,9 @@ from mrcnn.data.shapes import ShapesSpec, write_split
 from mrcnn.data.writer import ShardOptions, build_split
 from mrcnn.model import build_model
 from mrcnn.solver import Schedule, build_optimizer, lr_scheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import provenance  # noqa: E402
 
 
 def make_data(root: Path, num_train: int, num_val: int) -> None:
@@ -121,9 +124,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = provenance.commit()
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {commit}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

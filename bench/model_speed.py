@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -39,16 +36,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torchvision.models import resnet
-from torchvision.models.detection import MaskRCNN as TVMaskRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.provenance import commit, cpu_name  # noqa: E402
 from bench.stages import (  # noqa: E402
     median_stages,
     ours_infer_stages,
@@ -56,17 +49,14 @@ from bench.stages import (  # noqa: E402
     tv_infer_stages,
     tv_train_stages,
 )
+from bench.synthetic import LIGHT, our_batch, scenes, torchvision_model  # noqa: E402
+from bench.timing import peak_gb, profile_step, reset_peak, timed  # noqa: E402
 from mrcnn import presets  # noqa: E402
-from mrcnn.data.minimask import boxes_from_masks, make_mini_masks  # noqa: E402
+from mrcnn.data.minimask import boxes_from_masks  # noqa: E402
 from mrcnn.fileio import write_json_atomic  # noqa: E402
 from mrcnn.model import build_model  # noqa: E402
 from mrcnn.solver import fused_available  # noqa: E402
-from mrcnn.structures import Batch  # noqa: E402
 from mrcnn.weights import load_torchvision  # noqa: E402
-
-MAX_GT = 8
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-COPY_CALLS = ("cudaMemcpyAsync",)
 
 
 @dataclass(frozen=True)
@@ -88,136 +78,6 @@ VARIANTS = {
     "tv_fp32": Variant("torchvision"),
     "tv_bf16": Variant("torchvision", amp=True),
 }
-
-
-def scenes(batch: int, size: int, seed: int = 0, num_classes: int = 91):
-    """`batch` images with 3..6 ellipses: images uint8 [B,S,S,3], masks [N,S,S] and labels each."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images, masks, labels = [], [], []
-    for _ in range(batch):
-        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        ms = []
-        for _ in range(rng.integers(3, 7)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            ry, rx = rng.uniform(0.05, 0.2, 2) * size
-            ms.append(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1)
-            img[ms[-1]] = rng.integers(0, 255, 3)
-        images.append(img)
-        masks.append(np.stack(ms))
-        labels.append(rng.integers(1, num_classes, len(ms)))
-    return np.stack(images), masks, labels
-
-
-def our_batch(images, masks, labels, device) -> Batch:
-    b, s = images.shape[:2]
-    boxes = torch.zeros(b, MAX_GT, 4)
-    lab = torch.zeros(b, MAX_GT, dtype=torch.long)
-    minis = torch.zeros(b, MAX_GT, 56, 56, dtype=torch.uint8)
-    valid = torch.zeros(b, MAX_GT, dtype=torch.bool)
-    for i, (m, lb) in enumerate(zip(masks, labels, strict=True)):  # data prep, not timed
-        n = len(lb)
-        bx = boxes_from_masks(m)
-        boxes[i, :n] = torch.from_numpy(bx)
-        lab[i, :n] = torch.from_numpy(lb)
-        minis[i, :n] = torch.from_numpy(make_mini_masks(m, bx, 56))
-        valid[i, :n] = True
-    return Batch(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        windows=torch.tensor([[0.0, 0, s, s]] * b),
-        scales=torch.ones(b),
-        original_sizes=torch.tensor([[s, s]] * b),
-        image_ids=torch.arange(b),
-        gt_boxes=boxes,
-        gt_labels=lab,
-        gt_mini_masks=minis,
-        gt_valid=valid,
-    ).to(device)
-
-
-# --light: the same architecture with fewer classes, proposals, RoIs and detections, for smoke
-# tests on a small CPU (torchvision's keyword names; our preset takes the same).
-LIGHT = {
-    "num_classes": 4,
-    "rpn_pre_nms_top_n_train": 100,
-    "rpn_post_nms_top_n_train": 50,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 50,
-    "box_batch_size_per_image": 32,
-    "box_detections_per_img": 10,
-}
-
-
-def torchvision_model(
-    size: int, score_thresh: float, arch: str = "resnet50", light: bool = False
-) -> TVMaskRCNN:
-    body = getattr(resnet, arch)(norm_layer=FrozenBatchNorm2d)
-    backbone = _resnet_fpn_extractor(body, trainable_layers=3)
-    kwargs = dict(LIGHT) if light else {"num_classes": 91}
-    return TVMaskRCNN(
-        backbone, min_size=size, max_size=size, box_score_thresh=score_thresh, **kwargs
-    )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(step, iters: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(seconds of the first warm-up call, seconds per call of `step` after `warmup` calls)."""
-    t0 = time.perf_counter()
-    for i in range(warmup):
-        step()
-        if i == 0:
-            _sync(device)
-            first = time.perf_counter() - t0
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return (first if warmup else 0.0), (time.perf_counter() - start) / iters
-
-
-def profile_step(step, device: torch.device, steps: int = 2, trace: Path | None = None) -> dict:
-    """Profiler summary per step: `mrcnn.*` ranges (CPU and device ms), the top ops by self
-    device time (CUDA) or self CPU time, and the host-sync / copy calls (CUDA)."""
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    cuda = device.type == "cuda"
-    if cuda:
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(steps):
-            step()
-        _sync(device)
-    if trace is not None:
-        prof.export_chrome_trace(str(trace))
-    ranges: dict[str, dict[str, float]] = {}
-    ops, calls = [], {}
-    for ev in prof.key_averages():
-        if ev.key.startswith("mrcnn."):
-            r = ranges.setdefault(ev.key[len("mrcnn.") :], {"cpu_ms": 0.0, "device_ms": 0.0})
-            r["cpu_ms"] += ev.cpu_time_total / 1000 / steps
-            r["device_ms"] += ev.device_time_total / 1000 / steps
-            continue
-        if ev.key in SYNC_CALLS + COPY_CALLS:
-            calls[ev.key] = ev.count / steps
-        self_t = ev.self_device_time_total if cuda else ev.self_cpu_time_total
-        ops.append((ev.key, self_t / 1000 / steps, ev.count / steps))
-    ops.sort(key=lambda o: -o[1])
-    top = [{"op": k[:120], "self_ms": round(t, 3), "calls": c} for k, t, c in ops[:15]]
-    ranges = {k: {n: round(v, 3) for n, v in r.items()} for k, r in ranges.items()}
-    return {"ranges": ranges, "top_ops": top, "host_calls_per_step": calls}
-
-
-def _peak_gb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def build_variant(v: Variant, args, state_dict: dict, device: torch.device):
@@ -328,7 +188,7 @@ def run_variant(name: str, v: Variant, args, data, state_dict, device) -> dict[s
     for phase in args.phases:
         step, staged = steps[phase]
         model.train(phase == "train")
-        _reset_peak(device)
+        reset_peak(device)
         first_s, per_iter = timed(step, args.iters, warmup, device)
         r: dict[str, Any] = {
             "images_per_s": round(args.batch / per_iter, 3),
@@ -337,7 +197,7 @@ def run_variant(name: str, v: Variant, args, data, state_dict, device) -> dict[s
             "first_call_s": round(first_s, 2),  # includes compilation for compiled variants
             "iters": args.iters,
             "warmup": warmup,
-            "peak_memory_gb": _peak_gb(device),
+            "peak_memory_gb": peak_gb(device),
         }
         r["stage_ms"] = median_stages(staged, device, steps=args.stage_steps)
         if args.profile_steps:
@@ -436,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the same proposals and detections and do the same amount of work.
     state_dict = torchvision_model(args.size, args.score_thresh, args.arch, args.light).state_dict()
     results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "size": args.size,
@@ -446,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "iters": args.iters,
         "phases": args.phases,
         "score_thresh": args.score_thresh,
-        "commit": _commit(),
+        "commit": commit(),
         "command": " ".join(sys.argv),
         "variants": {},
     }
@@ -506,32 +366,6 @@ def _print(r: dict) -> None:
             f"{phase} ratios (ours / torchvision): "
             + ", ".join(f"{k} {x:.2f}x" for k, x in rs.items())
         )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def _commit() -> str:
-    if os.environ.get("GPU_CHECK_COMMIT"):  # the GPU machine gets the tree without .git
-        return os.environ["GPU_CHECK_COMMIT"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

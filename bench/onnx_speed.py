@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,8 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.model_speed import scenes  # noqa: E402
+from bench import provenance  # noqa: E402
+from bench.synthetic import scenes  # noqa: E402
 from mrcnn import presets  # noqa: E402
 from mrcnn.export import to_onnx  # noqa: E402
 from mrcnn.model import build_model  # noqa: E402
@@ -126,9 +126,7 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = provenance.commit()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:

@@ -1,6 +1,7 @@
-"""Session-wide real services for every test folder (see tests/services.py): an S3 server, a
-throwaway PostgreSQL and a two-node Ray cluster, each started on first use and stopped by pid at
-the end of the session. A test that needs one skips only when it cannot start here."""
+"""Session-wide real services for every test folder: an S3 server, a throwaway PostgreSQL
+(tests/services.py) and a two-node Ray cluster (tests/ray_services.py), each started on first
+use and stopped by pid at the end of the session. A test that needs one skips only when it
+cannot start here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import services
+from tests import ray_services, services
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +55,7 @@ def postgres() -> Iterator[services.Postgres]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server) -> Iterator[services.RayCluster]:
+def ray_cluster(s3_server) -> Iterator[ray_services.RayCluster]:
     """A real two-node Ray cluster on this machine (head: resource `node_a`, second node:
     `node_b`, one CPU each), reached through RAY_ADDRESS by subprocesses the tests start. Its
     nodes see the S3 credentials (as a cluster's nodes would from their environment) and this
@@ -67,7 +68,7 @@ def ray_cluster(s3_server) -> Iterator[services.RayCluster]:
     env = dict(s3_server.env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     try:
-        cluster = services.start_ray_cluster(env)
+        cluster = ray_services.start_ray_cluster(env)
     except services.ServiceUnavailable as e:
         pytest.skip(f"a two-node Ray cluster cannot start here: {e}")
     try:

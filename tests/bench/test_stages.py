@@ -71,7 +71,7 @@ def test_median_stages_sums_a_total():
 
 @pytest.mark.slow
 def test_split_torchvision_steps_match_its_forward():
-    from bench.model_speed import torchvision_model
+    from bench.synthetic import torchvision_model
 
     torch.manual_seed(0)
     model = torchvision_model(64, 0.0, "resnet18", light=True)
