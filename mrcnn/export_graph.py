@@ -11,7 +11,7 @@ shapes, and whose data-dependent parts are ONNX operators:
                     are a `TopK` of the masked scores, so the slot count never varies.
     RoIAlign        ONNX `RoiAlign` per pyramid level on the RoIs assigned to that level
                     (`NonZero` + `Gather`), concatenated in level order; the heads run on
-                    that order and only their outputs go back to RoI order (`ScatterND`).
+                    that order and only their outputs go back to RoI order (`Gather`).
                     aligned=True -> coordinate_transformation_mode "half_pixel",
                     aligned=False -> "output_half_pixel" (opset >= 16), as torchvision exports.
     mask head       runs on the valid detections only (plus one dummy RoI, so it never sees an

@@ -18,6 +18,8 @@
    val split; seeded images when there is none) and logs it to the run; a file whose
    detections do not match is removed and the export fails. The registered model carries the
    checked file too (artifact `onnx`), and runs it when `export.pyfunc_backend` is onnxruntime.
+   A model without a mask head gets no file (the graph outputs masks): a warning, and
+   `export.json` says `"portable": {"skipped": ...}`.
 5. Writes `models/export/export.json`: version, alias, URIs, metric, decision.
 """
 

@@ -25,10 +25,12 @@ def test_paste_matches_torch():
     boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
     boxes[0] = [3.2, 4.7, 3.9, 5.1]  # under a pixel
     boxes[1] = [-20, -20, 200, 150]  # larger than the image
+    boxes[2] = [140, 10, 170, 30]  # right of the image: no pixel
     ours = host_postprocess.paste_masks_in_image(masks, boxes, (70, 101), 0.5)
     ref = paste_masks_in_image(torch.from_numpy(masks), torch.from_numpy(boxes), (70, 101), 0.5)
     assert ours.shape == (12, 70, 101) and ours.dtype == bool
     assert ref.numpy().sum() > 5000  # real masks were compared
+    assert not ours[2].any()
     # Different matmul kernels may round a value sitting exactly on the threshold differently.
     assert (ours != ref.numpy()).sum() <= 2
 
