@@ -5,7 +5,6 @@ through `pipeline.predict`) gives exactly the in-memory model's detections."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from PIL import Image
 from mrcnn.coco_results import to_coco_results
 from mrcnn.fileio import file_digest, json_digest
 from pipeline import predict
-from pipeline.params import ExportParams, PredictParams
+from pipeline.params import PredictParams
 from pipeline.stages import export
 from pipeline.tracking import registry as reg
 from pipeline.tracking.pyfunc import frame_detections
@@ -268,44 +267,6 @@ def test_portable_model_carries_its_onnx_file_and_runs_it(registry: dict, tmp_pa
         np.testing.assert_allclose(g.boxes, e.boxes, rtol=0, atol=1e-4)
 
 
-def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    with pytest.raises(reg.ExportError, match="set export.portable: true"):
-        reg.log_model(tmp_path, backend="onnxruntime")
-    import torch
-
-    from mrcnn import presets
-    from mrcnn.model import build_model
-
-    torch.manual_seed(0)
-    kp = {"count": 3, "head_channels": 8, "head_convs": 1}
-    save_model(build_model(presets.shapes_small(keypoints=kp)), tmp_path / "models/final")
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/eval.json").write_text(json.dumps({"segm": {"AP": 0.5}}))
-    paths = _paths_under(tmp_path)
-    params = ExportParams(pyfunc_backend="onnxruntime")
-    with pytest.raises(reg.ExportError, match="boxes and masks only.*keypoints=3"):
-        export.run(paths, params, tracking_uri="sqlite:///unused.db", experiment="x")
-    assert not (tmp_path / "unused.db").exists() and not paths.out_dir.exists()
-    # With the torch backend it exports; the ONNX file says what it leaves out, and so does the log
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with caplog.at_level(logging.WARNING, logger="pipeline.stages.export"):
-        result = export.run(paths, ExportParams(register="false"), tracking_uri=uri, experiment="x")
-    assert result["portable"]["ok"] and result["portable"]["heads_not_in_graph"] == ["keypoints"]
-    assert "keypoints are not in it" in caplog.text
-    # Without a mask head there is no graph to write (it outputs masks): said, and skipped
-    no_masks = presets.shapes_small(keypoints=kp, roi_heads={"masks": False})
-    save_model(build_model(no_masks), tmp_path / "models/final")
-    with caplog.at_level(logging.WARNING, logger="pipeline.stages.export"):
-        result = export.run(paths, ExportParams(register="false"), tracking_uri=uri, experiment="x")
-    assert result["portable"] == {
-        "skipped": "the graph outputs masks and this model has no mask head"
-    }
-    assert "model.onnx not written" in caplog.text
-    assert not (paths.out_dir / export.PORTABLE_FILE).exists()
-
-
 _PYFUNC_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -441,26 +402,3 @@ def test_predict_missing_alias_or_model_is_a_clear_error(
         _predict_cli(registry, "models:/nothing@champion", tmp_path)
     assert "no registered model 'nothing'" in caplog.text and NAME in caplog.text
     assert not (tmp_path / "out" / "results.json").exists()
-
-
-def test_export_with_a_metric_eval_json_lacks(tmp_path: Path) -> None:
-    with pytest.raises(reg.ExportError, match="has no 'segm.APx'"):
-        reg.metric_value({"segm": {"AP": 0.1}}, "segm.APx")
-    assert reg.metric_value({"segm": {"AP": 0.25}}, "segm.AP") == 0.25
-
-
-def _paths_under(root: Path) -> export.ExportPaths:
-    """The export stage's paths in a project at `root` (what dvc.yaml passes)."""
-    return export.ExportPaths(
-        model_dir=root / "models/final",
-        eval_metrics=root / "metrics/eval.json",
-        train_run=root / "metrics/train_run.json",
-        train_metrics=root / "metrics/train.json",
-        out_dir=root / "models/export",
-    )
-
-
-def test_export_without_evaluation_says_what_to_run(tmp_path: Path) -> None:
-    paths = _paths_under(tmp_path)
-    with pytest.raises(FileNotFoundError, match="pipeline.evaluate"):
-        export.run(paths, ExportParams(), tracking_uri="sqlite:///unused.db", experiment="x")
