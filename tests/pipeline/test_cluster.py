@@ -1,7 +1,7 @@
 """Scale-out for real: `python -m pipeline.train` against a two-node Ray cluster on this machine
-(tests/services.py: `ray start --head` + `ray start --address`), joined through RAY_ADDRESS, with
-shards and Ray Train storage in S3 (moto) and `train.placement: strict_spread`, so the two
-workers run on different nodes and share nothing but the network."""
+(tests/ray_services.py: `ray start --head` + `ray start --address`), joined through
+RAY_ADDRESS, with shards and Ray Train storage in S3 (moto) and `train.placement:
+strict_spread`, so the two workers run on different nodes and share nothing but the network."""
 
 from __future__ import annotations
 
