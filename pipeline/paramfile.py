@@ -15,7 +15,7 @@ import yaml
 
 from mrcnn import presets
 from mrcnn.config import Config
-from mrcnn.mapping import from_mapping, reprefix
+from mrcnn.mapping import from_mapping, reprefix, to_plain
 
 T = TypeVar("T")
 
@@ -98,12 +98,4 @@ def from_dict(cls: type[T], d: Any, section: str) -> T:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """A section as a plain, JSON/YAML-safe dict (tuples become lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return plain(dataclasses.asdict(obj))
+    return to_plain(dataclasses.asdict(obj))
