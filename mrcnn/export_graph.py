@@ -247,14 +247,10 @@ def roi_align_levels(
     return torch.cat(pooled), torch.cat(order)
 
 
-def _in_roi_order(values: Tensor, order: Tensor, n: int) -> Tensor:
-    """Rows of `values` in level order (`roi_align_levels`) -> in the order of the n RoIs.
-
-    A gather by the inverse permutation: its index has the static length n, so the graph's
-    shapes after it stay static.
-    """
-    inverse = torch.zeros(n, dtype=torch.int64).index_put((order,), torch.arange(n))
-    return values[inverse]
+def _roi_order(order: Tensor, n: int) -> Tensor:
+    """The inverse of `roi_align_levels`'s `order`: rows in level order, gathered by it, are in
+    the order of the n RoIs. Its static length n keeps the graph's shapes after it static."""
+    return torch.zeros(n, dtype=torch.int64).index_put((order,), torch.arange(n))
 
 
 def mask_probs_for_labels(head: MaskHead, pooled: Tensor, labels: Tensor) -> Tensor:
@@ -326,7 +322,8 @@ class InferenceGraph(nn.Module):
         pooled, order = roi_align_levels(
             features, rois_with_image_index(proposals), output_size=heads.box_pool_size, **pool
         )
-        class_logits, box_deltas = (_in_roi_order(t, order, b * r) for t in heads.box_head(pooled))
+        inverse = _roi_order(order, b * r)
+        class_logits, box_deltas = (t[inverse] for t in heads.box_head(pooled))
         boxes, scores, labels, valid = detection_layer(
             class_logits.reshape(b, r, -1),
             box_deltas.reshape(b, r, -1),

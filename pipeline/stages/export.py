@@ -115,7 +115,7 @@ def run(
                 f"training run {train_run_id} is not in the store" if train_run_id else "no run id"
             )
             log.warning("logging the model into a new run %s (%s)", run_id, why)
-        portable = None
+        portable, onnx_file = None, None
         (paths.out_dir / PORTABLE_FILE).unlink(missing_ok=True)  # never leave a stale file
         if params.portable and not heads.masks:
             why = "the graph outputs masks and this model has no mask head"
@@ -125,7 +125,8 @@ def run(
             portable = portable_export.export_portable(
                 model, paths.out_dir / PORTABLE_FILE, val_images(paths.manifests, CHECK_IMAGES)
             )
-            portable["sha256"] = file_digest(Path(portable["file"]))
+            onnx_file = Path(portable["file"])
+            portable["sha256"] = file_digest(onnx_file)
             portable["heads_not_in_graph"] = [
                 name
                 for name, present in (
@@ -141,7 +142,7 @@ def run(
                     PORTABLE_FILE,
                     " and ".join(portable["heads_not_in_graph"]),
                 )
-            mlflow.log_artifact(portable["file"], artifact_path="portable")
+            mlflow.log_artifact(str(onnx_file), artifact_path="portable")
             tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
             tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
             tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
@@ -153,7 +154,7 @@ def run(
             logged_uri = registry.log_model(
                 paths.model_dir,
                 heads=heads,
-                onnx_file=Path(portable["file"]) if portable and "file" in portable else None,
+                onnx_file=onnx_file,
                 backend=params.pyfunc_backend,
             ).model_uri
         if new_version:
