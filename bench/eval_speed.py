@@ -11,7 +11,7 @@ path side by side, back to back in one process:
   (a) paste + encode: `MaskRCNN.postprocess` + `to_coco_results` over all detections
       - reference: every mask pasted into a full H x W image, RLE-encoded by pycocotools
       - fast:      no paste: RLE computed from each mask's 28 x 28 grid and box
-                   (`mrcnn.grid_masks`), encoding over `--workers` processes
+                   (`mrcnn.inference.grid_masks`), encoding over `--workers` processes
   (b) `coco_evaluate` bbox + segm (evaluate, accumulate, summarize) on the same results:
       pycocotools one type after the other vs faster-coco-eval with bbox and segm side by side
       in `--workers` processes (`--workers 1`: one after the other)
@@ -52,9 +52,9 @@ from pycocotools.coco import COCO  # noqa: E402
 
 from bench import provenance  # noqa: E402
 from mrcnn import presets  # noqa: E402
-from mrcnn.coco_eval import CocoScores, coco_evaluate  # noqa: E402
-from mrcnn.coco_results import ResultsEncoder  # noqa: E402
-from mrcnn.model import build_model  # noqa: E402
+from mrcnn.evaluation.coco_eval import CocoScores, coco_evaluate  # noqa: E402
+from mrcnn.evaluation.coco_results import ResultsEncoder  # noqa: E402
+from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.structures import Batch, RawDetections  # noqa: E402
 
 # COCO's 80 category ids (1..90 with gaps).
@@ -314,7 +314,7 @@ def main() -> None:
 
 def _mask_agreement(fast: list, reference: list) -> dict:
     """How far the grid RLEs are from pasting then encoding: masks with the same RLE, and the
-    pixels that differ (at the threshold: tests/mrcnn/test_grid_masks.py)."""
+    pixels that differ (at the threshold: tests/mrcnn/inference/test_grid_masks.py)."""
     from pycocotools import mask as mask_utils
 
     same = sum(f["segmentation"] == r["segmentation"] for f, r in zip(fast, reference, strict=True))

@@ -32,14 +32,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mrcnn import presets, weights  # noqa: E402
-from mrcnn.coco_eval import coco_evaluate  # noqa: E402
-from mrcnn.coco_results import to_coco_results  # noqa: E402
 from mrcnn.data import Augmentation, ShardDataset, TrainLoader  # noqa: E402
 from mrcnn.data.coco import class_map, load_coco_split  # noqa: E402
+from mrcnn.data.image_file import read_image  # noqa: E402
 from mrcnn.data.shapes import ShapesSpec, write_split  # noqa: E402
 from mrcnn.data.writer import ShardOptions, build_split  # noqa: E402
-from mrcnn.images import read_image  # noqa: E402
-from mrcnn.model import build_model  # noqa: E402
+from mrcnn.evaluation.coco_eval import coco_evaluate  # noqa: E402
+from mrcnn.evaluation.coco_results import to_coco_results  # noqa: E402
+from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.solver import Schedule, build_optimizer, lr_scheduler  # noqa: E402
 
 

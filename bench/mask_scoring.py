@@ -28,14 +28,14 @@ import torch
 from pycocotools.coco import COCO
 
 from mrcnn import presets
-from mrcnn.coco_eval import coco_evaluate
-from mrcnn.coco_results import to_coco_results
 from mrcnn.data import ShardDataset
 from mrcnn.data.coco import class_map, load_coco_split
 from mrcnn.data.loader import TrainLoader, eval_batches
 from mrcnn.data.shapes import ShapesSpec, write_split
 from mrcnn.data.writer import ShardOptions, build_split
-from mrcnn.model import build_model
+from mrcnn.evaluation.coco_eval import coco_evaluate
+from mrcnn.evaluation.coco_results import to_coco_results
+from mrcnn.modeling.model import build_model
 from mrcnn.solver import Schedule, build_optimizer, lr_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

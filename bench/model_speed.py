@@ -54,7 +54,7 @@ from bench.timing import peak_gb, profile_step, reset_peak, timed  # noqa: E402
 from mrcnn import presets  # noqa: E402
 from mrcnn.data.minimask import boxes_from_masks  # noqa: E402
 from mrcnn.fileio import write_json_atomic  # noqa: E402
-from mrcnn.model import build_model  # noqa: E402
+from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.solver import fused_available  # noqa: E402
 from mrcnn.weights import load_torchvision  # noqa: E402
 

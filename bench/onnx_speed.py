@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import provenance  # noqa: E402
 from bench.synthetic import scenes  # noqa: E402
 from mrcnn import presets  # noqa: E402
-from mrcnn.export import to_onnx  # noqa: E402
-from mrcnn.model import build_model  # noqa: E402
-from mrcnn.onnx_model import OnnxModel  # noqa: E402
+from mrcnn.export.onnx import to_onnx  # noqa: E402
+from mrcnn.export.onnx_model import OnnxModel  # noqa: E402
+from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.weights import load_torchvision  # noqa: E402
 
 # Idle time before each timed call: the previous runtime's worker threads (OpenMP for torch,

@@ -46,7 +46,7 @@ from mrcnn.data.minimask import boxes_from_masks, make_mini_masks  # noqa: E402
 from mrcnn.data.shapes import ShapesSpec, generate_image  # noqa: E402
 from mrcnn.data.shards import Sample  # noqa: E402
 from mrcnn.fileio import write_json_atomic  # noqa: E402
-from mrcnn.model import build_model  # noqa: E402
+from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule  # noqa: E402
 
 logger = logging.getLogger("train_gpu")

@@ -4,11 +4,21 @@ import mrcnn
 model = mrcnn.build_model(mrcnn.presets.shapes_small())
 detections = model.detect([image])        # uint8 H x W x 3 -> list[mrcnn.Detections]
 
-Subpackages reachable from `import mrcnn`: `mrcnn.presets` (configs), `mrcnn.data` (shard
-format, resize/pad, mini-masks, loaders), `mrcnn.weights` (torchvision checkpoint import) and
-`mrcnn.export` (ONNX / torch.export). Names and subpackages are imported on first use
-(PEP 562), so the torch-free parts (`mrcnn.onnx_model.OnnxModel`, `mrcnn.detections`,
-`mrcnn.images`) load in a process that has only numpy, Pillow and onnxruntime.
+Layout (grouped as detectron2 does):
+
+    config presets structures weights solver   the few top-level modules
+    layers/      box coder, NMS into fixed slots, matcher + sampler, poolers, resampling
+    modeling/    backbone, anchors, RPN, RoI heads, targets, losses, MaskRCNN / build_model
+    inference/   detection layer; torch-free post-processing, mask paste, grid masks, tiling
+    export/      the static graph, ONNX / torch.export, OnnxModel (torch-free)
+    evaluation/  dataset prediction, COCO results, COCOeval
+    visualize/   instances, anchors, figures, the model step by step
+    data/        shard format, resize/pad, mini-masks, augmentation, loaders, image decoding
+
+Reachable from `import mrcnn`: `mrcnn.presets`, `mrcnn.data`, `mrcnn.weights`, `mrcnn.export`,
+`mrcnn.evaluation`. Names and subpackages are imported on first use (PEP 562), so the
+torch-free parts (`mrcnn.export.OnnxModel`, `mrcnn.Detections`, `mrcnn.inference`'s
+post-processing) load in a process that has only numpy, Pillow and onnxruntime.
 """
 
 from __future__ import annotations
@@ -17,10 +27,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mrcnn import data, export, presets, weights  # noqa: F401 (submodules, for checkers)
+    from mrcnn import data, evaluation, export, presets, weights  # noqa: F401 (for checkers)
     from mrcnn.config import Config
-    from mrcnn.detections import Detections
-    from mrcnn.model import MaskRCNN, build_model
+    from mrcnn.inference.detections import Detections
+    from mrcnn.modeling.model import MaskRCNN, build_model
     from mrcnn.structures import Batch
 
 __all__ = [
@@ -30,6 +40,8 @@ __all__ = [
     "MaskRCNN",
     "build_model",
     "data",
+    "evaluation",
+    "export",
     "presets",
     "weights",
 ]
@@ -37,11 +49,11 @@ __all__ = [
 _NAMES = {
     "Batch": "mrcnn.structures",
     "Config": "mrcnn.config",
-    "Detections": "mrcnn.detections",
-    "MaskRCNN": "mrcnn.model",
-    "build_model": "mrcnn.model",
+    "Detections": "mrcnn.inference.detections",
+    "MaskRCNN": "mrcnn.modeling.model",
+    "build_model": "mrcnn.modeling.model",
 }
-_SUBMODULES = ("data", "export", "presets", "weights")
+_SUBMODULES = ("data", "evaluation", "export", "presets", "weights")
 
 
 def __getattr__(name: str) -> Any:

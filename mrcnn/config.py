@@ -1,7 +1,8 @@
 """Typed, validated model configuration.
 
-`Config` is a tree of dataclasses. It is read in exactly one place, `mrcnn.model.build_model`,
-which wires the modules with explicit keyword arguments; no module below it sees a `Config`.
+`Config` is a tree of dataclasses. It is read in exactly one place,
+`mrcnn.modeling.model.build_model`, which wires the modules with explicit keyword arguments; no
+module below it sees a `Config`.
 
 `Config.from_dict(d)` accepts a (possibly partial) nested dict, e.g. the `model:` section of
 `params.yaml`, and raises `ValueError` naming the dotted key for anything unknown or invalid:
@@ -244,7 +245,7 @@ class InputConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights, applied in one place (`mrcnn.losses.total_loss`)."""
+    """Loss weights, applied in one place (`mrcnn.modeling.losses.total_loss`)."""
 
     rpn_objectness: float = 1.0
     rpn_box: float = 1.0

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from mrcnn.detections import Detections  # numpy only, so OnnxModel needs no torch
-
-__all__ = ["Batch", "Detections", "InferenceSteps", "RawDetections"]
+__all__ = ["Batch", "InferenceSteps", "RawDetections"]
 
 
 @dataclass
@@ -98,6 +97,18 @@ class RawDetections:
     mask_probs: Tensor | None
     keypoints: Tensor | None = None
     mask_scores: Tensor | None = None
+
+    def numpy(self) -> dict[str, np.ndarray | None]:
+        """Every field on the host as numpy (floats as float32): what
+        `mrcnn.inference.postprocess.to_detections` takes."""
+        out: dict[str, np.ndarray | None] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                v = v.detach().cpu()
+                v = (v.float() if v.is_floating_point() else v).numpy()
+            out[f.name] = v
+        return out
 
 
 @dataclass

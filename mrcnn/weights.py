@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mrcnn.backbone import load_backbone_state_dict
 from mrcnn.config import Config
-from mrcnn.model import MaskRCNN, build_model
+from mrcnn.modeling.backbone import load_backbone_state_dict
+from mrcnn.modeling.model import MaskRCNN, build_model
 
 logger = logging.getLogger(__name__)
 

@@ -199,8 +199,8 @@ class EvaluateParams:
     # val with 100 detections per image that is hundreds of MB).
     write_results: bool = False
     # Processes decoding the shards (DataLoader) and, as many again, RLE-encoding the masks
-    # (`mrcnn.coco_results.ResultsEncoder`), then evaluating bbox / segm / keypoints side by
-    # side (`coco_evaluate(processes=)`); 0 = all in the main process.
+    # (`mrcnn.evaluation.coco_results.ResultsEncoder`), then evaluating bbox / segm / keypoints
+    # side by side (`coco_evaluate(processes=)`); 0 = all in the main process.
     num_workers: int = 0
     backend: str = "faster"  # COCOeval: faster (faster-coco-eval, C++) | pycocotools (reference)
     # Keypoint models: one OKS sigma per keypoint type; empty = COCO's 17 person sigmas.

@@ -3,16 +3,16 @@
     python -m pipeline.predict --model models:/mrcnn-shapes@champion --input photos/ a.jpg \\
         --out predictions/
 
-`--model` is `models:/NAME@ALIAS`, `models:/NAME/VERSION` (or `/latest`), pulled from the
-registry of `mlflow.tracking_uri` in params.yaml; or a local folder, either in
-`mrcnn.weights.save` format (config.json + model.safetensors, e.g. `models/final`) or a
-downloaded MLflow model (with its `MLmodel` file); or a whole-model ONNX file
-(`models/export/model.onnx`). `--backend torch` rebuilds the network from the weights
-(`mrcnn.weights.load`), `--backend onnxruntime` runs the ONNX file (`mrcnn.onnx_model.OnnxModel`,
-the same detections within the export's parity tolerances); the default `auto` takes
-onnxruntime for an .onnx file, the registered model's own `export.pyfunc_backend`, else torch
-(`pipeline.predict_model`). From the registry only the files that backend needs are downloaded:
-the same files and code the pyfunc uses, without MLflow's per-call DataFrame round trip.
+`--model` is `models:/NAME@ALIAS`, `models:/NAME/VERSION` (or `/latest`), pulled from the registry
+of `mlflow.tracking_uri` in params.yaml; or a local folder, either in `mrcnn.weights.save` format
+(config.json + model.safetensors, e.g. `models/final`) or a downloaded MLflow model (with its
+`MLmodel` file); or a whole-model ONNX file (`models/export/model.onnx`). `--backend torch` rebuilds
+the network from the weights (`mrcnn.weights.load`), `--backend onnxruntime` runs the ONNX file
+(`mrcnn.export.onnx_model.OnnxModel`, the same detections within the export's parity tolerances);
+the default `auto` takes onnxruntime for an .onnx file, the registered model's own
+`export.pyfunc_backend`, else torch (`pipeline.predict_model`). From the registry only the files
+that backend needs are downloaded: the same files and code the pyfunc uses, without MLflow's
+per-call DataFrame round trip.
 
 `--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif
 .tiff; 8/16-bit, gray, RGBA and palette images are converted to RGB, EXIF orientation is
@@ -30,8 +30,8 @@ Nothing done is lost: a file that cannot be read is reported (log, summary line,
 and skipped (`--strict` stops at the first one instead), and whatever ends the run (an error,
 Ctrl-C), results.json and images.json are written with what was done (`"complete": false`).
 
-Large images: `--tile 1024 --tile-overlap 0.2` runs the model on overlapping tiles of the
-original pixels and merges them (`mrcnn.tiling`); by default images whose longer side is 3x the
+Large images: `--tile 1024 --tile-overlap 0.2` runs the model on overlapping tiles of the original
+pixels and merges them (`mrcnn.inference.tiling`); by default images whose longer side is 3x the
 model input or more are tiled at the model's input size (`--tile 0` turns tiling off).
 
 Registry models use the tracking URI from `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mrcnn.images import ImageReadError, read_image
+from mrcnn.data.image_file import ImageReadError, read_image
 from pipeline.params import MlflowParams, PredictParams, load_section
 from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_map: public API)
     BACKENDS,
@@ -135,7 +135,7 @@ def run(
 
 def _tile_size(image: np.ndarray, image_size: int, tile: int | None) -> int:
     """The tile side for this image, or 0 for one ordinary pass."""
-    from mrcnn.tiling import should_tile
+    from mrcnn.inference.tiling import should_tile
 
     h, w = image.shape[:2]
     if tile is None:

@@ -8,12 +8,12 @@ registry; a local folder in `mrcnn.weights.save` format (config.json + model.saf
 downloaded MLflow model (its `MLmodel` file); or a whole-model ONNX file (`*.onnx`, written by
 `mrcnn.export.to_onnx`, e.g. `models/export/model.onnx`).
 
-Backends: `torch` rebuilds the network from the weights (`mrcnn.weights.load`); `onnxruntime`
-runs the ONNX file through `mrcnn.onnx_model.OnnxModel` (an MLflow model's `onnx` artifact, which
-`pipeline.export` logs with `export.portable: true`). `auto` is onnxruntime for an `.onnx` file,
-the model's own `backend` (model_config, `export.pyfunc_backend`) for an MLflow model, and torch
-for a weights folder. From the registry only the files the backend needs are downloaded (plus
-config.json, for the class map).
+Backends: `torch` rebuilds the network from the weights (`mrcnn.weights.load`); `onnxruntime` runs
+the ONNX file through `mrcnn.export.onnx_model.OnnxModel` (an MLflow model's `onnx` artifact, which
+`pipeline.export` logs with `export.portable: true`). `auto` is onnxruntime for an `.onnx` file, the
+model's own `backend` (model_config, `export.pyfunc_backend`) for an MLflow model, and torch for a
+weights folder. From the registry only the files the backend needs are downloaded (plus config.json,
+for the class map).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ class OnnxPredictor:
 
     def detect(self, images: list[np.ndarray], batch_size: int | None = None) -> list:
         """As `MaskRCNN.detect`: uint8 H x W x 3 images -> one `Detections` per image."""
-        from mrcnn.detections import Detections
+        from mrcnn.inference.detections import Detections
 
         out = []
         thresh = self.roi_heads.score_thresh
@@ -317,7 +317,7 @@ def load_predictor(
     from mrcnn import weights
 
     if files.backend == "onnxruntime":
-        from mrcnn.onnx_model import OnnxModel
+        from mrcnn.export.onnx_model import OnnxModel
 
         assert files.onnx_file is not None
         net: Any = OnnxPredictor(OnnxModel(files.onnx_file, providers=_providers(device)))

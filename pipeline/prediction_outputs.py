@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn.coco_results import to_coco_results
+from mrcnn.data.image_file import IMAGE_SUFFIXES
+from mrcnn.evaluation.coco_results import to_coco_results
 from mrcnn.fileio import save_png_atomic, write_json_atomic
-from mrcnn.images import IMAGE_SUFFIXES
 
 log = logging.getLogger("pipeline.predict")
 
@@ -72,7 +72,7 @@ class PredictionWriter:
         overlap: float,
         batch_size: int,
     ) -> None:
-        from mrcnn.tiling import detect_tiled
+        from mrcnn.inference.tiling import detect_tiled
 
         det = detect_tiled(
             self.net,
@@ -85,7 +85,7 @@ class PredictionWriter:
         self._record(image_id, item, image, det, tiled=True)
 
     def _record(self, image_id: int, item: ImageInput, image: np.ndarray, det: Any, tiled: bool):
-        from mrcnn.structures import Detections
+        from mrcnn.inference.detections import Detections
         from mrcnn.visualize import colors, draw_instances
 
         h, w = image.shape[:2]

@@ -92,9 +92,9 @@ def graph() -> dict[str, set[str]]:
 def test_the_graph_sees_the_imports_it_must(graph):
     """The parser itself: known edges are found (a parser that finds nothing passes the rest)."""
     assert "pipeline.training.driver" in graph["pipeline.stages.train"]
-    assert "mrcnn.model" in graph["pipeline.training.loop"]
+    assert "mrcnn.modeling.model" in graph["pipeline.training.loop"]
     assert "pipeline.sweep.space" in graph["pipeline.sweep.config"]
-    assert "mrcnn.structures" in graph["mrcnn.model"]
+    assert "mrcnn.structures" in graph["mrcnn.modeling.model"]
 
 
 def test_mrcnn_imports_no_pipeline_and_no_orchestration():

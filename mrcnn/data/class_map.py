@@ -53,5 +53,6 @@ def read_class_map(raw: Mapping[str, Any], num_classes: int | None = None) -> Cl
 
 
 def category_ids(class_map: ClassMap) -> dict[int, int]:
-    """{label: category_id}: what `mrcnn.coco_results.to_coco_results` maps labels with."""
+    """{label: category_id}: what `mrcnn.evaluation.coco_results.to_coco_results` maps labels
+    with."""
     return {label: info.category_id for label, info in class_map.items()}

@@ -26,7 +26,7 @@ from PIL import Image
 
 from mrcnn.data import shards as fmt
 from mrcnn.data.coco import ImageRecord, Skip, decode_instances
-from mrcnn.data.image_file import ImageError, load_rgb
+from mrcnn.data.image_file import ImageReadError, load_rgb
 from mrcnn.data.minimask import make_mini_masks, pack_mini_masks
 from mrcnn.data.resize import compute_scale, resize_image, resized_shape
 
@@ -67,8 +67,8 @@ def prepare_example(
     path = Path(image_dir) / record.file_name
     try:
         image, converted = load_rgb(path)
-    except ImageError as e:
-        return None, [Skip(e.reason, record.image_id, file_name=record.file_name, detail=e.detail)]
+    except ImageReadError as e:
+        return None, [Skip(e.reason, record.image_id, file_name=record.file_name, detail=str(e))]
     h, w = image.shape[:2]
     if (record.height, record.width) != (None, None) and (record.height, record.width) != (h, w):
         detail = f"entry says {record.height}x{record.width}, file is {h}x{w}"

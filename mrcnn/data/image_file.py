@@ -1,60 +1,105 @@
-"""Image files -> uint8 RGB arrays, whatever their mode; a file that cannot be used raises
-`ImageError` with one of the image-level skip reasons of `mrcnn.data.coco`.
+"""Image files -> uint8 `H x W x 3` RGB arrays: the one decoder for training and serving.
 
-Images that are not 8-bit RGB are converted, not rejected, and the conversion is returned as
-a reason: `grayscale` (1-bit, 8-bit, 16/32-bit integer or float grey), `cmyk`, `alpha` (the
-alpha channel is dropped), `palette`, `other_mode`.
+The shards (`load_rgb`), `pipeline.predict` and the registered model (`read_image`) decode
+with the same `decode_rgb`, so a model sees the same pixels in training and in use. Pillow
+reads the formats (JPEG, PNG, BMP, WebP, TIFF, ...); images that are not 8-bit RGB are
+converted, not rejected, and the conversion is named: `grayscale` (1-bit, 8-bit, 16/32-bit
+integer or float grey; 16/32-bit scaled to 8 bits), `cmyk`, `alpha` (the alpha channel is
+dropped, not composited), `palette`, `other_mode`. EXIF orientation is applied only when asked
+(`orient=True`, what `predict` does, so phone photos come out upright); by default coordinates
+refer to the pixels as stored, as COCO's tools read them.
+
+A file that cannot be used raises `ImageReadError` (a `ValueError`) whose message names the
+file and whose `reason` is one of the image-level skip reasons of `mrcnn.data.coco`
+(`missing_image`, `corrupt_image`).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+# What folders of images are read as (predict's inputs, users' label folders).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-class ImageError(Exception):
-    """An image that cannot be used; `reason` is one of the image-level skip reasons."""
+class ImageReadError(ValueError):
+    """A file that is not a usable image. The message names the file; `reason` is
+    `missing_image` or `corrupt_image` (the skip reasons of `mrcnn.data.coco`)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    def __init__(self, message: str, reason: str = "corrupt_image") -> None:
+        super().__init__(message)
         self.reason = reason
-        self.detail = detail
+
+
+def read_image(
+    source: str | Path | bytes, name: str | None = None, *, orient: bool = False
+) -> np.ndarray:
+    """Decode an image file (path or encoded bytes, what the MLflow pyfunc receives) -> uint8
+    `[H, W, 3]` RGB, writable.
+
+    `name` is used in error messages (defaults to the path; "<bytes>" for bytes). `orient`
+    applies the EXIF orientation tag (the image as a viewer shows it).
+    Raises `ImageReadError` naming the file when it is missing, empty or not a decodable image.
+    """
+    return _decode(source, name, orient)[0]
 
 
 def load_rgb(path: str | Path) -> tuple[np.ndarray, str | None]:
-    """Decode an image file -> (uint8 [H, W, 3], conversion reason or None).
+    """Decode an image file for the shards -> (uint8 [H, W, 3], conversion reason or None).
 
-    Raises `ImageError("missing_image" | "corrupt_image")`.
+    Raises `ImageReadError` with `reason` "missing_image" or "corrupt_image".
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError("missing_image", str(path))
-    try:
-        with Image.open(path) as im:
-            im.load()
-            image, converted = _to_rgb(im)
-        return np.require(image, requirements=["C", "W"]), converted  # torch wants writable
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError("corrupt_image", f"{path.name}: {e}") from None
+    return _decode(path, None, False)
 
 
-def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
+def decode_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
+    """A decoded Pillow image in any mode -> (uint8 `[H, W, 3]` RGB, conversion reason or None:
+    "grayscale", "cmyk", "alpha", "palette", "other_mode")."""
     mode = im.mode
     if mode == "RGB":
         return np.asarray(im), None
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
-        return np.asarray(im.convert("RGBA"))[..., :3].copy(), "alpha"
+        return np.asarray(im.convert("RGBA"))[..., :3], "alpha"
     if mode == "CMYK":
         return np.asarray(im.convert("RGB")), "cmyk"
     if mode in ("1", "L"):
         return np.asarray(im.convert("RGB")), "grayscale"
-    if mode.startswith("I") or mode == "F":  # 16/32-bit or float grayscale -> 8 bit
+    if mode.startswith("I") or mode == "F":  # 16/32-bit or float grayscale -> 8 bits
         a = np.asarray(im).astype(np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(255.0, float(a.max()))
+        top = 65535.0 if mode.startswith("I;16") else max(255.0, float(a.max(initial=0)))
         g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2), "grayscale"
     if mode == "P":
         return np.asarray(im.convert("RGB")), "palette"
     return np.asarray(im.convert("RGB")), "other_mode"
+
+
+def _decode(
+    source: str | Path | bytes, name: str | None, orient: bool
+) -> tuple[np.ndarray, str | None]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<bytes>"
+        data = bytes(source)
+        if not data:
+            raise ImageReadError(f"cannot read image {label}: it is empty (0 bytes)")
+        opener: io.BytesIO | Path = io.BytesIO(data)
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.is_file():
+            raise ImageReadError(f"cannot read image {label}: no such file", "missing_image")
+        opener = path
+    try:
+        with Image.open(opener) as im:
+            im.load()
+            rgb, converted = decode_rgb(ImageOps.exif_transpose(im) if orient else im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot read image {label}: {e}") from None
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageReadError(f"cannot read image {label}: it has no pixels")
+    # A new, C-contiguous, writable array: torch.from_numpy warns on read-only ones.
+    return np.require(rgb, np.uint8, ["C", "W", "O"]), converted

@@ -4,8 +4,8 @@ A full-resolution mask costs H x W per instance (1 MB at 1024 px); a 56 x 56 min
 and keeps what training needs, since mask targets are cut from the box region anyway (matterport's
 USE_MINI_MASK, the seeds' memory trick).
 
-Convention (shared with `mrcnn.targets.mask_targets`): the mini-mask covers the box exactly.
-Boxes are `(x1, y1, x2, y2)` with x2/y2 exclusive (a mask whose columns run 3..7 has x1=3,
+Convention (shared with `mrcnn.modeling.targets.mask_targets`): the mini-mask covers the box
+exactly. Boxes are `(x1, y1, x2, y2)` with x2/y2 exclusive (a mask whose columns run 3..7 has x1=3,
 x2=8); mini pixel (i, j) is centred at `(y1 + (i + .5) h / m, x1 + (j + .5) w / m)`.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from mrcnn.mask_paste import paste_separable
+from mrcnn.layers.resample import paste_separable
 
 
 def boxes_from_masks(masks: Tensor | np.ndarray) -> Tensor | np.ndarray:

@@ -13,6 +13,8 @@ Modes (`resize_mode`):
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +60,29 @@ def resize_and_pad(
     return Resized(image=out, window=(0, 0, nh, nw), scale=scale)
 
 
+def prepare_images(
+    images: Sequence[np.ndarray],
+    image_size: int,
+    mode: str = "square",
+    min_size: int = 800,
+    batch_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize + pad images into one fixed-shape batch, as `MaskRCNN.prepare` and
+    `OnnxModel.prepare` feed their graphs: n uint8 `[H, W, 3]` images ->
+    pixels uint8 [B, 3, S, S], windows float32 [B, 4] (y1, x1, y2, x2), scales float32 [B].
+    B = `batch_size` (>= n; the missing images are all-zero with an empty window) or n."""
+    b = len(images) if batch_size is None else batch_size
+    if b < len(images):
+        raise ValueError(f"{len(images)} images do not fit a batch of {b}")
+    pixels = np.zeros((b, image_size, image_size, 3), dtype=np.uint8)
+    windows = np.zeros((b, 4), dtype=np.float32)
+    scales = np.zeros(b, dtype=np.float32)
+    for i, im in enumerate(images):
+        r = resize_and_pad(im, image_size, mode, min_size)
+        pixels[i], windows[i], scales[i] = r.image, r.window, r.scale
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)), windows, scales
+
+
 def resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
     """uint8 `[H, W, C]` -> uint8 `[h, w, C]`; a no-op when the size already matches.
 
@@ -76,7 +101,11 @@ def resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
         resized = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR)
         return np.asarray(resized).copy()
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # NCHW view of HWC
+    with warnings.catch_warnings():
+        # A read-only array (np.asarray of a PIL image) is only read here: torch's warning
+        # that it cannot protect such an array from writes does not apply.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # NCHW view
     shrinking = h < image.shape[0] or w < image.shape[1]
     out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())

@@ -40,13 +40,13 @@ import numpy as np
 from PIL import Image
 
 from mrcnn.data.coco import Skip, group_reasons
+from mrcnn.data.image_file import IMAGE_SUFFIXES
 from mrcnn.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 REPORT = "conversion_report.json"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 BACKGROUND = "_background_"
 IGNORE = "__ignore__"
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mrcnn.coco_eval import CocoScores, pr_curves
+from mrcnn.evaluation.coco_eval import CocoScores, pr_curves
 from mrcnn.fileio import replace_dir
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def draw_overlays(
     from PIL import Image
 
     from mrcnn import visualize as vis
-    from mrcnn.coco_results import decode_masks
+    from mrcnn.evaluation.coco_results import decode_masks
 
     labels_of = {cat: label for label, cat in category_ids.items()}
     names = list(dataset.class_names)
@@ -153,12 +153,12 @@ def overlay_indices(num_images: int, num_overlays: int) -> list[int]:
 
 
 def draw_steps(model: Any, dataset: ShardDataset, indices: Sequence[int]) -> dict[str, np.ndarray]:
-    """The model step by step (`mrcnn.visualize_steps`) on the val samples at `indices` ->
+    """The model step by step (`mrcnn.visualize.steps`) on the val samples at `indices` ->
     {"<image id>_1_rpn": image, "<image id>_2_detections": ..., "<image id>_3_masks": ...}."""
     from torch.utils.data import Subset
 
     from mrcnn.data import eval_batches
-    from mrcnn.visualize_steps import step_pictures
+    from mrcnn.visualize.steps import step_pictures
 
     out: dict[str, np.ndarray] = {}
     if not indices:

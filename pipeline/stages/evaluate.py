@@ -14,7 +14,7 @@ on the val shards.
    keypoint model adds `"keypoints": {"AP", "AP50", "AP75", "APm", "APl"}` (OKS with
    `evaluate.oks_sigmas`), a model without a mask head has no "segm".
 4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`; `steps/`: the model step by
-   step on `evaluate.num_step_images` val images, `mrcnn.visualize_steps`) and logs the
+   step on `evaluate.num_step_images` val images, `mrcnn.visualize.steps`) and logs the
    numbers and pictures into the training's MLflow run (`pipeline.tracking.runs`).
 """
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrcnn.coco_eval import EvaluationInputError, coco_evaluate
 from mrcnn.data import category_ids as label_to_category
-from mrcnn.evaluation import predict_dataset
+from mrcnn.evaluation.coco_eval import EvaluationInputError, coco_evaluate
+from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
 from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section

@@ -5,7 +5,7 @@ Writes under `reports/inspect/`:
     mini_mask_round_trip.png an instance, its mini-mask, the mini-mask expanded back, and the
                              agreement with the source annotation (pycocotools `annToMask`)
     anchors.png              one image's anchors (the `model` section's) labelled against its
-                             ground truth as the RPN does (`mrcnn.matcher`, the model's
+                             ground truth as the RPN does (`mrcnn.layers.matcher`, the model's
                              thresholds; each box's best anchor positive; the rest neutral)
     anchors_per_level.png    a few anchors of each pyramid level P2..P6
     class_distribution.png   instances per class, train and val (from the manifests)
@@ -28,11 +28,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from mrcnn import visualize as vis
-from mrcnn.anchors import AnchorGenerator
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, expand_mini_masks
 from mrcnn.fileio import replace_dir
-from mrcnn.matcher import BELOW_LOW, batched_iou, match
+from mrcnn.layers.matcher import BELOW_LOW, batched_iou, match
+from mrcnn.modeling.anchors import AnchorGenerator
 from pipeline import cli, layout
 from pipeline.params import (
     SPLITS,
@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """The RPN's anchor labels for one image, from `mrcnn.matcher` with the model's thresholds
-    (`model.rpn.fg_iou_thresh` / `bg_iou_thresh`, each box's best anchors positive):
+    """The RPN's anchor labels for one image, from `mrcnn.layers.matcher` with the model's
+    thresholds (`model.rpn.fg_iou_thresh` / `bg_iou_thresh`, each box's best anchors positive):
     int8 [A], 1 positive, 0 negative, -1 neutral. anchors [A, 4], gt_boxes [G, 4] xyxy."""
     if gt_boxes.numel() == 0:  # nothing to match: every anchor is background
         return torch.zeros(anchors.shape[0], dtype=torch.int8)

@@ -28,7 +28,7 @@ from mrcnn import weights
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
 from mrcnn.fileio import replace_dir, write_json_atomic
-from mrcnn.model import build_model
+from mrcnn.modeling.model import build_model
 from pipeline import cli, layout
 from pipeline.paramfile import DEFAULT_PRESET
 from pipeline.params import (

@@ -6,7 +6,7 @@ the export wrote one, the checked whole-model ONNX file as its `onnx` artifact. 
 `load_context`, which builds the backend named by the model config's `backend`:
 
     torch        (default) `mrcnn.weights.load` rebuilds the network (eager PyTorch)
-    onnxruntime  `mrcnn.onnx_model.OnnxModel` runs the `onnx` artifact (same `detect`)
+    onnxruntime  `mrcnn.export.onnx_model.OnnxModel` runs the `onnx` artifact (same `detect`)
 
 `export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick the other one
 at load time (the ONNX one needs a model logged with its ONNX file):
@@ -28,7 +28,7 @@ Output: a DataFrame with one row per detection: `image_index` (input row), `labe
 index, 1..K-1), `class_name`, `score`, the box `x1, y1, x2, y2` in original pixels; then, only
 when the model has the head for them (`output_columns`):
     mask_counts, mask_height, mask_width  the mask as a COCO RLE (mask head; decode with
-                                          `mrcnn.coco_results.decode_masks`)
+                                          `mrcnn.evaluation.coco_results.decode_masks`)
     mask_score                            the mask's own score (MaskIoU head)
     keypoints                             [Kp * 3] floats x1, y1, s1, x2, ... in original
                                           pixels (keypoint head; COCO's flat layout)
@@ -50,9 +50,9 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from mrcnn.coco_results import encode_masks
-from mrcnn.detections import Detections
-from mrcnn.images import ImageReadError, read_image
+from mrcnn.data.image_file import ImageReadError, read_image
+from mrcnn.evaluation.coco_results import encode_masks
+from mrcnn.inference.detections import Detections
 
 INPUT_COLUMN = "image"
 BACKENDS = ("torch", "onnxruntime")
@@ -121,7 +121,7 @@ def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
                 "backend onnxruntime needs the model's ONNX file, but this model was logged "
                 "without one (export.portable: true writes it); load it with backend torch"
             )
-        from mrcnn.onnx_model import OnnxModel
+        from mrcnn.export.onnx_model import OnnxModel
 
         return OnnxModel(artifacts[ONNX_ARTIFACT])
     import torch
@@ -221,7 +221,7 @@ def frame_detections(frame: pd.DataFrame, num_images: int) -> list[Detections]:
     """The inverse of `detections_frame`: one `Detections` per input image; masks decoded from
     their RLEs (bool [N, H, W]; [N, 0, 0] without mask columns), keypoints [N, Kp, 3] and
     mask_scores [N] when the frame has those columns."""
-    from mrcnn.coco_results import decode_masks
+    from mrcnn.evaluation.coco_results import decode_masks
 
     out = []
     for i in range(num_images):

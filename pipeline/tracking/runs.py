@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mrcnn.coco_eval import ALL_IOU_TYPES
+from mrcnn.evaluation.coco_eval import ALL_IOU_TYPES
 from pipeline.params import EvaluateParams, to_dict
 from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE, STEPS_DIR
 from pipeline.tracking.store import flatten, start_run

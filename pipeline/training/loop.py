@@ -22,7 +22,7 @@ import torch.distributed as dist
 from mrcnn import weights
 from mrcnn.config import Config
 from mrcnn.data import Augmentation, ShardDataset, TrainLoader, storage
-from mrcnn.model import build_model
+from mrcnn.modeling.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
 from pipeline.params import TrainParams, from_dict
 from pipeline.training import faults

@@ -1,8 +1,8 @@
 """Periodic validation during training: val AP of the first `train.eval_images` val images.
 
 Run by rank 0 every `train.eval_every` iterations (sweeps compare trials on it); the same
-`mrcnn.evaluation.predict_dataset` + `mrcnn.coco_eval.coco_evaluate` path as the evaluate stage,
-so the same fast path (masks encoded from the mask grid, the faster-coco-eval backend), in
+`mrcnn.evaluation.predict_dataset` + `mrcnn.evaluation.coco_eval.coco_evaluate` path as the evaluate
+stage, so the same fast path (masks encoded from the mask grid, the faster-coco-eval backend), in
 this process (a few dozen images: worker processes would cost more than they save).
 
 Rank 0 may run on any node, so it reads everything itself from where the driver says, never
@@ -22,10 +22,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mrcnn.coco_eval import coco_evaluate
 from mrcnn.data import ShardDataset, storage
 from mrcnn.data.shards import GROUND_TRUTH
-from mrcnn.evaluation import predict_dataset
+from mrcnn.evaluation.coco_eval import coco_evaluate
+from mrcnn.evaluation.predict import predict_dataset
 from pipeline.params import TrainParams
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import torch
 
 from mrcnn import presets
 from mrcnn.data.minimask import boxes_from_masks, make_mini_masks
-from mrcnn.model import MaskRCNN, build_model
+from mrcnn.modeling.model import MaskRCNN, build_model
 from mrcnn.structures import Batch
 
 S = 128

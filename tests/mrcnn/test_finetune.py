@@ -9,7 +9,7 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from mrcnn import presets
-from mrcnn.model import build_model
+from mrcnn.modeling.model import build_model
 from mrcnn.weights import PREDICTORS, load_init, save, torchvision_key
 from tests.mrcnn.scenes import tiny_model
 

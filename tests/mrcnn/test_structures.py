@@ -4,7 +4,8 @@ import torch
 
 from mrcnn.data import TrainLoader
 from mrcnn.data.shards import Sample
-from mrcnn.structures import Batch, Detections, RawDetections
+from mrcnn.inference.detections import Detections
+from mrcnn.structures import Batch, RawDetections
 
 
 def _batch(targets: bool = True, b: int = 2, g: int = 3) -> Batch:
@@ -94,10 +95,18 @@ def test_train_loader_pins_only_when_cuda_is_there(monkeypatch, cuda):
     assert calls == ([1] if cuda else [])
 
 
-def test_raw_detections_home_and_detections_len():
-    from mrcnn import roi_heads
-
-    assert roi_heads.RawDetections is RawDetections
+def test_raw_detections_to_numpy_and_detections_len():
+    raw = RawDetections(
+        boxes=torch.ones(1, 2, 4, dtype=torch.float64),
+        scores=torch.ones(1, 2, dtype=torch.bfloat16),
+        labels=torch.tensor([[1, 2]]),
+        valid=torch.tensor([[True, False]]),
+        mask_probs=None,
+    )
+    host = raw.numpy()
+    assert host["boxes"].dtype == np.float32 and host["scores"].dtype == np.float32
+    assert host["labels"].tolist() == [[1, 2]] and host["valid"].tolist() == [[True, False]]
+    assert host["mask_probs"] is None and host["keypoints"] is None
     d = Detections(
         boxes=np.zeros((3, 4), np.float32),
         scores=np.zeros(3, np.float32),

@@ -3,7 +3,7 @@ import torch
 from torchvision.models import resnet18
 
 from mrcnn import presets
-from mrcnn.model import build_model
+from mrcnn.modeling.model import build_model
 from mrcnn.weights import load, load_backbone, read_state_dict, save
 from tests.mrcnn.scenes import make_batch, tiny_model
 

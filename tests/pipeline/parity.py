@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrcnn.detections import Detections
+from mrcnn.inference.detections import Detections
 
 BOX_TOL = 1e-2  # px, in the model's input frame (scaled to each image's pixels below)
 SCORE_TOL = 1e-4
@@ -36,7 +36,7 @@ def assert_same_results(expected: list[dict], actual: list[dict], box_tol: float
     """Two COCO results lists (`pipeline.predict`'s results.json) hold the same detections in
     the same order: ids, file names and categories equal, `bbox` [x, y, w, h] within `box_tol`
     px (2 x for w and h), scores within `SCORE_TOL`, mask IoU >= `MIN_MASK_IOU`."""
-    from mrcnn.coco_results import decode_masks
+    from mrcnn.evaluation.coco_results import decode_masks
 
     assert len(actual) == len(expected) > 0
     for e, a in zip(expected, actual, strict=True):

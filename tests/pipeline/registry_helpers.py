@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mrcnn import presets, weights
-from mrcnn.model import MaskRCNN, build_model
+from mrcnn.modeling.model import MaskRCNN, build_model
 
 CLASS_NAMES = ("background", "square", "circle", "triangle")
 

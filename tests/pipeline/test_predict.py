@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrcnn.coco_results import decode_masks
+from mrcnn.evaluation.coco_results import decode_masks
 from pipeline import predict
 from pipeline.params import PredictParams
 from tests.pipeline.parity import BOX_TOL, assert_same_results
@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def onnx_file(model_dir: Path) -> Path:
     """The same model as a whole-model ONNX file (batch 1, as the export stage writes it)."""
-    from mrcnn.export import to_onnx
+    from mrcnn.export.onnx import to_onnx
 
     return to_onnx(tiny_model(), model_dir.parent / "export" / "model.onnx")
 
@@ -129,7 +129,7 @@ def test_an_interrupted_run_keeps_what_was_done(
     folder.mkdir()
     for i in range(5):
         Image.fromarray(synthetic_images()[i % 2]).save(folder / f"{i}.png")
-    from mrcnn.model import MaskRCNN
+    from mrcnn.modeling.model import MaskRCNN
 
     real, calls = MaskRCNN.detect, []
 
@@ -295,7 +295,7 @@ def test_onnx_backend_refuses_what_it_cannot_do(
     with pytest.raises(SystemExit):
         _cli(model_dir, [folder], tmp_path / "b", "--backend", "onnxruntime")
     assert "holds weights, not an ONNX file" in caplog.text
-    from mrcnn.export import to_onnx
+    from mrcnn.export.onnx import to_onnx
 
     net = tiny_model()
     net.roi_heads.score_thresh = 0.2831  # traced into the graph, recorded in its metadata

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mrcnn.coco_eval import coco_evaluate, ground_truth_results
 from mrcnn.data import ShardDataset
 from mrcnn.data.coco import ImageRecord, class_map, decode_instances, load_coco_split
 from mrcnn.data.loader import collate, hflip_sample
 from mrcnn.data.minimask import boxes_from_masks
 from mrcnn.data.shapes import KEYPOINT_FLIP_MAP, ShapesSpec, generate_image, write_split
 from mrcnn.data.writer import ShardOptions, build_split
+from mrcnn.evaluation.coco_eval import coco_evaluate, ground_truth_results
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 SPEC = ShapesSpec(num_train=6, num_val=0, keypoints=True, seed=3)

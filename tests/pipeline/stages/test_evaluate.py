@@ -28,10 +28,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mrcnn import presets, weights
-from mrcnn.coco_eval import METRIC_NAMES, coco_evaluate
 from mrcnn.data import ShardDataset
-from mrcnn.evaluation import predict_dataset
-from mrcnn.model import MaskRCNN, build_model
+from mrcnn.evaluation.coco_eval import METRIC_NAMES, coco_evaluate
+from mrcnn.evaluation.predict import predict_dataset
+from mrcnn.modeling.model import MaskRCNN, build_model
 from mrcnn.structures import Batch, RawDetections
 from pipeline.params import EvaluateParams, ShardsParams, load_section
 from pipeline.stages import evaluate
@@ -160,11 +160,11 @@ def test_grid_masks_and_encode_workers_give_the_full_mask_results(project: Path)
     """predict_dataset's fast path (RLE from the mask grids, no pixel pasted, encoded by 2
     worker processes) gives the results of full-image masks encoded one by one by pycocotools
     in this process: the same, up to a pixel at the threshold in a rare mask
-    (tests/mrcnn/test_grid_masks.py says which pixels may differ)."""
+    (tests/mrcnn/inference/test_grid_masks.py says which pixels may differ)."""
     from dataclasses import replace
 
-    from mrcnn.coco_results import to_coco_results
     from mrcnn.data import category_ids, eval_batches
+    from mrcnn.evaluation.coco_results import to_coco_results
 
     ds = ShardDataset(project / "data/shards/val")
     model = tiny_model(score_thresh=0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mrcnn import presets
-from mrcnn.model import build_model
+from mrcnn.modeling.model import build_model
 from pipeline.params import EvaluateParams
 from pipeline.reporting.evaluate import _keypoints
 from pipeline.stages.evaluate import iou_types

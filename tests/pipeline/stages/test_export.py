@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from mrcnn.coco_results import to_coco_results
+from mrcnn.evaluation.coco_results import to_coco_results
 from mrcnn.fileio import file_digest, json_digest
 from pipeline import predict
 from pipeline.params import PredictParams
@@ -215,7 +215,7 @@ def test_logged_model_has_no_pickle_and_ships_weights_and_code(registry: dict, t
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth"))], files
     assert "artifacts/weights/model.safetensors" in files
     assert "artifacts/weights/config.json" in files
-    assert "code/mrcnn/model.py" in files
+    assert "code/mrcnn/modeling/model.py" in files
     assert "pyfunc.py" in files  # pipeline/tracking/pyfunc.py, the model's code
     pyfunc = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert "model_code_path" in pyfunc and "python_model" not in pyfunc

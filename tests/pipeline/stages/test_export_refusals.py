@@ -24,7 +24,7 @@ def test_onnxruntime_backend_without_onnx_or_for_keypoints_is_refused(
     import torch
 
     from mrcnn import presets
-    from mrcnn.model import build_model
+    from mrcnn.modeling.model import build_model
 
     torch.manual_seed(0)
     kp = {"count": 3, "head_channels": 8, "head_convs": 1}

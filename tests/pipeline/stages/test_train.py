@@ -12,7 +12,7 @@ from ray.train import TrainingFailedError
 
 from mrcnn import presets
 from mrcnn.data import ShardDataset, read_class_map
-from mrcnn.model import build_model
+from mrcnn.modeling.model import build_model
 from pipeline.params import MlflowParams, TrainParams
 from pipeline.stages.train import TrainPaths, run
 from pipeline.training.checkpoints import NonFiniteLossError, load_state

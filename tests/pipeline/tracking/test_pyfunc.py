@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from mrcnn import presets
-from mrcnn.export import to_onnx
-from mrcnn.model import MaskRCNN, build_model
+from mrcnn.export.onnx import to_onnx
+from mrcnn.modeling.model import MaskRCNN, build_model
 from pipeline.tracking import pyfunc
 from pipeline.tracking.pyfunc import Heads, frame_detections, output_columns
 from tests.pipeline.parity import assert_same_detections

@@ -13,8 +13,8 @@ import torch
 
 from mrcnn import presets
 from mrcnn.data import ShardDataset, storage
-from mrcnn.evaluation import predict_dataset
-from mrcnn.model import build_model
+from mrcnn.evaluation.predict import predict_dataset
+from mrcnn.modeling.model import build_model
 from pipeline.params import TrainParams
 from pipeline.training.periodic_eval import PeriodicEval, val_annotations
 from tests.pipeline.tiny_model import TINY_MODEL

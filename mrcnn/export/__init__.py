@@ -1,0 +1,45 @@
+"""Export: the whole inference as one static-shape graph, and running it without torch.
+
+    graph        `InferenceGraph`: the eager model's own functions, traced with a static NMS
+    onnx         `to_onnx`, `to_torch_export`, `export_portable` (write + check against eager)
+    compare      `compare_onnx`, `match_detections`: exported vs eager detections
+    onnx_model   `OnnxModel`: the ONNX file on ONNX Runtime with `MaskRCNN.detect`'s contract
+                 (numpy, Pillow and onnxruntime only)
+
+Names are imported on first use (PEP 562), so `from mrcnn.export import OnnxModel` loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mrcnn.export.compare import compare_onnx, match_detections
+    from mrcnn.export.onnx import export_portable, to_onnx, to_torch_export
+    from mrcnn.export.onnx_model import OnnxModel
+
+_MODULES = {
+    "mrcnn.export.compare": ("compare_onnx", "match_detections"),
+    "mrcnn.export.onnx": ("export_portable", "to_onnx", "to_torch_export"),
+    "mrcnn.export.onnx_model": ("OnnxModel",),
+}
+_NAMES = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = [
+    "OnnxModel",
+    "compare_onnx",
+    "export_portable",
+    "match_detections",
+    "to_onnx",
+    "to_torch_export",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'mrcnn.export' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_NAMES])

@@ -1,0 +1,48 @@
+"""Pictures (after matterport's inspect notebooks): every function returns an image (uint8
+`[H, W, 3]`) or draws into a matplotlib `Axes` it is given; none calls `plt.show()`.
+
+    instances   detections / ground truth on their image, the mini-mask round trip
+    anchors     RPN anchors by label, anchors per pyramid level
+    figures     palette, font, Agg figures; class distribution, per-category AP, PR curves
+    steps       a model step by step (`MaskRCNN.inference_steps`)
+
+The first three are re-exported here (`mrcnn.visualize.draw_instances`).
+"""
+
+from mrcnn.visualize.anchors import (
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    draw_anchors,
+    draw_anchors_per_level,
+)
+from mrcnn.visualize.figures import (
+    colors,
+    figure_to_array,
+    label_font,
+    new_figure,
+    plot_class_distribution,
+    plot_per_category_ap,
+    plot_pr_curves,
+    zoom,
+)
+from mrcnn.visualize.instances import draw_instances, draw_mini_mask_round_trip, image_grid
+
+__all__ = [
+    "NEGATIVE",
+    "NEUTRAL",
+    "POSITIVE",
+    "colors",
+    "draw_anchors",
+    "draw_anchors_per_level",
+    "draw_instances",
+    "draw_mini_mask_round_trip",
+    "figure_to_array",
+    "image_grid",
+    "label_font",
+    "new_figure",
+    "plot_class_distribution",
+    "plot_per_category_ap",
+    "plot_pr_curves",
+    "zoom",
+]

@@ -1,0 +1,88 @@
+from collections import OrderedDict
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from mrcnn.layers.poolers import assign_levels, multilevel_roi_align
+
+
+def test_level_formula():
+    # k = floor(4 + log2(sqrt(wh) / 224)), clamped to 2..5; returned as an index from P2.
+    boxes = torch.tensor(
+        [
+            [0, 0, 224, 224],
+            [0, 0, 223, 223],
+            [0, 0, 448, 448],
+            [0, 0, 112, 112],
+            [0, 0, 10, 10],
+            [0, 0, 2000, 2000],
+        ],
+        dtype=torch.float32,
+    )
+    assert assign_levels(boxes).tolist() == [2, 1, 3, 1, 0, 3]
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_matches_torchvision_multiscale_roi_align(aligned):
+    torch.manual_seed(0)
+    s = 256
+    feats = [torch.randn(2, 4, s // st, s // st) for st in (4, 8, 16, 32, 64)]
+    xy = torch.rand(2, 30, 2) * 200
+    wh = torch.rand(2, 30, 2) * 250 + 4
+    boxes = torch.cat([xy, xy + wh], dim=-1)
+    ours = multilevel_roi_align(feats, boxes, s, 7, 2, aligned=aligned)
+    if aligned:
+        # torchvision's pooler has no aligned option; only check shape and finiteness here.
+        assert ours.shape == (60, 4, 7, 7) and torch.isfinite(ours).all()
+        return
+    tv = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    named = OrderedDict((str(i), f) for i, f in enumerate(feats[:4]))
+    ref = tv(named, [boxes[0], boxes[1]], [(s, s), (s, s)])
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_cpu_backward_equals_torchvision(aligned):
+    from torchvision.ops import roi_align
+
+    from mrcnn.layers.poolers import RoIAlignCPU
+
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 3, 12, 10, generator=g, requires_grad=True)
+    xy = torch.rand(40, 2, generator=g) * 60 - 10  # some start outside the map
+    wh = torch.rand(40, 2, generator=g) * 40 + 0.5
+    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), xy, xy + wh], dim=1)
+    rois[0, 1:] = torch.tensor([-30.0, -30, -10, -10])  # entirely off the map
+    grad_out = torch.randn(40, 3, 7, 7, generator=g)
+    ref = torch.autograd.grad(roi_align(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[0]
+    ours = torch.autograd.grad(RoIAlignCPU.apply(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[
+        0
+    ]
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert ref.abs().sum() > 0
+
+
+def test_cpu_forward_split_over_threads_is_bitwise_torchvision(monkeypatch):
+    from torchvision.ops import roi_align
+
+    from mrcnn.layers import poolers
+
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 4, 16, 16, generator=g)
+    xy = torch.rand(301, 2, generator=g) * 50
+    rois = torch.cat([torch.randint(0, 2, (301, 1), generator=g).float(), xy, xy + 9], dim=1)
+    ref = roi_align(feat, rois, 7, 0.25, 2, True)
+    calls = []
+    real = poolers.roi_align
+    monkeypatch.setattr(poolers, "roi_align", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    monkeypatch.setattr(poolers.os, "cpu_count", lambda: 4)
+    with torch.no_grad():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(4)
+        try:
+            ours = poolers.roi_align_cpu(feat, rois, 7, 0.25, 2, True)
+        finally:
+            torch.set_num_threads(threads)
+    assert len(calls) == 4 and sum(calls) == 301  # really split: 4 chunks of the 301 RoIs
+    assert torch.equal(ours, ref)
