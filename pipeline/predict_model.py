@@ -253,18 +253,26 @@ def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None
 
 @dataclass
 class Thresholds:
-    """The two detection-layer settings predict reads from `MaskRCNN.roi_heads`."""
+    """The two detection-layer settings predict reads from
+    `MaskRCNN.roi_heads.detection_layer`."""
 
     score_thresh: float
     nms_thresh: float
 
 
+@dataclass
+class ThresholdHeads:
+    """`MaskRCNN.roi_heads` as far as predict reads it."""
+
+    detection_layer: Thresholds
+
+
 class OnnxPredictor:
     """An `OnnxModel` with the surface `pipeline.predict` uses of a `MaskRCNN`: `detect(images,
     batch_size)` (-> list[Detections]), `class_names`, `num_classes`, `image_size` and
-    `roi_heads.score_thresh` / `.nms_thresh`.
+    `roi_heads.detection_layer.score_thresh` / `.nms_thresh`.
 
-    The graph's score threshold is fixed at export; raising `roi_heads.score_thresh` above it
+    The graph's score threshold is fixed at export; raising that score threshold above it
     drops the detections at or below the new value, which gives exactly what the eager model
     gives with that threshold (the threshold, per-class NMS and top-D keep the higher scores
     first). Lowering it is impossible: `check_score_thresh` says so.
@@ -281,8 +289,8 @@ class OnnxPredictor:
         self.num_classes = model.num_classes
         self.image_size = model.image_size
         self.exported_score_thresh = float(inference.get("score_thresh", 0.0))
-        self.roi_heads = Thresholds(
-            self.exported_score_thresh, float(inference.get("nms_thresh", 0.5))
+        self.roi_heads = ThresholdHeads(
+            Thresholds(self.exported_score_thresh, float(inference.get("nms_thresh", 0.5)))
         )
 
     def check_score_thresh(self, value: float) -> None:
@@ -298,7 +306,7 @@ class OnnxPredictor:
         from mrcnn.inference.detections import Detections
 
         out = []
-        thresh = self.roi_heads.score_thresh
+        thresh = self.roi_heads.detection_layer.score_thresh
         for det in self.model.detect(images, batch_size=batch_size):
             if thresh > self.exported_score_thresh:
                 keep = det.scores > thresh
@@ -327,7 +335,7 @@ def load_predictor(
         assert files.weights_dir is not None
         net = weights.load(files.weights_dir, device)
     if score_thresh >= 0:
-        net.roi_heads.score_thresh = score_thresh
+        net.roi_heads.detection_layer.score_thresh = score_thresh
     class_map = None
     if files.weights_dir is not None and (files.weights_dir / weights.CONFIG_FILE).is_file():
         class_map = read_class_map(files.weights_dir, net.num_classes)

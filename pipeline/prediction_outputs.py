@@ -80,7 +80,7 @@ class PredictionWriter:
             tile=tile,
             overlap=overlap,
             batch_size=batch_size,
-            nms_thresh=float(self.net.roi_heads.nms_thresh),
+            nms_thresh=float(self.net.roi_heads.detection_layer.nms_thresh),
         )
         self._record(image_id, item, image, det, tiled=True)
 
@@ -132,7 +132,7 @@ class PredictionWriter:
     def write(self) -> dict[str, Any]:
         summary = {
             "model": self.source,
-            "score_thresh": float(self.net.roi_heads.score_thresh),
+            "score_thresh": float(self.net.roi_heads.detection_layer.score_thresh),
             "complete": self.complete,
             "num_images": len(self.images),
             "num_detections": len(self.results),

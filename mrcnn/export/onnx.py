@@ -69,10 +69,10 @@ def metadata(model: MaskRCNN, batch_size: int) -> dict[str, str]:
         "mask_thresh": model.mask_thresh,
         "num_classes": model.num_classes,
         "class_names": list(model.class_names),
-        "detections_per_img": model.roi_heads.detections_per_img,
+        "detections_per_img": model.roi_heads.detection_layer.detections_per_img,
         # the detection layer's settings as traced (they may differ from `config`'s)
-        "score_thresh": float(model.roi_heads.score_thresh),
-        "nms_thresh": float(model.roi_heads.nms_thresh),
+        "score_thresh": float(model.roi_heads.detection_layer.score_thresh),
+        "nms_thresh": float(model.roi_heads.detection_layer.nms_thresh),
     }
     if model.cfg is not None:
         values["config"] = model.cfg.to_dict()

@@ -7,11 +7,40 @@ takes top-k, which gives fixed-size outputs without a per-image loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 BELOW_LOW = -1  # matched index of a negative
 BETWEEN = -2  # matched index of an ignored prediction (between the two thresholds)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Which predictions train a head: matching thresholds and balanced sampling
+    (Faster R-CNN sec. 3.1.2 for the RPN's anchors, Fast R-CNN sec. 2.3 for the RoIs).
+
+    fg_iou_thresh: a prediction with IoU >= this to some gt box is positive (0.7 RPN, 0.5 RoIs)
+    bg_iou_thresh: ... negative below this (0.3 RPN, 0.5 RoIs); in between it is ignored
+    batch_size_per_image: predictions sampled per image for the losses (256 RPN, 512 RoIs)
+    positive_fraction: at most this share of them are positive (0.5 RPN, 0.25 RoIs)
+    """
+
+    fg_iou_thresh: float
+    bg_iou_thresh: float
+    batch_size_per_image: int
+    positive_fraction: float
+
+    def sample(self, matched: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`match` results int64 [B, N] of the `candidates` bool [B, N] -> `sample_balanced`'s
+        (idx, is_positive, valid), [B, S]."""
+        return sample_balanced(
+            (matched >= 0) & candidates,
+            (matched == BELOW_LOW) & candidates,
+            self.batch_size_per_image,
+            self.positive_fraction,
+        )
 
 
 def batched_iou(a: Tensor, b: Tensor) -> Tensor:

@@ -4,19 +4,46 @@ Proposal layer and detection layer both need "NMS within each (image, group), th
 per image". One `torchvision.ops.batched_nms` call over all candidates of all images does the
 NMS; a stable sort by image and a rank computed from counts place the survivors into [B, k]
 slots, so no Python loop runs over images.
+
+This is the one primitive of the inference whose shapes depend on the data (how many boxes
+survive). Both layers take it as an argument, `nms=`, with this signature; the exported graph
+passes `mrcnn.export.graph.static_nms_top_k` (ONNX `NonMaxSuppression`, static [B, k] out) and
+keeps everything around it.
+
+Groups come in two layouts:
+    groups int64 [N] or [B, N]   each candidate's group (the proposal layer: its level)
+    groups None                  interleaved: candidate n is in group n % num_groups (the
+                                 detection layer's (proposal, class) candidates, class-minor)
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
 
+class NmsTopK(Protocol):
+    """What the proposal and detection layers call for their NMS (`batched_nms_top_k`)."""
+
+    def __call__(
+        self,
+        boxes: Tensor,
+        scores: Tensor,
+        groups: Tensor | None,
+        num_groups: int,
+        candidates: Tensor,
+        iou_thresh: float,
+        k: int,
+    ) -> tuple[Tensor, Tensor]: ...
+
+
 def batched_nms_top_k(
     boxes: Tensor,
     scores: Tensor,
-    groups: Tensor,
+    groups: Tensor | None,
     num_groups: int,
     candidates: Tensor,
     iou_thresh: float,
@@ -24,12 +51,14 @@ def batched_nms_top_k(
 ) -> tuple[Tensor, Tensor]:
     """NMS within each (image, group), then each image's k best survivors.
 
-    boxes [B, N, 4], scores [B, N], groups int64 [B, N] or [N] in [0, num_groups),
-    candidates bool [B, N] (only these take part).
+    boxes [B, N, 4], scores [B, N], groups int64 [B, N] or [N] in [0, num_groups) (or None:
+    candidate n in group n % num_groups), candidates bool [B, N] (only these take part).
     -> index int64 [B, k] into N, best first; valid bool [B, k] (False slots hold index 0).
     """
     b, n = scores.shape
     device = scores.device
+    if groups is None:
+        groups = torch.arange(n, device=device) % num_groups
     groups = groups.expand(b, n)
     flat = candidates.reshape(-1).nonzero().squeeze(1)
     image = flat // n

@@ -1,8 +1,8 @@
-"""Multi-level RoIAlign (Mask R-CNN sec. 3; FPN eq. 1).
+"""Multi-level RoIAlign, the `Pooler` (Mask R-CNN sec. 3; FPN eq. 1).
 
 Each RoI is pooled from one pyramid level, k = floor(k0 + log2(sqrt(wh) / 224)) with k0 = 4,
 clamped to P2..P5: a 224 px box (ImageNet's canonical size) reads P4, one twice as large P5.
-One `roi_align` call per level covers all images of the batch.
+One `roi_align` call per level covers all images of the batch; the results stay in level order.
 
 On CPU, training uses torchvision's RoIAlign forward with our own backward (`RoIAlignCPU`):
 torchvision's CPU backward is a single-threaded loop over every (RoI, channel, bin, sample) and
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -34,32 +35,73 @@ def assign_levels(
     return (k.clamp(min=K_MIN, max=K_MAX) - K_MIN).to(torch.int64)
 
 
-def multilevel_roi_align(
-    features: list[Tensor],
-    boxes: Tensor,
-    image_size: int,
-    output_size: int,
-    sampling_ratio: int = 2,
-    aligned: bool = False,
-    canonical_scale: int = 224,
-    canonical_level: int = 4,
-) -> Tensor:
-    """Pool fixed-shape RoIs from their level.
+@dataclass(frozen=True)
+class Pooler:
+    """Multi-level RoIAlign: each RoI pooled from the pyramid level its size picks.
 
-    features: [P2, P3, P4, P5, ...] each [B, C, H_l, W_l]; extra levels are ignored.
-    boxes: [B, R, 4] xyxy in the padded input frame of side `image_size`.
-    -> [B * R, C, output_size, output_size], image-major (row b * R + r).
+    `pooler(features, rois, image_size) -> (pooled, order)`:
+        features  [P2, P3, P4, P5, ...] each [B, C, H_l, W_l] (levels past P5 are ignored)
+        rois      [N, 5] rows (image index, x1, y1, x2, y2) in the padded input frame of side
+                  `image_size` (`rois_with_image_index`)
+        pooled    [N, C, o, o] in *level order*: the RoIs of P2, then P3, ... (one `roi_align`
+                  call per level covers all images)
+        order     int64 [N]: pooled row i is RoI `order[i]`
+    Heads run on the rows as they are and only their (much smaller) outputs go back to RoI
+    order, `head(pooled)[inverse_order(order, N)]`: the pooled features are never scattered.
+    Eager, compiled and exported models all pool here (on CPU in eager, RoIAlign runs split
+    over threads and trains with our backward; traced, it is torchvision's op, which exports as
+    ONNX `RoiAlign`).
+
+    Args:
+        output_size: o, the pooled side (7 for the box head, 14 for the mask head).
+        sampling_ratio: RoIAlign sampling points per bin side (0 = adaptive, as torchvision).
+        aligned: RoIAlign's half-pixel shift (False as torchvision's MultiScaleRoIAlign, True as
+            detectron2's ROIAlignV2).
+        canonical_scale: FPN level assignment: a RoI of this side (224) ...
+        canonical_level: ... maps to this level (4, i.e. P4); k = floor(k0 + log2(sqrt(wh)/224)).
     """
-    return roi_align_levels(
-        features,
-        rois_with_image_index(boxes),
-        image_size,
-        output_size,
-        sampling_ratio,
-        aligned,
-        canonical_scale,
-        canonical_level,
+
+    output_size: int
+    sampling_ratio: int = 2
+    aligned: bool = False
+    canonical_scale: int = 224
+    canonical_level: int = 4
+
+    def __call__(
+        self, features: list[Tensor], rois: Tensor, image_size: int
+    ) -> tuple[Tensor, Tensor]:
+        rois = rois.float()  # float32 coordinates: bf16 would move boxes by whole pixels
+        levels = assign_levels(rois[:, 1:], self.canonical_scale, self.canonical_level)
+        feats = features[: K_MAX - K_MIN + 1]
+        pooled, order = [], []
+        for level, feat in enumerate(feats):
+            idx = nonzero_1d(levels == level)
+            scale = feat.shape[-1] / image_size  # 1/4, 1/8, 1/16, 1/32
+            out = _roi_align(
+                feat.to(rois.dtype),
+                rois[idx],
+                self.output_size,
+                scale,
+                self.sampling_ratio,
+                self.aligned,
+            )
+            pooled.append(out)
+            order.append(idx)
+        return torch.cat(pooled).to(feats[0].dtype), torch.cat(order)
+
+
+def inverse_order(order: Tensor, n: int) -> Tensor:
+    """The inverse permutation of `order` int64 [n]: rows in level order gathered by it are in
+    RoI order. `n` is passed, not read from `order`, so a traced graph keeps a static length."""
+    return torch.zeros(n, dtype=torch.int64, device=order.device).index_put(
+        (order,), torch.arange(n, device=order.device)
     )
+
+
+def nonzero_1d(mask: Tensor) -> Tensor:
+    """Indices of the true entries of a 1-D bool mask. Traced, the ONNX `NonZero` sees float
+    input, the type TensorRT's parser takes for it."""
+    return torch.nonzero(mask.float()).squeeze(1)
 
 
 def rois_with_image_index(boxes: Tensor) -> Tensor:
@@ -69,36 +111,11 @@ def rois_with_image_index(boxes: Tensor) -> Tensor:
     return torch.cat([image[:, None], boxes.reshape(-1, 4).float()], dim=1)
 
 
-def roi_align_levels(
-    features: list[Tensor],
-    rois: Tensor,
-    image_size: int,
-    output_size: int,
-    sampling_ratio: int = 2,
-    aligned: bool = False,
-    canonical_scale: int = 224,
-    canonical_level: int = 4,
-) -> Tensor:
-    """Pool RoIs given as rows (image index, x1, y1, x2, y2): [N, 5] -> [N, C, o, o]."""
-    rois = rois.float()  # float32 coordinates: bf16 would move boxes by whole pixels
-    levels = assign_levels(rois[:, 1:], canonical_scale, canonical_level)
-    feats = features[: K_MAX - K_MIN + 1]
-    out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], output_size, output_size))
-    for level, feat in enumerate(feats):
-        idx = torch.where(levels == level)[0]
-        if idx.numel() == 0:
-            continue
-        scale = feat.shape[-1] / image_size  # 1/4, 1/8, 1/16, 1/32
-        pooled = _roi_align(
-            feat.to(rois.dtype), rois[idx], output_size, scale, sampling_ratio, aligned
-        )
-        out[idx] = pooled.to(out.dtype)
-    return out
-
-
 def _roi_align(
     feat: Tensor, rois: Tensor, size: int, scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return roi_align(feat, rois, size, scale, sampling_ratio, aligned)  # the ONNX op
     if feat.device.type == "cpu" and feat.requires_grad and sampling_ratio > 0:
         return RoIAlignCPU.apply(feat, rois, size, scale, sampling_ratio, aligned)
     if feat.device.type == "cpu" and not feat.requires_grad:

@@ -20,10 +20,12 @@ from torch.profiler import record_function
 
 from mrcnn.config import Config
 from mrcnn.data.resize import prepare_images
-from mrcnn.inference.detection_layer import detection_candidates
+from mrcnn.inference.detection_layer import DetectionLayer, detection_candidates
 from mrcnn.inference.detections import Detections
 from mrcnn.inference.images import check_images
 from mrcnn.inference.postprocess import to_detections
+from mrcnn.layers.matcher import Sampler
+from mrcnn.layers.poolers import Pooler
 from mrcnn.modeling.anchors import AnchorGenerator
 from mrcnn.modeling.backbone import FPNBackbone
 from mrcnn.modeling.losses import total_loss
@@ -241,7 +243,7 @@ class MaskRCNN(nn.Module):
                 valid,
                 batch.windows,
                 box_weights=heads.box_weights,
-                score_thresh=heads.score_thresh,
+                score_thresh=heads.detection_layer.score_thresh,
             )
             detections = heads.detect(features, s, proposals, valid, batch.windows)
         finally:
@@ -335,23 +337,39 @@ def build_model(cfg: Config) -> MaskRCNN:
         nms_thresh=r.nms_thresh,
         min_size=r.min_size,
         score_thresh=r.score_thresh,
-        fg_iou_thresh=r.fg_iou_thresh,
-        bg_iou_thresh=r.bg_iou_thresh,
-        batch_size_per_image=r.batch_size_per_image,
-        positive_fraction=r.positive_fraction,
+        sampler=Sampler(
+            r.fg_iou_thresh, r.bg_iou_thresh, r.batch_size_per_image, r.positive_fraction
+        ),
     )
     kp = cfg.keypoints
+
+    def pooler(size: int) -> Pooler:
+        return Pooler(
+            size,
+            sampling_ratio=h.sampling_ratio,
+            aligned=h.aligned,
+            canonical_scale=h.canonical_scale,
+            canonical_level=h.canonical_level,
+        )
+
     roi_heads = RoIHeads(
         box_head=BoxHead(c, h.box_pool_size, h.box_head_dim, cfg.num_classes),
+        box_pooler=pooler(h.box_pool_size),
+        box_weights=h.box_weights,
+        sampler=Sampler(
+            h.fg_iou_thresh, h.bg_iou_thresh, h.batch_size_per_image, h.positive_fraction
+        ),
+        detection_layer=DetectionLayer(i.score_thresh, i.nms_thresh, i.detections_per_img),
         mask_head=(
             MaskHead(c, h.mask_head_channels, h.mask_head_convs, cfg.num_classes)
             if h.masks
             else None
         ),
+        mask_pooler=pooler(h.mask_pool_size) if h.masks else None,
         keypoint_head=(
             KeypointHead(c, kp.head_channels, kp.head_convs, kp.count) if kp.count else None
         ),
-        keypoint_pool_size=kp.pool_size,
+        keypoint_pooler=pooler(kp.pool_size) if kp.count else None,
         mask_iou_head=(
             MaskIoUHead(
                 c, h.mask_pool_size, h.mask_iou_head_channels, h.mask_iou_head_dim, cfg.num_classes
@@ -359,20 +377,6 @@ def build_model(cfg: Config) -> MaskRCNN:
             if cfg.mask_scoring
             else None
         ),
-        box_pool_size=h.box_pool_size,
-        mask_pool_size=h.mask_pool_size,
-        sampling_ratio=h.sampling_ratio,
-        aligned=h.aligned,
-        canonical_scale=h.canonical_scale,
-        canonical_level=h.canonical_level,
-        batch_size_per_image=h.batch_size_per_image,
-        positive_fraction=h.positive_fraction,
-        fg_iou_thresh=h.fg_iou_thresh,
-        bg_iou_thresh=h.bg_iou_thresh,
-        box_weights=h.box_weights,
-        score_thresh=i.score_thresh,
-        nms_thresh=i.nms_thresh,
-        detections_per_img=i.detections_per_img,
     )
     model = MaskRCNN(
         backbone=backbone,

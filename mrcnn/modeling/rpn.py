@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from mrcnn.layers import box_coder
-from mrcnn.layers.nms import batched_nms_top_k, gather_slots
+from mrcnn.layers.matcher import Sampler
+from mrcnn.layers.nms import NmsTopK, batched_nms_top_k, gather_slots
 from mrcnn.modeling.anchors import AnchorGenerator
 from mrcnn.modeling.losses import rpn_losses
 from mrcnn.modeling.targets import rpn_targets
@@ -72,6 +73,7 @@ def propose(
     nms_thresh: float,
     min_size: float = 1e-3,
     score_thresh: float = 0.0,
+    nms: NmsTopK = batched_nms_top_k,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The proposal layer.
 
@@ -87,6 +89,7 @@ def propose(
         nms_thresh: IoU threshold of the NMS within each (image, level).
         min_size: boxes narrower or shorter than this (pixels, after clipping) are dropped.
         score_thresh: boxes with sigmoid objectness below this are dropped.
+        nms: the NMS primitive (`mrcnn.layers.nms`; the exported graph passes its static one).
     """
     device = objectness.device
     objectness = objectness.detach().float()
@@ -111,7 +114,7 @@ def propose(
     keep_mask = box_coder.box_sizes_at_least(boxes, min_size) & (scores >= score_thresh)
 
     # 2. NMS per (image, level) in one call; the R best survivors of each image.
-    index, valid = batched_nms_top_k(
+    index, valid = nms(
         boxes, scores, level, len(num_anchors_per_level), keep_mask, nms_thresh, post_nms_top_n
     )
     return gather_slots(boxes, index, valid), gather_slots(scores, index, valid), valid
@@ -137,12 +140,9 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: IoU threshold of the NMS within each (image, level) (0.7).
         min_size: proposals narrower or shorter than this (pixels) are dropped.
         score_thresh: proposals with sigmoid objectness below this are dropped (0.0).
-        fg_iou_thresh: training: an anchor with IoU >= this to a gt box is positive (0.7);
-            each gt's best anchors are positive too (Faster R-CNN sec. 3.1.2).
-        bg_iou_thresh: training: an anchor whose best IoU is below this is negative (0.3);
-            in between it is ignored.
-        batch_size_per_image: training: anchors sampled per image for the losses (256).
-        positive_fraction: training: at most this share of them are positive (0.5).
+        sampler: training: the anchors' labels and minibatch (`Sampler`: IoU >= 0.7 positive,
+            < 0.3 negative, 256 per image, half positive; each gt's best anchors are positive
+            too, Faster R-CNN sec. 3.1.2).
     """
 
     def __init__(
@@ -155,10 +155,7 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float,
         min_size: float,
         score_thresh: float,
-        fg_iou_thresh: float,
-        bg_iou_thresh: float,
-        batch_size_per_image: int,
-        positive_fraction: float,
+        sampler: Sampler,
     ) -> None:
         super().__init__()
         self.head = head
@@ -168,10 +165,7 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.score_thresh = score_thresh
-        self.fg_iou_thresh = fg_iou_thresh
-        self.bg_iou_thresh = bg_iou_thresh
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
+        self.sampler = sampler
 
     def proposal_layer(
         self,
@@ -180,6 +174,7 @@ class RegionProposalNetwork(nn.Module):
         anchors: Tensor,
         counts: list[int],
         windows: Tensor,
+        nms: NmsTopK = batched_nms_top_k,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """`propose` with this RPN's settings for the current mode (train / eval):
         objectness [B, A], deltas [B, A, 4], anchors [A, 4] (A split by level in `counts`),
@@ -197,6 +192,7 @@ class RegionProposalNetwork(nn.Module):
                 nms_thresh=self.nms_thresh,
                 min_size=self.min_size,
                 score_thresh=self.score_thresh,
+                nms=nms,
             )
 
     def forward(
@@ -206,25 +202,21 @@ class RegionProposalNetwork(nn.Module):
         image_size: int,
         gt_boxes: Tensor | None = None,
         gt_valid: Tensor | None = None,
+        *,
+        nms: NmsTopK = batched_nms_top_k,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         with record_function("mrcnn.rpn_head"):
             objectness, deltas = self.head(features)
         anchors, counts = self.anchor_generator(image_size, objectness.device)
-        proposals, _, valid = self.proposal_layer(objectness, deltas, anchors, counts, windows)
+        proposals, _, valid = self.proposal_layer(
+            objectness, deltas, anchors, counts, windows, nms=nms
+        )
         if not self.training:
             return proposals, valid, {}
         if gt_boxes is None or gt_valid is None:
             raise ValueError("training the RPN needs gt_boxes and gt_valid in the batch")
         with record_function("mrcnn.rpn_targets"):
-            t = rpn_targets(
-                anchors,
-                gt_boxes,
-                gt_valid,
-                fg_iou_thresh=self.fg_iou_thresh,
-                bg_iou_thresh=self.bg_iou_thresh,
-                batch_size_per_image=self.batch_size_per_image,
-                positive_fraction=self.positive_fraction,
-            )
+            t = rpn_targets(anchors, gt_boxes, gt_valid, self.sampler)
         with record_function("mrcnn.modeling.losses"):
             losses = rpn_losses(
                 objectness.gather(1, t.idx),

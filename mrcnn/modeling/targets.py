@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from mrcnn.layers import box_coder
-from mrcnn.layers.matcher import BELOW_LOW, batched_iou, match, sample_balanced
+from mrcnn.layers.matcher import Sampler, batched_iou, match
 
 
 @dataclass
@@ -33,11 +33,7 @@ def rpn_targets(
     anchors: Tensor,
     gt_boxes: Tensor,
     gt_valid: Tensor,
-    *,
-    fg_iou_thresh: float,
-    bg_iou_thresh: float,
-    batch_size_per_image: int,
-    positive_fraction: float,
+    sampler: Sampler,
 ) -> RPNTargets:
     """Label anchors [A, 4] against gt [B, G, 4] and sample a balanced minibatch per image.
 
@@ -45,10 +41,10 @@ def rpn_targets(
     """
     b = gt_boxes.shape[0]
     iou = batched_iou(gt_boxes.float(), anchors[None].expand(b, -1, -1))  # [B, G, A]
-    matched = match(iou, gt_valid, fg_iou_thresh, bg_iou_thresh, allow_low_quality=True)
-    idx, is_pos, valid = sample_balanced(
-        matched >= 0, matched == BELOW_LOW, batch_size_per_image, positive_fraction
+    matched = match(
+        iou, gt_valid, sampler.fg_iou_thresh, sampler.bg_iou_thresh, allow_low_quality=True
     )
+    idx, is_pos, valid = sampler.sample(matched, torch.ones_like(matched, dtype=torch.bool))
     gt_idx = matched.gather(1, idx).clamp(min=0)  # [B, S]
     matched_boxes = gt_boxes.float().gather(1, gt_idx[..., None].expand(-1, -1, 4))
     targets = box_coder.encode(matched_boxes, anchors[idx], box_coder.RPN_BOX_WEIGHTS)
@@ -75,11 +71,8 @@ def detection_targets(
     gt_labels: Tensor,
     gt_valid: Tensor,
     gt_mini_masks: Tensor,
+    sampler: Sampler,
     *,
-    fg_iou_thresh: float,
-    bg_iou_thresh: float,
-    batch_size_per_image: int,
-    positive_fraction: float,
     box_weights: tuple[float, ...],
     mask_size: int,
 ) -> DetectionTargets:
@@ -93,12 +86,10 @@ def detection_targets(
     candidates = torch.cat([proposals.float(), gt_boxes], dim=1)  # [B, R + G, 4]
     cand_valid = torch.cat([proposal_valid, gt_valid], dim=1)
     iou = batched_iou(gt_boxes, candidates)  # [B, G, R + G]
-    matched = match(iou, gt_valid, fg_iou_thresh, bg_iou_thresh, allow_low_quality=False)
-    positive = (matched >= 0) & cand_valid
-    negative = (matched == BELOW_LOW) & cand_valid
-    idx, is_pos, valid = sample_balanced(
-        positive, negative, batch_size_per_image, positive_fraction
+    matched = match(
+        iou, gt_valid, sampler.fg_iou_thresh, sampler.bg_iou_thresh, allow_low_quality=False
     )
+    idx, is_pos, valid = sampler.sample(matched, cand_valid)
     rois = candidates.gather(1, idx[..., None].expand(-1, -1, 4))
     gt_idx = matched.gather(1, idx).clamp(min=0)  # [B, S]
     labels = torch.where(is_pos, gt_labels.gather(1, gt_idx), torch.zeros_like(gt_idx))
@@ -106,7 +97,7 @@ def detection_targets(
     deltas = box_coder.encode(matched_boxes, rois, box_weights)
     deltas = torch.where(is_pos[..., None], deltas, torch.zeros_like(deltas))
 
-    p = mask_slots(rois.shape[1], positive_fraction)
+    p = mask_slots(rois.shape[1], sampler.positive_fraction)
     mask_valid = is_pos[:, :p]
     masks = mask_targets_from_mini_masks(
         rois[:, :p], gt_idx[:, :p], gt_boxes, gt_mini_masks, mask_size

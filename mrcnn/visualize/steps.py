@@ -252,7 +252,7 @@ def step_pictures(
             {
                 "1_rpn": draw_rpn_steps(batch, steps, i),
                 "2_detections": draw_detection_steps(
-                    batch, steps, i, names, model.roi_heads.score_thresh
+                    batch, steps, i, names, model.roi_heads.detection_layer.score_thresh
                 ),
                 "3_masks": draw_mask_steps(
                     batch,
@@ -260,7 +260,7 @@ def step_pictures(
                     i,
                     names,
                     model.mask_thresh,
-                    fg_iou_thresh=model.roi_heads.fg_iou_thresh,
+                    fg_iou_thresh=model.roi_heads.sampler.fg_iou_thresh,
                 ),
             }
         )

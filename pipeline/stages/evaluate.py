@@ -95,7 +95,7 @@ def run(
             f"{dataset.image_size} px (shards.image_size must match the trained model)"
         )
     if params.score_thresh >= 0:
-        model.roi_heads.score_thresh = params.score_thresh
+        model.roi_heads.detection_layer.score_thresh = params.score_thresh
     if not dataset.class_map:
         raise EvaluateError("the val shard manifest has no class_map (label -> category id)")
     category_ids = label_to_category(dataset.class_map)
@@ -157,7 +157,7 @@ def run(
         "per_category": scores.per_category,
         "num_images": n,
         "num_detections": len(results),
-        "score_thresh": float(model.roi_heads.score_thresh),
+        "score_thresh": float(model.roi_heads.detection_layer.score_thresh),
     }
     overlays = draw_overlays(
         dataset, overlay_indices(n, params.num_overlays), coco_gt, results, category_ids

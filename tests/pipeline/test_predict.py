@@ -298,7 +298,9 @@ def test_onnx_backend_refuses_what_it_cannot_do(
     from mrcnn.export.onnx import to_onnx
 
     net = tiny_model()
-    net.roi_heads.score_thresh = 0.2831  # traced into the graph, recorded in its metadata
+    net.roi_heads.detection_layer.score_thresh = (
+        0.2831  # traced into the graph, recorded in its metadata
+    )
     strict = to_onnx(net, tmp_path / "strict.onnx")
     summary = predict.run(str(strict), [folder], tmp_path / "c", PredictParams())
     assert summary["score_thresh"] == 0.2831 and summary["num_detections"] == 6

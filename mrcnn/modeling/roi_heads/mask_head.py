@@ -8,6 +8,7 @@ M = 2P mask side.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -49,3 +50,26 @@ class MaskHead(nn.Module):
         for conv in self.convs:
             x = conv(x).relu_()
         return self.logits(self.deconv(x).relu_())
+
+    def label_probs(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Inference: only the given class's mask. pooled [N, C, P, P], labels int64 [N] ->
+        sigmoid probabilities float32 [N, 2P, 2P]; `forward(x)[arange(N), labels].sigmoid()`
+        up to float rounding, in fewer FLOPs and the operators CPUs run fastest.
+
+        Each output pixel (2i + a, 2j + b) of the 2x2 stride-2 deconv takes exactly one kernel
+        tap (a, b), so the deconv is a 1x1 conv to C_out x 4 sub-pixel channels; the 1x1 logits
+        conv then needs only the label's weights (a batched matmul over C_out, not all K
+        classes), and only the [N, 4, P, P] logits are interleaved into [N, 2P, 2P]. Eager and
+        exported models both run this.
+        """
+        for conv in self.convs:
+            x = conv(x).relu_()
+        deconv = self.deconv  # weight [C_in, C_out, 2, 2]
+        c_in, c_out, kh, kw = deconv.weight.shape
+        weight = deconv.weight.permute(1, 2, 3, 0).reshape(c_out * kh * kw, c_in, 1, 1)
+        x = F.conv2d(x, weight, deconv.bias.repeat_interleave(kh * kw)).relu_()
+        n, _, p, _ = x.shape  # x [N, C_out * 4, P, P], channel o * 4 + a * 2 + b
+        class_weight = self.logits.weight[:, :, 0, 0][labels]  # [N, C_out]
+        logits = torch.bmm(class_weight[:, None, :], x.reshape(n, c_out, kh * kw * p * p))
+        logits = logits.reshape(n, kh, kw, p, p).permute(0, 3, 1, 4, 2).reshape(n, kh * p, kw * p)
+        return (logits + self.logits.bias[labels][:, None, None]).float().sigmoid()

@@ -18,11 +18,9 @@ import torch
 
 from mrcnn import presets
 from mrcnn.export.compare import compare_onnx, match_detections, raw_outputs
-from mrcnn.export.graph import mask_probs_for_labels
 from mrcnn.export.onnx import to_onnx, to_torch_export
 from mrcnn.export.onnx_model import OUTPUT_NAMES, OnnxModel
 from mrcnn.modeling.model import build_model
-from mrcnn.modeling.roi_heads.mask_head import MaskHead
 from tests import REPO_ROOT
 from tests.mrcnn.scenes import S, make_batch, scene, tiny_model
 
@@ -197,20 +195,3 @@ def _randomise_ours(model: torch.nn.Module, randomise) -> None:
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     randomise(tv, seed=1)
     load_torchvision(model, tv.state_dict())
-
-
-def test_mask_head_for_labels_is_the_mask_head():
-    """The export's mask head (deconv as a 1x1 conv, only the label's logits) = `MaskHead`,
-    on random weights and biases, for every RoI's own label."""
-    torch.manual_seed(0)
-    head = MaskHead(in_channels=8, channels=6, num_convs=2, num_classes=5).eval()
-    with torch.no_grad():
-        for p in head.parameters():
-            p.normal_(0, 0.5)  # biases too, and logits far from the init's near-zero ones
-        pooled = torch.randn(7, 8, 14, 14)
-        labels = torch.tensor([0, 1, 2, 3, 4, 4, 1])
-        ours = mask_probs_for_labels(head, pooled, labels)
-        ref = head(pooled)[torch.arange(7), labels].sigmoid()
-    assert ours.shape == (7, 28, 28)
-    assert ref.std() > 0.1  # masks with structure, not a constant
-    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

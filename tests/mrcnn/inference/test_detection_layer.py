@@ -1,7 +1,7 @@
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads as TVRoIHeads
 
-from mrcnn.inference.detection_layer import detection_layer, select_class_masks
+from mrcnn.inference.detection_layer import DetectionLayer
 
 
 def test_detection_layer_matches_torchvision_postprocess():
@@ -13,16 +13,13 @@ def test_detection_layer_matches_torchvision_postprocess():
     proposals = torch.cat([xy, xy + 5 + torch.rand(b, r, 2, generator=g) * 40], dim=-1)
     tv = TVRoIHeads(None, None, None, 0.5, 0.5, 512, 0.25, None, 0.05, 0.5, 20)
     ref = tv.postprocess_detections(logits, deltas, list(proposals), [(s, s)] * b)
-    boxes, scores, labels, valid = detection_layer(
+    boxes, scores, labels, valid = DetectionLayer(0.05, 0.5, 20)(
         logits.reshape(b, r, k),
         deltas.reshape(b, r, k * 4),
         proposals,
         torch.ones(b, r, dtype=torch.bool),
         torch.tensor([[0.0, 0, s, s]] * b),
         box_weights=(10.0, 10.0, 5.0, 5.0),
-        score_thresh=0.05,
-        nms_thresh=0.5,
-        detections_per_img=20,
     )
     for i in range(b):
         n = int(valid[i].sum())
@@ -38,22 +35,13 @@ def test_detection_layer_respects_invalid_proposals_and_threshold():
     deltas = torch.zeros(1, 3, 12)
     props = torch.tensor([[[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]]])
     valid_props = torch.tensor([[True, False, True]])
-    boxes, scores, labels, valid = detection_layer(
+    boxes, scores, labels, valid = DetectionLayer(0.5, 0.5, 5)(
         logits,
         deltas,
         props,
         valid_props,
         torch.tensor([[0.0, 0, 64, 64]]),
         box_weights=(10.0, 10.0, 5.0, 5.0),
-        score_thresh=0.5,
-        nms_thresh=0.5,
-        detections_per_img=5,
     )
     assert valid.sum() == 2 and (labels[valid] == 1).all()
     assert not any(torch.equal(bx, props[0, 1]) for bx in boxes[0][valid[0]])
-
-
-def test_select_class_masks_takes_each_labels_mask():
-    logits = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2) - 10
-    probs = select_class_masks(logits, torch.tensor([2, 0]))
-    torch.testing.assert_close(probs, torch.stack([logits[0, 2], logits[1, 0]]).sigmoid())

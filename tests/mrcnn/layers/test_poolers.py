@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
-from mrcnn.layers.poolers import assign_levels, multilevel_roi_align
+from mrcnn.layers.poolers import Pooler, assign_levels, inverse_order, rois_with_image_index
 
 
 def test_level_formula():
@@ -29,9 +29,15 @@ def test_matches_torchvision_multiscale_roi_align(aligned):
     s = 256
     feats = [torch.randn(2, 4, s // st, s // st) for st in (4, 8, 16, 32, 64)]
     xy = torch.rand(2, 30, 2) * 200
-    wh = torch.rand(2, 30, 2) * 250 + 4
+    wh = torch.rand(2, 30, 2) ** 2 * 600 + 4  # P2..P5 all take part
     boxes = torch.cat([xy, xy + wh], dim=-1)
-    ours = multilevel_roi_align(feats, boxes, s, 7, 2, aligned=aligned)
+    pooled, order = Pooler(7, sampling_ratio=2, aligned=aligned)(
+        feats, rois_with_image_index(boxes), s
+    )
+    levels = assign_levels(boxes.reshape(-1, 4))
+    assert torch.equal(order, torch.sort(levels, stable=True).indices)  # P2's RoIs, then P3's
+    assert len(set(levels.tolist())) >= 3  # several levels took part
+    ours = pooled[inverse_order(order, 60)]  # back in RoI order
     if aligned:
         # torchvision's pooler has no aligned option; only check shape and finiteness here.
         assert ours.shape == (60, 4, 7, 7) and torch.isfinite(ours).all()
@@ -86,3 +92,25 @@ def test_cpu_forward_split_over_threads_is_bitwise_torchvision(monkeypatch):
             torch.set_num_threads(threads)
     assert len(calls) == 4 and sum(calls) == 301  # really split: 4 chunks of the 301 RoIs
     assert torch.equal(ours, ref)
+
+
+def test_inverse_order_undoes_the_level_order():
+    order = torch.tensor([3, 0, 4, 1, 2])
+    back = inverse_order(order, 5)
+    assert back.tolist() == [1, 3, 4, 0, 2]
+    values = torch.arange(5) * 10
+    assert values[order][back].tolist() == values.tolist()
+
+
+def test_pooler_gradient_reaches_the_features_in_roi_order():
+    """Training pools level-ordered RoIs and gathers the head's outputs back: each RoI's
+    gradient lands on its own level's features."""
+    torch.manual_seed(0)
+    s = 128
+    feats = [torch.randn(1, 2, s // st, s // st, requires_grad=True) for st in (4, 8, 16, 32)]
+    boxes = torch.tensor([[[0.0, 0, 120, 120], [0, 0, 20, 20]]])  # P3 and P2
+    pooled, order = Pooler(7)(feats, rois_with_image_index(boxes), s)
+    assert order.tolist() == [1, 0]  # level order: the P2 box first
+    pooled[inverse_order(order, 2)][1].sum().backward()  # only the small box's output
+    assert feats[0].grad is not None and feats[0].grad.abs().sum() > 0
+    assert feats[1].grad is None or not feats[1].grad.any()

@@ -5,6 +5,7 @@ from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from torchvision.ops import box_iou
 
 from mrcnn.data.minimask import boxes_from_masks, make_mini_masks
+from mrcnn.layers.matcher import Sampler
 from mrcnn.modeling.anchors import AnchorGenerator
 from mrcnn.modeling.targets import detection_targets, mask_targets_from_mini_masks, rpn_targets
 
@@ -57,15 +58,7 @@ def test_rpn_targets_follow_faster_rcnn_labels():
     anchors, _ = AnchorGenerator((8, 16, 32, 64, 128), (0.5, 1.0, 2.0))(128)
     gt = torch.tensor([[[10.0, 10, 50, 40], [60, 70, 120, 110], [0, 0, 0, 0]]])
     gt_valid = torch.tensor([[True, True, False]])
-    t = rpn_targets(
-        anchors,
-        gt,
-        gt_valid,
-        fg_iou_thresh=0.7,
-        bg_iou_thresh=0.3,
-        batch_size_per_image=256,
-        positive_fraction=0.5,
-    )
+    t = rpn_targets(anchors, gt, gt_valid, Sampler(0.7, 0.3, 256, 0.5))
     ref = Matcher(0.7, 0.3, allow_low_quality_matches=True)(box_iou(gt[0, :2], anchors))
     idx = t.idx[0][t.valid[0]]
     pos = t.is_positive[0][t.valid[0]]
@@ -84,10 +77,7 @@ def _detection_targets(proposals, proposal_valid, gt, labels, gt_valid, minis):
         labels,
         gt_valid,
         minis,
-        fg_iou_thresh=0.5,
-        bg_iou_thresh=0.5,
-        batch_size_per_image=32,
-        positive_fraction=0.25,
+        Sampler(0.5, 0.5, 32, 0.25),
         box_weights=(10.0, 10.0, 5.0, 5.0),
         mask_size=28,
     )

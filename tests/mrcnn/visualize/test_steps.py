@@ -32,7 +32,7 @@ def test_step_pictures_per_image() -> None:
     assert pictures[0]["3_masks"].shape[0] > without["3_masks"].shape[0]
     assert pictures[0]["1_rpn"].shape == without["1_rpn"].shape
     # with no detection at all the pictures still come (empty panels, counts of 0)
-    model.roi_heads.score_thresh = 1.0
+    model.roi_heads.detection_layer.score_thresh = 1.0
     [empty] = steps.step_pictures(model, batch)
     assert set(empty) == {"1_rpn", "2_detections", "3_masks"}
 

@@ -101,7 +101,7 @@ def test_columns_follow_the_heads_and_round_trip(tmp_path: Path, overrides, head
 
 def test_no_detections_give_an_empty_frame_with_the_same_columns(tmp_path: Path) -> None:
     net = _model(**{**SLIM, "keypoints": KEYPOINTS})
-    net.roi_heads.score_thresh = 1.0  # nothing passes
+    net.roi_heads.detection_layer.score_thresh = 1.0  # nothing passes
     heads = pyfunc.model_heads(net)
     frame = pyfunc.detections_frame(net.detect(synthetic_images()), net.class_names, heads)
     assert len(frame) == 0 and list(frame.columns) == BOXES + [*MASKS, "keypoints"]
