@@ -23,8 +23,9 @@ post-processing) load in a process that has only numpy, Pillow and onnxruntime.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mrcnn.lazy import lazy_names
 
 if TYPE_CHECKING:
     from mrcnn import data, evaluation, export, presets, weights  # noqa: F401 (for checkers)
@@ -46,23 +47,11 @@ __all__ = [
     "weights",
 ]
 
-_NAMES = {
-    "Batch": "mrcnn.structures",
-    "Config": "mrcnn.config",
-    "Detections": "mrcnn.inference.detections",
-    "MaskRCNN": "mrcnn.modeling.model",
-    "build_model": "mrcnn.modeling.model",
+_MODULES = {
+    "mrcnn.structures": ("Batch",),
+    "mrcnn.config": ("Config",),
+    "mrcnn.inference.detections": ("Detections",),
+    "mrcnn.modeling.model": ("MaskRCNN", "build_model"),
 }
 _SUBMODULES = ("data", "evaluation", "export", "presets", "weights")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"mrcnn.{name}")
-    raise AttributeError(f"module 'mrcnn' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_NAMES, *_SUBMODULES])
+__getattr__, __dir__ = lazy_names(__name__, _MODULES, _SUBMODULES)

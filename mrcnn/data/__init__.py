@@ -5,8 +5,9 @@ Names are imported on first use (PEP 562): `mrcnn.data.resize` loads without tor
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mrcnn.lazy import lazy_names
 
 if TYPE_CHECKING:
     from mrcnn.data.augment import Augmentation, augment_sample
@@ -42,14 +43,6 @@ _MODULES = {
     "mrcnn.data.resize": ("resize_and_pad",),
     "mrcnn.data.shards": ("Sample", "ShardDataset"),
 }
-_NAMES = {name: module for module, names in _MODULES.items() for name in names}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'mrcnn.data' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_NAMES])
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)

@@ -9,8 +9,9 @@ Names are imported on first use (PEP 562): scoring results needs no torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mrcnn.lazy import lazy_names
 
 if TYPE_CHECKING:
     from mrcnn.evaluation.coco_eval import CocoScores, EvaluationInputError, coco_evaluate
@@ -22,7 +23,6 @@ _MODULES = {
     "mrcnn.evaluation.coco_results": ("to_coco_results",),
     "mrcnn.evaluation.predict": ("predict_dataset",),
 }
-_NAMES = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = [
     "CocoScores",
     "EvaluationInputError",
@@ -31,12 +31,4 @@ __all__ = [
     "to_coco_results",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'mrcnn.evaluation' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_NAMES])
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)

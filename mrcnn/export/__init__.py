@@ -11,8 +11,9 @@ Names are imported on first use (PEP 562), so `from mrcnn.export import OnnxMode
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mrcnn.lazy import lazy_names
 
 if TYPE_CHECKING:
     from mrcnn.export.compare import compare_onnx, match_detections
@@ -24,7 +25,6 @@ _MODULES = {
     "mrcnn.export.onnx": ("export_portable", "to_onnx", "to_torch_export"),
     "mrcnn.export.onnx_model": ("OnnxModel",),
 }
-_NAMES = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = [
     "OnnxModel",
     "compare_onnx",
@@ -34,12 +34,4 @@ __all__ = [
     "to_torch_export",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'mrcnn.export' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_NAMES])
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)

@@ -18,26 +18,17 @@ Groups come in two layouts:
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-
-class NmsTopK(Protocol):
-    """What the proposal and detection layers call for their NMS (`batched_nms_top_k`)."""
-
-    def __call__(
-        self,
-        boxes: Tensor,
-        scores: Tensor,
-        groups: Tensor | None,
-        num_groups: int,
-        candidates: Tensor,
-        iou_thresh: float,
-        k: int,
-    ) -> tuple[Tensor, Tensor]: ...
+# The NMS primitive's type: (boxes, scores, groups, num_groups, candidates, iou_thresh, k) ->
+# (index, valid), as `batched_nms_top_k` below.
+NmsTopK = Callable[
+    [Tensor, Tensor, "Tensor | None", int, Tensor, float, int], tuple[Tensor, Tensor]
+]
 
 
 def batched_nms_top_k(

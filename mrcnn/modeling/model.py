@@ -20,7 +20,7 @@ from torch.profiler import record_function
 
 from mrcnn.config import Config
 from mrcnn.data.resize import prepare_images
-from mrcnn.inference.detection_layer import DetectionLayer, detection_candidates
+from mrcnn.inference.detection_layer import DetectionLayer
 from mrcnn.inference.detections import Detections
 from mrcnn.inference.images import check_images
 from mrcnn.inference.postprocess import to_detections
@@ -236,14 +236,13 @@ class MaskRCNN(nn.Module):
             heads = self.roi_heads
             b, r = proposals.shape[:2]
             class_logits, box_deltas = heads.box_predictions(features, s, proposals)
-            boxes, scores, labels, ok = detection_candidates(
+            boxes, scores, labels, ok = heads.detection_layer.candidates(
                 class_logits.reshape(b, r, -1),
                 box_deltas.reshape(b, r, -1),
                 proposals,
                 valid,
                 batch.windows,
                 box_weights=heads.box_weights,
-                score_thresh=heads.detection_layer.score_thresh,
             )
             detections = heads.detect(features, s, proposals, valid, batch.windows)
         finally:

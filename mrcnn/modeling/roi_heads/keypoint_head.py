@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mrcnn.modeling.roi_heads.mask_head import conv_stack, init_relu_layers
+
 # Heatmap pixels resampled per chunk in `heatmaps_to_keypoints`: bounds the float
 # [chunk, K, H, W] intermediate (~256 MB).
 _CHUNK_PIXELS = 64 * 1024 * 1024
@@ -39,15 +41,9 @@ class KeypointHead(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, num_convs: int, num_keypoints: int):
         super().__init__()
-        convs, c = [], in_channels
-        for _ in range(num_convs):
-            convs.append(nn.Conv2d(c, channels, kernel_size=3, padding=1))
-            c = channels
-        self.convs = nn.ModuleList(convs)
+        self.convs, c = conv_stack(in_channels, channels, num_convs)
         self.deconv = nn.ConvTranspose2d(c, num_keypoints, kernel_size=4, stride=2, padding=1)
-        for layer in [*self.convs, self.deconv]:
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+        init_relu_layers([*self.convs, self.deconv])
         self.num_keypoints = num_keypoints
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,6 +12,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def conv_stack(in_channels: int, channels: int, num_convs: int) -> tuple[nn.ModuleList, int]:
+    """`num_convs` 3x3 convs (padding 1) from `in_channels` to `channels` -> (the convs, their
+    output channels); the mask and keypoint heads' trunk, each conv followed by a ReLU."""
+    convs, c = [], in_channels
+    for _ in range(num_convs):
+        convs.append(nn.Conv2d(c, channels, kernel_size=3, padding=1))
+        c = channels
+    return nn.ModuleList(convs), c
+
+
+@torch.no_grad()
+def init_relu_layers(layers: list[nn.Module]) -> None:
+    """He (fan-out) init for layers followed by a ReLU, zero biases (as Detectron's heads)."""
+    for layer in layers:
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+
+
 class MaskHead(nn.Module):
     """n x (3x3 conv + ReLU), 2x2 deconv (stride 2) + ReLU, 1x1 conv to one mask per class.
 
@@ -27,16 +45,10 @@ class MaskHead(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, num_convs: int, num_classes: int) -> None:
         super().__init__()
-        convs, c = [], in_channels
-        for _ in range(num_convs):
-            convs.append(nn.Conv2d(c, channels, kernel_size=3, padding=1))
-            c = channels
-        self.convs = nn.ModuleList(convs)
+        self.convs, c = conv_stack(in_channels, channels, num_convs)
         self.deconv = nn.ConvTranspose2d(c, channels, kernel_size=2, stride=2)
         self.logits = nn.Conv2d(channels, num_classes, kernel_size=1)
-        for layer in [*self.convs, self.deconv]:
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+        init_relu_layers([*self.convs, self.deconv])
         self.reset_predictors()
 
     @torch.no_grad()
