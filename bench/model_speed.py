@@ -15,7 +15,8 @@ calls per step; then the ratios ours / torchvision at equal precision.
 
 Variants (`--variants`, comma-separated, or `all`): ours_fp32, ours_bf16, ours_bf16_cl,
 ours_bf16_compile_cl (torch.compile of the static parts, default mode, channels_last),
-ours_bf16_compile_ro (the same with mode="reduce-overhead": CUDA graphs), tv_fp32, tv_bf16.
+ours_bf16_compile_ro (the same with mode="reduce-overhead": CUDA graphs), tv_fp32, tv_bf16,
+and ours_fp32_cl / tv_fp32_cl (channels_last fp32: oneDNN's faster CPU layout, both models).
 Without --variants, --amp / --compile / --channels-last describe one "ours" variant, measured
 against "torchvision" (with --amp too). The JSON file is rewritten after every variant, so a
 run stopped part-way keeps what it measured; a variant that fails records its error and the run
@@ -75,7 +76,9 @@ VARIANTS = {
     "ours_bf16_compile_ro": Variant(
         "ours", amp=True, compile="reduce-overhead", channels_last=True
     ),
+    "ours_fp32_cl": Variant("ours", channels_last=True),
     "tv_fp32": Variant("torchvision"),
+    "tv_fp32_cl": Variant("torchvision", channels_last=True),
     "tv_bf16": Variant("torchvision", amp=True),
 }
 
@@ -85,6 +88,8 @@ def build_variant(v: Variant, args, state_dict: dict, device: torch.device):
     if v.model == "torchvision":
         model = torchvision_model(args.size, args.score_thresh, args.arch, args.light)
         model.load_state_dict(state_dict)
+        if v.channels_last:  # NHWC weights: the convolutions' outputs follow them
+            model.to(memory_format=torch.channels_last)
         return model.to(device)
     cfg = presets.torchvision_r50_fpn(
         image_size=args.size,

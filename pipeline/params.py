@@ -223,7 +223,7 @@ class ExportParams:
     """`export`: registration in the MLflow model registry (`pipeline.export`)."""
 
     registered_model: str = "mrcnn-shapes"
-    portable: bool = True  # also write + check the whole-model ONNX file (mrcnn/export.py)
+    portable: bool = True  # also write + check the whole-model ONNX file (mrcnn.export.to_onnx)
     champion_metric: str = "segm.AP"  # a key of metrics/eval.json; higher is better
     # auto: register, except under `dvc exp run` (throwaway experiments stay out of the
     # registry); true / false: always / never (the model is still logged to its MLflow run).
