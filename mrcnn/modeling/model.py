@@ -162,6 +162,9 @@ class MaskRCNN(nn.Module):
         ):
             if module is not None:
                 module.compile(**compile_kwargs)
+        if self.roi_heads.mask_head is not None:  # inference calls this method, not forward
+            head = self.roi_heads.mask_head
+            head.label_probs = torch.compile(head.label_probs, **compile_kwargs)
         return self
 
     def normalize(self, images: Tensor, windows: Tensor) -> Tensor:

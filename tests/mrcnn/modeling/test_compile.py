@@ -32,6 +32,8 @@ def test_compile_static_train_step_and_inference(backend):
     eager, compiled = tiny_model(), tiny_model()
     compiled.compile_static(backend=backend)  # dynamic=False, bucketed mask-head RoI counts
     assert compiled.roi_heads.bucket_rois
+    # inference runs the mask head's label_probs: compiled too, not only forward
+    assert "label_probs" in vars(compiled.roi_heads.mask_head)  # the compiled wrapper
     for model in (eager, compiled):
         model.train()
     torch.manual_seed(0)
