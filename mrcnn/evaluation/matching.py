@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ def prepare_scene(
     for i in ids:
         for ann in coco_gt.imgToAnns.get(int(i), []):
             (crowds if ann.get("iscrowd", 0) else gts).append(ann)
-    gt_rles = _gt_rles(coco_gt) if iou_type == "segm" else None
+    rle = gt_rles(coco_gt) if iou_type == "segm" else None
     gt_box = np.asarray([a["bbox"] for a in gts], np.float64).reshape(-1, 4)
     crowd_box = np.asarray([a["bbox"] for a in crowds], np.float64).reshape(-1, 4)
     gt_image = np.asarray([index[a["image_id"]] for a in gts], np.int64)
@@ -149,10 +149,10 @@ def prepare_scene(
         gt_image=gt_image,
         gt_category=np.asarray([a["category_id"] for a in gts], np.int64),
         gt_box=gt_box,
-        gt_geom=[gt_rles(a) for a in gts] if gt_rles else gt_box,
+        gt_geom=[rle(a) for a in gts] if rle else gt_box,
         gt_start=np.searchsorted(gt_image, np.arange(len(ids) + 1)),
         crowd_category=np.asarray([a["category_id"] for a in crowds], np.int64),
-        crowd_geom=[gt_rles(a) for a in crowds] if gt_rles else crowd_box,
+        crowd_geom=[rle(a) for a in crowds] if rle else crowd_box,
         crowd_start=np.searchsorted(crowd_image, np.arange(len(ids) + 1)),
         category_ids=np.asarray(cats + extra, np.int64),
         category_names=names + [f"unknown ({c})" for c in extra],
@@ -242,11 +242,13 @@ def _result_box(result: Mapping[str, Any], rle: dict | None) -> list[float]:
     return mask_utils.toBbox(rle).tolist()
 
 
-# The ground truth's RLEs, built once per `COCO` object (periodic validation reuses them).
+# The ground truth's RLEs (pycocotools' `annToRLE`), built once per `COCO` object: periodic
+# validation and the several error analyses of one evaluation reuse them.
 _GT_RLES: weakref.WeakKeyDictionary[COCO, dict[int, dict]] = weakref.WeakKeyDictionary()
 
 
-def _gt_rles(coco_gt: COCO):
+def gt_rles(coco_gt: COCO) -> Callable[[Mapping[str, Any]], dict]:
+    """-> a function from an annotation of `coco_gt` to its RLE, cached on `coco_gt`."""
     cache = _GT_RLES.setdefault(coco_gt, {})
 
     def rle(ann: Mapping[str, Any]) -> dict:
