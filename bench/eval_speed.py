@@ -322,8 +322,8 @@ def main() -> None:
 
 def time_error_analysis(gt: COCO, results: list) -> dict:
     """(d): the error analysis of the evaluate stage on the same results, one process."""
+    from mrcnn.evaluation.analyze import pr_breakdown
     from mrcnn.evaluation.confusion import confusion_matrix
-    from mrcnn.evaluation.pr_breakdown import pr_breakdown
     from mrcnn.evaluation.tide import error_breakdown
 
     row: dict = {}

@@ -24,7 +24,7 @@ Oth is one COCOeval run over all categories that gives the same numbers: the gro
 for each category k, an ignored copy labelled k of every other-category object that some
 detection of k overlaps at IoU >= .1 (copies no detection of k reaches cannot change k's
 matching: COCOeval only matches at IoU >= the threshold). The backends ("faster", "pycocotools")
-are those of `coco_evaluate`. tests/mrcnn/evaluation/test_pr_breakdown.py holds the two forms
+are those of `coco_evaluate`. tests/mrcnn/evaluation/test_analyze.py holds the two forms
 equal. A category's curves are -1 where it has no ground truth of that size, and such
 categories are left out of the means (analyze() counts them as 0).
 """
