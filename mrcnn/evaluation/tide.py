@@ -72,7 +72,9 @@ def error_breakdown(
         "counts": {"tp", "cls", "loc", "both", "dupe", "bkg", "ignored", "miss", "gt"},
         "per_category": {name: {"AP50", "dAP": {type: ..}, "gt", "tp", "cls", .., "miss"}} for
             the categories with ground truth or detections (AP50 None where it has no ground
-            truth; a name two categories share gets its id: "name (id)"),
+            truth; a name two categories share gets its id: "name (id)"; its dAP: its own AP
+            after the fix, 100 if the fix leaves it nothing to find and nothing detected, minus
+            its AP),
         "settings": {"pos_thresh", "bg_thresh", "max_dets", "images"}}
     An error's category is its detection's (cls errors: the class it predicted), a miss's is
     its object's. Arguments as `assign_error_types`; empty `results` gives AP 0 and every
@@ -195,8 +197,10 @@ def _per_category(types, det_k, gt_k, n_gt, base_per, fixed) -> dict[str, dict[s
             continue  # neither ground truth nor detections
         name = names[c] if names.count(names[c]) == 1 else f"{names[c]} ({types.category_ids[c]})"
         entry: dict[str, Any] = {"AP50": float(base_per[c]) if n_gt[c] else None}
+        # a category the fix leaves with nothing to find and nothing detected counts as 100
         entry["dAP"] = {
-            e: max(float(np.nan_to_num(fixed[e][1][c]) - base_per[c]), 0.0) for e in ERROR_TYPES
+            e: max(float(np.nan_to_num(fixed[e][1][c], nan=100.0) - base_per[c]), 0.0)
+            for e in ERROR_TYPES
         }
         entry["gt"] = int(n_gt[c])
         entry.update({name_: int(v[c]) for name_, v in counts.items()})
