@@ -35,6 +35,7 @@ def every_type_scene():
         det(2, A, (20, 20, 30, 30), 0.9),  # inside the crowd of cats: ignored
         det(2, B, (60, 60, 30, 30), 0.8),  # inside it but a dog: bkg (no objects there)
         det(3, C, (0, 0, 50, 50), 0.3),  # an image without objects: bkg
+        det(1, A, shifted(O0, 25), 0.45),  # IoU .23 with the matched O0: loc, nothing to fix
     ]
     return gt, results
 
@@ -44,27 +45,32 @@ def test_each_detection_gets_its_tide_type(iou_type: str) -> None:
     gt, results = every_type_scene()
     t = assign_error_types(gt, results, iou_type)
     types = [DET_TYPES[k] for k in t.det_type]
-    assert types == ["tp", "cls", "dupe", "loc", "loc", "both", "bkg", "ignored", "bkg", "bkg"]
-    assert t.det_result.tolist() == [2, 1, 0, 3, 4, 5, 6, 7, 8, 9]  # image, then score order
-    assert t.det_rank.tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 0]
-    assert t.det_gt.tolist() == [0, 1, 0, 2, 2, 3, -1, -1, -1, -1]
-    assert t.det_fixes.tolist() == [
-        False,
-        True,
-        False,
-        True,
-        False,
-        False,
-        False,
-        False,
-        False,
-        False,
+    assert types == [
+        "tp",
+        "cls",
+        "dupe",
+        "loc",
+        "loc",
+        "both",
+        "loc",
+        "bkg",
+        "ignored",
+        "bkg",
+        "bkg",
     ]
+    assert t.det_result.tolist() == [2, 1, 0, 3, 4, 5, 10, 6, 7, 8, 9]  # image, then score order
+    assert t.det_rank.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 0]
+    assert t.det_gt.tolist() == [0, 1, 0, 2, 2, 3, 0, -1, -1, -1, -1]
+    # the oracle fixes the best cls / loc error of each unmatched object only
+    fixes = np.zeros(11, bool)
+    fixes[[1, 3]] = True
+    assert t.det_fixes.tolist() == fixes.tolist()
     assert t.gt_det.tolist() == [0, -1, -1, -1, -1]
     # O1 and O2 are explained by their cls / loc errors; O3 only by a both error: missed
     assert t.gt_missed.tolist() == [False, False, False, True, True]
     assert t.gt_ann.tolist() == [1, 2, 3, 4, 5]  # the crowd region is not an object
-    np.testing.assert_allclose(t.det_iou[[0, 2, 3, 4]], [1, 36 / 44, 20 / 60, 16 / 64], atol=0.02)
+    expected_iou = [1, 36 / 44, 20 / 60, 16 / 64, 15 / 65]
+    np.testing.assert_allclose(t.det_iou[[0, 2, 3, 4, 6]], expected_iou, atol=0.02)
 
 
 def test_thresholds_move_the_boundaries() -> None:

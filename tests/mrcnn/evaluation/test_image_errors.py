@@ -20,10 +20,10 @@ def test_images_ranked_by_score_weighted_errors(types) -> None:
     ranked = images_by_errors(types)
     assert [r["image_id"] for r in ranked] == [1, 2, 3]
     first = ranked[0]
-    # false positives weigh their score: .85 + .8 + .7 + .6 + .5 + .4; two misses weigh 1 each
-    assert first["weighted"] == pytest.approx(3.85 + 2)
+    # false positives weigh their score: .85 + .8 + .7 + .6 + .5 + .45 + .4; two misses 1 each
+    assert first["weighted"] == pytest.approx(4.3 + 2)
     assert {k: first[k] for k in ("tp", "cls", "loc", "both", "dupe", "bkg", "miss", "gt")} == {
-        "tp": 1, "cls": 1, "loc": 2, "both": 1, "dupe": 1, "bkg": 1, "miss": 2, "gt": 5,
+        "tp": 1, "cls": 1, "loc": 3, "both": 1, "dupe": 1, "bkg": 1, "miss": 2, "gt": 5,
     }  # fmt: skip
     assert ranked[1]["ignored"] == 1 and ranked[1]["weighted"] == pytest.approx(0.8)
 
@@ -39,9 +39,9 @@ def test_weights_change_the_ranking(types) -> None:
 def test_image_detail_names_every_outcome(types) -> None:
     d = image_detail(types, 1)
     dets, objs = d["detections"], d["objects"]
-    assert dets["types"] == ["tp", "cls", "dupe", "loc", "loc", "both", "bkg"]
-    assert dets["result_index"].tolist() == [2, 1, 0, 3, 4, 5, 6]
-    assert dets["objects"].tolist() == [0, 1, 0, 2, 2, 3, -1]
+    assert dets["types"] == ["tp", "cls", "dupe", "loc", "loc", "both", "loc", "bkg"]
+    assert dets["result_index"].tolist() == [2, 1, 0, 3, 4, 5, 10, 6]
+    assert dets["objects"].tolist() == [0, 1, 0, 2, 2, 3, 0, -1]
     assert objs["status"] == ["matched", "cls", "loc", "missed", "missed"]
     np.testing.assert_allclose(objs["boxes"][0], [10, 10, 50, 50])  # xyxy
     np.testing.assert_allclose(dets["boxes"][0], [10, 10, 50, 50])
