@@ -172,3 +172,25 @@ def test_same_numbers_as_tidecv(realistic, iou_type: str) -> None:
     assert set(ours) == set(ref)
     for key, value in ref.items():
         assert ours[key] == pytest.approx(value, abs=0.5), key
+
+
+def test_suppressed_errors_are_removed_by_their_oracle() -> None:
+    """The car called a cat (.97) and a dog (.96): the cls oracle makes the better one the car's
+    true positive and removes the other (else it would stay a dog false positive above every
+    dog found), so fixing cls gives all the AP back."""
+    gt, results = scene("cls")
+    b = error_breakdown(gt, [*results, det(10, B, EXTRA, 0.96)], "bbox")
+    assert b["counts"]["cls"] == 2
+    assert b["AP50"] + b["dAP"]["cls"] == pytest.approx(100.0)
+
+
+def test_tied_scores_are_ordered_as_tide_orders_them() -> None:
+    """A true positive and a false positive tie at 0.8: the AP run takes them in image order
+    (TP first), TIDE's fixed runs put errors first, so "fn" (recall made perfect, nothing
+    else changed) comes out negative, as tidecv 1.0.1 computes it."""
+    gt = make_gt({1: [(A, OBJ_A)], 2: [(A, OBJ_A)]})
+    results = [det(1, A, OBJ_A, 0.8), det(2, A, (120, 120, 30, 30), 0.8), det(2, A, OBJ_A, 0.5)]
+    b = error_breakdown(gt, results, "bbox")
+    assert b["AP50"] == pytest.approx((51 + 50 * 2 / 3) / 101 * 100)  # 83.50
+    assert b["fn"] == pytest.approx(200 / 3 - b["AP50"])  # -16.83 (tidecv: -16.8317)
+    assert b["dAP"]["bkg"] == pytest.approx(100 - b["AP50"])
