@@ -52,6 +52,9 @@ def test_error_types_coloured_beside_the_ground_truth() -> None:
         return bool((panel == np.asarray(TYPE_COLORS[name], np.uint8)).all(-1).any())
 
     assert has(left, "missed") and has(left, "cls") and has(left, "loc") and not has(left, "dupe")
+    red = np.asarray(TYPE_COLORS["missed"], np.uint8)
+    assert (left[188, 170] == red).all() and (left[189, 170] == red).all()  # missed: drawn thick
+    assert (left[48, 30] != np.asarray(TYPE_COLORS["matched"], np.uint8)).any()  # matched: thin
     for name in ("tp", "cls", "loc", "both", "dupe", "bkg"):
         assert has(right, name), name
     thresholded = draw_error_types(image, detail, score_thresh=0.75)[:200, 204:]
