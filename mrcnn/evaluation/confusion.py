@@ -92,6 +92,7 @@ def confusion_matrix(
         same = ch.det_cat[:, :, None] == ch.gt_cat[:, None, :]
         match, taken = greedy_match(np.where(same, ch.iou, 0.0), iou_thresh)
         left = ch.det_valid & (match < 0) & ~ch.in_crowd
+        # (~same is for the reader: step 1 left no free same-class object at IoU >= thresh)
         other = ~same & left[:, :, None] & ch.gt_valid[:, None, :]
         confused, taken2 = greedy_match(np.where(other, ch.iou, 0.0), iou_thresh, taken)
         pairs = np.where(match >= 0, match, confused)

@@ -194,3 +194,21 @@ def test_tied_scores_are_ordered_as_tide_orders_them() -> None:
     assert b["AP50"] == pytest.approx((51 + 50 * 2 / 3) / 101 * 100)  # 83.50
     assert b["fn"] == pytest.approx(200 / 3 - b["AP50"])  # -16.83 (tidecv: -16.8317)
     assert b["dAP"]["bkg"] == pytest.approx(100 - b["AP50"])
+
+
+def test_contract_names_are_exported_lazily() -> None:
+    """`mrcnn.evaluation.error_breakdown` is the function (ARCHITECTURE.md's contract), also after
+    every module of the package has been imported (a submodule named like a function would
+    replace it), and the error analysis' names resolve (without torch: this file also runs in a
+    venv that has tidecv and no torch)."""
+    import importlib
+
+    import mrcnn.evaluation as ev
+
+    for module in ("analyze", "confusion", "error_types", "image_errors", "matching", "tide"):
+        importlib.import_module(f"mrcnn.evaluation.{module}")
+    assert ev.error_breakdown is error_breakdown
+    names = ["PrBreakdown", "pr_breakdown", "ConfusionMatrix", "confusion_matrix", "ErrorTypes"]
+    names += ["write_confusion_csv", "assign_error_types", "image_detail", "images_by_errors"]
+    assert set(names) <= set(ev.__all__)
+    assert all(callable(getattr(ev, name)) for name in [*names, "tide_breakdown"])
