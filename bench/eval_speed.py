@@ -17,10 +17,15 @@ path side by side, back to back in one process:
       in `--workers` processes (`--workers 1`: one after the other)
   (c) the evaluate path end to end minus the model's forward: (a) + (b) as the evaluate stage
       chains them (`mrcnn.evaluation.predict_dataset`, then `coco_evaluate`)
+  (d) with --errors: the error analysis on the same results, in one process, against (b):
+      `error_breakdown` (TIDE) bbox + segm (goal: at most 50% of (b)), and, each timed on its
+      own, `confusion_matrix` bbox + segm and `pr_breakdown` (COCO analyze(): 3 COCOevals per
+      IoU type)
 
     python bench/eval_speed.py                      # 5,000 images (several minutes)
     python bench/eval_speed.py --images 200         # a quick run
     python bench/eval_speed.py --images 500 --skip-reference   # the fast path only
+    python bench/eval_speed.py --skip-reference --errors       # + the error analysis
 
 Results: docs/benchmarks.md.
 """
@@ -250,6 +255,7 @@ def main() -> None:
         " scaled to the set's size; 0 = all",
     )
     ap.add_argument("--skip-reference", action="store_true", help="time the fast path only")
+    ap.add_argument("--errors", action="store_true", help="also time the error analysis (d)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
@@ -288,6 +294,8 @@ def main() -> None:
             "b_fast": b_fast,
             "c_fast": c_fast,
         }
+        if args.errors:
+            row.update(time_error_analysis(gt_c, results))
         if not args.skip_reference:
             k = len(ids) if args.reference_images <= 0 else min(args.reference_images, len(ids))
             sub = batches[: math.ceil(k / args.batch_size)]
@@ -310,6 +318,32 @@ def main() -> None:
     _report(row)
     if args.json:
         args.json.write_text(json.dumps(row, indent=2))
+
+
+def time_error_analysis(gt: COCO, results: list) -> dict:
+    """(d): the error analysis of the evaluate stage on the same results, one process."""
+    from mrcnn.evaluation.analyze import pr_breakdown
+    from mrcnn.evaluation.confusion import confusion_matrix
+    from mrcnn.evaluation.tide import error_breakdown
+
+    row: dict = {}
+    t = time.perf_counter()
+    for iou_type in ("bbox", "segm"):
+        t_ = time.perf_counter()
+        b = error_breakdown(gt, results, iou_type)
+        row[f"{iou_type}_errors_s"] = time.perf_counter() - t_
+        row[f"{iou_type}_tide_AP50"] = b["AP50"]
+        row[f"{iou_type}_dAP"] = b["dAP"]
+    row["d_errors"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for iou_type in ("bbox", "segm"):
+        confusion_matrix(gt, results, iou_type)
+    row["d_confusion"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for iou_type in ("bbox", "segm"):
+        pr_breakdown(gt, results, iou_type)
+    row["d_pr_breakdown"] = time.perf_counter() - t
+    return row
 
 
 def _mask_agreement(fast: list, reference: list) -> dict:
@@ -359,6 +393,16 @@ def _report(row: dict) -> None:
             f"masks: {row['masks_identical']} of {row['masks_compared']} with the same RLE as "
             f"pasted + encoded; {row['mask_pixels_differing']} pixels differ in the others"
         )
+    if "d_errors" in row:
+        print(
+            f"(d) error_breakdown bbox + segm {row['d_errors']:.1f} s "
+            f"(bbox {row['bbox_errors_s']:.1f} s, segm {row['segm_errors_s']:.1f} s) = "
+            f"{100 * row['d_errors'] / row['b_fast']:.0f}% of (b); confusion_matrix "
+            f"{row['d_confusion']:.1f} s; pr_breakdown {row['d_pr_breakdown']:.1f} s"
+        )
+        for t_ in ("bbox", "segm"):
+            d = " ".join(f"{k} {v:.2f}" for k, v in row[f"{t_}_dAP"].items())
+            print(f"  {t_}: TIDE AP50 {row[f'{t_}_tide_AP50']:.2f}, dAP {d}")
     print(
         f"segm AP {row['segm_AP']:.4f}  bbox AP {row['bbox_AP']:.4f}  "
         f"(the synthetic detections' AP, identical for both backends)"

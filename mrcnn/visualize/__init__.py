@@ -4,9 +4,11 @@
     instances   detections / ground truth on their image, the mini-mask round trip
     anchors     RPN anchors by label, anchors per pyramid level
     figures     palette, font, Agg figures; class distribution, per-category AP, PR curves
+    errors      the error analysis: TIDE's dAP bars, analyze()'s PR breakdown, the confusion
+                matrix, ground truth beside detections coloured by error type
     steps       a model step by step (`MaskRCNN.inference_steps`)
 
-The first three are re-exported here (`mrcnn.visualize.draw_instances`).
+All but steps are re-exported here (`mrcnn.visualize.draw_instances`).
 """
 
 from mrcnn.visualize.anchors import (
@@ -15,6 +17,12 @@ from mrcnn.visualize.anchors import (
     POSITIVE,
     draw_anchors,
     draw_anchors_per_level,
+)
+from mrcnn.visualize.errors import (
+    draw_confusion_matrix,
+    draw_error_breakdown,
+    draw_error_types,
+    draw_pr_breakdown,
 )
 from mrcnn.visualize.figures import (
     colors,
@@ -35,8 +43,12 @@ __all__ = [
     "colors",
     "draw_anchors",
     "draw_anchors_per_level",
+    "draw_confusion_matrix",
+    "draw_error_breakdown",
+    "draw_error_types",
     "draw_instances",
     "draw_mini_mask_round_trip",
+    "draw_pr_breakdown",
     "figure_to_array",
     "image_grid",
     "label_font",
