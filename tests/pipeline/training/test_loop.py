@@ -132,7 +132,7 @@ def test_steps_checkpoints_and_logged_metrics(uninterrupted):
     assert lrs[4] == pytest.approx(0.0, abs=1e-12) and lrs[1] > lrs[3] > lrs[4]
 
 
-@pytest.mark.parametrize("loader_workers", [0])
+@pytest.mark.parametrize("loader_workers", [0, 1])
 def test_a_resume_continues_at_the_next_iteration_with_the_same_losses(
     uninterrupted, tiny_shards, tmp_path, monkeypatch, loader_workers
 ):
