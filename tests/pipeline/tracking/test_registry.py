@@ -12,6 +12,7 @@ from importlib import metadata
 import mlflow
 import pytest
 import yaml
+from mlflow.types import DataType
 
 from mrcnn.fileio import file_digest, json_digest
 from pipeline.tracking import registry as reg
@@ -208,7 +209,7 @@ def test_requirements_pin_installed_versions(monkeypatch):
 def test_signature_lists_the_heads_columns():
     sig = reg.signature(Heads(masks=True, keypoints=17, mask_scores=True))
     assert [c.name for c in sig.inputs.inputs] == ["image"]
-    assert str(sig.inputs.inputs[0].type) == "DataType.binary"
+    assert sig.inputs.inputs[0].type == DataType.binary
     names = [c.name for c in sig.outputs.inputs]
     assert names == [n for n, _ in output_columns(Heads(True, 17, True))]
     plain = [c.name for c in reg.signature(Heads()).outputs.inputs]

@@ -41,12 +41,13 @@ LOSS_KEYS = {
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads(monkeypatch):
-    """`train_loop` sets torch's thread count (train.cpus_per_worker) and the global seed: give
-    the rest of the session its own back."""
-    threads = torch.get_num_threads()
+    """`train_loop` sets torch's thread count (train.cpus_per_worker) and MLflow's tracking URI:
+    give the rest of the session its own back."""
+    threads, uri = torch.get_num_threads(), mlflow.get_tracking_uri()
     monkeypatch.delenv(faults.ENV, raising=False)  # no fault unless a test injects one
     yield
     torch.set_num_threads(threads)
+    mlflow.set_tracking_uri(uri)  # RankZeroLog sets the run's
 
 
 def _config(shards: Path, uri: str, run_id: str, **train) -> dict:
@@ -90,12 +91,13 @@ def uninterrupted(tiny_shards, tmp_path_factory) -> dict:
     run_id = _new_run(uri)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(faults.ENV, raising=False)
-        threads = torch.get_num_threads()
+        threads, previous = torch.get_num_threads(), mlflow.get_tracking_uri()
         ray = FakeRayTrain(root / "run").install(mp)
         try:
             loop.train_loop(_config(tiny_shards, uri, run_id))
         finally:
             torch.set_num_threads(threads)
+            mlflow.set_tracking_uri(previous)
     return {"root": root, "uri": uri, "run_id": run_id, "reports": ray.reports}
 
 
