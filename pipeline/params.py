@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.config import InputConfig
+from mrcnn.data.layout import SPLITS
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
 from mrcnn.mapping import reprefix
@@ -46,7 +47,6 @@ from pipeline.sweep.space import parse_space
 from pipeline.sweep.tune_params import TuneParams
 
 DATA_SOURCES = ("shapes", "coco", "local")
-SPLITS = ("train", "val")
 IMAGE_FORMATS = ("auto", "png", "jpeg")
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,47 @@ def test_every_stage_runs_as_python_m_pipeline_stage():
         assert stage["cmd"].startswith(f"python -m pipeline.{name}"), name
         assert (REPO_ROOT / "pipeline" / f"{name}.py").is_file()
         assert (REPO_ROOT / "pipeline" / "stages" / f"{name}.py").is_file()
+
+
+def string_literals(path: Path) -> list[ast.Constant]:
+    """The string constants of a module, f-string pieces included, docstrings excluded."""
+    tree = ast.parse(path.read_text())
+    scopes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, scopes)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_the_coco_layout_and_manifest_are_named_once():
+    """`instances_<split>.json`, `manifest.json` and the split names are spelled in
+    `mrcnn.data.layout` only; everything else asks it."""
+    home = "mrcnn.data.layout"
+    spelled = re.compile(r"instances_(\w+\.json|$)|manifest\.json")
+    found = []
+    for name, path in project_modules().items():
+        if name == home:
+            continue
+        found += [
+            f"{name}:{node.lineno} {node.value!r}"
+            for node in string_literals(path)
+            if spelled.search(node.value)
+        ]
+        found += [
+            f"{name}:{node.lineno} ('train', 'val')"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Tuple)
+            and [getattr(e, "value", None) for e in node.elts] == ["train", "val"]
+        ]
+    assert not found, f"use {home} instead of spelling these: {found}"

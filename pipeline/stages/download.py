@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import shapes
+from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.fileio import write_json_atomic
 from pipeline import cli, formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
-from pipeline.params import SPLITS, DataParams, load_section, to_dict
+from pipeline.params import DataParams, load_section, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def run(
         _local(params, target, splits)
     summary = {"source": params.source, "root": str(target), "splits": {}}
     for split in splits:
-        ann = json.loads((target / "annotations" / f"instances_{split}.json").read_text())
+        ann = json.loads(annotation_file(target, split).read_text())
         summary["splits"][split] = {
             "images": len(ann["images"]),
             "annotations": len(ann["annotations"]),
@@ -99,26 +100,24 @@ def _coco(
     """Download, verify and extract COCO 2017 into the common layout."""
     base = params.coco_base_url.rstrip("/")
     target.mkdir(parents=True, exist_ok=True)
-    ann_dir = target / "annotations"
-    missing_ann = [s for s in splits if not (ann_dir / f"instances_{s}.json").is_file()]
+    missing_ann = [s for s in splits if not annotation_file(target, s).is_file()]
     if missing_ann:
         spec = files["annotations"]
         archive = download_file(
             f"{base}/{spec.path}", cache_dir / spec.name, size=spec.size, md5=spec.md5
         )
-        wanted = {f"annotations/instances_{s}2017.json" for s in missing_ann}
+        wanted = {s: annotation_file("", archive_split(s)).as_posix() for s in missing_ann}
         tmp = target / ".annotations.extracting"
-        extract_zip(archive, tmp, members=lambda name: name in wanted)
-        ann_dir.mkdir(exist_ok=True)
-        for s in missing_ann:
-            src = tmp / "annotations" / f"instances_{s}2017.json"
-            if not src.is_file():
-                raise FileNotFoundError(f"{archive.name} has no annotations/instances_{s}2017.json")
-            os.replace(src, ann_dir / f"instances_{s}.json")
+        extract_zip(archive, tmp, members=lambda name: name in wanted.values())
+        for s, member in wanted.items():
+            if not (tmp / member).is_file():
+                raise FileNotFoundError(f"{archive.name} has no {member}")
+            annotation_file(target, s).parent.mkdir(exist_ok=True)
+            os.replace(tmp / member, annotation_file(target, s))
         shutil.rmtree(tmp)
     for split in splits:
-        if (target / split).is_dir():
-            logger.info("%s already extracted", target / split)
+        if image_dir(target, split).is_dir():
+            logger.info("%s already extracted", image_dir(target, split))
             continue
         spec = files[split]
         archive = download_file(
@@ -126,14 +125,20 @@ def _coco(
         )
         tmp = target / f".{split}.extracting"
         extract_zip(archive, tmp)
-        inner = tmp / f"{split}2017"
+        inner = image_dir(tmp, archive_split(split))
         if not inner.is_dir():
-            raise FileNotFoundError(f"{archive.name} has no top-level folder {split}2017/")
-        os.replace(inner, target / split)  # atomic: the split folder appears complete
+            raise FileNotFoundError(f"{archive.name} has no top-level folder {inner.name}/")
+        os.replace(inner, image_dir(target, split))  # atomic: the split folder appears complete
         shutil.rmtree(tmp)
         if not params.keep_archives:
             archive.unlink()
     _write_stamp(target, {"source": "coco", "base_url": base, "splits": sorted(splits)})
+
+
+def archive_split(split: str) -> str:
+    """The name of `split` inside COCO 2017's archives, which have our layout otherwise:
+    `val2017/` and `annotations/instances_val2017.json`."""
+    return f"{split}2017"
 
 
 def _local(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:

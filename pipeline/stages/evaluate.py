@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import category_ids as label_to_category
+from mrcnn.data.layout import annotation_file
 from mrcnn.evaluation.coco_eval import EvaluationInputError, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
@@ -227,7 +228,7 @@ def _main(args: argparse.Namespace) -> None:
     paths = EvaluatePaths(
         model_dir=layout.under(root, args.model),
         shards_dir=layout.under(root, args.shards) / "val",
-        annotations=raw / "annotations" / "instances_val.json",
+        annotations=annotation_file(raw, "val"),
         train_run=layout.under(root, args.train_run),
         metrics_out=layout.under(root, args.metrics),
         reports_dir=layout.under(root, args.reports),

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mrcnn.data.layout import MANIFEST, SPLITS
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
 from pipeline.paramfile import DEFAULT_PRESET
-from pipeline.params import SPLITS, ExportParams, MlflowParams, load_params, load_section
+from pipeline.params import ExportParams, MlflowParams, load_params, load_section
 from pipeline.tracking import registry, store
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def _main(args: argparse.Namespace) -> None:
         train_metrics=layout.under(root, args.train_metrics),
         out_dir=layout.under(root, args.out),
         params_file=Path(args.params).resolve(),
-        manifests=tuple((s, shards / s / "manifest.json") for s in SPLITS),
+        manifests=tuple((s, shards / s / MANIFEST) for s in SPLITS),
     )
     store.check_tracking_uri(uri)
     run(

@@ -30,12 +30,12 @@ from pycocotools.coco import COCO
 from mrcnn import visualize as vis
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, expand_mini_masks
+from mrcnn.data.layout import MANIFEST, SPLITS, annotation_file
 from mrcnn.fileio import replace_dir
 from mrcnn.layers.matcher import BELOW_LOW, batched_iou, match
 from mrcnn.modeling.anchors import AnchorGenerator
 from pipeline import cli, layout
 from pipeline.params import (
-    SPLITS,
     DataParams,
     InspectParams,
     MlflowParams,
@@ -127,7 +127,7 @@ def run(
 
     per_split = {}
     for split in SPLITS:
-        manifest = Path(shards_dir) / split / "manifest.json"
+        manifest = Path(shards_dir) / split / MANIFEST
         if manifest.is_file():
             per_split[split] = json.loads(manifest.read_text())["counts"]["instances_per_class"]
     fig = vis.new_figure(max(5.0, 0.6 * len(ds.class_names) + 2), 3.5)
@@ -160,9 +160,7 @@ def _round_trip(x, ds: ShardDataset, raw_dir: Path | None, path: Path) -> dict[s
     )
     box = x.boxes[k] / x.scale
     ref = None
-    ann_file = (
-        raw_dir / "annotations" / f"instances_{ds.manifest['split']}.json" if raw_dir else None
-    )
+    ann_file = annotation_file(raw_dir, ds.manifest["split"]) if raw_dir else None
     if ann_file is not None and ann_file.is_file():
         coco = COCO(str(ann_file))
         ref = coco.annToMask(coco.loadAnns([meta["annotation_ids"][k]])[0]).astype(bool)

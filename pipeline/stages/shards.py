@@ -29,11 +29,12 @@ from typing import Any
 
 from mrcnn.data import storage
 from mrcnn.data.coco import class_map, load_coco_split
+from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
-from pipeline.params import SPLITS, DataParams, ShardsParams, load_section, to_dict
+from pipeline.params import DataParams, ShardsParams, load_section, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +71,18 @@ def _run_to_url(params: ShardsParams, raw_dir: Path, url: str) -> dict[str, Any]
     for split in summary:
         local = staging / split
         if split in GROUND_TRUTH_SPLITS:
-            shutil.copyfile(
-                raw_dir / "annotations" / f"instances_{split}.json", local / GROUND_TRUTH
-            )
+            shutil.copyfile(annotation_file(raw_dir, split), local / GROUND_TRUTH)
         storage.upload_split(local, storage.join(url, split))
     shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
 def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
-    ann_files = {s: raw_dir / "annotations" / f"instances_{s}.json" for s in SPLITS}
+    ann_files = {s: annotation_file(raw_dir, s) for s in SPLITS}
     splits = [s for s in SPLITS if ann_files[s].is_file()]
     if not splits:
         raise FileNotFoundError(
-            f"no annotations/instances_{{train,val}}.json under {raw_dir}; "
+            f"no {annotation_file('', '{train,val}')} under {raw_dir}; "
             "run `python -m pipeline.download` first"
         )
     for stale in sorted(set(SPLITS) - set(splits)):  # e.g. train from an earlier source
@@ -97,12 +96,12 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
         source = {
             "annotations": str(ann_files[split]),
             "annotations_sha256": file_digest(ann_files[split]),
-            "images": str(raw_dir / split),
+            "images": str(image_dir(raw_dir, split)),
         }
         counts = {"images": parsed[split].num_images, "annotations": parsed[split].num_annotations}
         manifest = build_split(
             parsed[split].records,
-            raw_dir / split,
+            image_dir(raw_dir, split),
             out_dir / split,
             classes,
             params.options(split),

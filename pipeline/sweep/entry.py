@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import ShardDataset
+from mrcnn.data.layout import MANIFEST
 from mrcnn.data.storage import Location, exists, filesystem, is_url, join, read_text, write_text
 from mrcnn.fileio import json_digest
 from pipeline import cli, layout
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
 def _main(args: argparse.Namespace) -> None:
     root = layout.project_root(args.params)
     shards = args.shards if is_url(args.shards) else layout.under(root, args.shards).resolve()
-    if not exists(join(shards, "train", "manifest.json")):
+    if not exists(join(shards, "train", MANIFEST)):
         raise FileNotFoundError(
             f"no shards in {join(shards, 'train')}: build them with `dvc repro shards` "
             "(`make sweep` does it first)"
