@@ -30,6 +30,7 @@ from mrcnn.config import InputConfig
 from mrcnn.data.layout import SPLITS
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
+from mrcnn.export import MODEL_BACKENDS
 from mrcnn.mapping import reprefix
 from pipeline.formats import FORMATS
 from pipeline.paramfile import (  # noqa: F401 (the params API is imported from here)
@@ -228,9 +229,10 @@ class ExportParams:
     # auto: register, except under `dvc exp run` (throwaway experiments stay out of the
     # registry); true / false: always / never (the model is still logged to its MLflow run).
     register: str = "auto"
-    # What the registered model's pyfunc (and `mlflow models serve`) runs by default: torch (the
-    # weights, eager PyTorch) or onnxruntime (the checked ONNX file; needs portable: true and a
-    # model with boxes + masks only, no keypoint or MaskIoU head).
+    # What the registered model's pyfunc (and `mlflow models serve`) runs by default, one of
+    # `mrcnn.export.MODEL_BACKENDS`: torch (the weights, eager PyTorch) or onnxruntime (the
+    # checked ONNX file; needs portable: true and a model with boxes + masks only, no keypoint
+    # or MaskIoU head).
     pyfunc_backend: str = "torch"
 
     @staticmethod
@@ -247,9 +249,9 @@ class ExportParams:
         key_ok = re.fullmatch(r"\w+(\.\w+)*", self.champion_metric)
         check(key_ok is not None, "champion_metric", "must be a key of eval.json, e.g. segm.AP")
         check(
-            self.pyfunc_backend in ("torch", "onnxruntime"),
+            self.pyfunc_backend in MODEL_BACKENDS,
             "pyfunc_backend",
-            "must be torch or onnxruntime",
+            f"must be {' or '.join(MODEL_BACKENDS)}",
         )
         check(
             self.pyfunc_backend != "onnxruntime" or self.portable,

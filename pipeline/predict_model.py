@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mrcnn.export import MODEL_BACKENDS
+
 log = logging.getLogger("pipeline.predict")
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", *MODEL_BACKENDS)  # auto: see the module doc
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
 HOW_TO_CREATE = (
     "Create one with `dvc repro` (train, evaluate, export) or `python -m pipeline.export` "

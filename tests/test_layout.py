@@ -221,3 +221,18 @@ def test_the_coco_layout_and_manifest_are_named_once():
             and [getattr(e, "value", None) for e in node.elts] == ["train", "val"]
         ]
     assert not found, f"use {home} instead of spelling these: {found}"
+
+
+def test_the_model_backends_are_listed_once():
+    """The backends a saved model runs on are `mrcnn.export.MODEL_BACKENDS`; a tuple or list
+    naming them both anywhere else is a second copy that will drift."""
+    home = "mrcnn.export"
+    copies = [
+        f"{name}:{node.lineno}"
+        for name, path in project_modules().items()
+        if name != home
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+        and {"torch", "onnxruntime"} <= {getattr(e, "value", None) for e in node.elts}
+    ]
+    assert not copies, f"use {home}.MODEL_BACKENDS instead of these lists: {copies}"
