@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,16 +15,15 @@ import yaml
 from mrcnn import presets
 from mrcnn.config import Config
 from mrcnn.mapping import from_mapping, reprefix, to_plain
+from pipeline.device import DEVICE_PATTERN
 
 T = TypeVar("T")
 
 DEFAULT_PRESET = "shapes_small"  # model.preset when the section names none
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-
 
 def check_device(device: str, key: str = "device") -> None:
-    """`auto`, `cpu`, `cuda` or `cuda:N` (see `resolve_device`)."""
+    """`auto`, `cpu`, `cuda` or `cuda:N` (see `pipeline.device.resolve_device`)."""
     check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.data.image_file import ImageReadError, read_image
+from pipeline.device import resolve_device
 from pipeline.params import MlflowParams, PredictParams, load_section
 from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_map: public API)
     BACKENDS,
@@ -64,7 +65,6 @@ from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_ma
     resolve_model,
 )
 from pipeline.prediction_outputs import ImageInput, PredictionWriter, collect_inputs
-from pipeline.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

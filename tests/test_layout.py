@@ -98,6 +98,25 @@ def test_the_graph_sees_the_imports_it_must(graph):
     assert "mrcnn.structures" in graph["mrcnn.modeling.model"]
 
 
+def closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    """`start` and every project module it imports, transitively."""
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_running_a_model_needs_no_training_package(graph):
+    """Evaluate, export, predict and the server run a saved model: the training package (Ray
+    Train, the loop) is not among their imports (the device they run on: `pipeline.device`)."""
+    for user in ("pipeline.stages.evaluate", "pipeline.stages.export", "pipeline.predict"):
+        training = sorted(m for m in closure(graph, user) if m.startswith("pipeline.training"))
+        assert not training, f"{user} imports {training}"
+
+
 def test_mrcnn_imports_no_pipeline_and_no_orchestration():
     for name, path in project_modules().items():
         if not name.startswith("mrcnn"):

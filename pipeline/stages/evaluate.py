@@ -36,6 +36,7 @@ from mrcnn.evaluation.coco_eval import EvaluationInputError, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
+from pipeline.device import resolve_device
 from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section
 from pipeline.reporting.evaluate import (
     draw_overlays,
@@ -45,7 +46,6 @@ from pipeline.reporting.evaluate import (
 )
 from pipeline.tracking import runs, store
 from pipeline.tracking.store import TrackingError
-from pipeline.training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
