@@ -71,7 +71,7 @@ FALLBACK_RECIPE = {
 def recipe() -> tuple[dict[str, Any], str]:
     """The training recipe defaults and where they came from."""
     try:
-        from pipeline.params import TrainParams
+        from pipeline.train_params import TrainParams
 
         p = TrainParams()
         return {k: getattr(p, k) for k in FALLBACK_RECIPE}, "pipeline.params.TrainParams"

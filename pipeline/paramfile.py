@@ -1,7 +1,7 @@
 """`params.yaml` as a file: read it, build a section's dataclass from a mapping (errors name
 `section.key`), turn a section back into a plain dict, and the `model` section into an
 `mrcnn.Config`. The sections themselves, and the whole-file check, are in `pipeline.params`
-(which re-exports these functions: import them from there).
+(import these functions from here).
 """
 
 from __future__ import annotations

@@ -33,28 +33,12 @@ from mrcnn.data.writer import ShardOptions
 from mrcnn.export import MODEL_BACKENDS
 from mrcnn.mapping import reprefix
 from pipeline.formats import FORMATS
-from pipeline.paramfile import (  # noqa: F401 (the params API is imported from here)
-    DEVICE_PATTERN,
-    check,
-    check_device,
-    from_dict,
-    load_model_config,
-    load_params,
-    load_section,
-    model_config,
-    to_dict,
-)
-from pipeline.sweep.space import parse_space
-from pipeline.sweep.tune_params import TuneParams
+from pipeline.paramfile import check, check_device, from_dict, load_params, model_config
+from pipeline.search_space import parse_space
+from pipeline.train_params import TrainParams, TuneParams
 
 DATA_SOURCES = ("shapes", "coco", "local")
 IMAGE_FORMATS = ("auto", "png", "jpeg")
-
-
-def check_range(v: tuple[float, ...], key: str, top: float) -> None:
-    """`[]` (off) or `[lo, hi]` with 0 < lo <= hi <= top."""
-    ok = not v or (len(v) == 2 and 0 < v[0] <= v[1] <= top)
-    check(ok, key, f"must be [] or [lo, hi] with 0 < lo <= hi <= {top}")
 
 
 @dataclass
@@ -274,94 +258,13 @@ class PredictParams:
         check_device(self.device)
 
 
-# train.placement -> Ray's placement-group strategy for the worker group
-PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
-
-
-@dataclass
-class TrainParams:
-    """`train`: data-parallel training with Ray Train (`pipeline.train`).
-
-    `lr`, `iterations`, `warmup_iters` and `steps` are given at `reference_batch` images per
-    iteration and scale with the real global batch (workers x batch_size): the lr linearly, the
-    iteration counts inversely (Goyal et al., 2017), so one setting serves 1 CPU or 8 GPUs.
-    """
-
-    num_workers: int = 1  # Ray Train workers: CPU processes here, one per GPU with use_gpu
-    use_gpu: bool = False
-    cpus_per_worker: int = 2  # torch threads per worker on CPU
-    batch_size: int = 8  # images per worker per iteration
-    reference_batch: int = 8
-    iterations: int = 800
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, the paper's recipe)
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | step
-    warmup_iters: int = 50
-    steps: tuple[float, ...] = (0.75, 1.0)  # step schedule: lr x0.1 at these fractions
-    grad_clip: float = 10.0  # max gradient norm; 0 = off
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    compile: bool = False  # torch.compile the fixed-shape parts (GPU)
-    channels_last: bool = False
-    max_gt: int = 16  # ground-truth slots per image (COCO: 100)
-    loader_workers: int = 0  # DataLoader processes per Ray worker
-    hflip: bool = True
-    scale_jitter: tuple[float, ...] = ()  # [lo, hi]: each image scaled by U(lo, hi); [] = off
-    short_sides: tuple[int, ...] = ()  # multi-scale: short side drawn from these px (<= frame)
-    random_crop: tuple[float, ...] = ()  # [lo, hi]: crop U(lo, hi) of each side; [] = off
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 200
-    eval_every: int = 0  # val segm AP every N iterations (sweeps); 0 = only in `evaluate`
-    eval_images: int = 100  # val images used by those periodic evaluations
-    max_failures: int = 2  # worker-group restarts from the last checkpoint
-    # Ray run = <run_name>-<hash of shards/model/train params>; "" = <data source>-<preset>
-    run_name: str = ""
-    storage_path: str = "runs"  # Ray Train storage: a folder, or s3://bucket/prefix on a cluster
-    placement: str = "pack"  # workers' placement group: pack | spread | strict_spread (nodes)
-    shard_cache: str = ""  # s3:// shards: a local folder per node for whole shards; "" = none
-    init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
-
-    def global_batch(self, world_size: int | None = None) -> int:
-        """Images per iteration over all workers (`world_size` defaults to num_workers)."""
-        return self.batch_size * max(1, world_size or self.num_workers)
-
-    def validate(self) -> None:
-        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = in-process, no Ray)")
-        for name in ("cpus_per_worker", "batch_size", "reference_batch", "iterations"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.optimizer in ("adamw", "sgd"), "optimizer", "must be adamw or sgd")
-        check(self.lr > 0, "lr", "must be > 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.schedule in ("cosine", "step"), "schedule", "must be cosine or step")
-        check(self.warmup_iters >= 0, "warmup_iters", "must be >= 0")
-        check(all(0 < s <= 1 for s in self.steps), "steps", "must be fractions in (0, 1]")
-        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        check(self.max_gt >= 1, "max_gt", "must be >= 1")
-        check_range(self.scale_jitter, "scale_jitter", float("inf"))  # LSJ: [0.1, 2.0]
-        check_range(self.random_crop, "random_crop", 1.0)
-        check(all(s >= 1 for s in self.short_sides), "short_sides", "must be sizes in px")
-        check(not (self.scale_jitter and self.short_sides), "short_sides", "excludes scale_jitter")
-        for name in ("log_every", "checkpoint_every"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.eval_every >= 0, "eval_every", "must be >= 0")
-        check(self.max_failures >= 0, "max_failures", "must be >= 0")
-        check(self.placement in PLACEMENTS, "placement", f"must be one of {sorted(PLACEMENTS)}")
-        check(
-            not self.run_name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name),
-            "run_name",
-            "must be letters, digits, '.', '_', '-'",
-        )
-
-
 SECTIONS: dict[str, type | None] = {
     "data": DataParams,
     "shards": ShardsParams,
     "inspect": InspectParams,
     "model": None,  # mrcnn.Config: checked by model_config
     "train": TrainParams,
-    "tune": TuneParams,  # + tune.space, checked by pipeline.sweep.space.parse_space
+    "tune": TuneParams,  # + tune.space, checked by pipeline.search_space.parse_space
     "mlflow": MlflowParams,
     "evaluate": EvaluateParams,
     "export": ExportParams,

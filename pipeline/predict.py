@@ -54,7 +54,8 @@ from tqdm import tqdm
 
 from mrcnn.data.image_file import ImageReadError, read_image
 from pipeline.device import resolve_device
-from pipeline.params import MlflowParams, PredictParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import MlflowParams, PredictParams
 from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_map: public API)
     BACKENDS,
     HOW_TO_CREATE,

@@ -94,7 +94,7 @@ def test_the_graph_sees_the_imports_it_must(graph):
     """The parser itself: known edges are found (a parser that finds nothing passes the rest)."""
     assert "pipeline.training.driver" in graph["pipeline.stages.train"]
     assert "mrcnn.modeling.model" in graph["pipeline.training.loop"]
-    assert "pipeline.sweep.space" in graph["pipeline.sweep.config"]
+    assert "pipeline.search_space" in graph["pipeline.sweep.config"]
     assert "mrcnn.structures" in graph["mrcnn.modeling.model"]
 
 
@@ -167,6 +167,41 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycles(graph):
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def unit_of(module: str, packages: set[str]) -> str:
+    """The part of the layout a module belongs to: its first-level sub-package
+    (`mrcnn.modeling.roi_heads.box_head` -> `mrcnn.modeling`), or the module itself when it sits
+    directly in `mrcnn/` or `pipeline/` (`pipeline.params`)."""
+    first_level = ".".join(module.split(".")[:2])
+    return first_level if first_level in packages else module
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph collapsed to `unit_of`: an edge A -> B when a module of A imports one
+    of B."""
+    packages = {
+        module_name(p.parent)
+        for package in PACKAGES
+        for p in (REPO_ROOT / package).glob("*/__init__.py")
+    }
+    out: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        a = unit_of(module, packages)
+        out.setdefault(a, set()).update(
+            b for b in (unit_of(m, packages) for m in imported) if b != a
+        )
+    return out
+
+
+def test_no_import_cycle_between_sub_packages(graph):
+    """Sub-packages (and the modules beside them) depend on each other one way only: e.g.
+    `pipeline.params` sits below `pipeline.sweep`, which reads it, and must not import it."""
+    units = package_graph(graph)
+    assert {"mrcnn.modeling", "pipeline.sweep", "pipeline.params"} <= set(units)
+    assert "pipeline.training" in units["pipeline.stages"]
+    cycle = find_cycle(units)
+    assert cycle is None, "sub-package import cycle: " + " -> ".join(cycle or [])
 
 
 def test_a_cycle_is_found_when_there_is_one():

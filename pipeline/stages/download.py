@@ -32,7 +32,8 @@ from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.fileio import write_json_atomic
 from pipeline import cli, formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
-from pipeline.params import DataParams, load_section, to_dict
+from pipeline.paramfile import load_section, to_dict
+from pipeline.params import DataParams
 
 logger = logging.getLogger(__name__)
 

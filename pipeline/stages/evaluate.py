@@ -37,7 +37,8 @@ from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
 from pipeline.device import resolve_device
-from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import DataParams, EvaluateParams, MlflowParams
 from pipeline.reporting.evaluate import (
     draw_overlays,
     draw_steps,

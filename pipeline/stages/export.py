@@ -36,8 +36,8 @@ from typing import Any
 from mrcnn.data.layout import MANIFEST, SPLITS
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
-from pipeline.paramfile import DEFAULT_PRESET
-from pipeline.params import ExportParams, MlflowParams, load_params, load_section
+from pipeline.paramfile import DEFAULT_PRESET, load_params, load_section
+from pipeline.params import ExportParams, MlflowParams
 from pipeline.tracking import registry, store
 
 log = logging.getLogger(__name__)

@@ -35,13 +35,8 @@ from mrcnn.fileio import replace_dir
 from mrcnn.layers.matcher import BELOW_LOW, batched_iou, match
 from mrcnn.modeling.anchors import AnchorGenerator
 from pipeline import cli, layout
-from pipeline.params import (
-    DataParams,
-    InspectParams,
-    MlflowParams,
-    load_model_config,
-    load_section,
-)
+from pipeline.paramfile import load_model_config, load_section
+from pipeline.params import DataParams, InspectParams, MlflowParams
 from pipeline.tracking import store
 from pipeline.tracking.store import TrackingError
 

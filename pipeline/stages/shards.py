@@ -34,7 +34,8 @@ from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
-from pipeline.params import DataParams, ShardsParams, load_section, to_dict
+from pipeline.paramfile import load_section, to_dict
+from pipeline.params import DataParams, ShardsParams
 
 logger = logging.getLogger(__name__)
 

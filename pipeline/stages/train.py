@@ -30,17 +30,12 @@ from mrcnn.data import ShardDataset, storage
 from mrcnn.fileio import replace_dir, write_json_atomic
 from mrcnn.modeling.model import build_model
 from pipeline import cli, layout
-from pipeline.paramfile import DEFAULT_PRESET
-from pipeline.params import (
-    MlflowParams,
-    TrainParams,
-    load_model_config,
-    load_params,
-    load_section,
-)
+from pipeline.paramfile import DEFAULT_PRESET, load_model_config, load_params, load_section
+from pipeline.params import MlflowParams
 from pipeline.reporting.train import write_loss_reports
 from pipeline.tracking import store
 from pipeline.tracking.store import TrackingError
+from pipeline.train_params import TrainParams
 from pipeline.training import driver
 from pipeline.training.checkpoints import STATE_FILE, NonFiniteLossError, load_state
 

@@ -47,22 +47,17 @@ from mrcnn.data.layout import MANIFEST
 from mrcnn.data.storage import Location, exists, filesystem, is_url, join, read_text, write_text
 from mrcnn.fileio import json_digest
 from pipeline import cli, layout
-from pipeline.params import (
-    MlflowParams,
-    TrainParams,
-    from_dict,
-    load_params,
-    load_section,
-    to_dict,
-)
+from pipeline.paramfile import from_dict, load_params, load_section, to_dict
+from pipeline.params import MlflowParams
+from pipeline.search_space import dvc_set_args
 from pipeline.sweep import report as sweep_report
 from pipeline.sweep import tracking as sweep_tracking
-from pipeline.sweep.config import Sweep, TuneParams, load_sweep, planned_iterations
+from pipeline.sweep.config import Sweep, load_sweep, planned_iterations
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, best_trial, trial_records
-from pipeline.sweep.space import dvc_set_args
 from pipeline.sweep.trial import run_trial
 from pipeline.tracking import store
 from pipeline.tracking.store import TrackingError
+from pipeline.train_params import TrainParams, TuneParams
 from pipeline.training.driver import ClusterResourceError
 from pipeline.training.runtime import check_state_api, init_ray
 

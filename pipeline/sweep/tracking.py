@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.params import to_dict
+from pipeline.paramfile import to_dict
 from pipeline.sweep import report as sweep_report
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord
 
 if TYPE_CHECKING:
-    from pipeline.params import TrainParams
-    from pipeline.sweep.config import Sweep, TuneParams
+    from pipeline.sweep.config import Sweep
+    from pipeline.train_params import TrainParams, TuneParams
 
 
 def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]):

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.evaluation.coco_eval import ALL_IOU_TYPES
-from pipeline.params import EvaluateParams, to_dict
+from pipeline.paramfile import to_dict
+from pipeline.params import EvaluateParams
 from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE, STEPS_DIR
 from pipeline.tracking.store import flatten, start_run
 

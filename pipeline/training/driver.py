@@ -20,7 +20,8 @@ from typing import Any
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
 from mrcnn.fileio import json_digest
-from pipeline.params import PLACEMENTS, TrainParams, to_dict
+from pipeline.paramfile import to_dict
+from pipeline.train_params import PLACEMENTS, TrainParams
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
 from pipeline.training.periodic_eval import val_annotations

@@ -24,7 +24,8 @@ from mrcnn.config import Config
 from mrcnn.data import Augmentation, ShardDataset, TrainLoader, storage
 from mrcnn.modeling.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
-from pipeline.params import TrainParams, from_dict
+from pipeline.paramfile import from_dict
+from pipeline.train_params import TrainParams
 from pipeline.training import faults
 from pipeline.training.checkpoints import (
     NONFINITE_FILE,

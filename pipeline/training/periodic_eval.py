@@ -26,7 +26,7 @@ from mrcnn.data import ShardDataset, storage
 from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.evaluation.coco_eval import coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
-from pipeline.params import TrainParams
+from pipeline.train_params import TrainParams
 
 logger = logging.getLogger(__name__)
 

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import (
-    DataParams,
-    ExportParams,
-    InspectParams,
-    ShardsParams,
-    TrainParams,
-    load_section,
-)
+from pipeline.paramfile import load_section
+from pipeline.params import DataParams, ExportParams, InspectParams, ShardsParams
+from pipeline.train_params import TrainParams
 from tests import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -105,20 +100,11 @@ def test_bad_params_name_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml", "configs/finetune.yaml"])
 def test_shipped_params_files_are_valid(path):
     """Every section of the shipped params files loads and the model config builds."""
-    from pipeline import params as P
+    from pipeline.paramfile import load_model_config
+    from pipeline.params import validate_file
 
     file = ROOT / path
-    sections = {
-        "data": P.DataParams,
-        "shards": P.ShardsParams,
-        "inspect": P.InspectParams,
-        "train": P.TrainParams,
-        "evaluate": P.EvaluateParams,
-        "mlflow": P.MlflowParams,
-        "export": P.ExportParams,
-    }
-    for name, cls in sections.items():
-        P.load_section(file, name, cls)
-    shards = P.load_section(file, "shards", P.ShardsParams)
-    cfg = P.load_model_config(file, num_classes=81, image_size=shards.image_size)
+    validate_file(file)
+    shards = load_section(file, "shards", ShardsParams)
+    cfg = load_model_config(file, num_classes=81, image_size=shards.image_size)
     assert cfg.input.image_size == shards.image_size

@@ -33,7 +33,8 @@ from mrcnn.evaluation.coco_eval import METRIC_NAMES, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.modeling.model import MaskRCNN, build_model
 from mrcnn.structures import Batch, RawDetections
-from pipeline.params import EvaluateParams, ShardsParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import EvaluateParams, ShardsParams
 from pipeline.stages import evaluate
 from pipeline.stages.evaluate import EvaluatePaths
 from pipeline.stages.shards import run as build_shards

@@ -13,8 +13,9 @@ from ray.train import TrainingFailedError
 from mrcnn import presets
 from mrcnn.data import ShardDataset, read_class_map
 from mrcnn.modeling.model import build_model
-from pipeline.params import MlflowParams, TrainParams
+from pipeline.params import MlflowParams
 from pipeline.stages.train import TrainPaths, run
+from pipeline.train_params import TrainParams
 from pipeline.training.checkpoints import NonFiniteLossError, load_state
 from tests.pipeline.tiny_model import TINY_MODEL
 

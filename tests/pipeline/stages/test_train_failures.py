@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from mrcnn import presets
-from pipeline.params import MlflowParams, TrainParams
+from pipeline.params import MlflowParams
 from pipeline.stages import train
 from pipeline.stages.train import TrainPaths
+from pipeline.train_params import TrainParams
 from pipeline.training import driver
 from tests.pipeline.registry_helpers import fresh_store
 from tests.pipeline.tiny_model import TINY_MODEL

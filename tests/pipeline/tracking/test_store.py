@@ -10,7 +10,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline.params import MlflowParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import MlflowParams
 from pipeline.tracking.store import (
     TrackingError,
     check_tracking_uri,

@@ -15,7 +15,7 @@ from mrcnn import presets
 from mrcnn.data import ShardDataset, storage
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.modeling.model import build_model
-from pipeline.params import TrainParams
+from pipeline.train_params import TrainParams
 from pipeline.training.periodic_eval import PeriodicEval, val_annotations
 from tests.pipeline.tiny_model import TINY_MODEL
 
