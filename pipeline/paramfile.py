@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,23 @@ from pipeline.device import DEVICE_PATTERN
 T = TypeVar("T")
 
 DEFAULT_PRESET = "shapes_small"  # model.preset when the section names none
+
+
+# `num_workers: -1`: one worker process per core, in every section that counts processes.
+ALL_CORES = -1
+
+
+def worker_processes(num_workers: int) -> int:
+    """A params `num_workers` -> worker processes to start. One meaning in every section: N
+    processes, 0 = none (the main process does the work), -1 (`ALL_CORES`) = one per core."""
+    return (os.cpu_count() or 1) if num_workers == ALL_CORES else num_workers
+
+
+def check_workers(num_workers: int, key: str = "num_workers") -> None:
+    """N >= 0 worker processes, or -1 for one per core (see `worker_processes`)."""
+    check(
+        num_workers >= ALL_CORES, key, "must be >= 0 (0 = none: the main process) or -1 (all cores)"
+    )
 
 
 def check_device(device: str, key: str = "device") -> None:

@@ -9,6 +9,10 @@ unknown keys (`ValueError: unknown params key 'data.sorce' ...`), checks types a
 `validate()`. A missing section or key keeps its default. A field may itself be a dataclass
 (a nested mapping in the YAML, e.g. `data.shapes`).
 
+`num_workers` means the same in every section: worker processes, 0 = none (the main process does
+the work), -1 = one per core (`pipeline.paramfile.worker_processes`); `train.num_workers` counts
+Ray Train workers (0: training runs in-process).
+
 `validate_file` checks the whole file at once (every section, unknown sections too): each stage
 and `pipeline.tune` call it before doing any work (`pipeline.cli.run_main`), so a typo in
 `evaluate:` fails `train` in seconds instead of after an hour of training.
@@ -33,7 +37,15 @@ from mrcnn.data.writer import ShardOptions
 from mrcnn.export import MODEL_BACKENDS
 from mrcnn.mapping import reprefix
 from pipeline.formats import FORMATS
-from pipeline.paramfile import check, check_device, from_dict, load_params, model_config
+from pipeline.paramfile import (
+    ALL_CORES,
+    check,
+    check_device,
+    check_workers,
+    from_dict,
+    load_params,
+    model_config,
+)
 from pipeline.search_space import parse_space
 from pipeline.train_params import TrainParams, TuneParams
 
@@ -101,7 +113,7 @@ class ShardsParams:
     keep_negatives_val: bool = True
     # Instances whose box in the padded frame is narrower or shorter than this are reported.
     min_box_size: float = 1.0
-    num_workers: int = 0  # processes; 0 = all cores
+    num_workers: int = ALL_CORES  # worker processes: -1 = one per core, 0 = none (this process)
 
     def validate(self) -> None:
         # The model's own input rules (mrcnn.config.InputConfig): shards and model must agree.
@@ -114,7 +126,7 @@ class ShardsParams:
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
         check(self.samples_per_shard >= 1, "samples_per_shard", "must be >= 1")
         check(self.min_box_size >= 0, "min_box_size", "must be >= 0")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = all cores)")
+        check_workers(self.num_workers)
 
     @staticmethod
     def normalize(d: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +197,8 @@ class EvaluateParams:
     write_results: bool = False
     # Processes decoding the shards (DataLoader) and, as many again, RLE-encoding the masks
     # (`mrcnn.evaluation.coco_results.ResultsEncoder`), then evaluating bbox / segm / keypoints
-    # side by side (`coco_evaluate(processes=)`); 0 = all in the main process.
+    # side by side (`coco_evaluate(processes=)`); 0 = none (all in the main process), -1 = one
+    # per core.
     num_workers: int = 0
     backend: str = "faster"  # COCOeval: faster (faster-coco-eval, C++) | pycocotools (reference)
     # Keypoint models: one OKS sigma per keypoint type; empty = COCO's 17 person sigmas.
@@ -199,7 +212,7 @@ class EvaluateParams:
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check_workers(self.num_workers)
         check(self.backend in ("faster", "pycocotools"), "backend", "must be faster | pycocotools")
 
 

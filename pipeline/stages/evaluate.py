@@ -37,7 +37,7 @@ from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
 from pipeline.device import resolve_device
-from pipeline.paramfile import load_section
+from pipeline.paramfile import load_section, worker_processes
 from pipeline.params import DataParams, EvaluateParams, MlflowParams
 from pipeline.reporting.evaluate import (
     draw_overlays,
@@ -119,6 +119,7 @@ def run(
         coco_gt = COCO(str(paths.annotations))
 
     n = len(dataset) if params.max_images <= 0 else min(params.max_images, len(dataset))
+    workers = worker_processes(params.num_workers)
     start = time.perf_counter()
     results = predict_dataset(
         model,
@@ -126,8 +127,8 @@ def run(
         params.batch_size,
         category_ids=category_ids,
         max_images=n,
-        num_workers=params.num_workers,
-        encode_workers=params.num_workers,
+        num_workers=workers,
+        encode_workers=workers,
     )
     predict_s = time.perf_counter() - start
     image_ids = [int(v) for v in dataset.index[:n, 1]]
@@ -144,7 +145,7 @@ def run(
         image_ids,
         oks_sigmas=params.oks_sigmas or None,
         backend=params.backend,
-        processes=params.num_workers,
+        processes=workers,
     )
     eval_s = time.perf_counter() - start
     for iou_type, text in scores.summary.items():

@@ -4,7 +4,8 @@ Every split present in the raw folder is resized and padded (`shards.image_size`
 `shards.resize_mode`), its boxes computed from the masks, its masks stored as mini-masks
 (`shards.mini_mask_shape`), its category ids mapped to contiguous labels 1..K (one class map for
 all splits, recorded in each manifest), and written as tar shards with an index, a manifest and
-a report of every skipped record. Uses all cores; an interrupted run resumes.
+a report of every skipped record. Uses all cores by default (`shards.num_workers: -1`); an
+interrupted run resumes.
 
 `--out s3://bucket/prefix` (any fsspec URL) builds each split in a local staging folder (one per
 URL under the system temp dir, so an interrupted build resumes there too), then uploads it with
@@ -34,7 +35,7 @@ from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
-from pipeline.paramfile import load_section, to_dict
+from pipeline.paramfile import load_section, to_dict, worker_processes
 from pipeline.params import DataParams, ShardsParams
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
             params.options(split),
             source_skipped=parsed[split].skipped,
             source_counts=counts,
-            num_workers=params.num_workers,
+            num_workers=max(1, worker_processes(params.num_workers)),  # 1: this process
             extra_manifest={"params": to_dict(params), "source": source},
         )
         summary[split] = manifest["counts"]

@@ -108,3 +108,19 @@ def test_shipped_params_files_are_valid(path):
     shards = load_section(file, "shards", ShardsParams)
     cfg = load_model_config(file, num_classes=81, image_size=shards.image_size)
     assert cfg.input.image_size == shards.image_size
+
+
+def test_num_workers_means_the_same_in_every_section(tmp_path, monkeypatch):
+    """0 = none (the main process works), N = N processes, -1 = one per core: in shards and
+    evaluate alike; shards keeps using every core by default through -1."""
+    from pipeline.paramfile import ALL_CORES, worker_processes
+    from pipeline.params import EvaluateParams
+
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
+    assert [worker_processes(n) for n in (0, 3, ALL_CORES)] == [0, 3, 12]
+    assert ShardsParams().num_workers == ALL_CORES and EvaluateParams().num_workers == 0
+    assert load_section(ROOT / "params.yaml", "shards", ShardsParams).num_workers == ALL_CORES
+    for section, cls in (("shards", ShardsParams), ("evaluate", EvaluateParams)):
+        assert load_section(write(tmp_path, f"{section}:\n  num_workers: -1\n"), section, cls)
+        with pytest.raises(ValueError, match=rf"'{section}.num_workers' must be >= 0 \(0 = none"):
+            load_section(write(tmp_path, f"{section}:\n  num_workers: -2\n"), section, cls)

@@ -180,3 +180,19 @@ def test_negatives_kept_when_asked(messy, tmp_path):
     ids = {ds.read_meta(i)["image_id"]: ds.read_meta(i) for i in range(len(ds))}
     assert ids[10]["labels"] == [] and ids[11]["labels"] == []
     assert ds[list(ids).index(10)].mini_masks.shape == (0, 28, 28)
+
+
+def test_num_workers_zero_builds_in_this_process(messy, tmp_path, monkeypatch):
+    """`shards.num_workers: 0` is no worker process (as in every section), not all cores."""
+    from pipeline.stages import shards as stage
+
+    seen = []
+    build = stage.build_split
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "build_split", spy)
+    run(ShardsParams(image_size=128, mini_mask_shape=28, num_workers=0), messy[0], tmp_path / "s")
+    assert seen == [1]  # the writer's 1: this process
