@@ -56,16 +56,9 @@ from mrcnn.data.image_file import ImageReadError, read_image
 from pipeline.device import resolve_device
 from pipeline.paramfile import load_section
 from pipeline.params import MlflowParams, PredictParams
-from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_map: public API)
-    BACKENDS,
-    HOW_TO_CREATE,
-    ModelNotFoundError,
-    load_predictor,
-    locate,
-    read_class_map,
-    resolve_model,
-)
+from pipeline.predict_model import BACKENDS, load_predictor, locate
 from pipeline.prediction_outputs import ImageInput, PredictionWriter, collect_inputs
+from pipeline.tracking.pull import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -133,6 +133,26 @@ def test_mrcnn_imports_no_pipeline_and_no_orchestration():
             assert not bad, f"{name} imports {sorted(bad)}: mrcnn is pure PyTorch + torchvision"
 
 
+def imported_roots(path: Path) -> set[str]:
+    """The top-level names a module imports (`import mlflow.pyfunc` -> mlflow), at any depth."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.add((node.module or "").split(".")[0])
+    return roots
+
+
+def test_mlflow_is_imported_in_pipeline_tracking_only():
+    """`pipeline/tracking/` owns every MLflow call: stages, training, sweeps and predict call
+    its helpers."""
+    users = {name for name, path in project_modules().items() if "mlflow" in imported_roots(path)}
+    assert "pipeline.tracking.store" in users  # the check sees imports inside functions
+    outside = sorted(m for m in users if not m.startswith("pipeline.tracking."))
+    assert not outside, f"these import mlflow outside pipeline/tracking/: {outside}"
+
+
 def test_no_stage_imports_another_stage(graph):
     stages = {m for m in graph if m.startswith("pipeline.stages.")}
     assert {"pipeline.stages.train", "pipeline.stages.evaluate"} <= stages

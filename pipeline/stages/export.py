@@ -38,7 +38,7 @@ from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
 from pipeline.paramfile import DEFAULT_PRESET, load_params, load_section
 from pipeline.params import ExportParams, MlflowParams
-from pipeline.tracking import registry, store
+from pipeline.tracking import active, registry, store
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ def run(
     artifact_location: str | None = None,
 ) -> dict[str, Any]:
     """Log, register and alias the model; returns what `export.json` holds."""
-    import mlflow
-
     from mrcnn import export as portable_export
     from mrcnn import weights
     from pipeline.tracking import pyfunc
@@ -108,8 +106,8 @@ def run(
         run_name="export",
         run_id=train_run_id,
         artifact_location=artifact_location,
-    ) as active:
-        run_id = active.info.run_id
+    ) as logged:
+        run_id = logged.info.run_id
         into_training_run = run_id == train_run_id
         if not into_training_run:
             why = (
@@ -143,7 +141,7 @@ def run(
                     PORTABLE_FILE,
                     " and ".join(portable["heads_not_in_graph"]),
                 )
-            mlflow.log_artifact(str(onnx_file), artifact_path="portable")
+            active.log_artifact(onnx_file, artifact_path="portable")
             tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
             tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
             tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
@@ -166,12 +164,12 @@ def run(
         alias, previous = None, None
         if version is not None:
             alias, previous = registry.assign_alias(name, version, params.champion_metric, value)
-            mlflow.set_tags(
+            active.set_tags(
                 {"export.registered_model": name, "export.version": version, "export.alias": alias}
             )
         else:
             log.info("not registered: %s", register_why)
-            mlflow.set_tag("export.registered", f"no: {register_why}")
+            active.set_tags({"export.registered": f"no: {register_why}"})
     result = {
         "registered_model": params.registered_model,
         "registered": version is not None,

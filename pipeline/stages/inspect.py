@@ -37,7 +37,7 @@ from mrcnn.modeling.anchors import AnchorGenerator
 from pipeline import cli, layout
 from pipeline.paramfile import load_model_config, load_section
 from pipeline.params import DataParams, InspectParams, MlflowParams
-from pipeline.tracking import store
+from pipeline.tracking import runs, store
 from pipeline.tracking.store import TrackingError
 
 logger = logging.getLogger(__name__)
@@ -201,25 +201,10 @@ def _main(args: argparse.Namespace) -> None:
     )
     summary = run(params, cfg, args.shards, args.out, raw)
     location = store.default_artifact_location(args.params, uri, mlflow_params)
-    summary["mlflow_run_id"] = log_pictures(
+    summary["mlflow_run_id"] = runs.log_inspection(
         Path(args.out), source, uri, mlflow_params.experiment, location
     )
     print(json.dumps(summary, indent=1))
-
-
-def log_pictures(
-    out_dir: Path, source: str, uri: str, experiment: str, artifact_location: str | None = None
-) -> str:
-    """The pictures (and summary.json) as artifacts `inspect/` of a new MLflow run
-    `inspect-<data source>` (tags `stage`, `data.source`) -> its run id."""
-    import mlflow
-
-    tags = {"stage": "inspect", "data.source": source}
-    name = f"inspect-{source}"
-    location = artifact_location
-    with store.start_run(uri, experiment, name, tags=tags, artifact_location=location) as r:
-        mlflow.log_artifacts(str(out_dir), artifact_path="inspect")
-        return r.info.run_id
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pipeline.paramfile import DEFAULT_PRESET, load_model_config, load_params, l
 from pipeline.params import MlflowParams
 from pipeline.reporting.train import write_loss_reports
 from pipeline.tracking import store
+from pipeline.tracking import training as tracked_run
 from pipeline.tracking.store import TrackingError
 from pipeline.train_params import TrainParams
 from pipeline.training import driver
@@ -110,7 +111,7 @@ def _write_outputs(
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     class_map = train_set.manifest.get("class_map", {})
-    history = driver.loss_history(uri, run_id)
+    history = tracked_run.loss_history(uri, run_id)
     metrics = {
         "iterations": int(state["iteration"]),
         "images_seen": int(state["iteration"]) * params.global_batch(),
@@ -138,12 +139,11 @@ def _write_outputs(
     staged_reports.rmdir()
     write_json_atomic(paths.metrics, metrics)
     write_json_atomic(paths.run_info, run_info)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    client.log_metric(run_id, "train/wall_s", metrics["wall_s"])  # every attempt together
-    client.log_metric(run_id, "train/images_seen", metrics["images_seen"])
-    client.log_artifact(run_id, str(paths.reports / "losses.png"), "train")
+    outcome = {  # wall_s: every attempt together
+        "train/wall_s": metrics["wall_s"],
+        "train/images_seen": metrics["images_seen"],
+    }
+    tracked_run.log_outcome(uri, run_id, outcome, [paths.reports / "losses.png"], "train")
     return metrics | run_info
 
 

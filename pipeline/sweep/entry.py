@@ -55,7 +55,7 @@ from pipeline.sweep import tracking as sweep_tracking
 from pipeline.sweep.config import Sweep, load_sweep, planned_iterations
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, best_trial, trial_records
 from pipeline.sweep.trial import run_trial
-from pipeline.tracking import store
+from pipeline.tracking import active, store
 from pipeline.tracking.store import TrackingError
 from pipeline.train_params import TrainParams, TuneParams
 from pipeline.training.driver import ClusterResourceError
@@ -106,11 +106,9 @@ def run(
         run_id=state.get("parent_run_id"),
         tags={"stage": "tune", "sweep": tp.name},
     ) as parent:
-        import mlflow
-
         if state.get("parent_run_id") != parent.info.run_id:
-            mlflow.log_params(store.flatten({"tune": to_dict(tp)}))
-            mlflow.log_params(
+            active.log_params(store.flatten({"tune": to_dict(tp)}))
+            active.log_params(
                 {f"space.{k}": json.dumps(v) for k, v in sweep.space.to_spec().items()}
             )
         state |= {"identity": identity, "parent_run_id": parent.info.run_id}

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,8 +26,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pipeline.layout import project_root
 from pipeline.params import MlflowParams
@@ -314,30 +311,3 @@ def end_run(uri: str, run_id: str, status: str, error: str = "", prefix: str = "
 def dvc_experiment() -> str:
     """The DVC experiment being run (`dvc exp run` sets DVC_EXP_NAME for its commands), or ""."""
     return os.environ.get("DVC_EXP_NAME", "")
-
-
-def log_figure_png(image: str | Path | np.ndarray | Any, artifact_path: str) -> None:
-    """Log a picture as a PNG artifact of the active run at `artifact_path` (e.g.
-    "pictures/detections.png"): a PNG file, a uint8 H x W x 3 (or H x W) array, or a
-    matplotlib figure."""
-    import mlflow
-    from PIL import Image
-
-    if not artifact_path.endswith(".png"):
-        raise ValueError(f"artifact_path must end in .png, got {artifact_path!r}")
-    if hasattr(image, "savefig"):  # matplotlib Figure
-        mlflow.log_figure(image, artifact_path)
-        return
-    folder, name = os.path.split(artifact_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / name
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8:
-                raise ValueError(f"image arrays must be uint8, got {image.dtype}")
-            Image.fromarray(image).save(target)
-        else:
-            src = Path(image)
-            if not src.is_file():
-                raise FileNotFoundError(f"no picture at {src}")
-            target.write_bytes(src.read_bytes())
-        mlflow.log_artifact(str(target), artifact_path=folder or None)
