@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,19 +53,6 @@ def check(ok: bool, key: str, why: str) -> None:
         raise ValueError(f"params key '{key}' {why}")
 
 
-def load_model_config(
-    path: str | Path, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
-) -> Config:
-    """The `model` section -> `mrcnn.Config`: a preset (`model.preset`) with the section's
-    other keys merged over it; the dataset fixes classes and input size."""
-    return model_config(
-        load_params(path).get("model") or {},
-        num_classes=num_classes,
-        image_size=image_size,
-        class_names=class_names,
-    )
-
-
 def model_config(
     section: dict[str, Any],
     *,
@@ -72,10 +60,12 @@ def model_config(
     image_size: int,
     class_names: tuple[str, ...] = (),
 ) -> Config:
-    """A `model` section given as a dict -> `mrcnn.Config` (what `load_model_config` does for
-    a file; sweeps apply each trial's sampled values to the section first)."""
+    """A `model` section given as a dict -> `mrcnn.Config`: a preset (`model.preset`) with the
+    section's other keys merged over it; the dataset fixes classes and input size (sweeps apply
+    each trial's sampled values to the section first)."""
     section = dict(section)
-    preset = section.pop("preset", DEFAULT_PRESET)
+    preset = model_preset(section)
+    section.pop("preset", None)
     try:
         cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
         return cfg.replace(**section, class_names=list(class_names))
@@ -84,6 +74,12 @@ def model_config(
         if message.startswith("unknown preset"):
             message = f"params key 'model.preset': {message}"
         raise ValueError(reprefix(message, "model.", "params key")) from None
+
+
+def model_preset(section: Mapping[str, Any]) -> str:
+    """The preset a `model` section builds on: its `preset`, else `DEFAULT_PRESET`. The one
+    place that default is applied (the saved model records the result, `mrcnn.weights.save`)."""
+    return str(section.get("preset", DEFAULT_PRESET))
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

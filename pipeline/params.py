@@ -1,24 +1,26 @@
-"""`params.yaml` -> typed, validated sections: one dataclass per stage section.
+"""`params.yaml` -> typed, validated sections: one dataclass per stage section, and `Params`,
+the whole file.
 
-    >>> load_section("params.yaml", "shards", ShardsParams).image_size
+    >>> load("params.yaml").shards.image_size
     128
 
 Each section is a dataclass whose fields are the section's keys, with defaults, and a
-`validate()` that raises `ValueError` naming the key. `load_section` reads one section, rejects
-unknown keys (`ValueError: unknown params key 'data.sorce' ...`), checks types and runs
-`validate()`. A missing section or key keeps its default. A field may itself be a dataclass
-(a nested mapping in the YAML, e.g. `data.shapes`).
+`validate()` that raises `ValueError` naming the key. Reading a section rejects unknown keys
+(`ValueError: unknown params key 'data.sorce' ...`), checks types and runs `validate()`
+(`pipeline.paramfile.load_section`). A missing section or key keeps its default. A field may
+itself be a dataclass (a nested mapping in the YAML, e.g. `data.shapes`).
+
+`load` reads and checks the whole file at once (every section, unknown sections too) into
+`Params`, what each stage's `run(params, paths)` takes; `validate_file` is the same check. Each
+stage and `pipeline.tune` run it before any work (`pipeline.cli.run_main`), so a typo in
+`evaluate:` fails `train` in seconds instead of after an hour of training.
 
 `num_workers` means the same in every section: worker processes, 0 = none (the main process does
 the work), -1 = one per core (`pipeline.paramfile.worker_processes`); `train.num_workers` counts
 Ray Train workers (0: training runs in-process).
 
-`validate_file` checks the whole file at once (every section, unknown sections too): each stage
-and `pipeline.tune` call it before doing any work (`pipeline.cli.run_main`), so a typo in
-`evaluate:` fails `train` in seconds instead of after an hour of training.
-
-To add a section: write its dataclass below, add it to `SECTIONS` and call
-`load_section(path, "name", NameParams)`. The file machinery is in `pipeline.paramfile`.
+To add a section: write its dataclass below and add it to `SECTIONS` and `Params`. The file
+machinery is in `pipeline.paramfile`; the `train` and `tune` sections in `pipeline.train_params`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrcnn.config import InputConfig
+from mrcnn.config import Config, InputConfig
 from mrcnn.data.layout import SPLITS
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
 from mrcnn.export import MODEL_BACKENDS
 from mrcnn.mapping import reprefix
 from pipeline.formats import FORMATS
+from pipeline.layout import project_root, under
 from pipeline.paramfile import (
     ALL_CORES,
     check,
@@ -45,6 +48,7 @@ from pipeline.paramfile import (
     from_dict,
     load_params,
     model_config,
+    model_preset,
 )
 from pipeline.search_space import parse_space
 from pipeline.train_params import TrainParams, TuneParams
@@ -285,11 +289,66 @@ SECTIONS: dict[str, type | None] = {
 }
 
 
+@dataclass(frozen=True)
+class Params:
+    """The whole params file, typed: one field per section, defaults where the file has none.
+    Every stage's `run(params, paths)` takes it and reads its own sections only (the ones
+    dvc.yaml's `params:` lists for it).
+
+    `model` stays the mapping the file holds (a preset and keys over it): it becomes an
+    `mrcnn.Config` once the dataset gives classes and image size (`model_config`). The sweep's
+    `tune.space` is read by `pipeline.sweep.config.load_sweep`, not kept here.
+    """
+
+    data: DataParams = field(default_factory=DataParams)
+    shards: ShardsParams = field(default_factory=ShardsParams)
+    inspect: InspectParams = field(default_factory=InspectParams)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainParams = field(default_factory=TrainParams)
+    tune: TuneParams = field(default_factory=TuneParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
+    predict: PredictParams = field(default_factory=PredictParams)
+
+    @property
+    def preset(self) -> str:
+        """The preset the model section builds on (`pipeline.paramfile.model_preset`)."""
+        return model_preset(self.model)
+
+    def model_config(
+        self, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
+    ) -> Config:
+        """The `model` section -> `mrcnn.Config` for a dataset of `num_classes` (background
+        included) at `image_size`."""
+        return model_config(
+            self.model, num_classes=num_classes, image_size=image_size, class_names=class_names
+        )
+
+
+def load(path: str | Path) -> Params:
+    """Read and check the whole params file (as `validate_file`) -> `Params`. Its relative paths
+    (`data.local_dir`, `train.init_weights`) are made absolute from the project root, the folder
+    holding the file, whatever the working directory (Ray workers run elsewhere)."""
+    params = _read(path)[0]
+    root = project_root(path)
+    data, train = params.data, params.train
+    if data.local_dir:
+        data = dataclasses.replace(data, local_dir=str(under(root, data.local_dir)))
+    if train.init_weights:
+        train = dataclasses.replace(train, init_weights=str(under(root, train.init_weights)))
+    return dataclasses.replace(params, data=data, train=train)
+
+
 def validate_file(path: str | Path) -> dict[str, Any]:
     """Check every section of the params file -> the document. An unknown section or key, a
     value of the wrong type or out of range raises `ValueError` naming it; a missing file
     `FileNotFoundError`. (The sweep's trials are checked against the dataset by `pipeline.tune`.)
     """
+    return _read(path)[1]
+
+
+def _read(path: str | Path) -> tuple[Params, dict[str, Any]]:
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"no params file {path} (run from the project folder or pass --params FILE)"
@@ -302,14 +361,14 @@ def validate_file(path: str | Path) -> dict[str, Any]:
             raise ValueError(
                 f"unknown params section '{name}' in {path} ({hint}sections: {', '.join(SECTIONS)})"
             )
+    sections = {}
     for name, cls in SECTIONS.items():
         section = doc.get(name) or {}
-        if cls is TuneParams and isinstance(section, dict):
+        if cls is TuneParams and isinstance(section, dict) and "space" in section:
             section = dict(section)
-            if "space" in section:
-                parse_space(section.pop("space"))
+            parse_space(section.pop("space"))
         if cls is not None:
-            from_dict(cls, section, name)
-    shards = from_dict(ShardsParams, doc.get("shards") or {}, "shards")
-    model_config(doc.get("model") or {}, num_classes=2, image_size=shards.image_size)
-    return doc
+            sections[name] = from_dict(cls, section, name)
+    params = Params(**sections, model=doc.get("model") or {})
+    params.model_config(num_classes=2, image_size=params.shards.image_size)  # checks `model`
+    return params, doc

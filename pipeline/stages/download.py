@@ -19,11 +19,13 @@ place. A finished download is not repeated.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,8 @@ from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.fileio import write_json_atomic
 from pipeline import cli, formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
-from pipeline.paramfile import load_section, to_dict
-from pipeline.params import DataParams
+from pipeline.paramfile import to_dict
+from pipeline.params import DataParams, Params, load
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +50,36 @@ COCO_FILES = {
 STAMP = "download.json"
 
 
-def run(
-    params: DataParams,
-    out_root: Path = layout.RAW,
-    *,
-    splits: tuple[str, ...] | None = None,
-    cache_dir: Path = layout.DOWNLOADS,
-    coco_files: dict[str, RemoteFile] | None = None,
-) -> dict[str, Any]:
-    """Materialise `out_root/<source>` -> summary (per split: images, annotations)."""
-    splits = tuple(splits or params.splits)
+@dataclass(frozen=True)
+class DownloadPaths:
+    """What download reads and writes."""
+
+    out: Path = layout.RAW  # writes <out>/<data.source>/
+    cache: Path = layout.DOWNLOADS  # the COCO archives, kept for a resumed or repeated download
+    # The COCO archives to fetch: paths under `data.coco_base_url`, with size and md5.
+    coco_files: Mapping[str, RemoteFile] = field(default_factory=lambda: dict(COCO_FILES))
+
+
+def run(params: Params, paths: DownloadPaths) -> dict[str, Any]:
+    """Materialise `<paths.out>/<data.source>` (the splits of `data.splits`) -> summary (per
+    split: images, annotations)."""
+    data = params.data
+    splits = tuple(data.splits)
     if not splits or not set(splits) <= set(SPLITS):
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {splits}")
-    target = Path(out_root) / params.source
-    if params.source == "shapes":
-        _shapes(params, target, splits)
-    elif params.source == "coco":
-        _coco(params, target, splits, Path(cache_dir), coco_files or COCO_FILES)
+    target = Path(paths.out) / data.source
+    if data.source == "shapes":
+        _shapes(data, target, splits)
+    elif data.source == "coco":
+        _coco(data, target, splits, Path(paths.cache), paths.coco_files)
     else:
-        _local(params, target, splits)
-    summary = {"source": params.source, "root": str(target), "splits": {}}
+        _local(data, target, splits)
+    return summarize(data.source, target, splits)
+
+
+def summarize(source: str, target: Path, splits: tuple[str, ...]) -> dict[str, Any]:
+    """What a downloaded folder holds: per split, images and annotations."""
+    summary: dict[str, Any] = {"source": source, "root": str(target), "splits": {}}
     for split in splits:
         ann = json.loads(annotation_file(target, split).read_text())
         summary["splits"][split] = {
@@ -96,7 +108,7 @@ def _coco(
     target: Path,
     splits: tuple[str, ...],
     cache_dir: Path,
-    files: dict[str, RemoteFile],
+    files: Mapping[str, RemoteFile],
 ) -> None:
     """Download, verify and extract COCO 2017 into the common layout."""
     base = params.coco_base_url.rstrip("/")
@@ -202,21 +214,24 @@ def _write_stamp(target: Path, stamp: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    cli.run_main(args, lambda: cli.show(run(*inputs(args))))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument("--splits", nargs="+", choices=SPLITS, help="override data.splits")
     ap.add_argument("--out", default=layout.RAW, type=Path, help="writes OUT/<source>/")
     ap.add_argument("--cache", default=layout.DOWNLOADS, type=Path, help="COCO archives")
-    args = ap.parse_args(argv)
+    return ap
 
-    def body() -> None:
-        params = load_section(args.params, "data", DataParams)
-        if params.local_dir:  # relative to the project, not to the working directory
-            root = layout.project_root(args.params)
-            params = replace(params, local_dir=str(layout.under(root, params.local_dir)))
-        splits = tuple(args.splits) if args.splits else None
-        print(json.dumps(run(params, args.out, splits=splits, cache_dir=args.cache), indent=1))
 
-    cli.run_main(args, body)
+def inputs(args: argparse.Namespace) -> tuple[Params, DownloadPaths]:
+    """The params file (`--splits` overriding `data.splits`) and the paths of the command line."""
+    params = load(args.params)
+    if args.splits:
+        params = replace(params, data=replace(params.data, splits=tuple(args.splits)))
+    return params, DownloadPaths(out=args.out, cache=args.cache)
 
 
 if __name__ == "__main__":

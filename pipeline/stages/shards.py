@@ -20,11 +20,12 @@ the same as a local build's.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,8 @@ from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
-from pipeline.paramfile import load_section, to_dict, worker_processes
-from pipeline.params import DataParams, ShardsParams
+from pipeline.paramfile import to_dict, worker_processes
+from pipeline.params import Params, ShardsParams, load
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,21 @@ logger = logging.getLogger(__name__)
 GROUND_TRUTH_SPLITS = ("val",)
 
 
-def run(params: ShardsParams, raw_dir: Path, out_dir: Path | str) -> dict[str, Any]:
-    """Build the shards of every split found in `raw_dir` into `out_dir` (a folder, or a URL
-    such as s3://bucket/prefix) -> per-split counts."""
-    if storage.is_url(out_dir):
-        return _run_to_url(params, Path(raw_dir), str(out_dir))
-    return _build(params, Path(raw_dir), Path(str(out_dir).removeprefix("file://")))
+@dataclass(frozen=True)
+class ShardsPaths:
+    """What shards reads and writes."""
+
+    raw: Path  # the raw COCO-layout folder, data/raw/<data.source>
+    out: Path | str = layout.SHARDS  # a folder, or a URL such as s3://bucket/prefix
+
+
+def run(params: Params, paths: ShardsPaths) -> dict[str, Any]:
+    """Build the shards of every split found in `paths.raw` into `paths.out` (`shards`
+    section) -> per-split counts."""
+    raw = Path(paths.raw)
+    if storage.is_url(paths.out):
+        return _run_to_url(params.shards, raw, str(paths.out))
+    return _build(params.shards, raw, Path(str(paths.out).removeprefix("file://")))
 
 
 def staging_dir(url: str) -> Path:
@@ -117,6 +127,11 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    cli.run_main(args, lambda: cli.show(run(*inputs(args))))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
@@ -127,15 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a folder or a URL (s3://bucket/prefix; credentials and AWS_ENDPOINT_URL from the "
         "environment) (default %(default)s)",
     )
-    args = ap.parse_args(argv)
+    return ap
 
-    def body() -> None:
-        data = load_section(args.params, "data", DataParams)
-        params = load_section(args.params, "shards", ShardsParams)
-        raw = args.raw or layout.RAW / data.source
-        print(json.dumps(run(params, raw, args.out), indent=1))
 
-    cli.run_main(args, body)
+def inputs(args: argparse.Namespace) -> tuple[Params, ShardsPaths]:
+    params = load(args.params)
+    return params, ShardsPaths(raw=args.raw or layout.RAW / params.data.source, out=args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     uri = tracking_uri("params.yaml", params.tracking_uri)   # sqlite:///mlflow.db -> absolute
     check_tracking_uri(uri)                                    # clear error, before any work
+    locate("params.yaml", params)                              # Tracking: uri, experiment, ...
     with start_run(uri, "mrcnn", run_name="train", run_id=resume_id) as run:
         mlflow.log_params(flatten(model_section, prefix="model."))
 
@@ -24,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,24 @@ _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a stage logs: the tracking store `uri` (relative paths resolved), the
+    `experiment`, and where experiments created here keep their artifacts (None: the store
+    decides). Part of a stage's paths; `locate` builds it from the `mlflow` section."""
+
+    uri: str
+    experiment: str = "mrcnn"
+    artifact_location: str | None = None
+
+
+def locate(params_path: str | Path, params: MlflowParams) -> Tracking:
+    """The `mlflow` section of the params file at `params_path` -> `Tracking`."""
+    uri = tracking_uri(params_path, params.tracking_uri)
+    location = default_artifact_location(params_path, uri, params)
+    return Tracking(uri, params.experiment, location)
 
 
 def tracking_uri(params_path: str | Path, uri: str) -> str:

@@ -100,14 +100,27 @@ def test_bad_params_name_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml", "configs/finetune.yaml"])
 def test_shipped_params_files_are_valid(path):
     """Every section of the shipped params files loads and the model config builds."""
-    from pipeline.paramfile import load_model_config
-    from pipeline.params import validate_file
+    from pipeline.params import load
 
-    file = ROOT / path
-    validate_file(file)
-    shards = load_section(file, "shards", ShardsParams)
-    cfg = load_model_config(file, num_classes=81, image_size=shards.image_size)
-    assert cfg.input.image_size == shards.image_size
+    params = load(ROOT / path)
+    cfg = params.model_config(num_classes=81, image_size=params.shards.image_size)
+    assert cfg.input.image_size == params.shards.image_size
+
+
+def test_load_gives_every_section_typed_and_paths_from_the_project(tmp_path):
+    """`load`: the whole file as `Params`, defaults where it has nothing, the preset default
+    applied in one place, relative paths taken from the file's folder."""
+    from pipeline.params import Params, load
+
+    text = "data: {source: local, local_dir: mine}\ntrain: {init_weights: w/r50.pth}\n"
+    params = load(write(tmp_path, text))
+    assert params.data.local_dir == str(tmp_path / "mine")
+    assert params.train.init_weights == str(tmp_path / "w/r50.pth")
+    assert params.evaluate == Params().evaluate and params.model == {}
+    assert params.preset == "shapes_small"  # no model.preset: the default
+    other = load(write(tmp_path, "model: {preset: torchvision_r50_fpn}\n"))
+    assert other.preset == "torchvision_r50_fpn"
+    assert other.model_config(num_classes=3, image_size=256).input.image_size == 256
 
 
 def test_num_workers_means_the_same_in_every_section(tmp_path, monkeypatch):

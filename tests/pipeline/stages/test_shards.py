@@ -10,14 +10,20 @@ import pytest
 from PIL import Image
 
 from mrcnn.data import ShardDataset
-from pipeline.params import ShardsParams
-from pipeline.stages.shards import run
+from pipeline.params import Params, ShardsParams
+from pipeline.stages.shards import ShardsPaths
+from pipeline.stages.shards import run as run_stage
 from tests.coco_helpers import CATEGORIES, textured_image, write_annotations
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 SQUARE = [[10, 10, 50, 10, 50, 40, 10, 40]]  # 40 x 30 px
 TRI = [[60, 20, 100, 20, 80, 70]]
+
+
+def run(shards: ShardsParams, raw: Path, out: Path) -> dict:
+    """The stage on the `shards` section alone."""
+    return run_stage(Params(shards=shards), ShardsPaths(raw, out))
 
 
 def _ann(ann_id, image_id, segm=None, cat=3, bbox=None, **extra):
