@@ -1,9 +1,11 @@
 """The layout keeps its promises (ARCHITECTURE.md): read from the source with `ast`, no imports.
 
-- `mrcnn` never imports `pipeline` (nor Ray, MLflow or DVC);
-- a stage (`pipeline/stages/*.py`) never imports another stage;
-- no import cycle between the project's modules;
-- no `pipeline/` module passes 400 lines;
+- `mrcnn` never imports `pipeline` (nor Ray, MLflow or DVC); MLflow only in `pipeline/tracking/`;
+- a stage (`pipeline/stages/*.py`) never imports another stage, runs as `run(params, paths)`
+  with a short `main`, and dvc.yaml's `deps` cover every module it imports;
+- no import cycle between the project's modules, nor between its sub-packages;
+- no module passes 400 lines; `mrcnn/` keeps at most 15 modules beside its sub-packages;
+- a fact is spelled once: the COCO layout and manifest names, the model backends;
 - dvc.yaml's path variables are `pipeline.layout`'s.
 """
 
@@ -20,7 +22,11 @@ from pipeline import layout
 from tests import REPO_ROOT
 
 PACKAGES = ("mrcnn", "pipeline")
-MAX_PIPELINE_LINES = 400
+MAX_MODULE_LINES = 400
+MAX_TOP_LEVEL_MODULES = 15  # directly in mrcnn/, __init__.py included
+STAGES = ("download", "shards", "inspect", "train", "evaluate", "export")
+MAX_STAGE_FUNCTION_LINES = 60  # a longer stage function is split into named helpers
+MAX_MAIN_LINES = 6  # argparse, load params, call run
 
 
 def module_name(path: Path) -> str:
@@ -229,10 +235,20 @@ def test_a_cycle_is_found_when_there_is_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_pipeline_modules_stay_small():
+def test_modules_stay_small():
+    """No module of `mrcnn/` or `pipeline/` passes 400 lines (split it first)."""
     lines = {name: len(p.read_text().splitlines()) for name, p in project_modules().items()}
-    long = {m: n for m, n in lines.items() if m.startswith("pipeline") and n > MAX_PIPELINE_LINES}
-    assert not long, f"split these modules (over {MAX_PIPELINE_LINES} lines): {long}"
+    assert {"mrcnn.modeling.model", "pipeline.params"} <= set(lines)
+    long = {m: n for m, n in lines.items() if n > MAX_MODULE_LINES}
+    assert not long, f"split these modules (over {MAX_MODULE_LINES} lines): {long}"
+
+
+def test_the_model_package_keeps_few_top_level_modules():
+    """`mrcnn/` holds a handful of modules beside its sub-packages (ARCHITECTURE.md: split a
+    folder before it holds ~15 modules)."""
+    top = sorted(p.name for p in (REPO_ROOT / "mrcnn").glob("*.py"))
+    assert "config.py" in top
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, f"mrcnn/ holds {len(top)} modules: {top}"
 
 
 def test_dvc_yaml_paths_are_the_layout():
@@ -310,3 +326,72 @@ def test_the_model_backends_are_listed_once():
         and {"torch", "onnxruntime"} <= {getattr(e, "value", None) for e in node.elts}
     ]
     assert not copies, f"use {home}.MODEL_BACKENDS instead of these lists: {copies}"
+
+
+def test_every_stage_runs_as_run_params_paths_with_a_short_main():
+    """`run(params: Params, paths: <Stage>Paths) -> dict` in every stage, its helpers named and
+    short, and a `main` of a few lines."""
+    for stage in STAGES:
+        tree = ast.parse((REPO_ROOT / "pipeline" / "stages" / f"{stage}.py").read_text())
+        functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+        run = functions["run"]
+        args = [(a.arg, ast.unparse(a.annotation)) for a in run.args.args if a.annotation]
+        assert args == [("params", "Params"), ("paths", f"{stage.capitalize()}Paths")], stage
+        assert len(run.args.args) == 2 and not run.args.kwonlyargs, f"{stage}.run takes more"
+        assert ast.unparse(run.returns).startswith("dict"), f"{stage}.run returns a dict"
+        main = functions["main"]
+        assert main.end_lineno - main.lineno + 1 <= MAX_MAIN_LINES, f"{stage}.main is long"
+        long = {
+            name: f.end_lineno - f.lineno + 1
+            for name, f in functions.items()
+            if f.end_lineno - f.lineno + 1 > MAX_STAGE_FUNCTION_LINES
+        }
+        assert not long, f"pipeline.stages.{stage}: split these functions: {long}"
+
+
+def runs_code(init: Path) -> bool:
+    """Whether a package's `__init__.py` holds more than its docstring (Python runs it before
+    any module of the package)."""
+    body = ast.parse(init.read_text()).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return bool(body)
+
+
+def stage_sources(graph: dict[str, set[str]], stage: str) -> set[Path]:
+    """The project files `python -m pipeline.<stage>` runs: the module dvc.yaml's `cmd` names,
+    everything it imports transitively (inside functions too), and the `__init__.py` of each
+    package on the way that runs code. Relative to the repository root."""
+    modules = project_modules()
+    found = closure(graph, f"pipeline.{stage}")
+    for module in list(found):
+        parts = module.split(".")
+        for i in range(1, len(parts)):
+            package = ".".join(parts[:i])
+            if package in modules and runs_code(modules[package]):
+                found.add(package)
+    return {modules[m].relative_to(REPO_ROOT) for m in found}
+
+
+def test_stage_closure_follows_imports_and_packages(graph):
+    sources = stage_sources(graph, "evaluate")
+    assert Path("pipeline/stages/evaluate.py") in sources
+    assert Path("pipeline/tracking/runs.py") in sources  # imported inside the stage
+    assert Path("mrcnn/weights.py") in sources  # imported inside a function
+    assert Path("mrcnn/data/__init__.py") in sources  # a package that runs code
+    assert Path("pipeline/__init__.py") not in sources  # a docstring only
+    assert Path("pipeline/training/loop.py") not in sources
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_deps_cover_every_module_a_stage_runs(graph, stage):
+    """A change to any module a stage imports reruns it: each is under one of the stage's
+    `deps` (a folder covers everything under it)."""
+    doc = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    deps = [Path(d) for d in doc["stages"][stage]["deps"] if "${" not in d]
+    missing = sorted(
+        str(source)
+        for source in stage_sources(graph, stage)
+        if not any(source == dep or dep in source.parents for dep in deps)
+    )
+    assert not missing, f"dvc.yaml stage {stage} lacks deps covering {missing}"
