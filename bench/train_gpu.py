@@ -5,8 +5,9 @@ without Ray, MLflow or shards: `build_model` (+ `use_channels_last` / `compile_s
 (`scale_schedule`, `build_optimizer`, fused on CUDA, `lr_scheduler`), `TrainLoader` over an
 in-memory set of shapes images at `--size` px (pinned batches, `non_blocking` copies), bf16
 autocast on CUDA, gradient clipping. Recipe defaults come from
-`pipeline.train_params.TrainParams` when it imports (else the same values written below). Losses stay on the device during the run (one
-host sync every `--log-every` iterations for the progress line), so the step is timed as the loop
+`pipeline.train_params.TrainParams` when it imports (else the same values written below).
+Losses stay on the device during the run (one host sync every `--log-every` iterations for the
+progress line), so the step is timed as the loop
 would run it without its per-iteration `.item()` calls; `--sync-every-iter` adds them back.
 
 It also records where the step synchronises with the host: one iteration runs under
