@@ -7,8 +7,8 @@ in-memory set of shapes images at `--size` px (pinned batches, `non_blocking` co
 autocast on CUDA, gradient clipping. Recipe defaults come from
 `pipeline.train_params.TrainParams` when it imports (else the same values written below).
 Losses stay on the device during the run (one host sync every `--log-every` iterations for the
-progress line), so the step is timed as the loop
-would run it without its per-iteration `.item()` calls; `--sync-every-iter` adds them back.
+progress line), so the step is timed as the loop would run it without its per-iteration
+`.item()` calls; `--sync-every-iter` adds them back.
 
 It also records where the step synchronises with the host: one iteration runs under
 `torch.cuda.set_sync_debug_mode("warn")` and every warning's file:line is kept (CUDA only).
