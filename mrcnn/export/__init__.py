@@ -20,12 +20,18 @@ if TYPE_CHECKING:
     from mrcnn.export.onnx import export_portable, to_onnx, to_torch_export
     from mrcnn.export.onnx_model import OnnxModel
 
+# The two ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`)
+# or its whole-model ONNX file on ONNX Runtime (`OnnxModel`). The pyfunc, predict and the export
+# params all offer these.
+MODEL_BACKENDS = ("torch", "onnxruntime")
+
 _MODULES = {
     "mrcnn.export.compare": ("compare_onnx", "match_detections"),
     "mrcnn.export.onnx": ("export_portable", "to_onnx", "to_torch_export"),
     "mrcnn.export.onnx_model": ("OnnxModel",),
 }
 __all__ = [
+    "MODEL_BACKENDS",
     "OnnxModel",
     "compare_onnx",
     "export_portable",
