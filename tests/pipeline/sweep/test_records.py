@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pipeline.search_space import parse_space
 from pipeline.sweep import records
 from pipeline.sweep.config import Sweep
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord, best_trial
-from pipeline.sweep.space import parse_space
 
 DATASET = {"num_classes": 4, "image_size": 64, "class_names": ("bg", "a", "b", "c")}
 

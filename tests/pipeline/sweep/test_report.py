@@ -10,9 +10,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from pipeline.search_space import Dimension, SearchSpace
 from pipeline.sweep import report
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord
-from pipeline.sweep.space import Dimension, SearchSpace
 
 SPACE = SearchSpace(
     (

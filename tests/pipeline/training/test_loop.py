@@ -16,7 +16,8 @@ import torch
 
 from mrcnn import presets
 from mrcnn.modeling.model import build_model
-from pipeline.params import TrainParams, to_dict
+from pipeline.paramfile import to_dict
+from pipeline.train_params import TrainParams
 from pipeline.training import faults, loop
 from pipeline.training.checkpoints import (
     NONFINITE_FILE,

@@ -8,7 +8,6 @@ import socket
 
 import pytest
 import ray
-import torch
 
 from pipeline.training import runtime
 
@@ -79,14 +78,3 @@ def test_check_state_api(monkeypatch):
     message = str(e.value)
     assert "state API does not answer" in message and "tune.scheduler: fifo" in message
     assert message.endswith("(ConnectionError: refused)")
-
-
-def test_resolve_device(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert runtime.resolve_device("auto") == "cpu"
-    assert runtime.resolve_device("cpu") == "cpu"
-    with pytest.raises(RuntimeError, match="predict.device is 'cuda:1' but no CUDA device"):
-        runtime.resolve_device("cuda:1", "predict.device")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert runtime.resolve_device("auto") == "cuda"
-    assert runtime.resolve_device("cuda:1") == "cuda:1"
