@@ -1,4 +1,4 @@
-"""Ray start-up and device names, with `ray.init` and the state API replaced by recorders
+"""Ray start-up, with `ray.init` and the state API replaced by recorders
 (no Ray is started here; the real start-up runs in the train and sweep tests)."""
 
 from __future__ import annotations
