@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mrcnn.data.storage import is_url
+
 PARAMS = Path("params.yaml")
 RAW = Path("data/raw")  # + /<data.source>
 DOWNLOADS = Path("data/downloads")
@@ -50,16 +52,39 @@ DVC_VARS = {
 }
 
 
-def project_root(params_path: str | Path) -> Path:
-    """The project a params file belongs to: the folder holding it."""
-    return Path(params_path).resolve().parent
+PROJECT_MARKER = "dvc.yaml"  # what makes a folder a project root
+
+
+def project_root(params_path: str | Path, cwd: str | Path | None = None) -> Path:
+    """The folder every relative path is taken from, one rule for every stage and tool:
+
+    1. the project (the nearest folder holding `dvc.yaml`) the params file is in, e.g.
+       `configs/finetune.yaml` -> the checkout;
+    2. else the project the working directory is in: a params file kept elsewhere
+       (`--params ~/experiments/own.yaml`) run from anywhere inside the checkout writes to the
+       checkout's `data/`, `models/` and `mlflow.db`, not beside itself;
+    3. else (no project anywhere) the params file's folder.
+    """
+    here = Path.cwd() if cwd is None else Path(cwd)
+    params_dir = Path(params_path).resolve().parent
+    for start in (params_dir, here.resolve()):
+        for folder in (start, *start.parents):
+            if (folder / PROJECT_MARKER).is_file():
+                return folder
+    return params_dir
 
 
 def under(root: str | Path, path: str | Path) -> Path:
     """`path` from params.yaml or the command line, absolute: relative paths are taken from the
-    project root (not the working directory, which differs on Ray workers)."""
+    project root (`project_root`; not the working directory, which differs on Ray workers)."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else Path(root).resolve() / path
+
+
+def place(root: str | Path, location: str | Path) -> Path | str:
+    """A folder or an object-store URL (`s3://bucket/prefix`): URLs as they are, folders
+    `under(root, ...)`."""
+    return location if is_url(location) else under(root, location)
 
 
 def raw_dir(root: str | Path, source: str) -> Path:

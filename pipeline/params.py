@@ -328,8 +328,9 @@ class Params:
 
 def load(path: str | Path) -> Params:
     """Read and check the whole params file (as `validate_file`) -> `Params`. Its relative paths
-    (`data.local_dir`, `train.init_weights`) are made absolute from the project root, the folder
-    holding the file, whatever the working directory (Ray workers run elsewhere)."""
+    (`data.local_dir`, `train.init_weights`) are made absolute from the project root
+    (`pipeline.layout.project_root`), whatever the working directory (Ray workers run
+    elsewhere)."""
     params = _read(path)[0]
     root = project_root(path)
     data, train = params.data, params.train

@@ -12,6 +12,15 @@ import pytest
 from tests import ray_services, services
 
 
+@pytest.fixture(autouse=True)
+def _start_outside_the_checkout(tmp_path_factory, monkeypatch) -> None:
+    """Every test starts in an empty folder outside the checkout. Relative paths are taken from
+    the project root (`pipeline.layout.project_root`), which is the project of the working
+    directory when a params file lies outside any project: a test's params file in a temporary
+    folder must not make the checkout its project. Tests that want a working directory chdir."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[services.S3Server]:
     """moto's S3 server on 127.0.0.1; its credentials and endpoint are put in os.environ for the

@@ -231,7 +231,10 @@ def inputs(args: argparse.Namespace) -> tuple[Params, DownloadPaths]:
     params = load(args.params)
     if args.splits:
         params = replace(params, data=replace(params.data, splits=tuple(args.splits)))
-    return params, DownloadPaths(out=args.out, cache=args.cache)
+    root = layout.project_root(args.params)
+    return params, DownloadPaths(
+        out=layout.under(root, args.out), cache=layout.under(root, args.cache)
+    )
 
 
 if __name__ == "__main__":

@@ -227,9 +227,11 @@ def parser() -> argparse.ArgumentParser:
 
 def inputs(args: argparse.Namespace) -> tuple[Params, InspectPaths]:
     params = load(args.params)
-    raw = args.raw or layout.RAW / params.data.source
+    root = layout.project_root(args.params)
+    raw = layout.under(root, args.raw) if args.raw else layout.raw_dir(root, params.data.source)
     tracking = store.locate(args.params, params.mlflow)
-    return params, InspectPaths(args.shards, args.out, raw, tracking)
+    shards, out = layout.under(root, args.shards), layout.under(root, args.out)
+    return params, InspectPaths(shards, out, raw, tracking)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,9 @@ def parser() -> argparse.ArgumentParser:
 
 def inputs(args: argparse.Namespace) -> tuple[Params, ShardsPaths]:
     params = load(args.params)
-    return params, ShardsPaths(raw=args.raw or layout.RAW / params.data.source, out=args.out)
+    root = layout.project_root(args.params)
+    raw = layout.under(root, args.raw) if args.raw else layout.raw_dir(root, params.data.source)
+    return params, ShardsPaths(raw=raw, out=layout.place(root, args.out))
 
 
 if __name__ == "__main__":

@@ -200,17 +200,13 @@ def inputs(args: argparse.Namespace) -> tuple[Params, TrainPaths]:
     workers do not run in the project folder)."""
     params = load(args.params)
     root = layout.project_root(args.params)
-
-    def place(location: str | Path) -> Path | str:
-        return location if storage.is_url(location) else layout.under(root, location)
-
     return params, TrainPaths(
-        shards=place(args.shards),
+        shards=layout.place(root, args.shards),
         model_dir=layout.under(root, args.model),
         metrics=layout.under(root, args.metrics),
         run_info=layout.under(root, args.run_info),
         reports=layout.under(root, args.reports),
-        storage=place(params.train.storage_path),
+        storage=layout.place(root, params.train.storage_path),
         tracking=store.locate(args.params, params.mlflow),
     )
 

@@ -109,9 +109,11 @@ def test_shipped_params_files_are_valid(path):
 
 def test_load_gives_every_section_typed_and_paths_from_the_project(tmp_path):
     """`load`: the whole file as `Params`, defaults where it has nothing, the preset default
-    applied in one place, relative paths taken from the file's folder."""
+    applied in one place, relative paths taken from the project root (here the file's own
+    project: its folder holds a dvc.yaml; the rule's other cases: tests/pipeline/test_paths.py)."""
     from pipeline.params import Params, load
 
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     text = "data: {source: local, local_dir: mine}\ntrain: {init_weights: w/r50.pth}\n"
     params = load(write(tmp_path, text))
     assert params.data.local_dir == str(tmp_path / "mine")
