@@ -53,6 +53,7 @@ SUMMARY_KEYS = ("AP50", "dAP", "fp", "fn")  # what eval.json keeps of a breakdow
 IMAGE_COLUMNS = ("weighted", "tp", "cls", "loc", "both", "dupe", "bkg", "ignored", "miss", "gt")
 FOLDERS = ("errors/", "confusion/", "worst/")  # dvc.yaml declares them as plots
 MAX_DRAWN = 30  # detections drawn per worst image, best scores first
+WORST_SIZE = 384  # px: smaller images are enlarged to about this, so their captions fit
 
 # What to try when an error type costs the most (its dAP); keys are params.yaml's.
 ADVICE = {
@@ -201,13 +202,13 @@ def error_files(
     )
     for t, cm in analysis.confusion.items():
         files[f"errors/confusion_{t}.png"] = vis.draw_confusion_matrix(
-            cm, title=f"{t}: where the objects went (rows: share, in brackets: count)\n"
-            f"IoU {cm.iou_thresh:g}, score >= {cm.score_thresh:g}"
+            cm, title=f"{t}: share of each row (count)\nIoU {cm.iou_thresh:g}, "
+            f"score >= {cm.score_thresh:g}"
         )  # fmt: skip
         files[f"confusion/{t}.csv"] = functools.partial(write_confusion_csv, cm)
     for t, bd in analysis.pr.items():
         files[f"errors/pr_breakdown_{t}.png"] = vis.draw_pr_breakdown(
-            bd, title=f"{t}: COCO analyze() precision / recall breakdown (AP in brackets)"
+            bd, title=f"{t}: COCO analyze() breakdown of precision / recall [AP]"
         )
     primary = analysis.primary
     ranked = images_by_errors(analysis.types[primary])
@@ -239,7 +240,7 @@ def draw_worst(
     t = analysis.primary
     detail = image_detail(analysis.types[t], row["image_id"])
     h, w = sample.original_size
-    factor = zoom_factor(h, w)
+    factor = zoom_factor(h, w, WORST_SIZE)
     dets, objs = detail["detections"], detail["objects"]
     det_masks = gt_masks = None
     if t == "segm":

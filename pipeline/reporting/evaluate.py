@@ -73,7 +73,6 @@ def draw_overlays(
     labelled keypoints).
     """
     from mrcnn import visualize as vis
-    from mrcnn.evaluation.coco_results import decode_masks
 
     labels_of = {cat: label for label, cat in category_ids.items()}
     names = list(dataset.class_names)
@@ -92,20 +91,7 @@ def draw_overlays(
 
         found = sorted(by_image.get(x.image_id, []), key=lambda r: -float(r["score"]))
         shown = found[:OVERLAY_MAX_DETECTIONS]
-        pred_boxes = np.array([_xyxy(r["bbox"]) for r in shown], np.float32).reshape(-1, 4)
-        has_masks = all("segmentation" in r for r in shown)
-        pred = vis.draw_instances(
-            big,
-            pred_boxes * factor,
-            _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor)
-            if has_masks
-            else None,
-            [labels_of.get(int(r["category_id"]), 0) for r in shown],
-            names,
-            [float(r["score"]) for r in shown],
-            keypoints=_keypoints(shown, factor),
-            keypoint_thresh=keypoint_thresh,
-        )
+        pred = draw_predictions(big, factor, shown, labels_of, names, keypoint_thresh)
         anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[x.image_id]))
         gt_masks = np.array([coco_gt.annToMask(a) for a in anns], bool).reshape(-1, h, w)
         gt_boxes = np.array([_xyxy(a["bbox"]) for a in anns], np.float32).reshape(-1, 4)
@@ -131,6 +117,37 @@ def draw_overlays(
     return vis.figure_to_array(fig)
 
 
+def draw_predictions(
+    image: np.ndarray,
+    factor: int,
+    shown: Sequence[Mapping[str, Any]],
+    labels_of: Mapping[int, int],
+    names: Sequence[str],
+    keypoint_thresh: float = 0.0,
+) -> np.ndarray:
+    """COCO results of one image drawn on it, enlarged `factor` times (`image` is): boxes, masks
+    when every result has one, class and score, and the keypoints scoring above
+    `keypoint_thresh` -> uint8 [H, W, 3]. labels_of: category id -> label (index of names)."""
+    from mrcnn import visualize as vis
+    from mrcnn.evaluation.coco_results import decode_masks
+
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    boxes = np.array([_xyxy(r["bbox"]) for r in shown], np.float32).reshape(-1, 4)
+    masks = None
+    if all("segmentation" in r for r in shown):
+        masks = _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor)
+    return vis.draw_instances(
+        image,
+        boxes * factor,
+        masks,
+        [labels_of.get(int(r["category_id"]), 0) for r in shown],
+        names,
+        [float(r["score"]) for r in shown],
+        keypoints=_keypoints(shown, factor),
+        keypoint_thresh=keypoint_thresh,
+    )
+
+
 def original_image(sample: Any) -> np.ndarray:
     """A shard sample's image in its original size: cut to its window, resized back (uint8
     [h, w, 3], the frame of the COCO annotations and results)."""
@@ -142,9 +159,9 @@ def original_image(sample: Any) -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
 
 
-def zoom_factor(h: int, w: int) -> int:
-    """Small images are enlarged (nearest) to about 256 px so that captions stay readable."""
-    return max(1, 256 // max(h, w))
+def zoom_factor(h: int, w: int, target: int = 256) -> int:
+    """Small images are enlarged (nearest) to about `target` px so that captions stay readable."""
+    return max(1, target // max(h, w))
 
 
 def _keypoints(entries: Sequence[Mapping[str, Any]], factor: int) -> np.ndarray | None:

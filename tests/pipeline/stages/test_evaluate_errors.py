@@ -25,6 +25,7 @@ from pycocotools.coco import COCO
 from mrcnn.evaluation import confusion_matrix, error_breakdown, write_confusion_csv
 from mrcnn.evaluation.coco_eval import ground_truth_results
 from pipeline.params import EvaluateParams, Params
+from pipeline.reporting import evaluate as overlays
 from pipeline.stages import evaluate
 from pipeline.tracking.store import Tracking, start_run
 from tests import REPO_ROOT
@@ -238,15 +239,28 @@ def test_mlflow_run_holds_the_breakdown(evaluated):
 
 
 def test_pr_breakdown_off_and_no_worst_images(project: Path, tmp_path: Path):  # noqa: F811
+    """evaluate.pr_breakdown: false draws no PR breakdown, num_error_images: 0 no image (the
+    folder is still there: DVC wants it); evaluate.keypoint_thresh reaches the overlays."""
     root = tmp_path / "proj"
     root.mkdir()
     (root / "data").symlink_to(project / "data", target_is_directory=True)
     _write_model(root)
-    params = EvaluateParams(num_overlays=1, num_step_images=0, pr_breakdown=False,
-                            num_error_images=0)  # fmt: skip
+    params = EvaluateParams(
+        num_overlays=2, num_step_images=0, pr_breakdown=False, num_error_images=0,
+        keypoint_thresh=7.5,
+    )  # fmt: skip
+    seen = []
+    draw = overlays.draw_predictions
+
+    def draw_predictions(*args):
+        seen.append(args[-1])
+        return draw(*args)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evaluate, "predict_dataset", lambda *a, **k: made_results(_gt(root)))
+        mp.setattr(overlays, "draw_predictions", draw_predictions)
         metrics = evaluate.run(Params(evaluate=params), paths_under(root))
+    assert seen == [7.5, 7.5]  # the two overlay images
     out = root / "reports/evaluate"
     assert sorted(p.name for p in (out / "errors").iterdir()) == [
         "confusion_bbox.png", "confusion_segm.png", "tide.png"
