@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,15 @@ class EvaluateParams:
     backend: str = "faster"  # COCOeval: faster (faster-coco-eval, C++) | pycocotools (reference)
     # Keypoint models: one OKS sigma per keypoint type; empty = COCO's 17 person sigmas.
     oks_sigmas: tuple[float, ...] = ()
+    # Overlays draw a predicted keypoint only where its score (the heatmap logit) passes this
+    # (Detectron's kp_thresh).
+    keypoint_thresh: float = 2.0
+    # Error analysis (bbox, segm; docs/evaluate.md): confusion matrix and error pictures at this
+    # score (< 0: the model's own inference.score_thresh), the N images with the most weighted
+    # errors, and COCO analyze()'s PR breakdown (about two more COCOevals per IoU type).
+    confusion_thresh: float = -1.0
+    num_error_images: int = 8
+    pr_breakdown: bool = True
 
     def validate(self) -> None:
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -218,6 +228,9 @@ class EvaluateParams:
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
         check_workers(self.num_workers)
         check(self.backend in ("faster", "pycocotools"), "backend", "must be faster | pycocotools")
+        check(math.isfinite(self.keypoint_thresh), "keypoint_thresh", "must be a number")
+        check(self.confusion_thresh < 1, "confusion_thresh", "must be < 1 (< 0: the model's)")
+        check(0 <= self.num_error_images <= 64, "num_error_images", "must be in 0..64")
 
 
 @dataclass
@@ -268,11 +281,13 @@ class PredictParams:
     score_thresh: float = -1.0  # < 0: the model's own inference.score_thresh
     batch_size: int = 4
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    keypoint_thresh: float = 2.0  # overlays: keypoints whose score (logit) passes this
 
     def validate(self) -> None:
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check_device(self.device)
+        check(math.isfinite(self.keypoint_thresh), "keypoint_thresh", "must be a number")
 
 
 SECTIONS: dict[str, type | None] = {

@@ -90,7 +90,7 @@ def run(
         found = locate(model, tracking_uri, Path(tmp), backend)
         device = resolve_device(params.device, "predict.device")
         net, class_map = load_predictor(found, device, params.score_thresh)
-    state = PredictionWriter(out_dir, net, class_map, found.source)
+    state = PredictionWriter(out_dir, net, class_map, found.source, params.keypoint_thresh)
     progress = tqdm(total=len(files), desc="predict", unit="img", disable=None)
     try:
         pending: list[tuple[int, ImageInput, np.ndarray]] = []

@@ -36,8 +36,16 @@ _OVERLAY_MASK_BYTES = 256 * 1024 * 1024
 class PredictionWriter:
     """What a predict run has done so far, written out by `write` whatever happens."""
 
-    def __init__(self, out_dir: Path, net: Any, class_map: dict[int, int] | None, source: dict):
+    def __init__(
+        self,
+        out_dir: Path,
+        net: Any,
+        class_map: dict[int, int] | None,
+        source: dict,
+        keypoint_thresh: float = 0.0,
+    ):
         self.out_dir = out_dir
+        self.keypoint_thresh = keypoint_thresh  # overlays: keypoints scoring above it
         self.net = net
         self.class_map = class_map
         self.source = source
@@ -98,6 +106,7 @@ class PredictionWriter:
                 self.class_names,
                 det.scores,
                 keypoints=getattr(det, "keypoints", None),
+                keypoint_thresh=self.keypoint_thresh,
             )
             self.results += to_coco_results(det, image_id, self.class_map, file_name=item.name)
         else:  # TiledDetections: full-resolution masks a bounded group at a time

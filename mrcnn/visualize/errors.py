@@ -60,16 +60,22 @@ def draw_error_breakdown(
 
 
 def draw_pr_breakdown(bd: PrBreakdown, *, title: str = "") -> np.ndarray:
-    """analyze()'s picture: per object size the seven curves stacked as filled bands (legend:
-    the area under each curve, as analyze() prints it) -> uint8 image of 4 panels."""
+    """analyze()'s picture: per object size the seven curves stacked as filled bands (legend,
+    beside each panel: the area under each curve, as analyze() prints it) -> uint8 image, one
+    panel per size that has objects (two per row; sizes without objects are named in the
+    title, not drawn as empty panels)."""
     curves = bd.curves()  # [7, R, A]
     ap = bd.ap()
-    fig = new_figure(4.0 * len(AREAS), 3.8)
-    for a, area in enumerate(AREAS):
-        ax = fig.add_subplot(1, len(AREAS), a + 1)
+    drawn = [a for a in range(len(AREAS)) if not np.isnan(curves[:, :, a]).all()] or [0]
+    cols = min(2, len(drawn))
+    rows = -(-len(drawn) // cols)
+    fig = new_figure(5.6 * cols, 3.6 * rows)
+    for k, a in enumerate(drawn):
+        area = AREAS[a]
+        ax = fig.add_subplot(rows, cols, k + 1)
         c = curves[:, :, a]
         if np.isnan(c).all():
-            ax.text(0.5, 0.5, f"no {area} objects", ha="center", va="center")
+            ax.text(0.5, 0.5, "no objects", ha="center", va="center")
             ax.set_axis_off()
             continue
         lower = np.zeros_like(bd.recall)
@@ -83,10 +89,16 @@ def draw_pr_breakdown(bd: PrBreakdown, *, title: str = "") -> np.ndarray:
         ax.set_ylim(0, 1.0)
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
-        ax.set_title(f"{bd.iou_type} {area}", fontsize=10)
-        ax.legend(fontsize=7, loc="lower left")
-    if title:
-        fig.suptitle(title, fontsize=10)
+        ax.set_title(f"{bd.iou_type}, {area} objects", fontsize=10)
+        # outside the axes: inside, it would hide the bands it names
+        legend = ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        for handle in legend.legend_handles:  # C75 and C50 are white: outline every swatch
+            handle.set_edgecolor("k")
+            handle.set_linewidth(0.4)
+    missing = [AREAS[a] for a in range(len(AREAS)) if a not in drawn]
+    note = f"(no {' / '.join(missing)} objects)" if missing else ""
+    if title or note:
+        fig.suptitle(" ".join(t for t in (title, note) if t), fontsize=10)
     fig.tight_layout()
     return figure_to_array(fig)
 

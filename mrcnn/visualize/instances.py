@@ -77,6 +77,8 @@ def draw_instances(
         if boxes is not None:
             x1, y1, x2, y2 = (float(v) for v in boxes[i])
             draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=c, width=1)
+    for i in range(n):  # captions after every box, so that no box line crosses a caption
+        c = tuple(int(v) for v in palette[i])
         if not show_text or (labels is None and scores is None):
             continue
         text = _caption(i, labels, class_names, scores)

@@ -7,6 +7,9 @@ complete one).
     overlays.png          prediction next to ground truth for a few val images
     pr.csv                the curves as rows (`dvc plots`)
     results.json          every detection in COCO results format (only when asked)
+    steps/                the model step by step on a few val images (`draw_steps`)
+    errors/ worst/ confusion/ errors.json image_errors.csv   the error analysis
+                          (`pipeline.reporting.errors`)
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import csv
 import json
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,9 @@ PICTURES = ("per_category_ap.png", "pr_curve.png", "overlays.png")
 PR_FILE = "pr.csv"
 STEPS_DIR = "steps"  # the model step by step on a few val images (`draw_steps`)
 RESULTS_FILE = "results.json"
+# An extra file of `write_reports`: a picture uint8 [H, W, 3] (PNG), text, or a function that
+# writes the file at the path it is given; None for a folder (its name ends with "/").
+FileContent = np.ndarray | str | Callable[[Path], Any] | None
 OVERLAY_MAX_DETECTIONS = 15  # drawn per image, best scores first (all are evaluated)
 
 
@@ -57,17 +63,16 @@ def draw_overlays(
     coco_gt: COCO,
     results: Sequence[Mapping[str, Any]],
     category_ids: Mapping[int, int],
+    keypoint_thresh: float = 0.0,
 ) -> np.ndarray:
     """Prediction next to ground truth for dataset samples `indices` -> uint8 [H, W, 3].
 
-    Both are drawn on the image in its original size (the shard's image cut to its window and
-    resized back): predictions from `results` (at most `OVERLAY_MAX_DETECTIONS`, best first,
-    with scores), ground truth from `coco_gt`'s annotations.
+    Both are drawn on the image in its original size (`original_image`): predictions from
+    `results` (at most `OVERLAY_MAX_DETECTIONS`, best first, with scores; of their keypoints
+    those scoring above `keypoint_thresh`), ground truth from `coco_gt`'s annotations (its
+    labelled keypoints).
     """
-    from PIL import Image
-
     from mrcnn import visualize as vis
-    from mrcnn.evaluation.coco_results import decode_masks
 
     labels_of = {cat: label for label, cat in category_ids.items()}
     names = list(dataset.class_names)
@@ -80,27 +85,13 @@ def draw_overlays(
     for k, i in enumerate(indices):
         x = dataset[int(i)]
         h, w = x.original_size
-        y1, x1, y2, x2 = x.window
-        crop = np.ascontiguousarray(x.image[y1:y2, x1:x2])
-        image = np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
-        factor = max(1, 256 // max(h, w))  # small images are enlarged so text stays readable
+        image = original_image(x)
+        factor = zoom_factor(h, w)
         big = vis.zoom(image, factor)
 
         found = sorted(by_image.get(x.image_id, []), key=lambda r: -float(r["score"]))
         shown = found[:OVERLAY_MAX_DETECTIONS]
-        pred_boxes = np.array([_xyxy(r["bbox"]) for r in shown], np.float32).reshape(-1, 4)
-        has_masks = all("segmentation" in r for r in shown)
-        pred = vis.draw_instances(
-            big,
-            pred_boxes * factor,
-            _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor)
-            if has_masks
-            else None,
-            [labels_of.get(int(r["category_id"]), 0) for r in shown],
-            names,
-            [float(r["score"]) for r in shown],
-            keypoints=_keypoints(shown, factor),
-        )
+        pred = draw_predictions(big, factor, shown, labels_of, names, keypoint_thresh)
         anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[x.image_id]))
         gt_masks = np.array([coco_gt.annToMask(a) for a in anns], bool).reshape(-1, h, w)
         gt_boxes = np.array([_xyxy(a["bbox"]) for a in anns], np.float32).reshape(-1, 4)
@@ -124,6 +115,53 @@ def draw_overlays(
             ax.set_axis_off()
     fig.tight_layout()
     return vis.figure_to_array(fig)
+
+
+def draw_predictions(
+    image: np.ndarray,
+    factor: int,
+    shown: Sequence[Mapping[str, Any]],
+    labels_of: Mapping[int, int],
+    names: Sequence[str],
+    keypoint_thresh: float = 0.0,
+) -> np.ndarray:
+    """COCO results of one image drawn on it, enlarged `factor` times (`image` is): boxes, masks
+    when every result has one, class and score, and the keypoints scoring above
+    `keypoint_thresh` -> uint8 [H, W, 3]. labels_of: category id -> label (index of names)."""
+    from mrcnn import visualize as vis
+    from mrcnn.evaluation.coco_results import decode_masks
+
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    boxes = np.array([_xyxy(r["bbox"]) for r in shown], np.float32).reshape(-1, 4)
+    masks = None
+    if all("segmentation" in r for r in shown):
+        masks = _zoom_masks(decode_masks([r["segmentation"] for r in shown], (h, w)), factor)
+    return vis.draw_instances(
+        image,
+        boxes * factor,
+        masks,
+        [labels_of.get(int(r["category_id"]), 0) for r in shown],
+        names,
+        [float(r["score"]) for r in shown],
+        keypoints=_keypoints(shown, factor),
+        keypoint_thresh=keypoint_thresh,
+    )
+
+
+def original_image(sample: Any) -> np.ndarray:
+    """A shard sample's image in its original size: cut to its window, resized back (uint8
+    [h, w, 3], the frame of the COCO annotations and results)."""
+    from PIL import Image
+
+    h, w = sample.original_size
+    y1, x1, y2, x2 = sample.window
+    crop = np.ascontiguousarray(sample.image[y1:y2, x1:x2])
+    return np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+
+
+def zoom_factor(h: int, w: int, target: int = 256) -> int:
+    """Small images are enlarged (nearest) to about `target` px so that captions stay readable."""
+    return max(1, target // max(h, w))
 
 
 def _keypoints(entries: Sequence[Mapping[str, Any]], factor: int) -> np.ndarray | None:
@@ -177,10 +215,12 @@ def write_reports(
     overlays: np.ndarray,
     results: Sequence[Mapping[str, Any]] | None,
     steps: Mapping[str, np.ndarray] | None = None,
+    extra: Mapping[str, FileContent] | None = None,
 ) -> None:
     """Write `out_dir` as a whole (built beside it, then swapped in): the three pictures,
-    `pr.csv`, when `results` is given `results.json`, and the `steps/` pictures
-    ({file stem: image}, `draw_steps`)."""
+    `pr.csv`, when `results` is given `results.json`, the `steps/` pictures ({file stem:
+    image}, `draw_steps`) and `extra` files ({path relative to out_dir: `FileContent`}, e.g.
+    `pipeline.reporting.errors.error_files`)."""
     from PIL import Image
 
     from mrcnn import visualize as vis
@@ -227,5 +267,16 @@ def write_reports(
     (tmp / STEPS_DIR).mkdir()
     for stem, picture in (steps or {}).items():
         Image.fromarray(picture).save(tmp / STEPS_DIR / f"{stem}.png")
+    for name, content in (extra or {}).items():
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir(exist_ok=True)  # declared in dvc.yaml, so there even when empty
+        elif isinstance(content, str):
+            path.write_text(content)
+        elif callable(content):
+            content(path)
+        else:
+            Image.fromarray(content).save(path)
 
     replace_dir(tmp, out_dir)

@@ -8,14 +8,20 @@ on the val shards.
    class map, masks RLE-encoded.
 2. COCOeval for bbox and segm against the *original* annotations
    `data/raw/<data.source>/annotations/instances_val.json` (not the shards' mini-masks).
-3. Writes `metrics/eval.json`: `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
+3. The error analysis of bbox and segm (`pipeline.reporting.errors`): TIDE's error types and
+   what each costs (dAP), the confusion matrix, COCO analyze()'s PR breakdown, the images with
+   the most weighted errors; the log says what to try against the costliest error types.
+4. Writes `metrics/eval.json`: `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
    "segm": {...}}` straight from `COCOeval.stats` (COCO writes -1 where an area range has no
-   ground truth), plus `per_category`, `num_images`, `num_detections`, `score_thresh`; a
-   keypoint model adds `"keypoints": {"AP", "AP50", "AP75", "APm", "APl"}` (OKS with
-   `evaluate.oks_sigmas`), a model without a mask head has no "segm".
-4. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`; `steps/`: the model step by
-   step on `evaluate.num_step_images` val images, `mrcnn.visualize.steps`) and logs the
-   numbers and pictures into the training's MLflow run (`pipeline.tracking.runs`).
+   ground truth), plus `errors` (`{"bbox": {"AP50", "dAP": {"cls", "loc", "both", "dupe",
+   "bkg", "miss"}, "fp", "fn"}, "segm": ...}`, TIDE's AP points 0..100), `per_category`,
+   `num_images`, `num_detections`, `score_thresh`; a keypoint model adds `"keypoints": {"AP",
+   "AP50", "AP75", "APm", "APl"}` (OKS with `evaluate.oks_sigmas`; no error analysis), a model
+   without a mask head has no "segm".
+5. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`; `steps/`: the model step by
+   step on `evaluate.num_step_images` val images, `mrcnn.visualize.steps`; the error analysis'
+   files) and logs the numbers and pictures into the training's MLflow run
+   (`pipeline.tracking.runs`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pipeline import cli, layout
 from pipeline.device import resolve_device
 from pipeline.paramfile import worker_processes
 from pipeline.params import EvaluateParams, Params, load
+from pipeline.reporting.errors import ErrorAnalysis, analyze_errors, error_files
 from pipeline.reporting.evaluate import (
     draw_overlays,
     draw_steps,
@@ -76,18 +83,28 @@ def run(params: Params, paths: EvaluatePaths) -> dict[str, Any]:
     coco_gt = ground_truth(paths.annotations, dataset)
     n = len(dataset) if p.max_images <= 0 else min(p.max_images, len(dataset))
     results, scores = detect_and_score(model, dataset, coco_gt, category_ids, n, p)
+    errors, error_reports = explain_errors(
+        model, dataset, coco_gt, results, tuple(scores.metrics), n, p
+    )
     metrics: dict[str, Any] = {
         **scores.metrics,
+        "errors": errors.summary(),
         "per_category": scores.per_category,
         "num_images": n,
         "num_detections": len(results),
         "score_thresh": float(model.roi_heads.detection_layer.score_thresh),
     }
     overlays = draw_overlays(
-        dataset, overlay_indices(n, p.num_overlays), coco_gt, results, category_ids
+        dataset,
+        overlay_indices(n, p.num_overlays),
+        coco_gt,
+        results,
+        category_ids,
+        keypoint_thresh=p.keypoint_thresh,
     )
     steps = draw_steps(model, dataset, overlay_indices(n, p.num_step_images))
-    write_reports(paths.reports_dir, scores, overlays, results if p.write_results else None, steps)
+    kept = results if p.write_results else None
+    write_reports(paths.reports_dir, scores, overlays, kept, steps, extra=error_reports)
     write_json_atomic(paths.metrics_out, metrics)
     log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
     if paths.tracking is not None:
@@ -145,6 +162,38 @@ def detect_and_score(
         *(n, len(results), predict_s, n / max(predict_s, 1e-9), model.device, p.backend, eval_s),
     )
     return results, scores
+
+
+def explain_errors(
+    model: Any,
+    dataset: Any,
+    coco_gt: Any,
+    results: list[dict[str, Any]],
+    iou_types: tuple[str, ...],
+    n: int,
+    p: EvaluateParams,
+) -> tuple[ErrorAnalysis, dict[str, Any]]:
+    """Why the AP is what it is (`pipeline.reporting.errors`): TIDE's breakdown, the confusion
+    matrix at `evaluate.confusion_thresh` (< 0: the model's own inference.score_thresh), the PR
+    breakdown (`evaluate.pr_breakdown`), the `evaluate.num_error_images` worst images, logged
+    with what to try -> (the analysis, its report files)."""
+    thresh = p.confusion_thresh if p.confusion_thresh >= 0 else model.cfg.inference.score_thresh
+    image_ids = [int(v) for v in dataset.index[:n, 1]]
+    errors = analyze_errors(
+        coco_gt,
+        results,
+        iou_types,
+        image_ids,
+        confusion_thresh=float(thresh),
+        pr=p.pr_breakdown,
+        backend=p.backend,
+    )
+    for line in errors.lines():
+        log.info("%s", line)
+    files = error_files(
+        errors, dataset, coco_gt, results, num_images=p.num_error_images, num_evaluated=n
+    )
+    return errors, files
 
 
 def load_inputs(paths: EvaluatePaths, p: EvaluateParams) -> tuple[Any, Any, dict[int, int]]:

@@ -14,7 +14,6 @@ from typing import Any
 from mrcnn.evaluation.coco_eval import ALL_IOU_TYPES
 from pipeline.paramfile import to_dict
 from pipeline.params import EvaluateParams
-from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE, STEPS_DIR
 from pipeline.tracking.store import flatten, start_run
 
 log = logging.getLogger(__name__)
@@ -23,14 +22,24 @@ ARTIFACT_PATH = "evaluate"
 
 
 def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """eval.json -> MLflow metrics: `eval/bbox_AP`, ..., `eval/segm_APl` and
-    `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth in that area range)
-    and per-category None are left out rather than logged as numbers."""
+    """eval.json -> MLflow metrics: `eval/bbox_AP`, ..., `eval/segm_APl`, the error breakdown
+    `eval/errors/bbox_AP50`, `eval/errors/bbox_dAP_<type>`, `eval/errors/bbox_fp` / `_fn`
+    (likewise segm), and `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth
+    in that area range) and per-category None are left out rather than logged as numbers.
+
+    The UI groups charts into sections by the names' "/" prefixes: the error charts (9 per IoU
+    type) get a section beside the AP ones instead of burying them."""
     out = {}
     for iou_type in ALL_IOU_TYPES:
         for name, value in metrics.get(iou_type, {}).items():
             if value >= 0:
                 out[f"eval/{iou_type}_{name}"] = float(value)
+    for iou_type, e in metrics.get("errors", {}).items():
+        out[f"eval/errors/{iou_type}_AP50"] = float(e["AP50"])
+        for name, value in e["dAP"].items():
+            out[f"eval/errors/{iou_type}_dAP_{name}"] = float(value)
+        for name in ("fp", "fn"):
+            out[f"eval/errors/{iou_type}_{name}"] = float(e[name])
     for name, entry in metrics.get("per_category", {}).items():
         safe = re.sub(r"[^\w.\- /]", "_", name)
         for iou_type in ALL_IOU_TYPES:
@@ -85,13 +94,10 @@ def log_evaluation(
             }
         )
         mlflow.log_artifact(str(metrics_file), artifact_path=ARTIFACT_PATH)
-        for name in (*PICTURES, PR_FILE, RESULTS_FILE):
-            if (reports_dir / name).is_file():
-                mlflow.log_artifact(str(reports_dir / name), artifact_path=ARTIFACT_PATH)
-        if any((reports_dir / STEPS_DIR).glob("*.png")):
-            mlflow.log_artifacts(
-                str(reports_dir / STEPS_DIR), artifact_path=f"{ARTIFACT_PATH}/{STEPS_DIR}"
-            )
+        # the whole folder (written as a whole, so nothing stale): pictures, pr.csv, steps/,
+        # the error analysis' errors/, worst/, confusion/, errors.json, image_errors.csv and,
+        # when asked, results.json
+        mlflow.log_artifacts(str(reports_dir), artifact_path=ARTIFACT_PATH)
     log.info("logged to MLflow run %s (artifacts under %s/)", run_id, ARTIFACT_PATH)
     return run_id
 

@@ -49,6 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 SIZE = 64  # shard image size: every source image below is scaled (by 0.4 .. 1) and padded
 SOURCE_SIZES = [(90, 120), (120, 90), (64, 64), (150, 100), (100, 150), (80, 80), (48, 96)]
 PICTURES = ("overlays.png", "per_category_ap.png", "pr_curve.png")
+ERROR_FILES = ("errors", "worst", "confusion", "errors.json", "image_errors.csv")
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,7 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
     assert set(metrics) == {
         "bbox",
         "segm",
+        "errors",  # tests/pipeline/stages/test_evaluate_errors.py
         "per_category",
         "num_images",
         "num_detections",
@@ -246,7 +248,7 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
         assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
 
     files = sorted(p.name for p in paths.reports_dir.iterdir())
-    assert files == sorted([*PICTURES, "pr.csv", "results.json", "steps"])
+    assert files == sorted([*PICTURES, "pr.csv", "results.json", "steps", *ERROR_FILES])
     # the model step by step on num_step_images (2) val images spread as the overlays
     first_two = [int(ShardDataset(paths.shards_dir).index[i, 1]) for i in (0, 6)]
     steps = sorted(p.name for p in (paths.reports_dir / "steps").iterdir())
@@ -317,8 +319,12 @@ def test_main_without_training_run_and_without_detections(
     assert "f" * 32 + " is not in the store" in caplog.text
     # the stale results.json is gone; steps/ holds the step-by-step pictures
     assert sorted(p.name for p in (root / "reports" / "evaluate").iterdir()) == sorted(
-        [*PICTURES, "pr.csv", "steps"]
+        [*PICTURES, "pr.csv", "steps", *ERROR_FILES]
     )
+    # every object missed; fixing any one type (even miss: nothing left to find) leaves AP 0
+    errors = metrics["errors"]["segm"]
+    assert errors["AP50"] == errors["fp"] == errors["fn"] == 0.0
+    assert errors["dAP"] == dict.fromkeys(("cls", "loc", "both", "dupe", "bkg", "miss"), 0.0)
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mrcnn").experiment_id])
     assert [r.info.run_name for r in runs] == ["evaluate"]
@@ -359,6 +365,10 @@ def test_bad_evaluate_keys(tmp_path: Path) -> None:
         ("evaluate: {device: gpu}", "evaluate.device"),
         ("evaluate: {backend: detectron2}", "evaluate.backend"),
         ("evaluate: {batch_szie: 2}", "evaluate.batch_szie"),
+        ("evaluate: {confusion_thresh: 1.0}", "evaluate.confusion_thresh"),
+        ("evaluate: {num_error_images: 65}", "evaluate.num_error_images"),
+        ("evaluate: {keypoint_thresh: .nan}", "evaluate.keypoint_thresh"),
+        ("evaluate: {pr_breakdown: sometimes}", "evaluate.pr_breakdown"),
     ):
         (tmp_path / "p.yaml").write_text(text)
         with pytest.raises(ValueError, match=message):
