@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -209,17 +210,27 @@ def load_backbone(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors from a local checkpoint; never unpickles arbitrary objects."""
+    """Tensors from a local checkpoint; never unpickles arbitrary objects. Raises
+    `FileNotFoundError` when nothing is there and `ValueError` when the file is not a state dict
+    of tensors (torch's, safetensors', or a training checkpoint's `model`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's advice (weights_only=False) is not ours to give
+        raise ValueError(f"{path} is not a checkpoint of tensors (.pth / .pt)") from e
+    except Exception as e:  # zip and safetensors each raise their own kind
+        first = str(e).strip().split("\n")[0][:160]
+        raise ValueError(f"{path} is not a weights file torch can read ({first})") from e
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # training checkpoints keep the weights under "model"
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path} holds no state dict of tensors (a {type(sd).__name__})")
     return sd
 
 

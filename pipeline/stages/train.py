@@ -102,7 +102,7 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     """The run to start or resume: model config from the shards' classes and size, the run
     name (`train.run_name`, by default `<data source>-<preset>`, plus a digest), the MLflow run
     (found again beside a resumed Ray run, else new). Fails early on a missing shard set or an
-    unusable tracking store."""
+    unusable tracking store, and on any input file the run will need (`check_inputs`)."""
     train_set = ShardDataset(storage.join(paths.shards, "train"))
     store.check_tracking_uri(paths.tracking.uri)
     manifest = train_set.manifest
@@ -112,6 +112,7 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
         class_names=tuple(manifest["class_names"]),
     )
     recipe = params.train
+    check_inputs(recipe, cfg, paths.shards)
     if not recipe.run_name:  # <data source>-<preset>, e.g. shapes-shapes-small
         recipe = replace(recipe, run_name=driver.default_run_label(manifest, params.preset))
     name = driver.run_name(recipe, cfg, manifest)
@@ -121,6 +122,21 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
         run_dir, name, recipe, cfg, train_set, t.experiment, t.uri, t.artifact_location
     )
     return TrainingRun(recipe, cfg, params.preset, name, run_dir, run_id, train_set)
+
+
+def check_inputs(recipe: TrainParams, cfg: Config, shards: Path | str) -> None:
+    """Every file the run will need, checked here, before Ray starts (inside Ray a missing file
+    costs the worker retries and pages of tracebacks): the val shards when training evaluates
+    (`train.eval_every`), and `train.init_weights`, loaded into a model on this process as each
+    worker will load it (a file that is missing, not a checkpoint or of another architecture
+    fails now, in one line)."""
+    if recipe.eval_every:
+        ShardDataset(storage.join(shards, "val"))
+    if recipe.init_weights:
+        try:
+            weights.load_init(build_model(cfg), recipe.init_weights)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"train.init_weights: {e}") from e
 
 
 def _write_outputs(

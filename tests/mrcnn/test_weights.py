@@ -67,5 +67,31 @@ def test_read_state_dict_refuses_pickled_objects(tmp_path):
             return (print, ("owned",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(ValueError, match="not a checkpoint of tensors"):
         read_state_dict(tmp_path / "evil.pth")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("notes.pth", b"not weights at all\n", "not a checkpoint of tensors"),
+        ("cut.pth", None, "not a weights file torch can read"),  # a checkpoint cut short
+        ("model.safetensors", b"junk", "not a weights file torch can read"),
+        ("empty.pt", b"", "not a weights file torch can read"),
+        ("numbers.pth", "numbers", "holds no state dict of tensors"),
+    ],
+)
+def test_read_state_dict_says_when_a_file_is_not_what_it_claims(tmp_path, name, content, reason):
+    """A file named like weights that is not: one ValueError naming the file and why, never
+    torch's or safetensors' own exception types (the stages report ValueError in one line)."""
+    path = tmp_path / name
+    if content is None:
+        torch.save({"w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif content == "numbers":
+        torch.save({"lr": 0.1, "w": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=reason) as caught:
+        read_state_dict(path)
+    assert str(path) in str(caught.value)
