@@ -240,6 +240,9 @@ class ExportParams:
     registered_model: str = "mrcnn-shapes"
     portable: bool = True  # also write + check the whole-model ONNX file (mrcnn.export.to_onnx)
     champion_metric: str = "segm.AP"  # a key of metrics/eval.json; higher is better
+    # A version becomes champion only when its metric is above this, also the first one (a
+    # model with AP 0.0 is registered as challenger, never pulled as @champion).
+    champion_floor: float = 0.0
     # auto: register, except under `dvc exp run` (throwaway experiments stay out of the
     # registry); true / false: always / never (the model is still logged to its MLflow run).
     register: str = "auto"

@@ -40,8 +40,9 @@ def match_detections(
     A detection of `expected` matches one of `actual` in the same image with the same label,
     every box coordinate within `box_tol` px and score within `score_tol`.
     -> {"expected": n, "actual": n, "matched": n, "matched_fraction": matched / max(n, n')
-        (1.0 when both are empty), "max_box_diff", "max_score_diff" (over matches),
-        "min_mask_iou", "mean_mask_iou" (M x M masks thresholded at `mask_thresh`)}
+        (None when both are empty: nothing was compared, which is no agreement),
+        "max_box_diff", "max_score_diff" (over matches), "min_mask_iou", "mean_mask_iou"
+        (M x M masks thresholded at `mask_thresh`; None without matches)}
     """
     n_exp = int(expected["valid"].sum())
     n_act = int(actual["valid"].sum())
@@ -69,11 +70,11 @@ def match_detections(
         "expected": n_exp,
         "actual": n_act,
         "matched": matched,
-        "matched_fraction": 1.0 if max(n_exp, n_act) == 0 else matched / max(n_exp, n_act),
+        "matched_fraction": None if max(n_exp, n_act) == 0 else matched / max(n_exp, n_act),
         "max_box_diff": box_diff,
         "max_score_diff": score_diff,
-        "min_mask_iou": min(ious, default=1.0),
-        "mean_mask_iou": float(np.mean(ious)) if ious else 1.0,
+        "min_mask_iou": min(ious, default=None),
+        "mean_mask_iou": float(np.mean(ious)) if ious else None,
     }
 
 

@@ -12,7 +12,8 @@
    metrics and the aliases. `export.register: false` (and, by default, `dvc exp run`) logs
    the model to its run without registering it.
 3. Moves alias `champion` to the version only when its `export.champion_metric` (default
-   `segm.AP`) is strictly greater than the current champion's; otherwise it gets `challenger`.
+   `segm.AP`) is strictly greater than the current champion's and above
+   `export.champion_floor` (also for the first version); otherwise it gets `challenger`.
 4. With `export.portable: true`, writes `models/export/model.onnx`, the whole inference graph
    (`mrcnn.export.to_onnx`), checks it against eager PyTorch on up to 8 val images (the shards'
    val split; seeded images when there is none) and logs it to the run; a file whose
@@ -158,7 +159,9 @@ def publish(
         registry.update_version(name, version, tags, description)
     if version is None:
         return None, new_version, logged_uri, None, None
-    alias, previous = registry.assign_alias(name, version, p.champion_metric, trained.value)
+    alias, previous = registry.assign_alias(
+        name, version, p.champion_metric, trained.value, p.champion_floor
+    )
     active.set_tags(
         {"export.registered_model": name, "export.version": version, "export.alias": alias}
     )
@@ -244,8 +247,10 @@ def write_portable(
         )
     active.log_artifact(onnx_file, artifact_path="portable")
     tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
-    tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
-    tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
+    tags["portable.check"] = portable["checked"]
+    if portable["matched_fraction"] is not None:
+        tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
+        tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
     return portable, onnx_file
 
 

@@ -113,6 +113,7 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     )
     recipe = params.train
     check_inputs(recipe, cfg, paths.shards)
+    warn_about_recipe(recipe)
     if not recipe.run_name:  # <data source>-<preset>, e.g. shapes-shapes-small
         recipe = replace(recipe, run_name=driver.default_run_label(manifest, params.preset))
     name = driver.run_name(recipe, cfg, manifest)
@@ -137,6 +138,17 @@ def check_inputs(recipe: TrainParams, cfg: Config, shards: Path | str) -> None:
             weights.load_init(build_model(cfg), recipe.init_weights)
         except (FileNotFoundError, ValueError) as e:
             raise type(e)(f"train.init_weights: {e}") from e
+
+
+def warn_about_recipe(recipe: TrainParams) -> None:
+    """Settings that are valid but rarely meant: said once, before training."""
+    if recipe.warmup_iters > recipe.iterations:
+        logger.warning(
+            "train.warmup_iters (%d) is more than train.iterations (%d): the learning rate never "
+            "reaches train.lr; lower warmup_iters",
+            recipe.warmup_iters,
+            recipe.iterations,
+        )
 
 
 def _write_outputs(

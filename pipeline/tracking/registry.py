@@ -187,9 +187,10 @@ def should_register(setting: str) -> tuple[bool, str]:
 
 
 def assign_alias(
-    name: str, version: str, metric: str, value: float
+    name: str, version: str, metric: str, value: float, floor: float | None = None
 ) -> tuple[str, dict[str, Any] | None]:
-    """Give `version` alias champion if `value` beats the champion's metric, else challenger.
+    """Give `version` alias champion if `value` is above `floor` (`export.champion_floor`; None:
+    no floor) and beats the champion's metric, else challenger.
 
     The champion's value is read from its version tag `metrics.<metric>`; a champion without
     that tag (registered by other means) is replaced, with a warning.
@@ -212,7 +213,19 @@ def assign_alias(
                 METRIC_TAG,
                 metric,
             )
-    alias = CHAMPION if previous is None or is_improvement(value, previous["value"]) else CHALLENGER
+    beats = previous is None or is_improvement(value, previous["value"])
+    above_floor = floor is None or value > floor
+    if beats and not above_floor:
+        log.warning(
+            "%s v%s: %s %.4f is not above export.champion_floor %g: registered as challenger, "
+            "not champion",
+            name,
+            version,
+            metric,
+            value,
+            floor,
+        )
+    alias = CHAMPION if beats and above_floor else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     if alias == CHAMPION and str(aliases.get(CHALLENGER, "")) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)  # promoted: one alias, not two

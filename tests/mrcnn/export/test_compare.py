@@ -102,11 +102,11 @@ def test_nothing_on_either_side():
         "expected": 0,
         "actual": 0,
         "matched": 0,
-        "matched_fraction": 1.0,
+        "matched_fraction": None,  # nothing compared is not agreement (issue 22)
         "max_box_diff": 0.0,
         "max_score_diff": 0.0,
-        "min_mask_iou": 1.0,
-        "mean_mask_iou": 1.0,
+        "min_mask_iou": None,
+        "mean_mask_iou": None,
     }
     only_one_side = match_detections(_raw([[(1, BOX_A, 0.9, slice(0, 1))]]), _raw([[]]))
     assert only_one_side["matched_fraction"] == 0.0

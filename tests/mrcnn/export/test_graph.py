@@ -195,3 +195,18 @@ def _randomise_ours(model: torch.nn.Module, randomise) -> None:
     tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     randomise(tv, seed=1)
     load_torchvision(model, tv.state_dict())
+
+
+def test_an_export_check_that_compared_nothing_does_not_pass(tmp_path, caplog):
+    """Issue 22: the check used to pass on "0/0 detections". A score threshold no detection
+    reaches leaves nothing to compare: the file is kept, "ok" is False and a warning says why."""
+    from mrcnn.export.onnx import export_portable
+
+    model = tiny_model().eval()
+    model.roi_heads.detection_layer.score_thresh = 1.01  # above every score
+    with caplog.at_level("WARNING"):
+        report = export_portable(model, tmp_path / "m.onnx")
+    assert report["ok"] is False and report["checked"] == "nothing compared"
+    assert report["matched_fraction"] is None and report["expected"] == report["actual"] == 0
+    assert (tmp_path / "m.onnx").is_file()
+    assert "compared nothing" in caplog.text

@@ -154,6 +154,7 @@ def test_versions_have_a_description_and_a_few_readable_tags(registry: dict) -> 
         "weights.sha256": v1.tags["weights.sha256"],
         "provenance.md5": json_digest(provenance, "md5"),
         "portable.onnx": v1.tags["portable.onnx"],
+        "portable.check": "agrees with eager",
         "portable.matched_fraction": "1.0000",
         "portable.max_box_diff": v1.tags["portable.max_box_diff"],
         "export.decision": "champion",

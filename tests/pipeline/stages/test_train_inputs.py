@@ -68,3 +68,15 @@ def test_missing_val_shards_fail_before_ray_when_training_evaluates(tmp_path, ti
     (partial / "train").symlink_to(tiny_shards / "train")
     line = _one_line_error(_train_cli(tmp_path, partial, eval_every=1))
     assert str(partial / missing) in line
+
+
+def test_a_warmup_longer_than_training_is_said(caplog):
+    from pipeline.stages.train import warn_about_recipe
+    from pipeline.train_params import TrainParams
+
+    with caplog.at_level("WARNING"):
+        warn_about_recipe(TrainParams(iterations=50, warmup_iters=50))
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        warn_about_recipe(TrainParams(iterations=20, warmup_iters=50))
+    assert "warmup_iters (50) is more than train.iterations (20)" in caplog.text

@@ -221,3 +221,19 @@ def test_log_model_refuses_an_unknown_backend(tmp_path):
         reg.log_model(tmp_path, backend="tensorrt")
     with pytest.raises(reg.ExportError, match="export.portable: true"):
         reg.log_model(tmp_path, backend="onnxruntime")
+
+
+def test_a_version_at_or_below_the_floor_is_never_champion(store, caplog):
+    """Issue 22: a model with AP 0.0 became @champion as the first version. With
+    `export.champion_floor` the first version must be above it too; once one is, the usual
+    strict improvement rule holds."""
+    _version(store, "v1", 0.0)
+    with caplog.at_level("WARNING"):
+        assert reg.assign_alias(NAME, "1", "segm.AP", 0.0, floor=0.0) == ("challenger", None)
+    assert "champion_floor" in caplog.text
+    assert _aliases(store) == {"challenger": "1"}
+    _version(store, "v2", 0.3)
+    assert reg.assign_alias(NAME, "2", "segm.AP", 0.3, floor=0.0) == ("champion", None)
+    _version(store, "v3", 0.4)
+    assert reg.assign_alias(NAME, "3", "segm.AP", 0.4, floor=0.5)[0] == "challenger"
+    assert _aliases(store) == {"champion": "2", "challenger": "3"}
