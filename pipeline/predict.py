@@ -31,8 +31,10 @@ and skipped (`--strict` stops at the first one instead), and whatever ends the r
 Ctrl-C), results.json and images.json are written with what was done (`"complete": false`).
 
 Large images: `--tile 1024 --tile-overlap 0.2` runs the model on overlapping tiles of the original
-pixels and merges them (`mrcnn.inference.tiling`); by default images whose longer side is 3x the
-model input or more are tiled at the model's input size (`--tile 0` turns tiling off).
+pixels and merges them (`mrcnn.inference.tiling`), and says so per image. Without `--tile`, every
+image is resized to the model input in one pass, as the registered model and `mlflow models
+serve` do (the same image and settings give the same detections everywhere); images 3x the
+model input or more are named in one line suggesting `--tile`.
 
 Registry models use the tracking URI from `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else
 `mlflow.tracking_uri` of `--params`; with none of these predict says where it looked (it never
@@ -62,6 +64,8 @@ from pipeline.tracking.pull import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
+LARGE_FACTOR = 3  # images this many model inputs wide or more get the --tile hint
+
 
 def run(
     model: str,
@@ -79,8 +83,9 @@ def run(
     """Predict on every image of `inputs`; returns what `images.json` holds.
 
     strict:   stop at the first unreadable file (default: report it and go on)
-    tile:     None: tile images >= 3x the model input (at the input size); 0: never; N: tile
-              every image larger than N px at N px
+    tile:     None or 0: never tile (one pass per image, as the pyfunc and the server; images
+              >= 3x the model input are named in a hint); N: tile every image larger than N px
+              at N px
     skip_bad: accepted for old callers; skipping is the default now (see `strict`)
     backend:  auto | torch | onnxruntime (`pipeline.predict_model`)
     """
@@ -92,6 +97,7 @@ def run(
         net, class_map = load_predictor(found, device, params.score_thresh)
     state = PredictionWriter(out_dir, net, class_map, found.source, params.keypoint_thresh)
     progress = tqdm(total=len(files), desc="predict", unit="img", disable=None)
+    large: list[str] = []  # images much larger than the model input, not tiled
     try:
         pending: list[tuple[int, ImageInput, np.ndarray]] = []
         for image_id, item in enumerate(files, 1):
@@ -104,8 +110,11 @@ def run(
                     raise
                 progress.update(1)
                 continue
-            tile_size = _tile_size(image, int(net.image_size), tile)
+            tile_size = _tile_size(image, tile)
+            if not tile_size and max(image.shape[:2]) >= LARGE_FACTOR * net.image_size:
+                large.append(item.path.name)
             if tile_size:
+                log.info("%s: tiled at %d px (--tile)", item.path.name, tile_size)
                 state.detect_tiled(
                     image_id, item, image, tile_size, tile_overlap, params.batch_size
                 )
@@ -116,6 +125,7 @@ def run(
             progress.update(1)
         state.finish_batch(pending)
         state.complete = True
+        _hint_tiling(large, int(net.image_size))
     except BaseException as e:
         state.stopped = f"{type(e).__name__}: {e}"
         raise
@@ -127,14 +137,26 @@ def run(
     return summary
 
 
-def _tile_size(image: np.ndarray, image_size: int, tile: int | None) -> int:
-    """The tile side for this image, or 0 for one ordinary pass."""
-    from mrcnn.inference.tiling import should_tile
+def _tile_size(image: np.ndarray, tile: int | None) -> int:
+    """The tile side for this image (`--tile N`: images larger than N px), or 0 for one ordinary
+    pass (the default: tiling is the user's choice, never a silent one)."""
+    return tile if tile and max(image.shape[:2]) > tile else 0
 
-    h, w = image.shape[:2]
-    if tile is None:
-        return image_size if should_tile(h, w, image_size) else 0
-    return tile if tile > 0 and max(h, w) > tile else 0
+
+def _hint_tiling(large: list[str], image_size: int) -> None:
+    """One line naming the images much larger than the model input that were resized whole."""
+    if large:
+        names = ", ".join(large[:3]) + (f" and {len(large) - 3} more" if len(large) > 3 else "")
+        log.info(
+            "%d image(s) are %gx the model input (%d px) or more (%s): each was resized whole; "
+            "--tile %d runs the model on tiles of the original pixels instead (slower; finds "
+            "small objects)",
+            len(large),
+            LARGE_FACTOR,
+            image_size,
+            names,
+            image_size,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,9 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad file")
     parser.add_argument("--skip-bad", action="store_true", help=argparse.SUPPRESS)  # default now
     parser.add_argument("--score-thresh", type=float, help="overrides predict.score_thresh")
-    parser.add_argument(
-        "--tile", type=int, help="tile side in pixels (0: never tile; default: automatic)"
-    )
+    parser.add_argument("--tile", type=int, help="tile side in pixels (default and 0: never tile)")
     parser.add_argument("--tile-overlap", type=float, default=0.2, help="default: %(default)s")
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, params.yaml)"

@@ -31,8 +31,6 @@ from torchvision.ops import batched_nms
 
 from mrcnn.inference.detections import Detections
 
-# An image is tiled automatically when its longer side is this many model inputs or more.
-AUTO_TILE_FACTOR = 3.0
 _EDGE_PX = 2.0  # a box this close to an inner tile edge counts as cut by it
 
 
@@ -75,11 +73,6 @@ class TiledDetections:
     def to_detections(self) -> Detections:
         """The ordinary `Detections` (full masks: N x H x W bytes)."""
         return Detections(self.boxes, self.scores, self.labels, self.masks())
-
-
-def should_tile(height: int, width: int, image_size: int) -> bool:
-    """Whether an image is much larger than the model's input (`AUTO_TILE_FACTOR` inputs)."""
-    return max(height, width) >= AUTO_TILE_FACTOR * image_size
 
 
 def tile_grid(

@@ -166,6 +166,39 @@ def test_tiled_prediction_writes_full_resolution_results(model_dir: Path, tmp_pa
     assert plain["images"][0]["tiled"] is False
 
 
+def test_a_large_image_is_not_tiled_unless_asked_and_predict_agrees_with_the_pyfunc(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 22: predict tiled every image 3x the model input on its own, so the CLI and
+    `mlflow models serve` (the pyfunc, which never tiles) disagreed on the same photo. Now
+    tiling is asked for (`--tile`); by default the image goes through whole, a hint names it,
+    and the CLI's detections are the pyfunc's."""
+    import io
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from pipeline.tracking import pyfunc
+
+    big = np.kron(synthetic_images()[0], np.ones((3, 3, 1), dtype=np.uint8))  # 288 x 384
+    Image.fromarray(big).save(tmp_path / "big.png")
+    with caplog.at_level("INFO", logger="pipeline.predict"):
+        summary = predict.run(
+            str(model_dir), [tmp_path / "big.png"], tmp_path / "out", PredictParams()
+        )
+    assert summary["images"][0]["tiled"] is False
+    assert "big.png" in caplog.text and "--tile" in caplog.text
+    served = pyfunc.MaskRCNNModel()
+    served.load_context(SimpleNamespace(artifacts={"model": str(model_dir)}, model_config={}))
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+    frame = served.predict(None, pd.DataFrame({pyfunc.INPUT_COLUMN: [buf.getvalue()]}))
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results) == len(frame) > 0
+    got = sorted(r["score"] for r in results)
+    np.testing.assert_allclose(got, sorted(frame["score"]), rtol=0, atol=1e-5)
+
+
 def test_registry_uri_precedence_and_no_store_outside_the_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

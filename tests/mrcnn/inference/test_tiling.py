@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from mrcnn.data.resize import resize_and_pad
 from mrcnn.inference.detections import Detections
-from mrcnn.inference.tiling import detect_tiled, should_tile, tile_grid
+from mrcnn.inference.tiling import detect_tiled, tile_grid
 
 
 class BlobDetector:
@@ -104,4 +104,3 @@ def test_tile_grid_covers_the_image_flush_with_its_edges():
     assert tile_grid(100, 80, 256, 0.2) == [(0, 0, 100, 80)]
     with pytest.raises(ValueError, match="overlap"):
         tile_grid(10, 10, 256, 1.0)
-    assert should_tile(3000, 4000, 1024) and not should_tile(480, 640, 1024)
