@@ -240,15 +240,23 @@ def flatten(
     return out
 
 
+# The MLflow UI (3.x) opens an experiment by its kind: without this tag it may guess GenAI
+# (traces, token usage) instead of runs, charts and models.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name` in the current tracking store, created if missing."""
+    """The id of experiment `name` in the current tracking store, created if missing, tagged as
+    a model-training experiment (`EXPERIMENT_KIND`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         try:
-            return mlflow.create_experiment(name, artifact_location=artifact_location)
+            return mlflow.create_experiment(
+                name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+            )
         except MlflowException:  # created meanwhile by another process
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
@@ -258,6 +266,9 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
             f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore "
             f"--experiment-id {exp.experiment_id}`) or set mlflow.experiment in params.yaml"
         )
+    for key, value in EXPERIMENT_KIND.items():  # experiments made before the tag, or by others
+        if key not in exp.tags:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 

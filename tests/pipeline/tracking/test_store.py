@@ -178,3 +178,18 @@ def test_bad_export_and_predict_params_name_the_key(tmp_path: Path, text: str, m
     cls = ExportParams if text.startswith("export") else PredictParams
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         load_section(p, text.split(":")[0], cls)
+
+
+def test_experiments_are_tagged_as_model_training_for_the_ui(tmp_path: Path) -> None:
+    """Issue 22: MLflow 3's UI opened our experiment in GenAI mode (traces, token usage). Its
+    page reads the experiment tag `mlflow.experimentKind`; ours say model training, also an
+    experiment created before the tag existed."""
+    from pipeline.tracking.store import EXPERIMENT_KIND, ensure_experiment
+
+    mlflow.set_tracking_uri(fresh_store(tmp_path))
+    new = mlflow.get_experiment(ensure_experiment("made-here"))
+    assert new.tags["mlflow.experimentKind"] == "custom_model_development"
+    older = mlflow.create_experiment("made-before")
+    assert "mlflow.experimentKind" not in mlflow.get_experiment(older).tags
+    assert ensure_experiment("made-before") == older
+    assert mlflow.get_experiment(older).tags.items() >= EXPERIMENT_KIND.items()
