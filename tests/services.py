@@ -182,6 +182,21 @@ class Postgres:
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGINT)  # SIGINT = "fast" shutdown of the postmaster
 
+    def create_database(self, dbname: str) -> str:
+        """A new empty database `dbname` in this cluster (for a server that must not share
+        tables with another test's) -> its URL."""
+        bindir = postgres_bindir()
+        assert bindir is not None  # the cluster runs
+        created = subprocess.run(
+            [str(bindir / "createdb"), "-h", HOST, "-p", str(self.port), "-U", self.user, dbname],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGPASSWORD": self.password},
+        )
+        if created.returncode != 0:
+            raise ServiceUnavailable(f"createdb {dbname} failed: {created.stderr[-1500:]}")
+        return f"postgresql://{self.user}:{self.password}@{HOST}:{self.port}/{dbname}"
+
 
 def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float = 60.0) -> Postgres:
     """initdb a cluster in a fresh temp dir and run `postgres` on a free port of 127.0.0.1 with
