@@ -72,8 +72,10 @@ def auth_server(postgres, tmp_path_factory):
             "--port",
             str(port),
             "--workers",
-            "2",
+            "1",  # each worker imports MLflow's auth app: seconds of CPU
             "--auth",
+            "--auth-dir",
+            str(work / "auth"),
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -90,7 +92,7 @@ def auth_server(postgres, tmp_path_factory):
             return False
 
     try:
-        services.wait_until("mlflow server --auth", healthy, proc, log, timeout=180)
+        services.wait_until("mlflow server --auth", healthy, proc, log, timeout=240)
         yield uri, log
     finally:
         services.stop_process(proc)
