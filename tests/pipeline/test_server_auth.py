@@ -279,11 +279,13 @@ def test_the_pipeline_logs_with_credentials_from_the_environment(auth_server, te
     # Every process's argv while the client and the server run: no secret in it.
     seen = ""
     while client.poll() is None:
-        seen += subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        seen += subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
         time.sleep(0.2)
     out, err = client.communicate(timeout=120)
     assert client.returncode == 0, err[-3000:]
-    assert "pipeline.server" in seen or "mlflow" in seen  # ps saw the server
+    port = uri.rsplit(":", 1)[1]
+    assert "mlflow server --serve-artifacts" in seen and f"--port {port}" in seen  # the server
+    assert CLIENT.strip().splitlines()[0] in seen  # ... and the client
     run_id = next(x[7:] for x in out.splitlines() if x.startswith("RUN_ID="))
 
     status, body = call(uri, f"/api/2.0/mlflow/runs/get?run_id={run_id}", CAROL)
