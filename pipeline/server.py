@@ -150,7 +150,10 @@ def build_command(args: argparse.Namespace, environ: dict[str, str] | None = Non
     folder = Path(args.auth_dir).expanduser() if args.auth_dir else default_auth_dir()
     _private_dir(folder)
     auth_config = _write_auth_config(
-        folder / AUTH_CONFIG_FILE, args.auth_db_uri or backend, args.default_permission
+        folder / AUTH_CONFIG_FILE,
+        args.auth_db_uri or backend,
+        args.default_permission,
+        args.auth_cache_seconds,
     )
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
     if environ.get(SECRET_ENV):
@@ -181,7 +184,9 @@ def _write_private(path: Path, text: str, exclusive: bool = False) -> None:
         f.write(text)
 
 
-def _write_auth_config(path: Path, database_uri: str, default_permission: str) -> Path:
+def _write_auth_config(
+    path: Path, database_uri: str, default_permission: str, cache_seconds: int = 0
+) -> Path:
     """MLflow's basic-auth ini, readable only by us (it may hold the database password)."""
     _write_private(
         path,
@@ -189,7 +194,8 @@ def _write_auth_config(path: Path, database_uri: str, default_permission: str) -
         f"default_permission = {default_permission}\n"
         f"database_uri = {database_uri}\n"
         "admin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n",
     )
     return path
 
@@ -254,6 +260,14 @@ def parser() -> argparse.ArgumentParser:
         choices=["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"],
         help="what a signed-in user may do with experiments and models they neither created "
         "nor were granted (%(default)s: nothing; READ lets the team see each other's runs)",
+    )
+    ap.add_argument(
+        "--auth-cache-seconds",
+        type=int,
+        default=0,
+        help="remember an accepted login this long per worker (MLflow checks each request's "
+        "password with a slow hash; a changed password may then work this long on other "
+        "workers; default %(default)s: off)",
     )
     ap.add_argument(
         "--upgrade-db", action="store_true", help="run `mlflow db upgrade` first (after upgrades)"

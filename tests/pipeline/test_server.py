@@ -83,6 +83,7 @@ def test_command_for_a_team(tmp_path):
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600  # it holds the database password
     assert f"database_uri = {PG}\n" in ini.read_text()
     assert "default_permission = NO_PERMISSIONS\n" in ini.read_text()  # secure by default
+    assert "auth_cache_ttl_seconds = 0\n" in ini.read_text()  # a changed password counts at once
     assert ini.parent == tmp_path / "auth" and stat.S_IMODE(ini.parent.stat().st_mode) == 0o700
     # The Flask secret key: generated once into a 0600 file beside the config, handed to MLflow
     # through the environment; never argv.

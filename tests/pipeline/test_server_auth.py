@@ -49,7 +49,7 @@ def call(
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as r:
+        with urllib.request.urlopen(request, timeout=120) as r:
             status, text = r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         status, text = e.code, e.read().decode(errors="replace")
@@ -102,6 +102,10 @@ def auth_server(postgres, tmp_path_factory):
             "--auth",
             "--auth-dir",
             str(work / "auth"),
+            # Each request's password is checked with a slow hash (PBKDF2): on a busy 2-core CI
+            # machine tens of seconds of CPU over this file. Refusals are never cached.
+            "--auth-cache-seconds",
+            "600",
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
