@@ -19,10 +19,19 @@ Runs `mlflow server` with:
   and `--auth`, behind a TLS proxy;
 - `--workers N` request-handling processes (uvicorn), for many clients logging at once
   (`--worker-timeout`: seconds a worker may take to answer uvicorn's health check);
-- `--auth`: MLflow's basic-auth app. Users and permissions live in `--auth-db-uri` (default:
-  the backend database; its tables are separate); the first start creates the admin user from
-  `MLFLOW_AUTH_ADMIN_USERNAME` (default admin) and `MLFLOW_AUTH_ADMIN_PASSWORD`. Clients then
-  set `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`.
+- `--auth`: MLflow's basic-auth app (needs Flask-WTF: the `cloud` extra installs
+  `mlflow[auth]`). Users and permissions live in `--auth-db-uri` (default: the backend
+  database; its tables are separate); the first start creates the admin user from
+  `MLFLOW_AUTH_ADMIN_USERNAME` (default admin) and `MLFLOW_AUTH_ADMIN_PASSWORD`. A signed-in
+  user gets `--default-permission` (default NO_PERMISSIONS: none) on experiments and models
+  they neither created nor were granted. Clients set `MLFLOW_TRACKING_USERNAME` /
+  `MLFLOW_TRACKING_PASSWORD`.
+  The Flask secret key (signs the sign-up form's CSRF token; every worker and every server
+  behind one name must share it) comes from `MLFLOW_FLASK_SERVER_SECRET_KEY`; without it the
+  first start generates one into `--auth-dir`/flask_secret_key (0600) and later starts reuse
+  it. It reaches MLflow through the environment, never argv, and is never logged.
+  `--auth-dir` (default `~/.config/mrcnn/mlflow-server`, 0700) also holds the auth config
+  `basic_auth.ini` (0600, rewritten at each start: it may hold the database password).
 
 docs/cluster.md walks through a team setup; tests/pipeline/test_server.py starts exactly this
 command on a throwaway PostgreSQL with S3 artifacts.
@@ -33,9 +42,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import stat
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +56,16 @@ log = logging.getLogger(__name__)
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
 ARTIFACTS_ENV = "MLFLOW_ARTIFACTS_DESTINATION"
 DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "mssql", "sqlite")
+SECRET_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+SECRET_FILE = "flask_secret_key"
+AUTH_CONFIG_FILE = "basic_auth.ini"
+MIN_PASSWORD = 12  # MLflow's rule for every password, the admin's first one included
+
+
+def default_auth_dir() -> Path:
+    """`$XDG_CONFIG_HOME/mrcnn/mlflow-server` (default `~/.config/...`)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mrcnn" / "mlflow-server"
 
 
 class ServerConfigError(ValueError):
@@ -54,12 +74,14 @@ class ServerConfigError(ValueError):
 
 @dataclass
 class ServerCommand:
-    """What to run: `argv`, with `env` (secrets travel here, not in argv) and the auth config
-    file written for `--auth` (None without)."""
+    """What to run: `argv`, with `env` (secrets travel here, not in argv), the auth config
+    file written for `--auth` (None without) and where its Flask secret key came from (the
+    variable's name or the file's path; never the key)."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     auth_config: Path | None = None
+    secret_source: str = ""
 
 
 def build_command(args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerCommand:
@@ -113,33 +135,90 @@ def build_command(args: argparse.Namespace, environ: dict[str, str] | None = Non
     ]
     if args.allowed_hosts:
         argv += ["--allowed-hosts", args.allowed_hosts]
-    auth_config = None
-    if args.auth:
-        if not environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-            raise ServerConfigError(
-                "--auth needs the admin's first password in MLFLOW_AUTH_ADMIN_PASSWORD "
-                "(MLflow has no default; it is only read while the user table is empty)"
-            )
-        auth_config = _write_auth_config(args.auth_db_uri or backend, args.default_permission)
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
-        argv += ["--app-name", "basic-auth"]
-    return ServerCommand(argv, env, auth_config)
-
-
-def _write_auth_config(database_uri: str, default_permission: str) -> Path:
-    """MLflow's basic-auth ini, readable only by us (it may hold the database password)."""
-    folder = Path(tempfile.mkdtemp(prefix="mlflow-auth-"))  # 0700
-    path = folder / "basic_auth.ini"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(
-            "[mlflow]\n"
-            f"default_permission = {default_permission}\n"
-            f"database_uri = {database_uri}\n"
-            "admin_username = admin\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    if not args.auth:
+        return ServerCommand(argv, env)
+    if not environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise ServerConfigError(
+            "--auth needs the admin's first password in MLFLOW_AUTH_ADMIN_PASSWORD "
+            "(MLflow has no default; it is only read while the user table is empty)"
         )
+    if len(environ["MLFLOW_AUTH_ADMIN_PASSWORD"]) < MIN_PASSWORD:
+        raise ServerConfigError(
+            f"MLFLOW_AUTH_ADMIN_PASSWORD is shorter than {MIN_PASSWORD} characters "
+            "(MLflow refuses it)"
+        )
+    folder = Path(args.auth_dir).expanduser() if args.auth_dir else default_auth_dir()
+    _private_dir(folder)
+    auth_config = _write_auth_config(
+        folder / AUTH_CONFIG_FILE,
+        args.auth_db_uri or backend,
+        args.default_permission,
+        args.auth_cache_seconds,
+    )
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
+    if environ.get(SECRET_ENV):
+        env[SECRET_ENV], source = environ[SECRET_ENV], SECRET_ENV
+    else:
+        env[SECRET_ENV], source = _stored_secret(folder / SECRET_FILE)
+    argv += ["--app-name", "basic-auth"]
+    return ServerCommand(argv, env, auth_config, source)
+
+
+def _private_dir(folder: Path) -> None:
+    """Create `folder` 0700 if missing; refuse one that others may write or read."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if mode & 0o077:
+        raise ServerConfigError(
+            f"--auth-dir {folder} is open to other users (mode {mode:o}); "
+            f"`chmod 700 {folder}` (it holds the server's secret key and auth config)"
+        )
+
+
+def _write_private(path: Path, text: str, exclusive: bool = False) -> None:
+    """Write `text` to `path`, readable by us only (0600) from the first byte."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _write_auth_config(
+    path: Path, database_uri: str, default_permission: str, cache_seconds: int = 0
+) -> Path:
+    """MLflow's basic-auth ini, readable only by us (it may hold the database password)."""
+    _write_private(
+        path,
+        "[mlflow]\n"
+        f"default_permission = {default_permission}\n"
+        f"database_uri = {database_uri}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_seconds}\n",
+    )
     return path
+
+
+def _stored_secret(path: Path) -> tuple[str, str]:
+    """The Flask secret key kept in `path`, generated there (0600) on the first start ->
+    (key, a description of where it came from for the log)."""
+    if not path.exists():
+        try:
+            _write_private(path, secrets.token_urlsafe(32) + "\n", exclusive=True)
+            return path.read_text().strip(), f"{path} (generated now)"
+        except FileExistsError:  # another start made it meanwhile
+            pass
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ServerConfigError(
+            f"the secret key file {path} is readable by other users (mode {mode:o}): "
+            f"`chmod 600 {path}`, or delete it to generate a new one"
+        )
+    key = path.read_text().strip()
+    if not key:
+        raise ServerConfigError(f"the secret key file {path} is empty: delete it or fill it")
+    return key, str(path)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,10 +249,25 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--auth", action="store_true", help="MLflow basic auth (users, permissions)")
     ap.add_argument("--auth-db-uri", default="", help="users database (default: the backend)")
     ap.add_argument(
+        "--auth-dir",
+        default="",
+        help="folder of the auth config and the generated Flask secret key "
+        "(default: ~/.config/mrcnn/mlflow-server)",
+    )
+    ap.add_argument(
         "--default-permission",
-        default="READ",
-        choices=["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"],
-        help="what a signed-in user may do with others' experiments (%(default)s)",
+        default="NO_PERMISSIONS",
+        choices=["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"],
+        help="what a signed-in user may do with experiments and models they neither created "
+        "nor were granted (%(default)s: nothing; READ lets the team see each other's runs)",
+    )
+    ap.add_argument(
+        "--auth-cache-seconds",
+        type=int,
+        default=0,
+        help="remember an accepted login this long per worker (MLflow checks each request's "
+        "password with a slow hash; a changed password may then work this long on other "
+        "workers; default %(default)s: off)",
     )
     ap.add_argument(
         "--upgrade-db", action="store_true", help="run `mlflow db upgrade` first (after upgrades)"
@@ -184,6 +278,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.auth:
+        try:
+            import flask_wtf  # noqa: F401  (MLflow's basic-auth app imports it)
+        except ImportError:
+            sys.exit(
+                "error: --auth needs Flask-WTF: pip install 'mrcnn-pipeline[cloud]' "
+                "(or 'mlflow[auth]')"
+            )
     try:
         command = build_command(args)
     except ServerConfigError as e:
@@ -204,6 +306,13 @@ def main(argv: list[str] | None = None) -> None:
         command.argv[command.argv.index("--artifacts-destination") + 1],
         " with basic auth" if args.auth else "",
     )
+    if args.auth:
+        log.info(
+            "auth config %s, default permission %s, Flask secret key from %s",
+            command.auth_config,
+            args.default_permission,
+            command.secret_source,
+        )
     os.execve(command.argv[0], command.argv, env)
 
 

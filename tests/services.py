@@ -182,6 +182,27 @@ class Postgres:
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGINT)  # SIGINT = "fast" shutdown of the postmaster
 
+    def create_database(self, dbname: str, timeout: float = 60.0) -> str:
+        """A new empty database `dbname` in this cluster (for a server that must not share
+        tables with another test's) -> its URL. Retried while the cluster is still starting
+        (it accepts connections before it accepts logins)."""
+        bindir = postgres_bindir()
+        assert bindir is not None  # the cluster runs
+        deadline = time.monotonic() + timeout
+        while True:
+            created = subprocess.run(
+                [str(bindir / "createdb"), "-h", HOST, "-p", str(self.port), "-U", self.user]
+                + [dbname],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PGPASSWORD": self.password},
+            )
+            if created.returncode == 0:
+                return f"postgresql://{self.user}:{self.password}@{HOST}:{self.port}/{dbname}"
+            if "starting up" not in created.stderr or time.monotonic() > deadline:
+                raise ServiceUnavailable(f"createdb {dbname} failed: {created.stderr[-1500:]}")
+            time.sleep(0.5)
+
 
 def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float = 60.0) -> Postgres:
     """initdb a cluster in a fresh temp dir and run `postgres` on a free port of 127.0.0.1 with
@@ -258,14 +279,10 @@ def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float 
         **run_as,
     )
     wait_until("postgres", lambda: port_open(port), proc, log, timeout)
-    created = subprocess.run(
-        [str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", user, dbname],
-        capture_output=True,
-        text=True,
-        env={**env, "PGPASSWORD": password},
-    )
-    if created.returncode != 0:
+    server = Postgres("", port, user, password, dbname, datadir, proc, log)
+    try:
+        server.url = server.create_database(dbname, timeout)
+    except ServiceUnavailable:
         stop_process(proc, signal.SIGINT)
-        raise ServiceUnavailable(f"createdb failed: {created.stderr[-1500:]}")
-    url = f"postgresql://{user}:{password}@{HOST}:{port}/{dbname}"
-    return Postgres(url, port, user, password, dbname, datadir, proc, log)
+        raise
+    return server

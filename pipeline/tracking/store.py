@@ -14,6 +14,8 @@ its own default).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -154,15 +156,23 @@ _FIX = (
 
 
 def _check_http(uri: str, timeout_s: float) -> None:
+    """`/health` says the server is up; the experiments API, asked with the credentials MLflow
+    will send, says whether the login is accepted (401: no login or a wrong one)."""
     base = uri.rstrip("/")
+    headers = _login_header()
+    healthy = False
     last = ""
     for endpoint in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
         try:
-            with urllib.request.urlopen(base + endpoint, timeout=timeout_s) as r:
-                if r.status < 400:
+            request = urllib.request.Request(base + endpoint, headers=headers)
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+                if r.status < 400 and endpoint != "/health":
                     return
+                healthy = r.status < 400
         except urllib.error.HTTPError as e:
-            if e.code in (401, 403):  # reachable, needs credentials (MLFLOW_TRACKING_TOKEN ...)
+            if e.code == 401:
+                raise TrackingError(_login_refused(uri, bool(headers))) from None
+            if e.code == 403 or healthy:  # signed in; each experiment's permission is its own
                 return
             last = f"HTTP {e.code} from {endpoint.split('?')[0]}"
             if e.code >= 500:
@@ -174,6 +184,34 @@ def _check_http(uri: str, timeout_s: float) -> None:
             ) from None
     raise TrackingError(
         f"{redact(uri)} does not answer as an MLflow tracking server ({last}). {_FIX}"
+    )
+
+
+def _login_header() -> dict[str, str]:
+    """The Authorization header MLflow's client sends: basic auth from
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, else MLFLOW_TRACKING_TOKEN."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _login_refused(uri: str, sent: bool) -> str:
+    """The one line for a 401: which login was refused (the user name, never the password)."""
+    if not sent:
+        return (
+            f"MLflow tracking server {redact(uri)} needs a login (HTTP 401): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in "
+            "the environment, not in params.yaml"
+        )
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    who = f"user '{user}'" if user and os.environ.get("MLFLOW_TRACKING_PASSWORD") else "the token"
+    return (
+        f"MLflow tracking server {redact(uri)} refused the login of {who} (HTTP 401): check "
+        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
     )
 
 
@@ -251,16 +289,27 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return mlflow.create_experiment(
-                name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
-            )
-        except MlflowException:  # created meanwhile by another process
-            exp = mlflow.get_experiment_by_name(name)
-            if exp is None:
-                raise
+    try:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return mlflow.create_experiment(
+                    name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+                )
+            except MlflowException as e:  # created meanwhile by another process
+                if e.error_code == "PERMISSION_DENIED":
+                    raise
+                exp = mlflow.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+    except MlflowException as e:
+        if e.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this login")
+        raise TrackingError(
+            f"{user} may not use MLflow experiment '{name}' (HTTP 403): ask an admin of the "
+            "server for EDIT on it (docs/cluster.md), or set mlflow.experiment in params.yaml"
+        ) from None
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(
             f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore "
@@ -268,7 +317,9 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
         )
     for key, value in EXPERIMENT_KIND.items():  # experiments made before the tag, or by others
         if key not in exp.tags:
-            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+            # A login that may log runs but not edit the experiment leaves it as it is.
+            with contextlib.suppress(MlflowException):
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 

@@ -64,6 +64,8 @@ def test_command_for_a_team(tmp_path):
             "--allowed-hosts",
             "mlflow.team.lan,10.0.0.5:5005",
             "--auth",
+            "--auth-dir",
+            str(tmp_path / "auth"),
         ],
         {"MLFLOW_AUTH_ADMIN_PASSWORD": "first-password"},
     )
@@ -80,7 +82,35 @@ def test_command_for_a_team(tmp_path):
     assert cmd.env["MLFLOW_AUTH_CONFIG_PATH"] == str(ini)
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600  # it holds the database password
     assert f"database_uri = {PG}\n" in ini.read_text()
-    assert "default_permission = READ\n" in ini.read_text()
+    assert "default_permission = NO_PERMISSIONS\n" in ini.read_text()  # secure by default
+    assert "auth_cache_ttl_seconds = 0\n" in ini.read_text()  # a changed password counts at once
+    assert ini.parent == tmp_path / "auth" and stat.S_IMODE(ini.parent.stat().st_mode) == 0o700
+    # The Flask secret key: generated once into a 0600 file beside the config, handed to MLflow
+    # through the environment; never argv.
+    key_file = tmp_path / "auth" / server.SECRET_FILE
+    key = cmd.env[server.SECRET_ENV]
+    assert len(key) >= 32 and key_file.read_text().strip() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key not in " ".join(cmd.argv) and key not in cmd.secret_source
+    assert cmd.secret_source == f"{key_file} (generated now)"
+
+
+def test_secret_key_from_the_environment_or_kept_across_starts(tmp_path):
+    argv = ["--artifacts-destination", "/a", "--auth", "--auth-dir", str(tmp_path / "auth")]
+    environ = {server.BACKEND_ENV: PG, "MLFLOW_AUTH_ADMIN_PASSWORD": "first-password"}
+    first = _command(argv, environ)
+    again = _command(argv, environ)  # a restart: the same key, so sessions and forms survive
+    assert again.env[server.SECRET_ENV] == first.env[server.SECRET_ENV]
+    assert again.secret_source == str(tmp_path / "auth" / server.SECRET_FILE)
+    given = _command(argv, {**environ, server.SECRET_ENV: "from-the-vault"})
+    assert given.env[server.SECRET_ENV] == "from-the-vault"
+    assert given.secret_source == server.SECRET_ENV
+    (tmp_path / "auth" / server.SECRET_FILE).chmod(0o644)
+    with pytest.raises(server.ServerConfigError, match="readable by other users"):
+        _command(argv, environ)
+    (tmp_path / "auth").chmod(0o755)
+    with pytest.raises(server.ServerConfigError, match="open to other users"):
+        _command(argv, environ)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +132,11 @@ def test_command_for_a_team(tmp_path):
             ["--artifacts-destination", "/a", "--auth"],
             {server.BACKEND_ENV: PG},
             "MLFLOW_AUTH_ADMIN_PASSWORD",
+        ),
+        (
+            ["--artifacts-destination", "/a", "--auth"],
+            {server.BACKEND_ENV: PG, "MLFLOW_AUTH_ADMIN_PASSWORD": "short"},
+            "shorter than 12 characters",
         ),
     ],
 )

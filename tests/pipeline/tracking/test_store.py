@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +77,57 @@ def test_unreachable_server_fails_fast_with_the_uri_and_a_fix() -> None:
     assert uri in str(e.value)
     assert "not reachable" in str(e.value)
     assert "mlflow.tracking_uri" in str(e.value)
+
+
+class _LoginServer(http.server.BaseHTTPRequestHandler):
+    """/health answers anyone; the API only bob:right-password (as MLflow's basic auth)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        good = "Basic " + base64.b64encode(b"bob:right-password").decode()
+        ok = self.path == "/health" or self.headers.get("Authorization") == good
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "login, message",
+    [
+        ({}, "needs a login (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        (
+            {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": "wrong-password"},
+            "refused the login of user 'bob' (HTTP 401)",
+        ),
+        ({"MLFLOW_TRACKING_TOKEN": "a-token"}, "refused the login of the token (HTTP 401)"),
+        ({"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": "right-password"}, ""),
+    ],
+    ids=["missing", "wrong", "token", "right"],
+)
+def test_a_server_with_logins_is_checked_with_the_clients_login(login, message, monkeypatch):
+    """The check sends the login MLflow will send; a 401 is one line naming the user, never
+    the password (tests/pipeline/test_server_auth.py does this against MLflow's own server)."""
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in login.items():
+        monkeypatch.setenv(key, value)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        if not message:
+            check_tracking_uri(uri)
+            return
+        with pytest.raises(TrackingError) as e:
+            check_tracking_uri(uri)
+        assert message in str(e.value) and "\n" not in str(e.value)
+        assert "wrong-password" not in str(e.value) and "a-token" not in str(e.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_unreachable_database_host_is_reported_without_password() -> None:
