@@ -166,6 +166,24 @@ def test_a_metric_that_peaks_early_keeps_the_peak_and_patience_stops_at_the_next
     assert (tmp_path / "reports/train/results.png").is_file()
 
 
+def test_a_resume_keeps_the_best_so_far(tiny_shards, tmp_path, monkeypatch, scored):
+    """Crashed after the checkpoint of iteration 4 (the best, 0.04) and started again: the
+    patience state comes back with it, so the corrupted validation of iteration 6 is the first
+    miss after that best and stops the run, as in the uninterrupted run."""
+    _corrupt_at(tmp_path, monkeypatch, 5)
+    ray, uri, run_id, config = _train(
+        tmp_path, tiny_shards, monkeypatch, iterations=10, eval_every=2, patience=1
+    )
+    at_four = ray.reports[1][1]
+    again = FakeRayTrain(tmp_path / "again", registered=at_four).install(monkeypatch)
+    loop.train_loop(config)
+    assert [(m["iteration"], m[SCORE_KEY], m.get("stopped")) for m, _ in again.reports] == [
+        (6, 0.0, "early_stop")
+    ]
+    state = load_state(again.reports[0][1] / "state.pt")
+    assert state["patience"] == {"best": 0.04, "best_iteration": 4, "since_best": 1}
+
+
 def test_the_ema_is_what_is_validated_and_kept(tiny_shards, tmp_path, monkeypatch, scored):
     """With train.ema_decay the validation sees the average (not the training model) and the
     model holds it."""
