@@ -20,6 +20,10 @@ def check_range(v: tuple[float, ...], key: str, top: float) -> None:
     check(ok, key, f"must be [] or [lo, hi] with 0 < lo <= hi <= {top}")
 
 
+# train.select_metric: what periodic validation reports (auto: segm_AP with a mask head, else
+# bbox_AP; keypoints_AP for a keypoint model; `pipeline.training.selection.resolve_metric`)
+SELECT_METRICS = ("auto", "segm_AP", "bbox_AP", "keypoints_AP")
+
 # train.placement -> Ray's placement-group strategy for the worker group
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
 
@@ -29,8 +33,13 @@ class TrainParams:
     """`train`: data-parallel training with Ray Train (`pipeline.train`).
 
     `lr`, `iterations`, `warmup_iters` and `steps` are given at `reference_batch` images per
-    iteration and scale with the real global batch (workers x batch_size): the lr linearly, the
-    iteration counts inversely (Goyal et al., 2017), so one setting serves 1 CPU or 8 GPUs.
+    iteration and scale with the real global batch (workers x batch_size x accumulate): the lr
+    linearly, the iteration counts inversely (Goyal et al., 2017), so one setting serves 1 CPU
+    or 8 GPUs.
+
+    With periodic validation (`eval_every` > 0) Ray keeps the checkpoint with the best
+    `select_metric` beside the latest; `keep` says which one becomes the model, `patience`
+    stops a run whose validation stopped improving, `max_minutes` one that used its time.
     """
 
     num_workers: int = 1  # Ray Train workers: CPU processes here, one per GPU with use_gpu
@@ -59,8 +68,14 @@ class TrainParams:
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 200
-    eval_every: int = 0  # val segm AP every N iterations (sweeps); 0 = only in `evaluate`
+    eval_every: int = 0  # val AP every N iterations (best checkpoint, patience); 0 = off
     eval_images: int = 100  # val images used by those periodic evaluations
+    select_metric: str = "auto"  # the val AP that ranks checkpoints; auto: segm (bbox, keypoints)
+    keep: str = "best"  # best | last: the checkpoint models/final is made of (best: eval_every)
+    patience: int = 0  # stop after this many validations without improvement; 0 = off
+    max_minutes: float = 0.0  # stop cleanly (checkpoint first) after this training time; 0 = off
+    ema_decay: float = 0.0  # EMA of the weights, validated and saved instead of them; 0 = off
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     # Ray run = <run_name>-<hash of shards/model/train params>; "" = <data source>-<preset>
     run_name: str = ""
@@ -70,8 +85,9 @@ class TrainParams:
     init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
 
     def global_batch(self, world_size: int | None = None) -> int:
-        """Images per iteration over all workers (`world_size` defaults to num_workers)."""
-        return self.batch_size * max(1, world_size or self.num_workers)
+        """Images per iteration (optimizer step) over all workers and accumulated micro-batches
+        (`world_size` defaults to num_workers): the batch the linear scaling rule counts."""
+        return self.batch_size * max(1, world_size or self.num_workers) * self.accumulate
 
     def validate(self) -> None:
         check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = in-process, no Ray)")
@@ -92,6 +108,22 @@ class TrainParams:
         for name in ("log_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
+        check(self.eval_images >= 1, "eval_images", "must be >= 1")
+        check(
+            self.select_metric in SELECT_METRICS,
+            "select_metric",
+            f"must be one of {SELECT_METRICS}",
+        )
+        check(self.keep in ("best", "last"), "keep", "must be best or last")
+        check(self.patience >= 0, "patience", "must be >= 0 (0 = off)")
+        check(
+            not self.patience or self.eval_every > 0,
+            "patience",
+            "counts validations: it needs train.eval_every > 0",
+        )
+        check(self.max_minutes >= 0, "max_minutes", "must be >= 0 (0 = off)")
+        check(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = off)")
+        check(self.accumulate >= 1, "accumulate", "must be >= 1")
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
         check(self.placement in PLACEMENTS, "placement", f"must be one of {sorted(PLACEMENTS)}")
         check(

@@ -7,9 +7,18 @@ checkpoints every `train.checkpoint_every` iterations, resume of a run started a
 same parameters (same run name), a dead worker replaced (`train.max_failures`), a non-finite
 loss stopping every worker with an error naming the iteration. Rank 0 logs to MLflow.
 
+With periodic validation (`train.eval_every`) Ray keeps the best checkpoint by
+`train.select_metric` beside the latest, and `train.keep` (best | last) says which one the model
+is made of; `train.patience` and `train.max_minutes` stop a run early, with a checkpoint, and
+the stage still succeeds. With `train.ema_decay` the model holds the EMA of the weights. The
+driver shows rank 0's progress as one live line.
+
 Writes the final model (`mrcnn.weights.save`: weights + config with the class map),
-`metrics/train.json` (metrics only: iterations, images seen, final loss, wall time, resumes),
-`metrics/train_run.json` (run name, MLflow run id, checkpoint) and `reports/train/losses.{csv,png}`.
+`metrics/train.json` (metrics only: iterations, images seen, final loss, wall time, resumes;
+`stopped`: iterations | early_stop | time_budget; `best_iteration`, `best_metric`,
+`best_value`, `kept` and `kept_iteration`: which checkpoint the model is), `metrics/train_run.json`
+(run name, MLflow run id, checkpoint) and `reports/train/`: `losses.{csv,png}` and
+`results.png` (losses, lr and validation AP over the iterations, the best marked).
 """
 
 from __future__ import annotations
@@ -31,13 +40,14 @@ from mrcnn.fileio import replace_dir, write_json_atomic
 from mrcnn.modeling.model import build_model
 from pipeline import cli, layout
 from pipeline.params import Params, load
-from pipeline.reporting.train import write_loss_reports
+from pipeline.reporting.train import write_loss_reports, write_results_figure
 from pipeline.tracking import store
 from pipeline.tracking import training as tracked_run
 from pipeline.tracking.store import Tracking, TrackingError
 from pipeline.train_params import TrainParams
 from pipeline.training import driver
 from pipeline.training.checkpoints import STATE_FILE, NonFiniteLossError, load_state
+from pipeline.training.selection import Choice, choose, resolve_metric
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +94,7 @@ def run(params: Params, paths: TrainPaths) -> dict[str, Any]:
     start = time.time()
     try:
         config = driver.loop_config(job.recipe, job.cfg, paths.shards, uri, job.mlflow_run_id)
-        result = driver.fit(config, job.recipe, job.name, paths.storage)
+        result = driver.fit(config, job.recipe, job.name, paths.storage, progress=True)
         this = {"wall_s": round(time.time() - start, 1), "status": "finished"}
         attempts = [*driver.read_attempts(job.run_dir), this]  # this one recorded once done
         out = _write_outputs(result, job, paths, attempts)
@@ -114,6 +124,8 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     recipe = params.train
     check_inputs(recipe, cfg, paths.shards)
     warn_about_recipe(recipe)
+    if recipe.eval_every:
+        resolve_metric(recipe.select_metric, cfg)  # a metric this model lacks fails here
     if not recipe.run_name:  # <data source>-<preset>, e.g. shapes-shapes-small
         recipe = replace(recipe, run_name=driver.default_run_label(manifest, params.preset))
     name = driver.run_name(recipe, cfg, manifest)
@@ -156,49 +168,106 @@ def _write_outputs(
 ) -> dict[str, Any]:
     """Model, losses, train.json, train_run.json: each built beside its target, then swapped in
     (a failure before the swaps leaves the previous outputs as they were)."""
-    with result.checkpoint.as_directory() as d:  # downloaded first from object storage
-        state = load_state(Path(d) / STATE_FILE)
+    choice = choose(result, job.recipe.keep)
+    latest = _load(result.checkpoint)
+    kept = latest if choice.checkpoint.path == result.checkpoint.path else _load(choice.checkpoint)
     model = build_model(job.cfg)
-    model.load_state_dict(state["model"])
-    history = tracked_run.loss_history(paths.tracking.uri, job.mlflow_run_id)
+    model.load_state_dict(kept["ema"]["weights"] if "ema" in kept else kept["model"])
+    uri = paths.tracking.uri
+    history = tracked_run.loss_history(uri, job.mlflow_run_id)
+    validations = tracked_run.val_history(uri, job.mlflow_run_id)
     metrics = {
-        "iterations": int(state["iteration"]),
-        "images_seen": int(state["iteration"]) * job.recipe.global_batch(),
+        "iterations": int(latest["iteration"]),
+        "images_seen": int(latest["iteration"]) * job.recipe.global_batch(),
         "final_loss": history[-1].get("loss") if history else None,
         "wall_s": round(sum(a["wall_s"] for a in attempts), 1),  # over every attempt
         "attempts": len(attempts),
-        "resumes": int(state.get("resumes", 0)),  # continued from a checkpoint
-    }
+        "resumes": int(latest.get("resumes", 0)),  # continued from a checkpoint
+    } | _selection(job, latest, kept, choice)
     run_info = {
         "run_name": job.name,
         "mlflow_run_id": job.mlflow_run_id,
-        "checkpoint": str(result.checkpoint.path),
+        "checkpoint": str(choice.checkpoint.path),  # the one the model is made of
+        "latest_checkpoint": str(result.checkpoint.path),
         "data_source": driver.data_source(job.train_set.manifest),
     }
     extra = {"class_map": job.train_set.manifest.get("class_map", {}), "run_name": job.name}
-    _swap_in(paths, history, lambda d: weights.save(model, d, extra, preset=job.preset))
+
+    def reports(out: Path) -> None:
+        write_loss_reports(history, out)
+        write_results_figure(history, validations, metrics, out)
+
+    _swap_in(paths, reports, lambda d: weights.save(model, d, extra, preset=job.preset))
     write_json_atomic(paths.metrics, metrics)
     write_json_atomic(paths.run_info, run_info)
+    _log_outcome(uri, job.mlflow_run_id, metrics, paths.reports)
+    return metrics | run_info
+
+
+def _load(checkpoint: Any) -> dict[str, Any]:
+    with checkpoint.as_directory() as d:  # downloaded first from object storage
+        return load_state(Path(d) / STATE_FILE)
+
+
+def _selection(
+    job: TrainingRun, latest: dict[str, Any], kept: dict[str, Any], choice: Choice
+) -> dict[str, Any]:
+    """train.json's account of the stop and the choice: why training stopped, the best
+    validation (None without one), which checkpoint the model is and whether it holds the EMA
+    of the weights."""
+    metric = resolve_metric(job.recipe.select_metric, job.cfg) if job.recipe.eval_every else None
+    out = {
+        "stopped": latest.get("stopped") or "iterations",
+        "best_iteration": choice.best_iteration,
+        "best_metric": metric,
+        "best_value": choice.best_value,
+        "kept": choice.kept,
+        "kept_iteration": int(kept["iteration"]),
+        "weights": "ema" if "ema" in kept else "raw",
+    }
+    logger.info(
+        "training stopped (%s) at iteration %d; the model is the %s checkpoint, iteration %d%s",
+        out["stopped"],
+        int(latest["iteration"]),
+        out["kept"],
+        out["kept_iteration"],
+        f" (best val {metric} {choice.best_value:.4f} at iteration {choice.best_iteration})"
+        if choice.best_value is not None
+        else "",
+    )
+    return out
+
+
+def _log_outcome(uri: str, run_id: str, metrics: dict[str, Any], reports: Path) -> None:
+    """What the MLflow run gets at the end: wall time, images, the best validation, why it
+    stopped and what was kept (tags), and the report pictures."""
     outcome = {  # wall_s: every attempt together
         "train/wall_s": metrics["wall_s"],
         "train/images_seen": metrics["images_seen"],
     }
-    losses_png = paths.reports / "losses.png"
-    tracked_run.log_outcome(paths.tracking.uri, job.mlflow_run_id, outcome, [losses_png], "train")
-    return metrics | run_info
+    if metrics["best_iteration"] is not None:
+        outcome["train/best_iteration"] = metrics["best_iteration"]
+        outcome[f"train/best_{metrics['best_metric']}"] = metrics["best_value"]
+    tags = {
+        "train.stopped": metrics["stopped"],
+        "train.kept": f"{metrics['kept']} (iteration {metrics['kept_iteration']})",
+        "train.weights": metrics["weights"],
+    }
+    pictures = [reports / "losses.png", reports / "results.png"]
+    tracked_run.log_outcome(uri, run_id, outcome, pictures, "train", tags=tags)
 
 
 def _swap_in(
-    paths: TrainPaths, history: list[dict[str, float]], save_model: Callable[[Path], Any]
+    paths: TrainPaths, write_reports: Callable[[Path], Any], save_model: Callable[[Path], Any]
 ) -> None:
-    """The model folder (written by `save_model`) and the loss reports, staged beside their
-    targets, then moved into place."""
+    """The model folder (written by `save_model`) and the reports (`write_reports`), staged
+    beside their targets, then moved into place."""
     staged_model = paths.model_dir.with_name(f".{paths.model_dir.name}.new")
     staged_reports = paths.reports.with_name(f".{paths.reports.name}.new")
     for d in (staged_model, staged_reports):
         shutil.rmtree(d, ignore_errors=True)
     save_model(staged_model)
-    write_loss_reports(history, staged_reports)
+    write_reports(staged_reports)
     replace_dir(staged_model, paths.model_dir)
     paths.reports.mkdir(parents=True, exist_ok=True)
     for f in sorted(staged_reports.iterdir()):

@@ -6,7 +6,8 @@ on its worker, read back for the loss curves, closed with the outcome.
     active.log_metrics({"loss": 0.7}, step=20)                      # rank 0, every log_every
     end_on_worker("FINISHED")
     loss_history(uri, run_id)                                       # driver: one row per step
-    log_outcome(uri, run_id, {"train/wall_s": 61.0}, [losses_png], "train")
+    val_history(uri, run_id)                                        # driver: one per validation
+    log_outcome(uri, run_id, {"train/wall_s": 61.0}, [losses_png], "train", tags={...})
 """
 
 from __future__ import annotations
@@ -74,19 +75,39 @@ def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
     return [rows[s] for s in sorted(rows)]
 
 
+VAL_PREFIX = "val/"  # periodic validation's metrics: val/bbox_AP, val/segm_AP, ...
+
+
+def val_history(uri: str, run_id: str) -> list[dict[str, float]]:
+    """The periodic validations of a run (`val/<iou type>_AP`), one row per validated
+    iteration: {"step": iteration, "bbox_AP": ..., "segm_AP": ...}; [] without validation."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith(VAL_PREFIX))
+    rows: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(m.step, {"step": m.step})[key.removeprefix(VAL_PREFIX)] = m.value
+    return [rows[s] for s in sorted(rows)]
+
+
 def log_outcome(
     uri: str,
     run_id: str,
     metrics: Mapping[str, float],
     files: Iterable[Path],
     artifact_path: str,
+    tags: Mapping[str, str] | None = None,
 ) -> None:
     """What the driver adds to the run once training is over (the run need not be active):
-    `metrics` and `files` (artifacts under `artifact_path`)."""
+    `metrics`, `tags` and `files` (artifacts under `artifact_path`)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path)

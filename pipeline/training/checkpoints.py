@@ -1,10 +1,11 @@
 """The checkpoint / resume protocol of a training run.
 
 A checkpoint is a directory that every rank reports together through `ray.train.report` (a
-barrier): rank 0 writes `state.pt` (model, optimizer, scheduler, iteration, resume count), each
+barrier): rank 0 writes `state.pt` (model, optimizer, scheduler, iteration, resume count; the
+EMA (`ema`), the patience state, the training seconds and why the run stopped, if it did), each
 rank its RNG state `rng_rank<r>.pt`, and on the last iteration a digest of its parameters
-`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them) and the Ray node it ran
-on, `node_rank<r>.txt`. Ray Train registers the
+`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them), of its EMA's
+(`ema_rank<r>.sha256`) and the Ray node it ran on, `node_rank<r>.txt`. Ray Train registers the
 directory under the run's storage and restores the latest one when the run is started again
 with the same name (`resume_state`).
 
@@ -35,10 +36,14 @@ class NonFiniteLossError(RuntimeError):
 
 
 def report_checkpoint(
-    state: dict[str, Any], metrics: dict[str, Any], rank: int, digest: str | None = None
+    state: dict[str, Any],
+    metrics: dict[str, Any],
+    rank: int,
+    digest: str | None = None,
+    ema_digest: str | None = None,
 ) -> None:
     """Every rank reports (a barrier); rank 0 writes the weights, each rank its RNG state (and
-    on the last one a digest of its parameters)."""
+    on the last one a digest of its parameters, and of its EMA's when it keeps one)."""
     import ray
     import ray.train
 
@@ -46,6 +51,8 @@ def report_checkpoint(
         if rank == 0:
             torch.save(state, Path(d) / STATE_FILE)
         torch.save(torch.get_rng_state(), Path(d) / f"rng_rank{rank}.pt")
+        if ema_digest:
+            (Path(d) / f"ema_rank{rank}.sha256").write_text(ema_digest)
         if digest:
             (Path(d) / f"weights_rank{rank}.sha256").write_text(digest)
             node = ray.get_runtime_context().get_node_id()  # where this rank ran

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,21 @@ from pipeline.train_params import PLACEMENTS, TrainParams
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
 from pipeline.training.periodic_eval import val_annotations
+from pipeline.training.progress import PROGRESS_FILE, ProgressLine
 from pipeline.training.runtime import init_ray
+from pipeline.training.selection import checkpoint_config
 
 logger = logging.getLogger(__name__)
 
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run directory: the MLflow run it logs to
 ATTEMPTS_FILE = "attempts.json"  # in the run directory: one entry per start of the stage
-# Settings that do not change what is trained: changing them resumes the same run.
+# Settings that do not change what is trained: changing them resumes the same run. (Patience
+# and the time budget only say where to stop: raising them continues a stopped run.)
 NOT_IN_RUN_NAME = (
     "max_failures",
+    "patience",
+    "max_minutes",
+    "keep",
     "log_every",
     "loader_workers",
     "storage_path",
@@ -117,16 +124,19 @@ def fit(
     name: str,
     storage_path: Path | str,
     callbacks: list | None = None,
+    progress: bool = False,
 ):
     """Run `train_loop` under a Ray Train `TorchTrainer` -> its `Result`.
 
     `storage_path`: a folder every node sees, or a URL (s3://bucket/prefix: checkpoints and run
     files go there through Ray's pyarrow filesystem, credentials from each node's environment).
     Workers are placed by `train.placement` (Ray placement-group strategy: PACK fills a node
-    first, SPREAD / STRICT_SPREAD put them on different nodes). Raises `NonFiniteLossError`
-    when the loss went NaN/inf."""
+    first, SPREAD / STRICT_SPREAD put them on different nodes). With periodic validation Ray
+    keeps the best checkpoint beside the latest (`pipeline.training.selection`). `progress`:
+    show rank 0's progress as one live line (`pipeline.training.progress.ProgressLine`).
+    Raises `NonFiniteLossError` when the loss went NaN/inf."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     init_ray()
@@ -145,13 +155,15 @@ def fit(
             name=name,
             storage_path=resolve(storage_path),
             failure_config=FailureConfig(max_failures=params.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=checkpoint_config(params),
             callbacks=callbacks or [],
         ),
     )
     run_dir = storage.join(resolve(storage_path), name)
-    storage.remove(storage.join(run_dir, NONFINITE_FILE))  # from an earlier attempt of this run
-    result = trainer.fit()
+    for stale in (NONFINITE_FILE, PROGRESS_FILE):  # from an earlier attempt of this run
+        storage.remove(storage.join(run_dir, stale))
+    with ProgressLine(run_dir) if progress else nullcontext():
+        result = trainer.fit()
     raise_if_nonfinite(run_dir)
     return result
 

@@ -6,6 +6,8 @@ it afterwards. Without the variable nothing is read and nothing happens.
 
     {"kill": {"rank": 1, "iteration": 4, "marker": "/tmp/x"}}   SIGKILL that worker once
     {"nan_iteration": 4}                                         that iteration's loss is NaN
+    {"corrupt_iteration": 5}     noise (std 1, the same on every rank) added to every weight
+                                 before that iteration: the validation metric collapses
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import os
 import signal
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 ENV = "MRCNN_TEST_FAULTS"
 
@@ -37,3 +42,14 @@ def inject(spec: dict[str, Any], rank: int, iteration: int) -> bool:
             marker.write_text(f"killed rank {rank} at iteration {iteration}\n")
             os.kill(os.getpid(), signal.SIGKILL)
     return spec.get("nan_iteration") == iteration
+
+
+def corrupt(spec: dict[str, Any], model: nn.Module, iteration: int) -> None:
+    """Add seeded noise to every parameter of `model` if `spec` says so for `iteration` (the
+    same noise on every rank, so DDP's copies stay equal)."""
+    if spec.get("corrupt_iteration") != iteration:
+        return
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))

@@ -1,11 +1,21 @@
-"""The loop every Ray Train worker runs (`train_loop`), and rank 0's logging.
+"""The loop every Ray Train worker runs (`train_loop`).
 
-Each worker builds the same model (same seed), wraps it in DDP (`ray.train.torch.prepare_model`:
-gloo on CPU, NCCL on GPU), reads its share of every global batch (`mrcnn.data.TrainLoader`),
-runs bf16 autocast on GPU, clips gradients, steps the lr schedule, and every
-`train.checkpoint_every` iterations reports a checkpoint (`pipeline.training.checkpoints`). A
-non-finite loss on any rank stops every rank at the same iteration (one tiny all-reduce).
-Rank 0 logs losses, lr, images/s and memory to MLflow and a progress line to the log.
+Each worker builds the same model (same seed), keeps an EMA of its weights when
+`train.ema_decay` > 0 (`pipeline.training.ema`), wraps the model in DDP
+(`ray.train.torch.prepare_model`: gloo on CPU, NCCL on GPU), reads its share of every global
+batch (`mrcnn.data.TrainLoader`: `train.accumulate` micro-batches per iteration) and runs the
+step of `pipeline.training.step` (bf16 autocast on GPU, clipping, lr schedule, EMA), which
+leaves the losses on the device.
+
+The host waits for the device only at *checks*: log steps and checkpoints. There the loss
+window is read once (`LossWindow.read`) and the ranks agree (one tiny all-reduce) on the first
+non-finite iteration, which stops every rank before anything of it is checkpointed, and on the
+time budget (`train.max_minutes`). A checkpoint is reported every `train.checkpoint_every`
+iterations, at every validation (`train.eval_every`: rank 0 validates the EMA, or the weights
+without one, and tells the others the result), at a stop and at the end; it carries the
+validation score Ray ranks checkpoints on (`pipeline.training.selection`) and, at a stop, why
+(`pipeline.training.stopping`). Rank 0 logs to MLflow and writes the progress record the
+driver shows (`pipeline.training.progress`).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +36,6 @@ from mrcnn.data import Augmentation, ShardDataset, TrainLoader, storage
 from mrcnn.modeling.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
 from pipeline.paramfile import from_dict
-from pipeline.tracking import active
-from pipeline.tracking import training as tracked_run
 from pipeline.train_params import TrainParams
 from pipeline.training import faults
 from pipeline.training.checkpoints import (
@@ -36,9 +45,77 @@ from pipeline.training.checkpoints import (
     resume_state,
     write_run_file,
 )
-from pipeline.training.periodic_eval import PeriodicEval
+from pipeline.training.ema import ModelEma
+from pipeline.training.periodic_eval import PeriodicEval, iou_types_of
+from pipeline.training.progress import PROGRESS_FILE, RankZeroLog
+from pipeline.training.selection import SCORE_KEY, UNSCORED, resolve_metric
+from pipeline.training.step import LossWindow, TrainStep, agree
+from pipeline.training.stopping import Budget, Patience, still_stopped
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """What one worker trains and how it reports (built by `train_loop`)."""
+
+    p: TrainParams
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    patience: Patience
+    budget: Budget
+    log: RankZeroLog
+    evaluate: PeriodicEval | None
+    metric: str | None
+    total: int  # the run's last iteration
+    resumes: int = 0
+
+    def checkpoint(
+        self, n: int, loss: torch.Tensor, validate: bool, stop: str | None
+    ) -> str | None:
+        """Validate (when due) and report the checkpoint of iteration `n` on every rank ->
+        why the run stops here (`stop`, or early_stop from this validation), or None."""
+        metrics: dict[str, Any] = {"iteration": n, "loss": loss.item()}
+        if self.metric is not None:
+            metrics[SCORE_KEY] = UNSCORED
+        if validate:
+            t0 = time.monotonic()
+            found, early = share(self._validate(n) if self.rank == 0 else None, self.world)
+            metrics |= found
+            stop = stop or ("early_stop" if early else None)
+            self.log.paused(time.monotonic() - t0)
+        if stop:
+            metrics["stopped"] = stop
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": n,
+            "resumes": self.resumes,
+            "patience": self.patience.state_dict(),
+            "elapsed_s": self.budget.elapsed(),
+            "stopped": stop,
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        last = stop is not None or n == self.total
+        digest = parameters_digest(self.model) if last else None
+        ema_digest = parameters_digest(self.ema.module) if last and self.ema else None
+        report_checkpoint(state, metrics, self.rank, digest, ema_digest)
+        return stop
+
+    def _validate(self, n: int) -> tuple[dict[str, float], bool]:
+        """Rank 0: the val APs of the EMA (or the weights) and whether patience ran out."""
+        found = self.evaluate(self.ema.module if self.ema is not None else self.model, n)
+        value = found[self.metric]
+        self.patience.validated(n, value)
+        self.log.validated(n, value, (self.patience.best_iteration, self.patience.best))
+        return found | {SCORE_KEY: value}, self.patience.exhausted
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -58,6 +135,7 @@ def train_loop(config: dict[str, Any]) -> None:
     sched = scale_schedule(
         p.lr, p.iterations, p.warmup_iters, global_batch, p.reference_batch, p.schedule, p.steps
     )
+    metric = resolve_metric(p.select_metric, cfg) if p.eval_every else None
 
     torch.manual_seed(p.seed)  # identical initial weights on every rank
     model = build_model(cfg)
@@ -66,25 +144,34 @@ def train_loop(config: dict[str, Any]) -> None:
     if p.channels_last:
         model.use_channels_last()
     model.to(device)
+    ema = ModelEma(model, p.ema_decay) if p.ema_decay else None  # before compile: plain copy
     if p.compile:
         model.compile_static()
     optimizer = build_optimizer(model, p.optimizer, sched.lr, p.weight_decay, p.momentum)
     scheduler = lr_scheduler(optimizer, sched)
     ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1
 
-    start, resumes = 0, 0
+    patience = Patience(p.patience)
+    start, resumes, elapsed, stopped = 0, 0, 0.0, None
     state = resume_state(rank)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, resumes = int(state["iteration"]), int(state.get("resumes", 0)) + 1
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
+        start, resumes, elapsed, stopped = restore(
+            state, model, optimizer, scheduler, ema, patience
+        )
         logger.info("rank %d resumed at iteration %d (resume #%d)", rank, start, resumes)
         del state
     else:
         torch.manual_seed(p.seed * 1000 + rank)  # sampling randomness differs per rank
+    budget = Budget(p.max_minutes, elapsed)
+    if still_stopped(stopped, patience, budget):
+        logger.info(
+            "rank %d: the run stopped (%s) at iteration %d; raise train.patience or "
+            "train.max_minutes to continue it",
+            rank,
+            stopped,
+            start,
+        )
+        return
 
     loader = TrainLoader(
         ShardDataset(
@@ -94,7 +181,7 @@ def train_loop(config: dict[str, Any]) -> None:
         seed=p.seed,
         rank=rank,
         world_size=world,
-        start_iteration=start,
+        start_iteration=start * p.accumulate,  # the loader counts micro-batches
         hflip=p.hflip,
         augment=augmentation(p),
         max_gt=p.max_gt,
@@ -103,55 +190,109 @@ def train_loop(config: dict[str, Any]) -> None:
         keypoint_flip_map=cfg.keypoints.flip_map,
         num_keypoints=cfg.keypoints.count or None,
     )
-    log = RankZeroLog(config["mlflow"], enabled=rank == 0, resumed=start > 0)
-    evaluate = PeriodicEval(config, p) if p.eval_every and rank == 0 else None
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if p.amp and device.type == "cuda"
-        else nullcontext()
+    log = RankZeroLog(
+        config["mlflow"],
+        enabled=rank == 0,
+        resumed=start > 0,
+        start=start,
+        total=sched.iterations,
+        global_batch=global_batch,
+        device=device,
+        metric=metric,
+        write=lambda record: write_run_file(PROGRESS_FILE, record),
     )
+    evaluate = PeriodicEval(config, p, iou_types_of(cfg)) if p.eval_every and rank == 0 else None
+    worker = Worker(
+        p, rank, world, device, model, ema, optimizer, scheduler, patience, budget, log,
+        evaluate, metric, sched.iterations, resumes,
+    )  # fmt: skip
+    bf16 = p.amp and device.type == "cuda"
+    step = TrainStep(
+        ddp,
+        model,
+        optimizer,
+        scheduler,
+        accumulate=p.accumulate,
+        grad_clip=p.grad_clip,
+        autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext(),
+        ema=ema,
+    )
+    window = LossWindow(device)
     fault = faults.load()
     batches = iter(loader)
     ddp.train()
-    finished = False
+    status = "FAILED"  # on an error or a non-finite loss (train.status: the driver)
     try:
         for it in range(start, sched.iterations):
             nan = faults.inject(fault, rank, it) if fault else False
-            batch = next(batches).to(device, non_blocking=True)
-            with amp:
-                losses = ddp(batch)
-            loss = model.total_loss(losses) * (float("nan") if nan else 1.0)
-            if not all_finite(loss, world):
+            if fault:
+                faults.corrupt(fault, model, it)
+            micro = (next(batches).to(device, non_blocking=True) for _ in range(p.accumulate))
+            terms, total = step(micro, poison=nan)
+            window.add(it, terms, total)
+
+            n = it + 1  # iterations done
+            done = n == sched.iterations
+            log_due = n % p.log_every == 0 or done
+            validate = p.eval_every > 0 and (n % p.eval_every == 0 or done)
+            save_due = n % p.checkpoint_every == 0 or done or validate
+            if not (log_due or save_due):
+                continue  # no host sync on this iteration
+            first_bad, bad_terms, means = window.read(reset=log_due)
+            first_bad, out_of_time = agree(first_bad, budget.exhausted, world, device)
+            if first_bad is not None:  # nothing after it is checkpointed
                 if rank == 0:
-                    found = {k: v.item() for k, v in losses.items()}
-                    write_run_file(NONFINITE_FILE, {"iteration": it, "losses": found})
+                    write_run_file(NONFINITE_FILE, {"iteration": first_bad, "losses": bad_terms})
                 return
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            lr = scheduler.get_last_lr()[0]
-            log.step(it + 1, losses, loss, lr, global_batch, device, p.log_every, sched.iterations)
-            done = it + 1 == sched.iterations
-            eval_due = p.eval_every > 0 and ((it + 1) % p.eval_every == 0 or done)
-            if (it + 1) % p.checkpoint_every == 0 or done or eval_due:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "iteration": it + 1,
-                    "resumes": resumes,
-                }
-                metrics = {"iteration": it + 1, "loss": loss.item()}
-                if eval_due and evaluate is not None:  # rank 0; the others wait in report
-                    metrics |= evaluate(model, it + 1)
-                digest = parameters_digest(model) if done else None
-                report_checkpoint(state, metrics, rank, digest)
-        finished = True
-    finally:  # FAILED, not FINISHED, on an error or a non-finite loss (train.status: the driver)
-        log.close("FINISHED" if finished else "FAILED")
+            if log_due:
+                log.log(n, means, scheduler.get_last_lr()[0])
+            stop = "time_budget" if out_of_time else ("iterations" if done else None)
+            if save_due or stop:
+                validate = validate or (stop is not None and p.eval_every > 0)
+                stop = worker.checkpoint(n, total, validate, stop)
+            if stop:
+                log.stopped(stop)
+                break
+        status = "FINISHED"
+    finally:
+        log.close(status)
+
+
+def restore(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema: ModelEma | None,
+    patience: Patience,
+) -> tuple[int, int, float, str | None]:
+    """Load a checkpoint's state (and this rank's RNG state) -> (iteration, resume count,
+    training seconds so far, why it stopped or None)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state.get("ema") or {"weights": state["model"], "updates": 0})
+    if "patience" in state:
+        patience.load_state_dict(state["patience"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"])
+    resumes = int(state.get("resumes", 0)) + 1
+    return (
+        int(state["iteration"]),
+        resumes,
+        float(state.get("elapsed_s", 0.0)),
+        state.get("stopped"),
+    )
+
+
+def share(value: Any, world: int) -> Any:
+    """Rank 0's `value` on every rank (one broadcast; nothing to do with one worker)."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def load_init_weights(model: torch.nn.Module, path: Path) -> None:
@@ -169,82 +310,3 @@ def augmentation(p: TrainParams) -> Augmentation:
         short_sides=tuple(p.short_sides),
         crop=tuple(p.random_crop) or None,
     )
-
-
-def all_finite(loss: torch.Tensor, world: int) -> bool:
-    """True when every rank's loss is finite (one tiny all-reduce, so all ranks stop together)."""
-    ok = torch.isfinite(loss.detach()).float().reshape(1)
-    if world > 1:
-        ok = ok.cpu() if dist.get_backend() == "gloo" else ok
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item() == 1.0)
-
-
-class RankZeroLog:
-    """Losses, lr, images/s and memory to MLflow (rank 0 only) and a progress line to the log.
-
-    The loss names are the keys of the model's loss dict (plus the weighted total `loss`)."""
-
-    def __init__(self, mlflow_cfg: dict[str, Any], enabled: bool, resumed: bool) -> None:
-        self.enabled = enabled
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        self.t0 = time.time()
-        if enabled:
-            status = "resumed" if resumed else "running"
-            tracked_run.resume_on_worker(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"], status)
-
-    def step(
-        self,
-        it: int,
-        losses: dict[str, torch.Tensor],
-        loss: torch.Tensor,
-        lr: float,
-        global_batch: int,
-        device: torch.device,
-        every: int,
-        total: int,
-    ) -> None:
-        if not self.enabled:
-            return
-        for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.item()
-        self.sums["loss"] = self.sums.get("loss", 0.0) + loss.item()
-        self.count += 1
-        if it % every and it != total:
-            return
-        dt = time.time() - self.t0
-        metrics = {k: v / self.count for k, v in self.sums.items()}
-        metrics["lr"] = lr
-        metrics["images_per_s"] = self.count * global_batch / max(dt, 1e-9)
-        metrics["memory_gb"] = memory_gb(device)
-        active.log_metrics(metrics, step=it)
-        eta = (total - it) * dt / self.count
-        logger.info(
-            "iter %d/%d loss %.4f lr %.2e %.1f img/s eta %s",
-            it,
-            total,
-            metrics["loss"],
-            lr,
-            metrics["images_per_s"],
-            hms(eta),
-        )
-        self.sums, self.count, self.t0 = {}, 0, time.time()
-
-    def close(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            tracked_run.end_on_worker(status)
-
-
-def memory_gb(device: torch.device) -> float:
-    """Peak GPU memory allocated, or this process's resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    import psutil
-
-    return psutil.Process().memory_info().rss / 1e9
-
-
-def hms(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"

@@ -22,9 +22,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
 from mrcnn.data.shards import GROUND_TRUTH
-from mrcnn.evaluation.coco_eval import coco_evaluate
+from mrcnn.evaluation.coco_eval import COCO_PERSON_OKS_SIGMAS, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
 from pipeline.tracking import active
 from pipeline.train_params import TrainParams
@@ -33,9 +34,14 @@ logger = logging.getLogger(__name__)
 
 
 class PeriodicEval:
-    """`evaluate(model, iteration) -> {"bbox_AP", "segm_AP"}`, also logged to MLflow."""
+    """`evaluate(model, iteration) -> {"<iou type>_AP": AP}` for each of `iou_types` (bbox,
+    segm with a mask head, keypoints with a keypoint head: `iou_types_of`), also logged to
+    MLflow as `val/<iou type>_AP`."""
 
-    def __init__(self, config: dict[str, Any], p: TrainParams) -> None:
+    def __init__(
+        self, config: dict[str, Any], p: TrainParams, iou_types: tuple[str, ...] = ("bbox", "segm")
+    ) -> None:
+        self.iou_types = iou_types
         self.val = ShardDataset(
             storage.join(config["shards"], "val"), cache_dir=p.shard_cache or None
         )
@@ -48,16 +54,23 @@ class PeriodicEval:
         results = predict_dataset(
             model, self.val, self.batch_size, max_images=len(self.image_ids), progress=False
         )
-        scores = coco_evaluate(self.gt, results, image_ids=self.image_ids)
-        metrics = {"bbox_AP": scores.metrics["bbox"]["AP"], "segm_AP": scores.metrics["segm"]["AP"]}
+        scores = coco_evaluate(self.gt, results, self.iou_types, image_ids=self.image_ids)
+        metrics = {f"{t}_AP": scores.metrics[t]["AP"] for t in self.iou_types}
         active.log_metrics_if_active({f"val/{k}": v for k, v in metrics.items()}, step=iteration)
-        logger.info(
-            "iteration %d: val bbox AP %.3f, segm AP %.3f",
-            iteration,
-            metrics["bbox_AP"],
-            metrics["segm_AP"],
-        )
+        # the driver's progress line shows it (not a Ray worker line)
+        logger.debug("iteration %d: val %s", iteration, metrics)
         return metrics
+
+
+def iou_types_of(cfg: Config) -> tuple[str, ...]:
+    """What a model is validated on: bbox, segm with a mask head, keypoints with a keypoint
+    head of COCO's 17 person keypoints (the OKS sigmas periodic validation knows; other
+    keypoint sets are scored by the evaluate stage with `evaluate.oks_sigmas`)."""
+    return (
+        ("bbox",)
+        + (("segm",) if cfg.roi_heads.masks else ())
+        + (("keypoints",) if cfg.keypoints.count == len(COCO_PERSON_OKS_SIGMAS) else ())
+    )
 
 
 def val_annotations(shards: storage.Location) -> str:

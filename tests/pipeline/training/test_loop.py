@@ -1,7 +1,9 @@
 """The worker loop (`train_loop`) in this process, one worker, under a stand-in for Ray Train
-(`fake_ray`): iterations, checkpoints and what MLflow gets, the non-finite stop, and a resume
-that neither skips nor repeats an iteration. Plus rank 0's logging cadence (`RankZeroLog`) with
-hand-set losses. The real Ray Train runs in tests/pipeline/stages/test_train.py (slow)."""
+(`fake_ray`): iterations, checkpoints and what MLflow gets, the non-finite stop (checked on log
+steps and before checkpoints, not every iteration), and a resume that neither skips nor repeats
+an iteration and ends bit for bit where the uninterrupted run ends, EMA included. Stopping
+early (patience, time budget) is in test_loop_stopping.py. The real Ray Train runs in
+tests/pipeline/stages/test_train.py (slow)."""
 
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def _history(uri: str, run_id: str, key: str = "loss") -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_shards, tmp_path_factory) -> dict:
-    """4 iterations, a checkpoint every 2, every step logged."""
+    """4 iterations, a checkpoint every 2, every step logged, an EMA of the weights."""
     root = tmp_path_factory.mktemp("loop")
     uri = fresh_store(root)
     run_id = _new_run(uri)
@@ -95,7 +97,7 @@ def uninterrupted(tiny_shards, tmp_path_factory) -> dict:
         threads, previous = torch.get_num_threads(), mlflow.get_tracking_uri()
         ray = FakeRayTrain(root / "run").install(mp)
         try:
-            loop.train_loop(_config(tiny_shards, uri, run_id))
+            loop.train_loop(_config(tiny_shards, uri, run_id, ema_decay=0.9))
         finally:
             torch.set_num_threads(threads)
             mlflow.set_tracking_uri(previous)
@@ -109,7 +111,10 @@ def test_steps_checkpoints_and_logged_metrics(uninterrupted):
     states = [load_state(path / "state.pt") for _, path in reports]
     assert [s["iteration"] for s in states] == [2, 4]
     assert [s["resumes"] for s in states] == [0, 0]
+    assert [s["stopped"] for s in states] == [None, "iterations"]
+    assert reports[1][0]["stopped"] == "iterations" and "stopped" not in reports[0][0]
     assert states[1]["scheduler"]["last_epoch"] == 4  # one scheduler step per iteration
+    assert [s["ema"]["updates"] for s in states] == [2, 4]  # one EMA update per iteration
     assert all((path / "rng_rank0.pt").is_file() for _, path in reports)
     # Only the last checkpoint carries the digest of the weights (and the node) it reports.
     first, last = reports[0][1], reports[1][1]
@@ -117,6 +122,10 @@ def test_steps_checkpoints_and_logged_metrics(uninterrupted):
     model = build_model(presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL))
     model.load_state_dict(states[1]["model"])
     assert (last / "weights_rank0.sha256").read_text() == parameters_digest(model)
+    ema = build_model(presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL))
+    ema.load_state_dict(states[1]["ema"]["weights"])
+    assert (last / "ema_rank0.sha256").read_text() == parameters_digest(ema)
+    assert parameters_digest(ema) != parameters_digest(model)  # an average, not the weights
     assert (last / "node_rank0.txt").read_text() == "node-under-test"
     # The weights moved between the two checkpoints: the optimizer stepped.
     moved = [k for k, v in states[0]["model"].items() if not torch.equal(v, states[1]["model"][k])]
@@ -136,33 +145,47 @@ def test_steps_checkpoints_and_logged_metrics(uninterrupted):
 
 
 @pytest.mark.parametrize("loader_workers", [0, 1])
-def test_a_resume_continues_at_the_next_iteration_with_the_same_losses(
-    uninterrupted, tiny_shards, tmp_path, monkeypatch, loader_workers
-):
-    """Restart from the checkpoint of iteration 2: iterations 3 and 4 run once each, with the
-    losses and final weights of the uninterrupted run (same batches, same RoI sampling). Also
-    with DataLoader worker processes: `train.loader_workers` does not change what is trained
-    (a changed value resumes the same run), so it must not shift the sampling RNG either."""
+def test_a_resume_is_exact(uninterrupted, tiny_shards, tmp_path, monkeypatch, loader_workers):
+    """Killed after the checkpoint of iteration 2 and started again: iterations 3 and 4 run
+    once each with the same losses, to the last bit, as the uninterrupted run's (same batches,
+    same RoI sampling), and end with the same weights and EMA, bit for bit (CPU, one thread).
+    Also with DataLoader worker processes: `train.loader_workers` does not change what is
+    trained (a changed value resumes the same run), so it must not shift the sampling RNG."""
     _, at_two = uninterrupted["reports"][0]
     run_dir = tmp_path / "run"
     shutil.copytree(at_two, run_dir / "checkpoint_000000")
     ray = FakeRayTrain(run_dir, registered=run_dir / "checkpoint_000000").install(monkeypatch)
     uri = fresh_store(tmp_path)
     run_id = _new_run(uri)
-    loop.train_loop(_config(tiny_shards, uri, run_id, loader_workers=loader_workers))
+    config = _config(tiny_shards, uri, run_id, ema_decay=0.9, loader_workers=loader_workers)
+    loop.train_loop(config)
 
     assert [m["iteration"] for m, _ in ray.reports] == [4]
     assert sorted(_history(uri, run_id)) == [3, 4]
     for key in LOSS_KEYS:
         full = _history(uninterrupted["uri"], uninterrupted["run_id"], key)
         ours = _history(uri, run_id, key)
-        assert ours == pytest.approx({3: full[3], 4: full[4]}, rel=1e-6, abs=1e-9), key
+        assert ours == {3: full[3], 4: full[4]}, key  # exactly
     state = load_state(ray.reports[0][1] / "state.pt")
     assert state["iteration"] == 4 and state["resumes"] == 1
-    reference = load_state(uninterrupted["reports"][1][1] / "state.pt")["model"]
-    for k, v in reference.items():
-        torch.testing.assert_close(state["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    reference = load_state(uninterrupted["reports"][1][1] / "state.pt")
+    assert state["ema"]["updates"] == reference["ema"]["updates"] == 4
+    for part in ("model", "optimizer", "ema"):  # weights, Adam moments, averaged weights
+        ours, theirs = _flat(state[part]), _flat(reference[part])
+        assert ours.keys() == theirs.keys() and len(ours) > 10, part
+        for k, v in theirs.items():
+            assert torch.equal(ours[k], v), k
     assert mlflow.MlflowClient(uri).get_run(run_id).data.tags["train.status"] == "resumed"
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """Every tensor of a nested state dict by its path."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    if not isinstance(tree, (dict, list, tuple)):
+        return {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    return {k: v for key, sub in items for k, v in _flat(sub, f"{prefix}/{key}").items()}
 
 
 def test_a_non_finite_loss_stops_before_the_step_and_says_where(tiny_shards, tmp_path, monkeypatch):
@@ -187,57 +210,64 @@ def test_a_non_finite_loss_stops_before_the_step_and_says_where(tiny_shards, tmp
         raise_if_nonfinite(tmp_path / "run")
 
 
-# ---- rank 0's log --------------------------------------------------------------------------
-
-
-def _losses(value: float) -> dict[str, torch.Tensor]:
-    return {"loss_a": torch.tensor(value), "loss_b": torch.tensor(2 * value)}
-
-
-def test_rank_zero_log_averages_over_each_window_and_logs_the_last_step(tmp_path):
+def test_a_non_finite_loss_between_checks_stops_at_the_next_check(
+    tiny_shards, tmp_path, monkeypatch
+):
+    """No per-iteration sync: with log_every 4 the NaN of iteration 2 (0-based) is found at the
+    check before the checkpoint of iteration 4 (checkpoint_every 2: the iteration-2 checkpoint
+    was taken before it). The marker names iteration 2, the poisoned weights are never
+    checkpointed, nothing is logged after iteration 2's window."""
+    spec = tmp_path / "faults.json"
+    spec.write_text(json.dumps({"nan_iteration": 2}))
+    monkeypatch.setenv(faults.ENV, str(spec))
+    ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     uri = fresh_store(tmp_path)
     run_id = _new_run(uri)
-    log = loop.RankZeroLog({"tracking_uri": uri, "run_id": run_id}, enabled=True, resumed=False)
-    cpu = torch.device("cpu")
-    try:
-        for it, value in enumerate([1.0, 3.0, 5.0, 7.0, 9.0], start=1):
-            log.step(it, _losses(value), torch.tensor(10 * value), 0.1 * it, 4, cpu, 2, 5)
-    finally:
-        log.close()
-    assert _history(uri, run_id, "loss_a") == {2: 2.0, 4: 6.0, 5: 9.0}
-    assert _history(uri, run_id, "loss_b") == {2: 4.0, 4: 12.0, 5: 18.0}
-    assert _history(uri, run_id, "loss") == {2: 20.0, 4: 60.0, 5: 90.0}
-    assert _history(uri, run_id, "lr") == pytest.approx({2: 0.2, 4: 0.4, 5: 0.5})
-    run = mlflow.MlflowClient(uri).get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["train.status"] == "running"
-    assert run.data.metrics["images_per_s"] > 0 and run.data.metrics["memory_gb"] > 0
+    loop.train_loop(_config(tiny_shards, uri, run_id, iterations=6, log_every=4))
+
+    assert [m["iteration"] for m, _ in ray.reports] == [2]
+    marker = json.loads((tmp_path / "run" / NONFINITE_FILE).read_text())
+    assert marker["iteration"] == 2
+    assert set(marker["losses"]) == LOSS_KEYS - {"loss"}
+    assert _history(uri, run_id) == {}  # the first log step (4) found the NaN: nothing logged
+    assert mlflow.MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+    with pytest.raises(NonFiniteLossError, match="iteration 2"):
+        raise_if_nonfinite(tmp_path / "run")
 
 
-def test_rank_zero_log_is_silent_on_other_ranks_and_marks_a_resume(tmp_path):
+def test_accumulation_reads_accumulate_micro_batches_per_iteration(
+    tiny_shards, tmp_path, monkeypatch
+):
+    """train.accumulate 2 at batch_size 1: the global batch (and so the schedule) is that of
+    batch_size 2; each iteration reads two micro-batches, a resume starts the loader at the
+    right one (iteration x accumulate), and the progress record follows the iterations."""
+    read = []
+    original = loop.TrainLoader.batch
+
+    def counting(self, iteration):
+        read.append(iteration)
+        return original(self, iteration)
+
+    monkeypatch.setattr(loop.TrainLoader, "batch", counting)
+    ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     uri = fresh_store(tmp_path)
     run_id = _new_run(uri)
-    quiet = loop.RankZeroLog({"tracking_uri": "unused://", "run_id": "x"}, False, False)
-    quiet.step(2, _losses(1.0), torch.tensor(1.0), 0.1, 4, torch.device("cpu"), 1, 2)
-    quiet.close()
-    assert quiet.count == 0 and mlflow.active_run() is None
-    log = loop.RankZeroLog({"tracking_uri": uri, "run_id": run_id}, enabled=True, resumed=True)
-    log.close("FAILED")
-    run = mlflow.MlflowClient(uri).get_run(run_id)
-    assert run.data.tags["train.status"] == "resumed" and run.info.status == "FAILED"
+    config = _config(tiny_shards, uri, run_id, batch_size=1, reference_batch=2, accumulate=2)
+    loop.train_loop(config)
+    assert [m["iteration"] for m, _ in ray.reports] == [2, 4]
+    assert read == list(range(8))  # 4 iterations x 2 micro-batches, in order
+    assert sorted(_history(uri, run_id)) == [1, 2, 3, 4]
+    record = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert record["iteration"] == 4 and record["total"] == 4 and record["stopped"] == "iterations"
 
-
-def test_all_finite_and_hms():
-    assert loop.all_finite(torch.tensor(1.5), 1)
-    assert not loop.all_finite(torch.tensor(float("nan")), 1)
-    assert not loop.all_finite(torch.tensor(float("inf")), 1)
-    assert [loop.hms(s) for s in (0, 59.9, 61, 3599, 3600, 7325)] == [
-        "0m00s",
-        "0m59s",
-        "1m01s",
-        "59m59s",
-        "1h00m",
-        "2h02m",
-    ]
+    read.clear()
+    resumed = FakeRayTrain(tmp_path / "again", registered=ray.reports[0][1]).install(monkeypatch)
+    second = mlflow.MlflowClient(uri).create_run(
+        mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
+    )
+    loop.train_loop(_config(tiny_shards, uri, second.info.run_id, batch_size=1, accumulate=2))
+    assert [m["iteration"] for m, _ in resumed.reports] == [4]
+    assert read == [4, 5, 6, 7]
 
 
 def test_augmentation_follows_the_train_keys():
