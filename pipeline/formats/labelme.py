@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data.layout import SPLITS
-from pipeline.formats.builder import IGNORE, CocoBuilder, ellipse, rectangle
+from pipeline.formats.builder import IGNORE, CocoBuilder
+from pipeline.formats.shapes import ellipse, rectangle
 
 
 def is_labelme_json(path: Path) -> bool:

@@ -22,7 +22,8 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from pipeline.formats.builder import CocoBuilder, image_files
+from pipeline.formats.builder import CocoBuilder
+from pipeline.formats.images import image_files
 
 IMAGE_DIRS = ("images", "PNGImages", "JPEGImages")
 MASK_DIRS = ("masks", "PedMasks", "SegmentationObject")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data.layout import SPLITS
-from pipeline.formats.builder import CocoBuilder, ellipse, rectangle
+from pipeline.formats.builder import CocoBuilder
+from pipeline.formats.shapes import ellipse, rectangle
 
 
 def via_images(doc: Any) -> dict[str, Any] | None:

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from mrcnn.data.layout import SPLITS
-from pipeline.formats.builder import CocoBuilder, image_files
+from pipeline.formats.builder import CocoBuilder
+from pipeline.formats.images import image_files
 
 
 def is_yolo(src: Path) -> bool:
