@@ -57,7 +57,7 @@ from mrcnn.data.segmentation import (
     segmentation_rle,
 )
 from mrcnn.fileio import write_json_atomic
-from pipeline.formats.images import decode_for_labels, name_problem
+from pipeline.formats.files import decode_for_labels, name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class CocoBuilder:
         file_name:   where it goes under the split folder (relative, '/' separated)
         split:       'train' / 'val', or None to decide by `val_fraction`
         image_id:    keep this id (COCO sources); default the handle
-        orient, expect_size: the frame the labels are in (`pipeline.formats.images`); a picture
+        orient, expect_size: the frame the labels are in (`pipeline.formats.files`); a picture
                      turned upright is written out as such and reported (`exif_orientation`)
         """
         problem = name_problem(file_name)

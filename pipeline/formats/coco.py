@@ -6,18 +6,26 @@ json beside an image folder, split into train/val by image id).
                  looked up relative to the json, SRC, SRC/images
 
 Image and category ids are kept, except image id 0 (renumbered, reported `image_id_zero`: tools
-treat 0 as "no image") and a `_background_` category (not a class, reported). Annotations are
-copied as they are; the shards stage validates their geometry and reports what it cannot use.
+treat 0 as "no image") and a `_background_` category (not a class, reported). Images sharing an
+id are all left out (`duplicate_image_id`: their annotations cannot be told apart), and so is an
+image whose height / width the file has in neither orientation (`image_size_mismatch`). Each
+segmentation (polygons, compressed or uncompressed RLE) is checked and rasterised by
+`mrcnn.data.segmentation`, as the shards stage will; crowd annotations (`iscrowd: 1`) stay crowd
+regions, which COCO's tools and the shards ignore. Annotation ids are renumbered 1..N.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from pipeline.formats.builder import BACKGROUND, CocoBuilder
+from pipeline.formats.files import read_json
+
+logger = logging.getLogger(__name__)
 
 
 def is_coco(src: Path) -> bool:
@@ -62,27 +70,30 @@ def _convert(
     fmt: str,
     val_fraction: float,
 ) -> dict[str, Any]:
-    names: dict[int, str] = {}
-    for doc, _ in docs.values():
-        for c in doc["categories"]:
-            if (
-                isinstance(c, dict)
-                and isinstance(c.get("id"), int)
-                and isinstance(c.get("name"), str)
-            ):
-                names.setdefault(c["id"], c["name"])
+    names, problems = _categories([doc for doc, _ in docs.values()])
     order = sorted(names)
     builder = CocoBuilder([names[k] for k in order], val_fraction=val_fraction)
+    for detail in problems:
+        builder.skip("invalid_entry", detail=detail)
     new_cat = {k: builder.category_id(names[k]) for k in order if names[k] != BACKGROUND}
-    used = {im["id"] for doc, _ in docs.values() for im in doc["images"] if isinstance(im, dict)}
-    next_free = max([i for i in used if isinstance(i, int)], default=0) + 1
+    used = [im.get("id") for doc, _ in docs.values() for im in doc["images"] if _entry_ok(im)]
+    next_free = max(used, default=0) + 1
     for split, (doc, roots) in docs.items():
-        ids: dict[Any, int] = {}
+        ids: dict[int, int] = {}
+        counts = Counter(im["id"] for im in doc["images"] if _entry_ok(im))
+        shared = {k for k, n in counts.items() if n > 1}
         for im in doc["images"]:
-            file_name = im.get("file_name") if isinstance(im, dict) else None
-            image_id = im.get("id") if isinstance(im, dict) else None
-            if not isinstance(file_name, str) or not isinstance(image_id, int):
+            if not _entry_ok(im):
                 builder.skip("invalid_entry", detail=f"image entry {str(im)[:200]}")
+                continue
+            image_id, file_name = im["id"], im["file_name"]
+            if image_id in shared:
+                builder.skip(
+                    "duplicate_image_id",
+                    image_id=image_id,
+                    file_name=file_name,
+                    detail="several images have this id: whose are its annotations?",
+                )
                 continue
             new_id = image_id
             if image_id == 0:
@@ -94,50 +105,92 @@ def _convert(
                     detail=f"renumbered to {new_id}",
                 )
             path = next((r / file_name for r in roots if (r / file_name).is_file()), None)
+            h, w = im.get("height"), im.get("width")
             got = builder.add_image(
                 path if path is not None else roots[0] / file_name,
                 file_name,
                 split=split,
                 image_id=new_id,
                 split_key=f"{image_id:012d}",
+                expect_size=(h, w) if _is_int(h) and _is_int(w) else None,
             )
             if got is not None:
                 ids[image_id] = got
         for a in doc["annotations"]:
-            if not isinstance(a, dict) or "image_id" not in a:
-                builder.skip("invalid_entry", detail=f"annotation {str(a)[:200]}")
-                continue
-            if a["image_id"] not in ids:
-                builder.skip(
-                    "unknown_image",
-                    image_id=a["image_id"],
-                    detail=f"annotation {a.get('id')} (its image is missing or unusable)",
-                )
-                continue
-            cid = new_cat.get(a.get("category_id"), 0)
-            if not cid:
-                builder.skip(
-                    "background_category"
-                    if names.get(a.get("category_id")) == BACKGROUND
-                    else "unknown_category",
-                    image_id=a["image_id"],
-                    detail=f"annotation {a.get('id')} category_id={a.get('category_id')!r}",
-                )
-                continue
-            segm = a.get("segmentation")
-            if not isinstance(segm, (list, dict)):
-                builder.skip(
-                    "invalid_entry",
-                    image_id=a["image_id"],
-                    detail=f"annotation {a.get('id')} has no segmentation",
-                )
-                continue
-            builder.add_instance(ids[a["image_id"]], cid, segm, iscrowd=bool(a.get("iscrowd")))
-    return builder.write(out, source=str(src), fmt=fmt)
+            _add_annotation(builder, a, ids, new_cat, names, shared)
+    summary = builder.write(out, source=str(src), fmt=fmt)
+    counts = summary["splits"].values()
+    if not sum(c["instances"] for c in counts) and sum(c["ignored_regions"] for c in counts):
+        logger.warning(
+            "%s: every annotation is a crowd (iscrowd: 1) region, which COCO tools ignore, so "
+            "there is nothing to train on; mask exports (CVAT's among them) mark masks as crowd: "
+            "export polygons, or set iscrowd 0 where the masks are objects",
+            src,
+        )
+    return summary
+
+
+def _categories(docs: list[dict[str, Any]]) -> tuple[dict[int, str], list[str]]:
+    """{category id: name} over the files, and what was wrong with the rest."""
+    names: dict[int, str] = {}
+    problems = []
+    for doc in docs:
+        for c in doc["categories"]:
+            if not (
+                isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)
+            ):
+                problems.append(f"category {str(c)[:200]} (needs an int id and a str name)")
+            elif names.setdefault(c["id"], c["name"]) != c["name"]:
+                problems.append(f"category id {c['id']} is '{names[c['id']]}' and '{c['name']}'")
+    return names, problems
+
+
+def _add_annotation(
+    builder: CocoBuilder,
+    a: Any,
+    ids: dict[int, int],
+    new_cat: dict[int, int],
+    names: dict[int, str],
+    shared: set[int],
+) -> None:
+    if not isinstance(a, dict):
+        builder.skip("invalid_entry", detail=f"annotation {str(a)[:200]}")
+        return
+    image_id, cat, ann_id = a.get("image_id"), a.get("category_id"), a.get("id")
+    where = f"annotation {str(ann_id)[:40]}"
+    if not _is_int(image_id) or image_id not in ids:
+        why = "its image id is shared" if image_id in shared else "its image is missing or unusable"
+        builder.skip(
+            "unknown_image",
+            image_id=image_id if _is_int(image_id) else None,
+            detail=f"{where} ({why}): image_id={str(image_id)[:40]}",
+        )
+        return
+    cid = new_cat.get(cat, 0) if _is_int(cat) else 0
+    if not cid:
+        reason = "background_category" if names.get(cat) == BACKGROUND else "unknown_category"
+        detail = f"{where} category_id={str(cat)[:40]}"
+        builder.skip(reason, image_id=image_id, detail=detail)
+        return
+    builder.add_instance(
+        ids[image_id],
+        cid,
+        a.get("segmentation"),
+        iscrowd=a.get("iscrowd") in (1, True, "1"),
+        file_name=where,
+    )
+
+
+def _entry_ok(im: Any) -> bool:
+    return isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _read(path: Path) -> dict[str, Any]:
-    doc = json.loads(path.read_text())
+    doc = read_json(path)
     if not _is_coco_doc(doc):
         raise ValueError(
             f"{path}: not a COCO instances file (needs lists 'images', 'annotations', 'categories')"
@@ -147,7 +200,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _looks_like_coco(path: Path) -> bool:
     try:
-        return _is_coco_doc(json.loads(path.read_text()))
+        return _is_coco_doc(read_json(path))
     except (OSError, ValueError):
         return False
 

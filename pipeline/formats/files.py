@@ -1,5 +1,6 @@
-"""The image files of a labelled folder: found, checked, and turned upright when the labels were
-drawn on the upright picture.
+"""The files of a labelled folder: label files read whatever their encoding mishaps (a byte-order
+mark, not UTF-8, not JSON: one `ValueError` naming the file), and images found, checked, and
+turned upright when the labels were drawn on the upright picture.
 
 Every image is decoded in full with the project's one decoder (`mrcnn.data.image_file.probe`),
 so a file that converts also shards. EXIF orientation: COCO's tools read the pixels as stored,
@@ -13,8 +14,10 @@ change, `exif_orientation`).
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from PIL import Image
 
@@ -92,3 +95,21 @@ def image_files(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
     )
+
+
+def read_text(path: Path) -> str:
+    """A label file's text: UTF-8, a byte-order mark dropped (Windows tools write one).
+    `ValueError` naming the file when it is not text; `OSError` when it cannot be read."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON label file (`read_text`); `ValueError` naming the file when it is not JSON."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({str(e)[:200]})") from None
