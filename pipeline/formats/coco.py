@@ -159,7 +159,8 @@ def _add_annotation(
     image_id, cat, ann_id = a.get("image_id"), a.get("category_id"), a.get("id")
     where = f"annotation {str(ann_id)[:40]}"
     if not _is_int(image_id) or image_id not in ids:
-        why = "its image id is shared" if image_id in shared else "its image is missing or unusable"
+        shared_id = _is_int(image_id) and image_id in shared
+        why = "its image id is shared" if shared_id else "its image is missing or unusable"
         builder.skip(
             "unknown_image",
             image_id=image_id if _is_int(image_id) else None,
@@ -168,7 +169,8 @@ def _add_annotation(
         return
     cid = new_cat.get(cat, 0) if _is_int(cat) else 0
     if not cid:
-        reason = "background_category" if names.get(cat) == BACKGROUND else "unknown_category"
+        background = _is_int(cat) and names.get(cat) == BACKGROUND
+        reason = "background_category" if background else "unknown_category"
         detail = f"{where} category_id={str(cat)[:40]}"
         builder.skip(reason, image_id=image_id, detail=detail)
         return

@@ -68,11 +68,14 @@ class Expect:
     kept: dict[str, list[tuple[str, bool, dict[str, Any]]]] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     reasons: Counter = field(default_factory=Counter)
-    error: str = ""
+    error: str = ""  # a substring of the one error the run must end with; "" when none
 
-    def image(self, file_name: str, size: tuple[int, int]) -> None:
+    def image(self, file_name: str, size: tuple[int, int], *, turned: bool = False) -> None:
+        """A kept image; `turned`: written out upright, as the labelling tool showed it (an EXIF
+        kind in a format that reads the tag), which the report names `exif_orientation`."""
         self.kept.setdefault(file_name, [])
         self.sizes[file_name] = size
+        self.reasons["exif_orientation"] += turned
 
     def instance(self, file_name: str, label: str, parts: list[list[float]], crowd=False) -> None:
         """An object whose valid parts are `parts`: kept, or `empty_mask` when they cover no

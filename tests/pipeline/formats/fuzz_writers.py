@@ -38,6 +38,11 @@ def _pick(draw, *choices: str, ok: int = 3) -> str:
     return draw(st.sampled_from((OK,) * ok + choices))
 
 
+def _exif(img: Img) -> bool:
+    """Whether a format that reads the EXIF tag (labelme, VIA, YOLO) turns this image."""
+    return img.kind.startswith("exif")
+
+
 def _bad_file(draw) -> str:
     return _pick(draw, *BAD_FILES, ok=6)
 
@@ -286,7 +291,7 @@ def write_labelme(draw, src: Path, imgs: list[Img]) -> Expect:
         elif size_bad == "wrong_size":
             exp.reasons["image_size_mismatch"] += 1
         else:
-            exp.image(name, (img.height, img.width))
+            exp.image(name, (img.height, img.width), turned=_exif(img))
             for label, parts, reasons in objs:
                 exp.reasons.update(reasons)
                 if not parts:
@@ -393,7 +398,7 @@ def write_via(draw, src: Path, imgs: list[Img]) -> Expect:
         elif bad != OK:
             exp.reasons[BAD_FILE_REASON[bad]] += 1
         else:
-            exp.image(img.name, (img.height, img.width))
+            exp.image(img.name, (img.height, img.width), turned=_exif(img))
         for obj in img.objects:
             part = [float(round(v)) for v in obj.parts[0]]  # VIA writes whole pixels
             rect = draw(st.booleans())
@@ -481,6 +486,8 @@ def write_yolo(draw, src: Path, imgs: list[Img]) -> Expect:
         write_image(image_dir / img.name, img, bad)
         label = label_dir / (img.name.rsplit(".", 1)[0] + ".txt")
         _yolo_labels(draw, exp, img, label, bad)
+    if not any("labels" in t.relative_to(src).parts[:-1] for t in src.rglob("*.txt")):
+        exp.error = "cannot tell the label format"  # no label file: nothing says it is YOLO
     return exp
 
 
@@ -516,7 +523,7 @@ def _yolo_labels(draw, exp: Expect, img: Img, label: Path, bad: str) -> None:
     if bad != OK:
         exp.reasons[BAD_FILE_REASON[bad]] += 1
         return
-    exp.image(img.name, (h, w))
+    exp.image(img.name, (h, w), turned=_exif(img))
     if file_bad in ("no_label", "not_text"):
         exp.reasons["missing_label" if file_bad == "no_label" else "invalid_entry"] += 1
         return

@@ -78,8 +78,9 @@ def convert_and_check(fmt: str, data: st.DataObject) -> None:
         imgs = data.draw(images(max_parts=2 if fmt in MULTI_PART else 1), label="images")
         expect = WRITERS[fmt](data.draw, src, imgs)
         out = Path(tmp) / "out"
-        if not expect.kept:
-            with pytest.raises((ValueError, OSError)):  # one clear error, what the CLIs print
+        if expect.error or not expect.kept:
+            # one clear error, what the CLIs print
+            with pytest.raises((ValueError, OSError), match=expect.error or None):
                 convert(src, out, "auto")
             assert not out.exists()
             return
