@@ -17,8 +17,9 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import pycocotools.mask as mask_utils
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from mrcnn.data.image_file import probe
@@ -76,9 +77,14 @@ def convert_and_check(fmt: str, data: st.DataObject) -> None:
         src = Path(tmp) / "my dataset é"  # a path with a space and beyond ASCII
         src.mkdir()
         imgs = data.draw(images(max_parts=2 if fmt in MULTI_PART else 1), label="images")
+        for kind in sorted({img.kind for img in imgs}):
+            event(f"image kind: {kind}")
         expect = WRITERS[fmt](data.draw, src, imgs)
         out = Path(tmp) / "out"
+        for reason in sorted(+expect.reasons):  # what was covered: --hypothesis-show-statistics
+            event(f"reported: {reason}")
         if expect.error or not expect.kept:
+            event("ends in one error")
             # one clear error, what the CLIs print
             with pytest.raises((ValueError, OSError), match=expect.error or None):
                 convert(src, out, "auto")
@@ -97,37 +103,114 @@ def convert_and_check(fmt: str, data: st.DataObject) -> None:
                 assert iou(ours, reference) >= 0.99
 
 
-@fuzz_settings(40)
+@fuzz_settings(60)
 @given(data=st.data())
 def test_coco_records(data):
     convert_and_check("coco", data)
 
 
-@fuzz_settings(30)
+@fuzz_settings(40)
 @given(data=st.data())
 def test_coco_single_records(data):
     convert_and_check("coco_single", data)
 
 
-@fuzz_settings(40)
+@fuzz_settings(60)
 @given(data=st.data())
 def test_labelme_records(data):
     convert_and_check("labelme", data)
 
 
-@fuzz_settings(40)
+@fuzz_settings(60)
 @given(data=st.data())
 def test_via_records(data):
     convert_and_check("via", data)
 
 
-@fuzz_settings(40)
+@fuzz_settings(60)
 @given(data=st.data())
 def test_yolo_records(data):
     convert_and_check("yolo", data)
 
 
-@fuzz_settings(40)
+@fuzz_settings(60)
 @given(data=st.data())
 def test_masks_records(data):
     convert_and_check("masks", data)
+
+
+# How label files are damaged on the way (a copy cut short, a bad sector, an editor's BOM).
+MUTATIONS = ("truncate", "flip", "insert", "delete", "bom", "empty")
+
+
+def _label_files(src: Path) -> list[Path]:
+    """The files that carry the labels: json / txt / yaml, and the masks format's mask PNGs."""
+    return sorted(
+        p
+        for p in src.rglob("*")
+        if p.is_file()
+        and (p.suffix in (".json", ".txt", ".yaml") or p.parent.name in ("masks", "PedMasks"))
+    )
+
+
+def _mutate(draw, path: Path) -> str:
+    data = path.read_bytes()
+    how = draw(st.sampled_from(MUTATIONS))
+    at = draw(st.integers(0, max(len(data) - 1, 0)))
+    if how == "truncate":
+        data = data[:at]
+    elif how == "flip":
+        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
+    elif how == "insert":
+        data = data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:]
+    elif how == "delete":
+        data = data[:at] + data[at + draw(st.integers(1, 16)) :]
+    elif how == "bom":
+        data = b"\xef\xbb\xbf" + data
+    else:
+        data = b""
+    path.write_bytes(data)
+    return how
+
+
+@fuzz_settings(90)
+@given(fmt=st.sampled_from(sorted(WRITERS)), data=st.data())
+def test_label_files_damaged_byte_by_byte(fmt, data):
+    """Whatever the bytes of the label files, a run ends with a complete output (every image
+    decodes at its entry's size, every segmentation decodes, the report counts its records) or
+    one clear error and no output: never another exception, never a partial folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "my dataset é"
+        src.mkdir()
+        imgs = data.draw(images(max_parts=2 if fmt in MULTI_PART else 1), label="images")
+        WRITERS[fmt](data.draw, src, imgs)
+        files = _label_files(src)
+        if not files:
+            return
+        picked = data.draw(st.lists(st.sampled_from(files), min_size=1, max_size=3, unique=True))
+        for path in picked:
+            event(f"mutation: {_mutate(data.draw, path)}")
+        out = Path(tmp) / "out"
+        try:
+            summary = convert(src, out, "auto", val_fraction=0.3)
+        except (ValueError, OSError) as e:  # the one line the CLIs print
+            event(f"{fmt}: one error")
+            assert str(e).strip()
+            assert not out.exists()
+            assert sorted(p.name for p in Path(tmp).iterdir()) == ["my dataset é"]  # no temp
+            return
+        event(f"{fmt}: converted, detected as {summary['format']}")
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["my dataset é", "out"]
+        report = json.loads((out / REPORT).read_text())
+        assert report["skipped"] == dict(Counter(r["reason"] for r in report["records"]))
+        got = read_output(out)  # every image decodes at its size, every mask decodes
+        for split, counts in summary["splits"].items():
+            doc = json.loads(annotation_file(out, split).read_text())
+            assert counts["images"] == len(doc["images"])
+            assert counts["instances"] + counts["ignored_regions"] == len(doc["annotations"])
+        assert all(
+            area > 0
+            for objs in got.values()
+            if isinstance(objs, list)
+            for area in (int(mask_utils.area(rle)) for _, _, rle in objs)
+        )
