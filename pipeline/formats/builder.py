@@ -17,6 +17,8 @@ reader (`mrcnn.data.coco`) where the problem is the same, plus the format-level 
     duplicate_image_id   (coco) image entries sharing an id: all of them (whose are the labels?)
     missing_mask         (masks) an image without its instance-mask file
     missing_label        (yolo) an image without a label file: kept, as an image with no object
+    unused_split         (coco, Roboflow's export) its test/ split: the pipeline has train and val
+    placeholder_category (coco, Roboflow's export) category 0, named after the project: not a class
     left out, object level
     invalid_entry        a record the format cannot parse (detail says where)
     unknown_image        (coco) an annotation whose image is not there or not usable

@@ -1,9 +1,13 @@
 """COCO sources: `coco` (a folder already in the COCO layout) and `coco_single` (one instances
 json beside an image folder, split into train/val by image id).
 
-    coco:        SRC/{train,val}/ + SRC/annotations/instances_{train,val}.json
-    coco_single: SRC/<any>.json (images / annotations / categories) + the images it names,
-                 looked up relative to the json, SRC, SRC/images
+    coco:        SRC/{train,val}/ + SRC/annotations/instances_{train,val}.json, or Roboflow's
+                 export: SRC/{train,valid,test}/_annotations.coco.json beside the images (valid
+                 is val; test is not converted, reported `unused_split`; the project's
+                 category 0 is not a class, reported `placeholder_category`)
+    coco_single: SRC/<any>.json (images / annotations / categories; Label Studio's result.json)
+                 or SRC/annotations/<one>.json (CVAT's instances_default.json) + the images it
+                 names, looked up relative to the json, its images/, SRC, SRC/images
 
 Image and category ids are kept, except image id 0 (renumbered, reported `image_id_zero`: tools
 treat 0 as "no image") and a `_background_` category (not a class, reported). Images sharing an
@@ -28,17 +32,36 @@ from pipeline.formats.files import read_json
 logger = logging.getLogger(__name__)
 
 
+ROBOFLOW_JSON = "_annotations.coco.json"
+ROBOFLOW_SPLITS = {"train": "train", "valid": "val", "val": "val", "test": None}
+
+
 def is_coco(src: Path) -> bool:
-    return annotation_file(src, "train").is_file()
+    return annotation_file(src, "train").is_file() or bool(roboflow_splits(src))
+
+
+def roboflow_splits(src: Path) -> dict[str, Path]:
+    """Roboflow's COCO export: {folder: its json} for SRC/{train,valid,test}/_annotations.coco.json
+    (empty when there is no train one)."""
+    found = {
+        d: src / d / ROBOFLOW_JSON for d in ROBOFLOW_SPLITS if (src / d / ROBOFLOW_JSON).is_file()
+    }
+    return found if "train" in found else {}
 
 
 def single_json(src: Path) -> Path | None:
-    """The one COCO instances json at the top of `src`, if there is exactly one."""
-    found = [p for p in sorted(src.glob("*.json")) if _looks_like_coco(p)]
-    return found[0] if len(found) == 1 else None
+    """The one COCO instances json at the top of `src`, or else in `src/annotations/` (CVAT's
+    export: annotations/instances_default.json beside images/), if there is exactly one."""
+    for folder in (src, src / "annotations"):
+        found = [p for p in sorted(folder.glob("*.json")) if _looks_like_coco(p)]
+        if found:
+            return found[0] if len(found) == 1 else None
+    return None
 
 
 def convert_coco(src: Path, out: Path, *, val_fraction: float, **_: Any) -> dict[str, Any]:
+    if not annotation_file(src, "train").is_file() and roboflow_splits(src):
+        return _convert_roboflow(src, out, val_fraction)
     docs = {}
     for split in SPLITS:
         ann = annotation_file(src, split)
@@ -59,8 +82,53 @@ def convert_coco_single(src: Path, out: Path, *, val_fraction: float, **_: Any) 
             "'categories') at the top of the folder"
         )
     root = ann.parent
-    docs = {None: (_read(ann), [root, root / "images", src if src.is_dir() else root])}
+    roots = [root, root / "images"] + ([src, src / "images"] if src.is_dir() else [])
+    docs = {None: (_read(ann), list(dict.fromkeys(roots)))}
     return _convert(docs, src, out, "coco_single", val_fraction)
+
+
+def _convert_roboflow(src: Path, out: Path, val_fraction: float) -> dict[str, Any]:
+    """train/ (and valid/ as val, else a `val_fraction` of train); test/ is not converted and
+    is named in the report (`unused_split`): the pipeline has train and val only. Roboflow's
+    category 0, named after the project (supercategory "none", the supercategory of all the
+    others, no annotation) is not a class (`placeholder_category`)."""
+    found = roboflow_splits(src)
+    has_val = any(ROBOFLOW_SPLITS[d] == "val" for d in found)
+    docs: dict[str | None, tuple[dict[str, Any], list[Path]]] = {}
+    notes = []
+    for folder, path in found.items():
+        split = ROBOFLOW_SPLITS[folder]
+        where = path.relative_to(src).as_posix()
+        if split is None or split in docs:
+            notes.append(("unused_split", where, "a split the pipeline has no use for: not read"))
+            continue
+        docs[split if has_val else None] = (_read(path), [path.parent])
+    for c in _placeholders([doc for doc, _ in docs.values()]):
+        notes.append(("placeholder_category", "", f"category {c['id']} '{c['name']}'"))
+        for doc, _ in docs.values():
+            doc["categories"] = [k for k in doc["categories"] if k != c]
+    return _convert(docs, src, out, "coco", val_fraction, notes=tuple(notes))
+
+
+def _placeholders(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Roboflow's project category: supercategory "none", the supercategory of every other
+    category, and no annotation uses it."""
+    cats = [c for doc in docs for c in doc["categories"] if isinstance(c, dict)]
+    used = {
+        str(a.get("category_id")) for doc in docs for a in doc["annotations"] if isinstance(a, dict)
+    }
+    out = []
+    for c in cats:
+        others = [k for k in cats if k.get("id") != c.get("id")]
+        if (
+            c.get("supercategory") == "none"
+            and others
+            and all(k.get("supercategory") == c.get("name") for k in others)
+            and str(c.get("id")) not in used
+            and c not in out
+        ):
+            out.append(c)
+    return out
 
 
 def _convert(
@@ -69,12 +137,17 @@ def _convert(
     out: Path,
     fmt: str,
     val_fraction: float,
+    *,
+    notes: tuple[tuple[str, str, str], ...] = (),
 ) -> dict[str, Any]:
+    """`notes`: (reason, file name, detail) the report starts with."""
     names, problems = _categories([doc for doc, _ in docs.values()])
     order = sorted(names)
     builder = CocoBuilder([names[k] for k in order], val_fraction=val_fraction)
     for detail in problems:
         builder.skip("invalid_entry", detail=detail)
+    for reason, file_name, detail in notes:
+        builder.skip(reason, file_name=file_name, detail=detail)
     new_cat = {k: builder.category_id(names[k]) for k in order if names[k] != BACKGROUND}
     used = [im.get("id") for doc, _ in docs.values() for im in doc["images"] if _entry_ok(im)]
     next_free = max(used, default=0) + 1

@@ -97,7 +97,16 @@ RLE_CORRUPTIONS = ("rle_size", "rle_sum", "rle_negative", "rle_chars")
 
 def write_coco(draw, src: Path, imgs: list[Img], *, single: bool) -> Expect:
     exp = Expect()
-    cats = [{"id": v, "name": k} for k, v in COCO_IDS.items()]
+    cats: list[dict[str, Any]] = [{"id": v, "name": k} for k, v in COCO_IDS.items()]
+    # The layouts tools export: the COCO one or Roboflow's (train/ valid/ with a json in each,
+    # and its project category 0); one json at the top (Label Studio) or in annotations/ (CVAT).
+    layout = draw(st.sampled_from(["cvat", "top"] if single else ["coco", "roboflow"]))
+    event(f"coco layout: {layout}")
+    if layout == "roboflow":
+        cats = [{"id": 0, "name": "pets", "supercategory": "none"}] + [
+            {**c, "supercategory": "pets"} for c in cats
+        ]
+        exp.reasons["placeholder_category"] += 1
     splits = [None] if single else ["train", "val"]
     docs = {s: {"images": [], "annotations": [], "categories": cats} for s in splits}
     first = draw(st.sampled_from([1, 0, 1000]))
@@ -109,8 +118,10 @@ def write_coco(draw, src: Path, imgs: list[Img], *, single: bool) -> Expect:
     ann_id = 0
     for i, img in enumerate(imgs):
         folder = src / "images" if single else src / where[i]
+        if layout == "roboflow" and where[i] == "val":
+            folder = src / "valid"
         bad = _bad_file(draw)
-        write_image(folder / img.name, img, bad, upright_labels=False)  # COCO: pixels as stored
+        write_image(folder / img.name, img, bad, upright_labels=False)  # pixels as stored
         entry: dict[str, Any] = {"id": ids[i], "file_name": img.name}
         entry_bad = _pick(draw, "no_size", "wrong_size", "no_name", "str_id", ok=6)
         entry_bad = OK if collide and i < 2 else entry_bad
@@ -140,7 +151,12 @@ def write_coco(draw, src: Path, imgs: list[Img], *, single: bool) -> Expect:
             ann = _coco_annotation(draw, exp, img, obj, ids[i], ann_id, kept)
             docs[where[i]]["annotations"].append(ann)
     for split, doc in docs.items():
-        path = src / "labels.json" if single else src / "annotations" / f"instances_{split}.json"
+        path = {
+            "top": src / "labels.json",
+            "cvat": src / "annotations" / "instances_default.json",
+            "coco": src / "annotations" / f"instances_{split}.json",
+            "roboflow": src / ("valid" if split == "val" else "train") / "_annotations.coco.json",
+        }[layout]
         write_json(path, doc, bom=draw(st.booleans()))
     return exp
 
