@@ -21,6 +21,8 @@ import pycocotools.mask as mask_utils
 from hypothesis import strategies as st
 from PIL import Image
 
+from mrcnn.data.segmentation import MAX_OUTSIDE
+
 LABELS = ("cat", "dog")
 # Image files as folders hold them: colour modes, EXIF-turned JPEGs (6 and 8 swap the sides).
 KINDS = ("rgb", "jpeg", "gray", "gray16", "palette", "rgba", "cmyk", "exif3", "exif6", "exif8")
@@ -79,13 +81,25 @@ class Expect:
 
     def instance(self, file_name: str, label: str, parts: list[list[float]], crowd=False) -> None:
         """An object whose valid parts are `parts`: kept, or `empty_mask` when they cover no
-        pixel (pycocotools decides)."""
+        pixel (pycocotools decides). A part with a vertex more than `MAX_OUTSIDE` image sides
+        outside the image (the documented limit; YOLO pixels read as 0..1 reach it) is an
+        `invalid_polygon`, and left out."""
         h, w = self.sizes[file_name]
-        rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
+        near = [p for p in parts if _near(p, h, w)]
+        self.reasons["invalid_polygon"] += len(parts) - len(near)
+        if not near:
+            return
+        rle = mask_utils.merge(mask_utils.frPyObjects(near, h, w))
         if mask_utils.area(rle) == 0:
             self.reasons["empty_mask"] += 1
         else:
             self.kept[file_name].append((label, crowd, rle))
+
+
+def _near(part: list[float], h: int, w: int) -> bool:
+    xs, ys = part[0::2], part[1::2]
+    mx, my = MAX_OUTSIDE * w, MAX_OUTSIDE * h
+    return min(xs) >= -mx and max(xs) <= w + mx and min(ys) >= -my and max(ys) <= h + my
 
 
 @st.composite
