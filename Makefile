@@ -29,7 +29,8 @@ test-fast: $(STAMP)  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
 fuzz: $(STAMP)  ## the readers' property-based tests, many more examples than CI (tests/fuzz.py)
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz --durations=10
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz --durations=10 \
+		--hypothesis-show-statistics
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
