@@ -371,6 +371,8 @@ def _labelme_shapes(draw, doc, img: Img, labels_txt: bool) -> tuple[list, set[st
             else:
                 parts.append(part)
             doc["shapes"].append(shape)
+        if reasons.get("unknown_category", 0) > 1:  # parts of one group, one unknown instance
+            reasons["unknown_category"] = 1
         out.append((label, parts, reasons))
     return out, seen
 
