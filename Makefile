@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARAMS ?= params.yaml
 
-.PHONY: setup repro test test-fast lint format ui sweep bench clean services-deps tracking-server
+.PHONY: setup repro test test-fast fuzz lint format ui sweep bench clean services-deps tracking-server
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)  ## the full test suite (what .ci/run calls)
 
 test-fast: $(STAMP)  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
+
+fuzz: $(STAMP)  ## the readers' property-based tests, many more examples than CI (tests/fuzz.py)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz --durations=10 \
+		--hypothesis-show-statistics
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

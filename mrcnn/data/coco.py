@@ -17,16 +17,20 @@ is dropped silently. Reasons:
         invalid_annotation_entry  not a mapping / no int id
         unknown_image          image_id not among the images
         unknown_category       category_id not among the categories
-        missing_segmentation   no segmentation
+        missing_segmentation   no segmentation, or neither a list nor a mapping
         empty_polygon          a polygon list that is empty (or holds an empty polygon)
-        invalid_polygon        odd length, fewer than 3 points, non-numbers or NaN
-        invalid_rle            RLE of the wrong size or with counts that do not add up
+        invalid_polygon        odd length, < 3 points, non-numbers, NaN, far outside the image
+        invalid_rle            RLE of another size, or counts malformed / not adding up
         zero_area_box          the annotation's bbox has width or height <= 0
         box_outside_image      the annotation's bbox lies entirely outside the image
         empty_mask             the segmentation covers no pixel of the image
         box_too_small          after resizing, the box is thinner than `min_box_size`
         invalid_keypoints      keypoints that are not [x, y, v] * K numbers, or whose K differs
                                from the image's other annotations
+
+The segmentation checks (missing_segmentation .. invalid_rle, empty_mask) are those of
+`mrcnn.data.segmentation.segmentation_rle`, which the label converters (`pipeline.formats`)
+share: polygons, compressed and uncompressed RLE, with or without `size`.
 
 Keypoints (COCO `person_keypoints_*.json`: `"keypoints": [x1, y1, v1, ...]` per annotation,
 v = 0 unlabelled, 1 labelled but occluded, 2 visible) are kept as float [N, K, 3] in the same
@@ -52,6 +56,8 @@ from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
+
+from mrcnn.data.segmentation import SegmentationError, segmentation_rle
 
 
 @dataclass
@@ -116,8 +122,11 @@ def load_coco_split(ann_file: str | Path) -> CocoSplit:
     A file that is not valid JSON or lacks `images` / `annotations` / `categories` raises
     `ValueError` (that is not a bad record but a wrong input).
     """
-    with open(ann_file) as f:
-        doc = json.load(f)
+    with open(ann_file, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no error
+        try:
+            doc = json.load(f)
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"{ann_file}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not all(
         isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")
     ):
@@ -149,7 +158,7 @@ def load_coco_split(ann_file: str | Path) -> CocoSplit:
         image_id, ann_id = ann.get("image_id"), ann["id"]
         if not _is_int(image_id) or image_id not in records:
             skipped.append(Skip("unknown_image", image_id if _is_int(image_id) else None, ann_id))
-        elif ann.get("category_id") not in cat_ids:
+        elif not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
             skipped.append(
                 Skip(
                     "unknown_category",
@@ -286,67 +295,10 @@ def _annotation_rle(ann: dict[str, Any], h: int, w: int) -> dict[str, Any]:
             raise _BadAnnotation("zero_area_box", f"bbox={bbox!r}")
         if bx >= w or by >= h or bx + bw <= 0 or by + bh <= 0:
             raise _BadAnnotation("box_outside_image", f"bbox={bbox!r} image={w}x{h}")
-    segm = ann.get("segmentation")
-    if segm is None:
-        raise _BadAnnotation("missing_segmentation")
-    if isinstance(segm, list):
-        if not segm or any(isinstance(p, list) and not p for p in segm):
-            raise _BadAnnotation("empty_polygon")
-        for poly in segm:
-            if not (isinstance(poly, list) and all(_is_number(v) for v in poly)):
-                raise _BadAnnotation("invalid_polygon", "not a list of numbers")
-            if len(poly) % 2 or len(poly) < 6:
-                raise _BadAnnotation("invalid_polygon", f"{len(poly)} coordinates")
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
-    elif isinstance(segm, dict):
-        rle = _checked_rle(segm, h, w)
-    else:
-        raise _BadAnnotation("missing_segmentation", f"type {type(segm).__name__}")
-    if mask_utils.area(rle) == 0:
-        raise _BadAnnotation("empty_mask")
-    return rle
-
-
-def _checked_rle(segm: dict[str, Any], h: int, w: int) -> dict[str, Any]:
-    """Validate an RLE before pycocotools sees it (its C decoder trusts the counts)."""
-    size, counts = segm.get("size"), segm.get("counts")
-    if size != [h, w] and tuple(size or ()) != (h, w):
-        raise _BadAnnotation("invalid_rle", f"size {size!r} != image {[h, w]}")
-    if isinstance(counts, list):
-        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
-            raise _BadAnnotation("invalid_rle", "counts do not add up to height * width")
-        return mask_utils.frPyObjects(segm, h, w)
-    if isinstance(counts, (str, bytes)):
-        s = counts.decode() if isinstance(counts, bytes) else counts
-        decoded = _rle_string_counts(s)
-        if decoded is None or min(decoded, default=0) < 0 or sum(decoded) != h * w:
-            raise _BadAnnotation("invalid_rle", "compressed counts do not add up")
-        return {"size": [h, w], "counts": s.encode()}
-    raise _BadAnnotation("invalid_rle", f"counts of type {type(counts).__name__}")
-
-
-def _rle_string_counts(s: str) -> list[int] | None:
-    """Decode COCO's compressed RLE string (pycocotools `rleFrString`); None if malformed."""
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(s):
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    try:
+        return segmentation_rle(ann.get("segmentation"), h, w)
+    except SegmentationError as e:
+        raise _BadAnnotation(e.reason, e.detail) from None
 
 
 def _is_int(v: Any) -> bool:

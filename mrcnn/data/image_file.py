@@ -11,12 +11,17 @@ refer to the pixels as stored, as COCO's tools read them.
 
 A file that cannot be used raises `ImageReadError` (a `ValueError`) whose message names the
 file and whose `reason` is one of the image-level skip reasons of `mrcnn.data.coco`
-(`missing_image`, `corrupt_image`).
+(`missing_image`, `corrupt_image`), whatever error the decoder met (empty, truncated, not an
+image, a decompression bomb, a corrupt EXIF block when orienting). `probe` decodes a file for
+its size and EXIF orientation only (what the label converters check a file with).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +83,45 @@ def decode_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
     return np.asarray(im.convert("RGB")), "other_mode"
 
 
+def probe(source: str | Path | bytes, name: str | None = None) -> ImageInfo:
+    """Decode an image file (path or bytes) in full, so that a truncated one fails here and not
+    later -> its stored size and EXIF orientation. Raises `ImageReadError` like `read_image`."""
+    with _loaded(source, name) as (im, _):
+        return ImageInfo(im.height, im.width, _orientation(im))
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image file's size as stored and its EXIF orientation tag (1..8; 1 = none)."""
+
+    height: int
+    width: int
+    orientation: int = 1
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        """(height, width) as a viewer shows it: tags 5..8 turn it by 90 degrees."""
+        return (self.width, self.height) if self.orientation >= 5 else (self.height, self.width)
+
+
 def _decode(
     source: str | Path | bytes, name: str | None, orient: bool
 ) -> tuple[np.ndarray, str | None]:
+    with _loaded(source, name) as (im, label):
+        if orient and _orientation(im) != 1:
+            # A corrupt EXIF block: the pixels as stored are still an image.
+            with contextlib.suppress(Exception):
+                im = ImageOps.exif_transpose(im)
+        rgb, converted = decode_rgb(im)
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageReadError(f"cannot read image {label}: it has no pixels")
+    # A new, C-contiguous, writable array: torch.from_numpy warns on read-only ones.
+    return np.require(rgb, np.uint8, ["C", "W", "O"]), converted
+
+
+@contextlib.contextmanager
+def _loaded(source: str | Path | bytes, name: str | None) -> Iterator[tuple[Image.Image, str]]:
+    """The opened and fully decoded Pillow image, and the name errors use."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         label = name or "<bytes>"
         data = bytes(source)
@@ -92,14 +133,26 @@ def _decode(
         label = name or str(path)
         if not path.is_file():
             raise ImageReadError(f"cannot read image {label}: no such file", "missing_image")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"cannot read image {label}: it is empty (0 bytes)")
         opener = path
     try:
         with Image.open(opener) as im:
             im.load()
-            rgb, converted = decode_rgb(ImageOps.exif_transpose(im) if orient else im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"cannot read image {label}: {e}") from None
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ImageReadError(f"cannot read image {label}: it has no pixels")
-    # A new, C-contiguous, writable array: torch.from_numpy warns on read-only ones.
-    return np.require(rgb, np.uint8, ["C", "W", "O"]), converted
+            yield im, label
+    except ImageReadError:
+        raise
+    except Exception as e:
+        # Pillow's decoders answer corrupt data with many types (OSError, SyntaxError,
+        # ValueError, struct.error, IndexError, EOFError, DecompressionBombError, ...): each is
+        # "not a usable image", never a crash of the reader.
+        raise ImageReadError(f"cannot read image {label}: {type(e).__name__}: {e}") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1..8), 1 when there is none or the EXIF block is unreadable."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block does not make the pixels unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1

@@ -4,22 +4,34 @@
     OUT/annotations/instances_{train,val}.json   COCO instances files
     OUT/conversion_report.json                   counts and every record left out or changed
 
-A converter calls `add_image` per image (which reads it, so unreadable files are caught here)
+A converter calls `add_image` per image (which decodes it, so unreadable files are caught here)
 and `add_instance` per object; whatever it cannot use it passes to `skip`. Nothing raises on a
 bad record and nothing is dropped without a report entry. The reasons are those of the COCO
 reader (`mrcnn.data.coco`) where the problem is the same, plus the format-level ones:
 
-    missing_image        a label file / entry names an image that does not exist
-    corrupt_image        the image cannot be decoded
-    invalid_polygon      fewer than 3 points, odd length, non-numbers or NaN (that part only)
-    unknown_category     a class that is not in the declared class list
-    unsupported_shape    a shape type with no area (line, point) or that the format cannot say
-    missing_mask         (masks) an image without its instance-mask file
-    image_id_zero        (coco) image id 0, renumbered (recorded, the image is kept)
-    background_category  a `_background_` class (label 0 is background already), not a class
-    missing_label        (yolo, masks) a label or mask with no image, or an image with no label
-    invalid_entry        a record the format cannot parse (detail says where)
+    left out, image level (with the image, its objects)
+    missing_image        a label file / entry names an image that does not exist (or the reverse)
+    corrupt_image        the image cannot be decoded (empty, truncated, not an image)
+    image_size_mismatch  the labels give a size the image has in neither orientation
     duplicate_image      a second record for an image already added
+    duplicate_image_id   (coco) image entries sharing an id: all of them (whose are the labels?)
+    missing_mask         (masks) an image without its instance-mask file
+    missing_label        (yolo) an image without a label file: kept, as an image with no object
+    unused_split         (coco, Roboflow's export) its test/ split: the pipeline has train and val
+    placeholder_category (coco, Roboflow's export) category 0, named after the project: not a class
+    left out, object level
+    invalid_entry        a record the format cannot parse (detail says where)
+    unknown_image        (coco) an annotation whose image is not there or not usable
+    unknown_category     a class that is not in the declared class list
+    background_category  a `_background_` class (label 0 is background already), not a class
+    unsupported_shape    a shape type with no area (line, point, a box without a polygon)
+    missing_segmentation, empty_polygon, invalid_polygon, invalid_rle, empty_mask
+                         the segmentation checks of `mrcnn.data.segmentation` (a bad polygon
+                         of an object in several parts leaves out that part only)
+    changed, kept
+    image_id_zero        (coco) image id 0, renumbered
+    exif_orientation     an image turned upright, as the labelling tool showed it
+    pixel_coordinates    (yolo) a label file in pixels, not 0..1: read as pixels
 
 Image ids are 1..N in the order images are added (converters add them sorted by path), unless
 the format has its own (COCO). Categories are 1..K in the order given.
@@ -29,20 +41,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+import pycocotools.mask as mask_utils
 
 from mrcnn.data.coco import Skip, group_reasons
-from mrcnn.data.image_file import IMAGE_SUFFIXES
+from mrcnn.data.image_file import ImageReadError
 from mrcnn.data.layout import SPLITS, annotation_file, image_dir
+from mrcnn.data.segmentation import (
+    SegmentationError,
+    check_polygon,
+    rle_to_json,
+    segmentation_rle,
+)
 from mrcnn.fileio import write_json_atomic
+from pipeline.formats.files import decode_for_labels, name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -117,41 +134,51 @@ class CocoBuilder:
         split: str | None = None,
         image_id: int | None = None,
         split_key: str | None = None,
+        orient: bool = False,
+        expect_size: tuple[int, int] | None = None,
     ) -> int | None:
         """Read one image (from `path`, or its encoded bytes `data`) -> its handle (1, 2, ...: what
         `add_instance` and `size` take), or None after reporting why it cannot be used
-        (`missing_image`, `corrupt_image`, `duplicate_image`).
+        (`invalid_entry`, `duplicate_image`, `missing_image`, `corrupt_image`,
+        `image_size_mismatch`).
 
-        file_name: where it goes under the split folder (relative, '/' separated)
-        split:     'train' / 'val', or None to decide by `val_fraction`
-        image_id:  keep this id (COCO sources); default the handle
+        file_name:   where it goes under the split folder (relative, '/' separated)
+        split:       'train' / 'val', or None to decide by `val_fraction`
+        image_id:    keep this id (COCO sources); default the handle
+        orient, expect_size: the frame the labels are in (`pipeline.formats.files`); a picture
+                     turned upright is written out as such and reported (`exif_orientation`)
         """
+        problem = name_problem(file_name)
+        if problem:
+            self.skip("invalid_entry", file_name=file_name, detail=problem)
+            return None
         if (split, file_name) in self._by_name:
             self.skip("duplicate_image", file_name=file_name)
             return None
         if data is None and (path is None or not path.is_file()):
             self.skip("missing_image", file_name=file_name, detail=str(path))
             return None
+        source = data if data is not None else path
         try:
-            import io
-
-            with Image.open(io.BytesIO(data) if data is not None else path) as im:
-                im.load()
-                width, height = im.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            self.skip("corrupt_image", file_name=file_name, detail=str(e)[:200])
+            got = decode_for_labels(source, file_name, orient=orient, expect=expect_size)
+        except ImageReadError as e:
+            self.skip(e.reason, image_id=image_id, file_name=file_name, detail=str(e)[:200])
             return None
         handle = len(self.images) + 1
         if image_id is None:
             image_id = handle
+        if got.data is not None:
+            detail = f"turned upright ({got.height}x{got.width}), as the labels were drawn"
+            self.skip("exif_orientation", image_id=image_id, file_name=file_name, detail=detail)
+            data = got.data
         self.images.append(
             _Image(
                 image_id,
                 file_name,
                 path,
                 data,
-                height,
-                width,
+                got.height,
+                got.width,
                 split,
                 split_key if split_key is not None else file_name,
             )
@@ -168,40 +195,73 @@ class CocoBuilder:
         self,
         handle: int,
         category_id: int,
-        segmentation: list[list[float]] | dict[str, Any],
+        segmentation: Any,
         *,
         iscrowd: bool = False,
         file_name: str = "",
     ) -> bool:
-        """One object: polygons (flat `[x0, y0, x1, y1, ...]` lists, pixels) or an RLE.
+        """One object: polygons (flat `[x0, y0, x1, y1, ...]` lists, pixels) or an RLE (compressed
+        or not, with or without `size`: `mrcnn.data.segmentation`).
 
-        Invalid polygons are reported (`invalid_polygon`) and left out of the instance; an
-        instance with none left is not added. Returns whether it was added.
+        Invalid polygons are reported (`invalid_polygon`, `empty_polygon`) and left out of the
+        instance; an instance with none left, an invalid RLE, or a mask with no pixel in the
+        image is reported and not added. Returns whether it was added.
         """
-        if isinstance(segmentation, list):
+        checked = self._checked(handle, segmentation, file_name)
+        if checked is not None:
+            self._append(handle, category_id, *checked, iscrowd=iscrowd)
+        return checked is not None
+
+    def add_ignore_region(
+        self, handle: int, polygons: list[list[float]], file_name: str = ""
+    ) -> None:
+        """An ignored region (`__ignore__`): one crowd annotation per category, so COCOeval
+        ignores detections of any class there and training never treats it as background."""
+        checked = self._checked(handle, polygons, file_name)
+        for cid in range(1, len(self.categories) + 1) if checked is not None else ():
+            self._append(handle, cid, *checked, iscrowd=True)
+
+    def _checked(
+        self, handle: int, segmentation: Any, file_name: str
+    ) -> tuple[Any, dict[str, Any], list[float]] | None:
+        """(segmentation as written, its RLE, COCO bbox), or None after reporting why not."""
+        h, w = self.size(handle)
+        image_id = self.images[handle - 1].image_id
+        polygons = isinstance(segmentation, list) and not any(
+            isinstance(p, dict) for p in segmentation
+        )
+        if polygons and segmentation:  # each part on its own: a bad one leaves the others
             good = []
             for poly in segmentation:
-                problem = polygon_problem(poly)
-                if problem:
-                    self.skip(
-                        "invalid_polygon",
-                        image_id=self.images[handle - 1].image_id,
-                        file_name=file_name,
-                        detail=problem,
-                    )
-                else:
+                try:
+                    check_polygon(poly, h, w)
                     good.append([float(v) for v in poly])
+                except SegmentationError as e:
+                    self.skip(e.reason, image_id=image_id, file_name=file_name, detail=e.detail)
             if not good:
-                return False
+                return None
             segmentation = good
-            xs = [v for p in good for v in p[0::2]]
-            ys = [v for p in good for v in p[1::2]]
-            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-        else:
-            import pycocotools.mask as mask_utils
+        try:
+            rle = segmentation_rle(segmentation, h, w)
+        except SegmentationError as e:
+            self.skip(e.reason, image_id=image_id, file_name=file_name, detail=e.detail)
+            return None
+        if polygons:  # kept as polygons, with COCO's bbox: the polygons' extent
+            xs = [v for p in segmentation for v in p[0::2]]
+            ys = [v for p in segmentation for v in p[1::2]]
+            return segmentation, rle, [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        return rle_to_json(rle), rle, [float(v) for v in mask_utils.toBbox(rle)]
 
-            x, y, w, h = (float(v) for v in mask_utils.toBbox(segmentation))
-            bbox = [x, y, w, h]
+    def _append(
+        self,
+        handle: int,
+        category_id: int,
+        segmentation: Any,
+        rle: dict[str, Any],
+        bbox: list[float],
+        *,
+        iscrowd: bool,
+    ) -> None:
         self.annotations.append(
             {
                 "id": len(self.annotations) + 1,
@@ -209,19 +269,10 @@ class CocoBuilder:
                 "category_id": category_id,
                 "segmentation": segmentation,
                 "bbox": bbox,
-                "area": float(bbox[2] * bbox[3]),
+                "area": float(mask_utils.area(rle)),
                 "iscrowd": int(iscrowd),
             }
         )
-        return True
-
-    def add_ignore_region(
-        self, handle: int, polygons: list[list[float]], file_name: str = ""
-    ) -> None:
-        """An ignored region (`__ignore__`): one crowd annotation per category, so COCOeval
-        ignores detections of any class there and training never treats it as background."""
-        for cid in range(1, len(self.categories) + 1):
-            self.add_instance(handle, cid, polygons, iscrowd=True, file_name=file_name)
 
     def write(self, out: Path, *, source: str = "", fmt: str = "") -> dict[str, Any]:
         """Write the COCO folder at `out` (complete or not at all) -> summary dict."""
@@ -315,47 +366,6 @@ def split_for(keys: list[str], val_fraction: float) -> set[str]:
     n_val = min(len(keys) - 1, max(1, round(len(keys) * val_fraction)))
     ranked = sorted(keys, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
     return set(ranked[:n_val])
-
-
-def polygon_problem(poly: Any) -> str:
-    """Why a flat polygon cannot be used, or '' if it can."""
-    if not isinstance(poly, (list, tuple)) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly
-    ):
-        return "not a list of numbers"
-    if not all(math.isfinite(v) for v in poly):
-        return "non-finite coordinate"
-    if len(poly) % 2:
-        return f"odd number of coordinates ({len(poly)})"
-    if len(poly) < 6:
-        return f"{len(poly) // 2} points (a polygon needs 3)"
-    return ""
-
-
-def rectangle(x1: float, y1: float, x2: float, y2: float) -> list[float]:
-    x1, x2 = sorted((x1, x2))
-    y1, y2 = sorted((y1, y2))
-    return [x1, y1, x2, y1, x2, y2, x1, y2]
-
-
-def ellipse(
-    cx: float, cy: float, rx: float, ry: float, theta: float = 0.0, n: int = 32
-) -> list[float]:
-    """A polygon with `n` vertices on the ellipse (radians `theta` rotation)."""
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    x, y = rx * np.cos(t), ry * np.sin(t)
-    c, s = math.cos(theta), math.sin(theta)
-    pts = np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1)
-    return pts.round(2).reshape(-1).tolist()
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive), sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -6,10 +6,13 @@ masks, one per image, where pixel value k > 0 is instance k and 0 is background.
 
 - Folders: images from `images`, `PNGImages`, `JPEGImages`; masks from `masks`, `PedMasks`,
   `SegmentationObject`. A mask pairs with the image of the same stem, or stem + `_mask`.
-- Classes: one, named by `SRC/classes.txt` (first line) or `default_class`. In palette masks
-  (VOC's SegmentationObject) value 255 is the void border, not an instance.
-- An image without a mask (`missing_mask`) and a mask without an image (`missing_image`) are
-  reported and left out; so is a mask whose size differs from its image (`invalid_entry`).
+- Masks: 8/16/32-bit grey (value k > 0 is instance k), palette (VOC's SegmentationObject: value
+  255 is the void border, not an instance) or colour (each colour but black is an instance).
+- Classes: one, named by `SRC/classes.txt` (first line) or `default_class`.
+- An image without a mask (`missing_mask`), a mask without an image (`missing_image`), a mask
+  that cannot be decoded (`corrupt_image`, the image with it) and a second mask for one image
+  (`invalid_entry`) are reported and left out; so is an image whose size is not its mask's,
+  EXIF-turned or not (`image_size_mismatch`).
 - Splits by `val_fraction`.
 """
 
@@ -22,7 +25,9 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from pipeline.formats.builder import CocoBuilder, image_files
+from mrcnn.data.image_file import ImageReadError
+from pipeline.formats.builder import CocoBuilder
+from pipeline.formats.files import image_files, read_text
 
 IMAGE_DIRS = ("images", "PNGImages", "JPEGImages")
 MASK_DIRS = ("masks", "PedMasks", "SegmentationObject")
@@ -45,13 +50,20 @@ def convert_masks(
         )
     image_dir, mask_dir = found
     names_txt = src / "classes.txt"
-    lines = names_txt.read_text().split() if names_txt.is_file() else []
+    lines = read_text(names_txt).split() if names_txt.is_file() else []
     name = lines[0] if lines else default_class
     builder = CocoBuilder([name], val_fraction=val_fraction)
-    masks = {}
+    masks: dict[str, Path] = {}
     for m in image_files(mask_dir):
-        rel = m.relative_to(mask_dir).with_suffix("").as_posix()
-        masks[rel.removesuffix("_mask")] = m
+        key = m.relative_to(mask_dir).with_suffix("").as_posix().removesuffix("_mask")
+        if key in masks:
+            builder.skip(
+                "invalid_entry",
+                file_name=m.relative_to(mask_dir).as_posix(),
+                detail=f"a second mask for {key} (first: {masks[key].name}): left out",
+            )
+            continue
+        masks[key] = m
     used = set()
     for path in image_files(image_dir):
         rel = path.relative_to(image_dir).as_posix()
@@ -61,10 +73,14 @@ def convert_masks(
             builder.skip("missing_mask", file_name=rel, detail=f"no mask for it in {mask_dir}")
             continue
         used.add(key)
-        image_id = builder.add_image(path, rel)
-        if image_id is None:
+        try:
+            ids, void = instance_ids(mask_path)
+        except ImageReadError as e:
+            builder.skip("corrupt_image", file_name=rel, detail=f"its mask: {e}"[:200])
             continue
-        _add_masks(builder, image_id, mask_path, rel)
+        image_id = builder.add_image(path, rel, expect_size=ids.shape)
+        if image_id is not None:
+            _add_masks(builder, image_id, ids, void, rel)
     for key in sorted(set(masks) - used):
         builder.skip(
             "missing_image",
@@ -74,28 +90,28 @@ def convert_masks(
     return builder.write(out, source=str(src), fmt="masks")
 
 
-def _add_masks(builder: CocoBuilder, image_id: int, mask_path: Path, rel: str) -> None:
+def instance_ids(path: Path) -> tuple[np.ndarray, int | None]:
+    """An instance-mask file -> (int64 [H, W] instance ids, 0 = background; the void value to
+    leave out or None). Grey (8/16/32-bit), palette (void 255, VOC's border) or colour masks
+    (each colour but black an instance). `ImageReadError` when it cannot be decoded."""
     try:
-        with Image.open(mask_path) as im:
-            palette = im.mode == "P"
-            ids = np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        builder.skip(
-            "corrupt_image", image_id=image_id, file_name=mask_path.name, detail=f"mask: {e}"
-        )
-        return
-    if ids.ndim == 3:
-        ids = ids[..., 0]
-    if ids.shape != builder.size(image_id):
-        builder.skip(
-            "invalid_entry",
-            image_id=image_id,
-            file_name=rel,
-            detail=f"mask {mask_path.name} is {ids.shape}, the image {builder.size(image_id)}",
-        )
-        return
-    values = [int(v) for v in np.unique(ids) if v != 0 and not (palette and v == 255)]
-    for v in values:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            a = np.asarray(im)
+    except Exception as e:  # Pillow's decoders raise many types on corrupt data
+        raise ImageReadError(f"cannot read {path.name}: {type(e).__name__}: {e}") from None
+    if a.ndim == 3 and a.shape[2] >= 3 and mode not in ("LA", "PA"):
+        rgb = a[..., :3].astype(np.int64)
+        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], None
+    if a.ndim == 3:
+        a = a[..., 0]
+    return a.astype(np.int64), 255 if mode == "P" else None
+
+
+def _add_masks(
+    builder: CocoBuilder, image_id: int, ids: np.ndarray, void: int | None, rel: str
+) -> None:
+    for v in (int(v) for v in np.unique(ids) if v != 0 and v != void):
         rle = mask_utils.encode(np.asfortranarray(ids == v, dtype=np.uint8))
-        rle["counts"] = rle["counts"].decode()
         builder.add_instance(image_id, 1, rle, file_name=rel)

@@ -7,7 +7,11 @@ saved project (`_via_img_metadata` holds the same mapping). Images are looked up
 - Layout: `SRC/train/*.json` and `SRC/val/*.json` (the balloon dataset), or one json in SRC
   split by `val_fraction`.
 - Shapes: polygon / polyline with an area, rect, circle, ellipse become polygons; point and
-  others are reported (`unsupported_shape`).
+  others are reported (`unsupported_shape`), as are shapes whose coordinates are missing or not
+  numbers (`invalid_polygon`), and entries without filename or regions, regions that are not
+  objects and project files that cannot be read (`invalid_entry`).
+- Images: VIA draws on the picture as the browser shows it, turned by its EXIF tag, so such an
+  image is written out upright (`exif_orientation`).
 - Class of a region: the value of its region attribute `class_attribute` (default: the single
   attribute the project uses, if there is exactly one); regions without one get `default_class`
   (balloon has no attributes: every region is a `default_class`).
@@ -15,30 +19,29 @@ saved project (`_via_img_metadata` holds the same mapping). Images are looked up
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mrcnn.data.layout import SPLITS
-from pipeline.formats.builder import CocoBuilder, ellipse, rectangle
+from pipeline.formats.builder import CocoBuilder
+from pipeline.formats.files import read_json
+from pipeline.formats.shapes import ellipse, rectangle
 
 
 def via_images(doc: Any) -> dict[str, Any] | None:
     """The per-image mapping of a VIA project, or None when `doc` is not one."""
     if isinstance(doc, dict) and isinstance(doc.get("_via_img_metadata"), dict):
         return doc["_via_img_metadata"]
-    if (
-        isinstance(doc, dict)
-        and doc
-        and all(isinstance(v, dict) and "filename" in v and "regions" in v for v in doc.values())
+    if isinstance(doc, dict) and any(
+        isinstance(v, dict) and "filename" in v and "regions" in v for v in doc.values()
     ):
-        return doc
+        return doc  # entries without them are reported one by one (`invalid_entry`)
     return None
 
 
 def is_via_json(path: Path) -> bool:
     try:
-        return via_images(json.loads(path.read_text())) is not None
+        return via_images(read_json(path)) is not None
     except (OSError, ValueError):
         return False
 
@@ -52,14 +55,25 @@ def convert_via(
     class_attribute: str = "",
     **_: Any,
 ) -> dict[str, Any]:
-    projects: list[tuple[str | None, Path]] = []
+    found: list[tuple[str | None, Path]] = []
     for split in SPLITS:
-        projects += [(split, p) for p in sorted((src / split).glob("*.json")) if is_via_json(p)]
-    if not projects:
-        projects = [(None, p) for p in sorted(src.glob("*.json")) if is_via_json(p)]
-    if not projects:
+        found += [(split, p) for p in sorted((src / split).glob("*.json"))]
+    if not found:
+        found = [(None, p) for p in sorted(src.glob("*.json"))]
+    loaded, unreadable = [], []
+    for split, path in found:
+        try:
+            imgs = via_images(read_json(path))
+        except (OSError, ValueError) as e:
+            imgs, why = None, str(e)[:200]
+        else:
+            why = "not a VIA project (no entries with 'filename' and 'regions')"
+        if imgs is None:
+            unreadable.append((path, why))
+        else:
+            loaded.append((split, path, imgs))
+    if not loaded:
         raise FileNotFoundError(f"{src}: no VIA project json (in SRC, or SRC/train and SRC/val)")
-    loaded = [(split, path, via_images(json.loads(path.read_text()))) for split, path in projects]
     attr = class_attribute or _single_attribute(loaded)
     names = sorted(
         {
@@ -68,37 +82,54 @@ def convert_via(
             for e in imgs.values()
             for r in _regions(e)
         }
-        - {None}
     )
     builder = CocoBuilder(names, val_fraction=val_fraction)
+    for path, why in unreadable:
+        builder.skip("invalid_entry", file_name=path.relative_to(src).as_posix(), detail=why)
     for split, path, imgs in loaded:
         for key, entry in imgs.items():
-            fname = entry.get("filename") if isinstance(entry, dict) else None
-            if not isinstance(fname, str) or not fname:
-                builder.skip("invalid_entry", file_name=path.name, detail=f"entry {key!r}")
-                continue
-            image_id = builder.add_image(
-                path.parent / fname, fname, split=split, split_key=f"{split}/{fname}"
-            )
-            if image_id is None:
-                continue
-            for i, region in enumerate(_regions(entry)):
-                poly = _polygon(
-                    region.get("shape_attributes") if isinstance(region, dict) else None
-                )
-                if isinstance(poly, str):
-                    builder.skip(
-                        "unsupported_shape",
-                        image_id=image_id,
-                        file_name=fname,
-                        detail=f"region {i}: {poly}",
-                    )
-                    continue
-                name = _class_of(region, attr, default_class)
-                cid = builder.category_id(name, image_id=image_id, file_name=fname)
-                if cid:
-                    builder.add_instance(image_id, cid, [poly], file_name=fname)
+            _add_entry(builder, split, path, key, entry, attr, default_class)
     return builder.write(out, source=str(src), fmt="via")
+
+
+def _add_entry(
+    builder: CocoBuilder,
+    split: str | None,
+    path: Path,
+    key: str,
+    entry: Any,
+    attr: str,
+    default_class: str,
+) -> None:
+    fname = entry.get("filename") if isinstance(entry, dict) else None
+    regions = entry.get("regions") if isinstance(entry, dict) else None
+    if not isinstance(fname, str) or not fname or not isinstance(regions, (list, dict)):
+        why = "no filename" if not isinstance(fname, str) or not fname else "no regions list"
+        builder.skip("invalid_entry", file_name=path.name, detail=f"entry {str(key)[:80]!r}: {why}")
+        return
+    image_id = builder.add_image(
+        path.parent / fname,
+        fname,
+        split=split,
+        split_key=f"{split}/{fname}",
+        orient=True,  # VIA draws on the picture as the browser shows it: EXIF-turned
+    )
+    if image_id is None:
+        return
+    for i, region in enumerate(_regions(entry)):
+        if not isinstance(region, dict):
+            builder.skip("invalid_entry", image_id=image_id, file_name=fname, detail=f"region {i}")
+            continue
+        poly = _polygon(region.get("shape_attributes"))
+        if isinstance(poly, tuple):
+            reason, why = poly
+            builder.skip(reason, image_id=image_id, file_name=fname, detail=f"region {i}: {why}")
+            continue
+        cid = builder.category_id(
+            _class_of(region, attr, default_class), image_id=image_id, file_name=fname
+        )
+        if cid:
+            builder.add_instance(image_id, cid, [poly], file_name=fname)
 
 
 def _regions(entry: Any) -> list[Any]:
@@ -114,8 +145,8 @@ def _single_attribute(loaded: list[tuple[Any, Path, dict[str, Any]]]) -> str:
         for _, _, imgs in loaded
         for e in imgs.values()
         for r in _regions(e)
-        if isinstance(r, dict)
-        for k in (r.get("region_attributes") or {})
+        if isinstance(r, dict) and isinstance(r.get("region_attributes"), dict)
+        for k in r["region_attributes"]
     }
     return next(iter(keys)) if len(keys) == 1 else ""
 
@@ -128,15 +159,16 @@ def _class_of(region: Any, attr: str, default: str) -> str:
     return str(value).strip() if value not in (None, "") else default
 
 
-def _polygon(sa: Any) -> list[float] | str:
+def _polygon(sa: Any) -> list[float] | tuple[str, str]:
+    """A region's shape_attributes -> flat polygon, or (reason, why) it has none."""
     if not isinstance(sa, dict):
-        return "no shape_attributes"
+        return "invalid_entry", "no shape_attributes"
     kind = sa.get("name")
     try:
         if kind in ("polygon", "polyline"):
             xs, ys = sa["all_points_x"], sa["all_points_y"]
-            if len(xs) != len(ys):
-                return "all_points_x and all_points_y differ in length"
+            if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
+                return "invalid_polygon", "all_points_x and all_points_y are not lists alike"
             return [float(v) for xy in zip(xs, ys, strict=True) for v in xy]
         if kind == "rect":
             x, y, w, h = (float(sa[k]) for k in ("x", "y", "width", "height"))
@@ -151,6 +183,6 @@ def _polygon(sa: Any) -> list[float] | str:
                 float(sa["ry"]),
                 float(sa.get("theta", 0.0)),
             )
-    except (KeyError, TypeError, ValueError) as e:
-        return f"{kind}: {e!r}"
-    return f"shape {kind!r} has no area"
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        return "invalid_polygon", f"{str(kind)[:40]}: {str(e)[:80]!r}"
+    return "unsupported_shape", f"shape {str(kind)[:40]!r} has no area"

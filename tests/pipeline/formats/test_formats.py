@@ -373,3 +373,27 @@ def test_coco_layout_passes_through_and_cli(tmp_path, capsys):
     assert convert_main([str(tmp_path / "empty"), str(tmp_path / "o2")]) == 2
     assert "cannot tell the label format" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_coco_ids_of_the_wrong_type_are_reported_not_raised(tmp_path):
+    """Found by the fuzz tests (tests/pipeline/formats/test_fuzz_formats.py): an annotation whose
+    image_id or category_id is a list (unhashable) crashed the COCO reader with a TypeError
+    while it chose the report's wording."""
+    src = tmp_path / "c"
+    _png(src / "images" / "a.png")
+    anns = [
+        {"id": 1, "image_id": [1], "category_id": 2, "segmentation": [SQUARE]},
+        {"id": 2, "image_id": 1, "category_id": [2], "segmentation": [SQUARE]},
+        {"id": 3, "image_id": 1, "category_id": {"id": 2}, "segmentation": [SQUARE]},
+        {"id": 4, "image_id": 1, "category_id": 2, "segmentation": [SQUARE]},
+    ]
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+        "annotations": anns,
+        "categories": [{"id": 2, "name": "square"}],
+    }
+    (src / "labels.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    summary = convert(src, out)
+    assert _reasons(out) == {"unknown_image": 1, "unknown_category": 2}
+    assert sum(s["instances"] for s in summary["splits"].values()) == 1

@@ -174,3 +174,79 @@ def test_local_source_is_validated_and_linked(tmp_path):
     with pytest.raises(FileNotFoundError, match="instances_val.json"):
         run(DataParams(source="local", local_dir=str(user)), tmp_path / "raw2")
     assert not (tmp_path / "raw2" / "local").exists()
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE (`"counts": [...]`, what `iscrowd: 1` records and CVAT's mask
+    exports hold): column-major runs, starting with the zeros."""
+    flat = mask.flatten(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + runs}
+
+
+def test_local_coco_with_uncompressed_crowd_rle_converts_like_pycocotools(tmp_path):
+    """Issue 23's regression: crowd annotations with list counts crashed the conversion
+    (`mask_utils.toBbox` on an uncompressed RLE). They convert, stay crowd (ignore) regions as
+    the shards reader treats them, and their masks are pycocotools' decoding of the source."""
+    import pycocotools.mask as mask_utils
+    from pycocotools.coco import COCO
+
+    from mrcnn.data.coco import decode_instances, load_coco_split
+
+    src = tmp_path / "user"
+    h, w = 40, 60
+    yy, xx = np.mgrid[0:h, 0:w]
+    crowd = ((yy - 20) ** 2 + (xx - 40) ** 2 < 120).astype(np.uint8)  # a disc
+    for split, first in (("train", 1), ("val", 10)):
+        (src / split).mkdir(parents=True)
+        images, anns = [], []
+        for k in range(2):
+            image_id = first + k
+            Image.open(io.BytesIO(_jpeg(image_id))).save(src / split / f"{image_id}.jpg")
+            images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": h, "width": w})
+            anns.append(
+                {
+                    "id": 100 * image_id,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": [[5, 5, 15, 5, 15, 15, 5, 15]],
+                    "bbox": [5, 5, 10, 10],
+                    "area": 100,
+                    "iscrowd": 0,
+                }
+            )
+            anns.append(
+                {
+                    "id": 100 * image_id + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": _uncompressed_rle(crowd),
+                    "bbox": [29, 9, 22, 22],
+                    "area": int(crowd.sum()),
+                    "iscrowd": 1,
+                }
+            )
+        (src / "annotations").mkdir(exist_ok=True)
+        doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}
+        (src / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    summary = run(DataParams(source="local", local_dir=str(src), local_format="auto"), tmp_path)
+    assert summary["splits"]["val"] == {"images": 2, "annotations": 4}
+    root = tmp_path / "local"
+    report = json.loads((root / "conversion_report.json").read_text())
+    assert report["skipped"] == {}
+    assert report["splits"]["train"] == {"images": 2, "instances": 2, "ignored_regions": 2}
+    reference = mask_utils.decode(mask_utils.frPyObjects(_uncompressed_rle(crowd), h, w))
+    for split in ("train", "val"):
+        ann_file = root / "annotations" / f"instances_{split}.json"
+        parsed = load_coco_split(ann_file)
+        assert parsed.skipped == []
+        coco = COCO(str(ann_file))
+        for record in parsed.records:
+            inst, bad = decode_instances(record, h, w)
+            assert bad == [] and len(inst.rles) == 1 and len(inst.crowd_boxes) == 1
+            np.testing.assert_allclose(inst.crowd_boxes[0], [30, 10, 51, 31])
+            (crowd_ann,) = [a for a in record.annotations if a["iscrowd"]]
+            ours = coco.annToMask(crowd_ann)  # as pycocotools' own tools read the output
+            iou = (ours & reference).sum() / (ours | reference).sum()
+            assert iou >= 0.99
