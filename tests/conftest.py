@@ -5,11 +5,22 @@ cannot start here."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests import ray_services, services
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_outside_the_checkout(tmp_path_factory) -> Iterator[None]:
+    """The session's fixtures (module- and session-scoped ones build whole projects) run in an
+    empty folder outside the checkout too: see `_start_outside_the_checkout`."""
+    start = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("session_cwd"))
+    yield
+    os.chdir(start)
 
 
 @pytest.fixture(autouse=True)
