@@ -9,9 +9,11 @@
     scores   bbox / segm AP on the val split (`evaluate_exported`) and agreement with fp32 on
              `--agree` val images (`compare_exported`), per (variant, runtime)
 
-Variants: `ort` / `ov` (ONNX Runtime QDQ / NNCF + OpenVINO) with the heads' output layers kept
-in float (`KEEP_FP32`), `*-all` with every Conv / Gemm / MatMul in int8, `ort-<role>` with
-only that role kept; `fp32-ov` runs the fp32 file on OpenVINO.
+Variants: `ort` / `ov` (ONNX Runtime QDQ / NNCF + OpenVINO, `ops="layers"`: Conv / Gemm /
+MatMul in int8) with the heads' output layers kept in float (`KEEP_FP32`), `*-all` with none
+kept, `*-toolchain` with the toolchain's own op set (`ops="toolchain"`), `ort-<role>` with only
+that role kept, `ort-on-ov` ONNX Runtime's QDQ file on OpenVINO; `fp32-ov` runs the fp32 file
+on OpenVINO.
 
     python bench/int8_accuracy.py --workdir /tmp/int8-acc [--iters 800] [--variants ort ov]
 """
@@ -40,13 +42,16 @@ from mrcnn.export.int8 import FP32_ROLES, KEEP_FP32, quantize_int8  # noqa: E402
 from mrcnn.export.onnx import to_onnx  # noqa: E402
 from mrcnn.modeling.model import build_model  # noqa: E402
 
-VARIANTS = {  # name -> (toolchain, keep_fp32, runtime)
-    "ort": ("onnxruntime", KEEP_FP32, "onnxruntime"),
-    "ort-all": ("onnxruntime", (), "onnxruntime"),
-    **{f"ort-{role}": ("onnxruntime", (role,), "onnxruntime") for role in FP32_ROLES},
-    "ort-on-ov": ("onnxruntime", KEEP_FP32, "openvino"),
-    "ov": ("openvino", KEEP_FP32, "openvino"),
-    "ov-all": ("openvino", (), "openvino"),
+VARIANTS = {  # name -> (toolchain, keep_fp32, ops, runtime)
+    "ort": ("onnxruntime", KEEP_FP32, "layers", "onnxruntime"),
+    "ort-all": ("onnxruntime", (), "layers", "onnxruntime"),
+    "ort-toolchain": ("onnxruntime", KEEP_FP32, "toolchain", "onnxruntime"),
+    **{f"ort-{role}": ("onnxruntime", (role,), "layers", "onnxruntime") for role in FP32_ROLES},
+    "ort-on-ov": ("onnxruntime", KEEP_FP32, "layers", "openvino"),
+    "ov": ("openvino", KEEP_FP32, "layers", "openvino"),
+    "ov-all": ("openvino", (), "layers", "openvino"),
+    "ov-toolchain": ("openvino", KEEP_FP32, "toolchain", "openvino"),
+    "ov-toolchain-all": ("openvino", (), "toolchain", "openvino"),
 }
 
 
@@ -110,7 +115,7 @@ def main() -> None:
     for name in args.variants:
         if name == "fp32-ov":
             continue
-        toolchain, keep, runtime = VARIANTS[name]
+        toolchain, keep, ops, runtime = VARIANTS[name]
         suffix = ".xml" if toolchain == "openvino" else ".onnx"
         t0 = time.perf_counter()
         out = quantize_int8(
@@ -121,6 +126,7 @@ def main() -> None:
             seed=args.seed,
             toolchain=toolchain,
             keep_fp32=keep,
+            ops=ops,
         )
         print(f"{name}: quantised in {time.perf_counter() - t0:.0f} s", flush=True)
         runs.append((name, out, runtime))

@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 TOOLCHAINS = ("onnxruntime", "openvino")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_NUM_IMAGES = 200
+# `ops`: "layers" quantises only these (the layers with weights: nearly all the FLOPs);
+# "toolchain" lets the toolchain choose (its default set: also Add, MaxPool, Resize, ...).
 QUANTISED_OPS = ("Conv", "Gemm", "MatMul")
+OPS = ("layers", "toolchain")
 
 # Layers that may be kept in float, by role -> how they are found in the exported graph (node
 # names come from the module path: `to_onnx` traces `MaskRCNN`'s own modules).
@@ -164,6 +167,7 @@ def quantize_int8(
     seed: int = 0,
     toolchain: str = "onnxruntime",
     keep_fp32: Iterable[str] = KEEP_FP32,
+    ops: str = "layers",
     per_channel: bool = True,
     reduce_range: bool | None = None,
     calibration_method: str = "minmax",
@@ -181,6 +185,8 @@ def quantize_int8(
         toolchain: "onnxruntime" (QDQ ONNX, runs with `OnnxModel`) or "openvino" (NNCF,
             OpenVINO IR, runs with `OpenVinoModel`).
         keep_fp32: roles (`FP32_ROLES`) whose layers stay in float.
+        ops: "layers" (only Conv / Gemm / MatMul inputs in int8) or "toolchain" (the
+            toolchain's default set, which adds element-wise ops, pooling and resizing).
         per_channel: one weight scale per output channel (onnxruntime; NNCF always does).
         reduce_range: 7-bit weights (onnxruntime); None: when the CPU has no VNNI.
         calibration_method: "minmax", "percentile" or "entropy" (onnxruntime).
@@ -193,6 +199,8 @@ def quantize_int8(
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if toolchain not in TOOLCHAINS:
         raise ValueError(f"toolchain must be one of {TOOLCHAINS}, got {toolchain!r}")
+    if ops not in OPS:
+        raise ValueError(f"ops must be one of {OPS}, got {ops!r}")
     if calibration_method not in CALIBRATION_METHODS:
         raise ValueError(
             f"calibration_method must be one of {CALIBRATION_METHODS}, got {calibration_method!r}"
@@ -209,12 +217,15 @@ def quantize_int8(
         "seed": seed,
         "keep_fp32": keep_fp32,
         "kept_fp32_nodes": kept,
+        "ops": ops,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if toolchain == "openvino":
         from mrcnn.export.int8_openvino import quantize_openvino
 
-        return quantize_openvino(onnx_path, out_path, feeds, kept, info)
+        return quantize_openvino(
+            onnx_path, out_path, feeds, kept, info, layers_only=ops == "layers"
+        )
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
     info.update(
@@ -224,7 +235,14 @@ def quantize_int8(
     )
     with tempfile.TemporaryDirectory(prefix="mrcnn-int8-") as tmp:
         quantised = _quantize_onnxruntime(
-            onnx_path, Path(tmp), feeds, kept, per_channel, reduce_range, calibration_method
+            onnx_path,
+            Path(tmp),
+            feeds,
+            kept,
+            QUANTISED_OPS if ops == "layers" else None,
+            per_channel,
+            reduce_range,
+            calibration_method,
         )
         model = onnx.load(str(quantised))
     del model.metadata_props[:]  # the quantizer's own keys go; ours come back, plus int8
@@ -249,6 +267,7 @@ def _quantize_onnxruntime(
     tmp: Path,
     feeds: list[dict[str, np.ndarray]],
     kept: list[str],
+    op_types: Sequence[str] | None,
     per_channel: bool,
     reduce_range: bool,
     calibration_method: str,
@@ -292,7 +311,7 @@ def _quantize_onnxruntime(
         str(out),
         Reader(),
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTISED_OPS),
+        op_types_to_quantize=None if op_types is None else list(op_types),
         nodes_to_exclude=kept,
         per_channel=per_channel,
         reduce_range=reduce_range,

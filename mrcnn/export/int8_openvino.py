@@ -25,6 +25,9 @@ from mrcnn.export.openvino_model import FRAMEWORK_INFO
 
 log = logging.getLogger(__name__)
 
+# OpenVINO's op types of ONNX Conv / Gemm / MatMul (`quantize_int8(ops="layers")`).
+LAYER_TYPES = ("Convolution", "GroupConvolution", "MatMul")
+
 
 def quantize_openvino(
     onnx_path: Path,
@@ -32,10 +35,12 @@ def quantize_openvino(
     feeds: list[dict[str, np.ndarray]],
     kept: list[str],
     info: dict[str, Any],
+    layers_only: bool = True,
 ) -> Path:
     """NNCF on the fp32 ONNX file, calibrated on `feeds` (`calibration_batches`), the nodes
     named in `kept` ignored -> OpenVINO IR at `out_path` with suffix `.xml` (+ `.bin`), the
-    metadata carried over with `mrcnn.int8` = `info` added."""
+    metadata carried over with `mrcnn.int8` = `info` added. `layers_only`: quantise only
+    the inputs of convolutions and matrix products (`LAYER_TYPES`), else NNCF's default set."""
     try:
         import nncf
         import openvino as ov
@@ -45,11 +50,14 @@ def quantize_openvino(
         ) from e
     model = ov.Core().read_model(str(onnx_path))
     patterns = [f"^{re.escape(name)}(/WithoutBiases)?$" for name in kept]
+    types = []
+    if layers_only:  # NNCF quantises the inputs of every op type it may; keep it to layers
+        types = sorted({op.get_type_name() for op in model.get_ordered_ops()} - set(LAYER_TYPES))
     quantised = nncf.quantize(
         model,
         nncf.Dataset(feeds),
         subset_size=len(feeds),
-        ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False),
+        ignored_scope=nncf.IgnoredScope(patterns=patterns, types=types, validate=False),
     )
     info = {**info, "nncf": nncf.__version__, "openvino": ov.__version__}
     quantised.set_rt_info(json.dumps(info), [FRAMEWORK_INFO, INT8_METADATA])
