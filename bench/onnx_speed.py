@@ -17,8 +17,8 @@ The int8 files are calibrated on `--calib` other synthetic scenes (the weights a
 only their speed means anything here; bench/int8_accuracy.py measures what int8 costs in AP).
 For every (size, batch) the runtimes are timed in interleaved rounds (drift on a shared VM hits
 all alike); images/s are medians over rounds, ratios are against torchvision and against
-`onnx` (fp32 ONNX Runtime). For the exported models the graph's own share of each call
-(`run`, without resize and paste) is reported too.
+`onnx` (fp32 ONNX Runtime). Each (size, batch) runs in a fresh process. For the exported
+models the graph's own share of each call (`run`, without resize and paste) is reported too.
 
     python bench/onnx_speed.py                                  # 512 and 800 px, batch 1 and 4
     python bench/onnx_speed.py --int8 --openvino                # + int8 and OpenVINO columns
@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -179,6 +180,23 @@ def _timed(run, record: list[float]):
     return timed
 
 
+def _in_child(size: int, batch: int, tmp: Path) -> dict:
+    """This script on one (size, batch) in a fresh process (the other arguments as given):
+    the six runtimes of one configuration hold several GB, which a long process would keep."""
+    out = tmp / f"{size}_{batch}.json"
+    argv = sys.argv[1:]
+    for flag in ("--sizes", "--batches", "--json"):  # drop the flag and its values
+        if flag in argv:
+            i = argv.index(flag)
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            del argv[i:j]
+    cmd = [sys.executable, __file__, *argv, "--sizes", str(size), "--batches", str(batch)]
+    subprocess.run([*cmd, "--json", str(out)], check=True)
+    return json.loads(out.read_text())["results"][0]
+
+
 def _version(package: str) -> str:
     from importlib.metadata import version
 
@@ -202,38 +220,41 @@ def main() -> None:
     args = ap.parse_args()
     commit = provenance.commit()
     load_before = os.getloadavg()
+    configs = [(size, batch) for size in args.sizes for batch in args.batches]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes:
-            for batch in args.batches:
-                r = run_config(
-                    size,
-                    batch,
-                    args.rounds,
-                    args.score_thresh,
-                    Path(tmp),
-                    not args.no_warmup,
-                    args.detections,
-                    args.int8,
-                    args.openvino,
-                    args.calib,
+        for size, batch in configs:
+            if len(configs) > 1:  # each in its own process: memory and threads start afresh
+                results.append(_in_child(size, batch, Path(tmp)))
+                continue
+            r = run_config(
+                size,
+                batch,
+                args.rounds,
+                args.score_thresh,
+                Path(tmp),
+                not args.no_warmup,
+                args.detections,
+                args.int8,
+                args.openvino,
+                args.calib,
+            )
+            results.append(r)
+            ips, ratio = r["images_per_s"], r["ratio_vs_torchvision"]
+            cols = "  ".join(
+                f"{k} {v:.3g} ({ratio[k]:.2f}x"
+                + (
+                    f", graph {r['graph_ratio_vs_onnx_fp32'][k]:.2f}x onnx)"
+                    if k in r["graph_ratio_vs_onnx_fp32"]
+                    else ")"
                 )
-                results.append(r)
-                ips, ratio = r["images_per_s"], r["ratio_vs_torchvision"]
-                cols = "  ".join(
-                    f"{k} {v:.3g} ({ratio[k]:.2f}x"
-                    + (
-                        f", graph {r['graph_ratio_vs_onnx_fp32'][k]:.2f}x onnx)"
-                        if k in r["graph_ratio_vs_onnx_fp32"]
-                        else ")"
-                    )
-                    for k, v in ips.items()
-                )
-                print(
-                    f"{size:4d} px  batch {batch}  images/s  {cols}"
-                    f"  detections {r['detections_per_image']}",
-                    flush=True,
-                )
+                for k, v in ips.items()
+            )
+            print(
+                f"{size:4d} px  batch {batch}  images/s  {cols}"
+                f"  detections {r['detections_per_image']}",
+                flush=True,
+            )
     load_after = os.getloadavg()
     summary = {
         "commit": commit,
