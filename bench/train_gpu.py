@@ -4,10 +4,11 @@ What the `train` stage's worker loop does on one GPU (`pipeline/training/loop.py
 without Ray, MLflow or shards: `build_model` (+ `use_channels_last` / `compile_static`), the solver
 (`scale_schedule`, `build_optimizer`, fused on CUDA, `lr_scheduler`), `TrainLoader` over an
 in-memory set of shapes images at `--size` px (pinned batches, `non_blocking` copies), bf16
-autocast on CUDA, gradient clipping. Recipe defaults come from `pipeline.params.TrainParams` when
-it imports (else the same values written below). Losses stay on the device during the run (one
-host sync every `--log-every` iterations for the progress line), so the step is timed as the loop
-would run it without its per-iteration `.item()` calls; `--sync-every-iter` adds them back.
+autocast on CUDA, gradient clipping. Recipe defaults come from
+`pipeline.train_params.TrainParams` when it imports (else the same values written below).
+Losses stay on the device during the run (one host sync every `--log-every` iterations for the
+progress line), so the step is timed as the loop would run it without its per-iteration
+`.item()` calls; `--sync-every-iter` adds them back.
 
 It also records where the step synchronises with the host: one iteration runs under
 `torch.cuda.set_sync_debug_mode("warn")` and every warning's file:line is kept (CUDA only).
@@ -51,7 +52,7 @@ from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule  # noqa: 
 
 logger = logging.getLogger("train_gpu")
 
-# The loop's recipe (params.yaml `train`), used when pipeline.params does not import.
+# The loop's recipe (params.yaml `train`), used when pipeline.train_params does not import.
 FALLBACK_RECIPE = {
     "optimizer": "adamw",
     "lr": 1e-3,
@@ -71,12 +72,12 @@ FALLBACK_RECIPE = {
 def recipe() -> tuple[dict[str, Any], str]:
     """The training recipe defaults and where they came from."""
     try:
-        from pipeline.params import TrainParams
+        from pipeline.train_params import TrainParams
 
         p = TrainParams()
-        return {k: getattr(p, k) for k in FALLBACK_RECIPE}, "pipeline.params.TrainParams"
+        return {k: getattr(p, k) for k in FALLBACK_RECIPE}, "pipeline.train_params.TrainParams"
     except Exception as e:  # the pipeline is being restructured; the values are the same
-        logger.warning("pipeline.params unavailable (%s); using the built-in recipe", e)
+        logger.warning("pipeline.train_params unavailable (%s); using the built-in recipe", e)
         return dict(FALLBACK_RECIPE), "bench/train_gpu.py FALLBACK_RECIPE"
 
 

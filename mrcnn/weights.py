@@ -16,7 +16,8 @@ extra key, raises naming the tensor.
 - `load_backbone(model, state_dict)`: an ImageNet ResNet/ResNeXt checkpoint into the body, to start
   training from it.
 - `save(model, path)` / `load(path)`: our own format, a folder with `model.safetensors` (tensors
-  only, no pickle) and `config.json`; `load` rebuilds the model with `build_model`.
+  only, no pickle) and `config.json` (the config, the preset it came from, a class map: see
+  `read_meta`); `load` rebuilds the model with `build_model`.
 - `read_state_dict(path)`: a local `.pth`/`.pt` (with `weights_only=True`) or `.safetensors` file.
 """
 
@@ -222,8 +223,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return sd
 
 
-def save(model: MaskRCNN, path: str | Path, extra: dict | None = None) -> Path:
-    """Write `path/model.safetensors` + `path/config.json` (atomically, via a temp folder)."""
+def save(model: MaskRCNN, path: str | Path, extra: dict | None = None, *, preset: str = "") -> Path:
+    """Write `path/model.safetensors` + `path/config.json` (atomically, via a temp folder).
+
+    config.json holds `config` (`Config.to_dict()`), beside it `preset` (the `mrcnn.presets`
+    name the config was built from, when given) and the keys of `extra` (e.g. a class map);
+    `read_meta` reads it back."""
     from safetensors.torch import save_file
 
     if model.cfg is None:
@@ -233,7 +238,11 @@ def save(model: MaskRCNN, path: str | Path, extra: dict | None = None) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(tmp / WEIGHTS_FILE))
-    meta = {"config": model.cfg.to_dict(), **(extra or {})}
+    meta = {
+        "config": model.cfg.to_dict(),
+        **({"preset": preset} if preset else {}),
+        **(extra or {}),
+    }
     (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     if path.exists():
         shutil.rmtree(path)
@@ -250,10 +259,15 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> MaskRCNN:
         raise FileNotFoundError(
             f"{path} is not a saved model (expected {CONFIG_FILE} and {WEIGHTS_FILE} in it)"
         )
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    model = build_model(Config.from_dict(meta["config"]))
+    model = build_model(Config.from_dict(read_meta(path)["config"]))
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     return model.to(device).eval()
+
+
+def read_meta(path: str | Path) -> dict:
+    """The config.json of a folder written by `save`: `config`, and `preset`, `class_map`, ...
+    where they were saved (a model saved before presets were recorded has no `preset`)."""
+    return json.loads((Path(path) / CONFIG_FILE).read_text())
 
 
 def _few(keys: list[str]) -> str:

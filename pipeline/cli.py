@@ -1,11 +1,9 @@
 """What every stage's `main()` shares: `--params` / `--debug`, the whole params file checked
-before any work, and user errors as one line instead of a traceback.
+before any work, user errors as one line instead of a traceback, and the summary on stdout.
 
     def main(argv=None):
-        ap = cli.parser(__doc__)
-        ap.add_argument("--out", ...)
-        args = ap.parse_args(argv)
-        cli.run_main(args, lambda: run(...), errors=(ExportError,))
+        args = parser().parse_args(argv)           # cli.parser(__doc__) + the stage's paths
+        cli.run_main(args, lambda: cli.show(run(*inputs(args))), errors=(ExportError,))
 
 A user error (a bad params file, a missing input, an unreachable tracking store, a cluster
 without the resources asked for) is logged as one line, `... pipeline.<stage>: error: <message>`
@@ -15,6 +13,7 @@ without the resources asked for) is logged as one line, `... pipeline.<stage>: e
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -63,6 +62,13 @@ def run_main(
         )
         logging.getLogger(name).error("error: %s (--debug for the traceback)", one_line(e))
         sys.exit(1)
+
+
+def show(summary: dict[str, Any]) -> dict[str, Any]:
+    """Write a stage's summary to stdout as JSON (what a user running it by hand reads; the log
+    goes to stderr) -> the summary."""
+    sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def one_line(error: BaseException) -> str:

@@ -13,7 +13,8 @@ Naming convention (the pipeline's nouns, one shape each):
     run             one training run: Ray Train storage `<train.storage_path>/<run name>/` and
                     one MLflow run (`metrics/train_run.json` says which)
     checkpoint      a directory Ray Train registered: state.pt + rng_rank<r>.pt
-    model folder    `mrcnn.weights.save` output: weights.safetensors + config.json
+    model folder    `mrcnn.weights.save` output: model.safetensors + config.json (the config,
+                    the preset it came from, the class map: `mrcnn.weights.read_meta`)
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """`params.yaml` as a file: read it, build a section's dataclass from a mapping (errors name
 `section.key`), turn a section back into a plain dict, and the `model` section into an
 `mrcnn.Config`. The sections themselves, and the whole-file check, are in `pipeline.params`
-(which re-exports these functions: import them from there).
+(import these functions from here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,16 +17,32 @@ import yaml
 from mrcnn import presets
 from mrcnn.config import Config
 from mrcnn.mapping import from_mapping, reprefix, to_plain
+from pipeline.device import DEVICE_PATTERN
 
 T = TypeVar("T")
 
 DEFAULT_PRESET = "shapes_small"  # model.preset when the section names none
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+# `num_workers: -1`: one worker process per core, in every section that counts processes.
+ALL_CORES = -1
+
+
+def worker_processes(num_workers: int) -> int:
+    """A params `num_workers` -> worker processes to start. One meaning in every section: N
+    processes, 0 = none (the main process does the work), -1 (`ALL_CORES`) = one per core."""
+    return (os.cpu_count() or 1) if num_workers == ALL_CORES else num_workers
+
+
+def check_workers(num_workers: int, key: str = "num_workers") -> None:
+    """N >= 0 worker processes, or -1 for one per core (see `worker_processes`)."""
+    check(
+        num_workers >= ALL_CORES, key, "must be >= 0 (0 = none: the main process) or -1 (all cores)"
+    )
 
 
 def check_device(device: str, key: str = "device") -> None:
-    """`auto`, `cpu`, `cuda` or `cuda:N` (see `resolve_device`)."""
+    """`auto`, `cpu`, `cuda` or `cuda:N` (see `pipeline.device.resolve_device`)."""
     check(DEVICE_PATTERN.fullmatch(device) is not None, key, "must be auto, cpu, cuda or cuda:N")
 
 
@@ -36,19 +53,6 @@ def check(ok: bool, key: str, why: str) -> None:
         raise ValueError(f"params key '{key}' {why}")
 
 
-def load_model_config(
-    path: str | Path, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
-) -> Config:
-    """The `model` section -> `mrcnn.Config`: a preset (`model.preset`) with the section's
-    other keys merged over it; the dataset fixes classes and input size."""
-    return model_config(
-        load_params(path).get("model") or {},
-        num_classes=num_classes,
-        image_size=image_size,
-        class_names=class_names,
-    )
-
-
 def model_config(
     section: dict[str, Any],
     *,
@@ -56,10 +60,12 @@ def model_config(
     image_size: int,
     class_names: tuple[str, ...] = (),
 ) -> Config:
-    """A `model` section given as a dict -> `mrcnn.Config` (what `load_model_config` does for
-    a file; sweeps apply each trial's sampled values to the section first)."""
+    """A `model` section given as a dict -> `mrcnn.Config`: a preset (`model.preset`) with the
+    section's other keys merged over it; the dataset fixes classes and input size (sweeps apply
+    each trial's sampled values to the section first)."""
     section = dict(section)
-    preset = section.pop("preset", DEFAULT_PRESET)
+    preset = model_preset(section)
+    section.pop("preset", None)
     try:
         cfg = presets.get(preset, num_classes=num_classes, image_size=image_size)
         return cfg.replace(**section, class_names=list(class_names))
@@ -68,6 +74,12 @@ def model_config(
         if message.startswith("unknown preset"):
             message = f"params key 'model.preset': {message}"
         raise ValueError(reprefix(message, "model.", "params key")) from None
+
+
+def model_preset(section: Mapping[str, Any]) -> str:
+    """The preset a `model` section builds on: its `preset`, else `DEFAULT_PRESET`. The one
+    place that default is applied (the saved model records the result, `mrcnn.weights.save`)."""
+    return str(section.get("preset", DEFAULT_PRESET))
 
 
 def load_params(path: str | Path) -> dict[str, Any]:

@@ -1,20 +1,26 @@
-"""`params.yaml` -> typed, validated sections: one dataclass per stage section.
+"""`params.yaml` -> typed, validated sections: one dataclass per stage section, and `Params`,
+the whole file.
 
-    >>> load_section("params.yaml", "shards", ShardsParams).image_size
+    >>> load("params.yaml").shards.image_size
     128
 
 Each section is a dataclass whose fields are the section's keys, with defaults, and a
-`validate()` that raises `ValueError` naming the key. `load_section` reads one section, rejects
-unknown keys (`ValueError: unknown params key 'data.sorce' ...`), checks types and runs
-`validate()`. A missing section or key keeps its default. A field may itself be a dataclass
-(a nested mapping in the YAML, e.g. `data.shapes`).
+`validate()` that raises `ValueError` naming the key. Reading a section rejects unknown keys
+(`ValueError: unknown params key 'data.sorce' ...`), checks types and runs `validate()`
+(`pipeline.paramfile.load_section`). A missing section or key keeps its default. A field may
+itself be a dataclass (a nested mapping in the YAML, e.g. `data.shapes`).
 
-`validate_file` checks the whole file at once (every section, unknown sections too): each stage
-and `pipeline.tune` call it before doing any work (`pipeline.cli.run_main`), so a typo in
+`load` reads and checks the whole file at once (every section, unknown sections too) into
+`Params`, what each stage's `run(params, paths)` takes; `validate_file` is the same check. Each
+stage and `pipeline.tune` run it before any work (`pipeline.cli.run_main`), so a typo in
 `evaluate:` fails `train` in seconds instead of after an hour of training.
 
-To add a section: write its dataclass below, add it to `SECTIONS` and call
-`load_section(path, "name", NameParams)`. The file machinery is in `pipeline.paramfile`.
+`num_workers` means the same in every section: worker processes, 0 = none (the main process does
+the work), -1 = one per core (`pipeline.paramfile.worker_processes`); `train.num_workers` counts
+Ray Train workers (0: training runs in-process).
+
+To add a section: write its dataclass below and add it to `SECTIONS` and `Params`. The file
+machinery is in `pipeline.paramfile`; the `train` and `tune` sections in `pipeline.train_params`.
 """
 
 from __future__ import annotations
@@ -26,34 +32,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrcnn.config import InputConfig
+from mrcnn.config import Config, InputConfig
+from mrcnn.data.layout import SPLITS
 from mrcnn.data.shapes import ShapesSpec
 from mrcnn.data.writer import ShardOptions
+from mrcnn.export import MODEL_BACKENDS
 from mrcnn.mapping import reprefix
 from pipeline.formats import FORMATS
-from pipeline.paramfile import (  # noqa: F401 (the params API is imported from here)
-    DEVICE_PATTERN,
+from pipeline.layout import project_root, under
+from pipeline.paramfile import (
+    ALL_CORES,
     check,
     check_device,
+    check_workers,
     from_dict,
-    load_model_config,
     load_params,
-    load_section,
     model_config,
-    to_dict,
+    model_preset,
 )
-from pipeline.sweep.space import parse_space
-from pipeline.sweep.tune_params import TuneParams
+from pipeline.search_space import parse_space
+from pipeline.train_params import TrainParams, TuneParams
 
 DATA_SOURCES = ("shapes", "coco", "local")
-SPLITS = ("train", "val")
 IMAGE_FORMATS = ("auto", "png", "jpeg")
-
-
-def check_range(v: tuple[float, ...], key: str, top: float) -> None:
-    """`[]` (off) or `[lo, hi]` with 0 < lo <= hi <= top."""
-    ok = not v or (len(v) == 2 and 0 < v[0] <= v[1] <= top)
-    check(ok, key, f"must be [] or [lo, hi] with 0 < lo <= hi <= {top}")
 
 
 @dataclass
@@ -116,7 +117,7 @@ class ShardsParams:
     keep_negatives_val: bool = True
     # Instances whose box in the padded frame is narrower or shorter than this are reported.
     min_box_size: float = 1.0
-    num_workers: int = 0  # processes; 0 = all cores
+    num_workers: int = ALL_CORES  # worker processes: -1 = one per core, 0 = none (this process)
 
     def validate(self) -> None:
         # The model's own input rules (mrcnn.config.InputConfig): shards and model must agree.
@@ -129,7 +130,7 @@ class ShardsParams:
         check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in 1..100")
         check(self.samples_per_shard >= 1, "samples_per_shard", "must be >= 1")
         check(self.min_box_size >= 0, "min_box_size", "must be >= 0")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = all cores)")
+        check_workers(self.num_workers)
 
     @staticmethod
     def normalize(d: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +201,8 @@ class EvaluateParams:
     write_results: bool = False
     # Processes decoding the shards (DataLoader) and, as many again, RLE-encoding the masks
     # (`mrcnn.evaluation.coco_results.ResultsEncoder`), then evaluating bbox / segm / keypoints
-    # side by side (`coco_evaluate(processes=)`); 0 = all in the main process.
+    # side by side (`coco_evaluate(processes=)`); 0 = none (all in the main process), -1 = one
+    # per core.
     num_workers: int = 0
     backend: str = "faster"  # COCOeval: faster (faster-coco-eval, C++) | pycocotools (reference)
     # Keypoint models: one OKS sigma per keypoint type; empty = COCO's 17 person sigmas.
@@ -214,7 +216,7 @@ class EvaluateParams:
         check(self.score_thresh < 1, "score_thresh", "must be < 1 (< 0 keeps the model's)")
         check_device(self.device)
         check(self.max_images >= 0, "max_images", "must be >= 0 (0 = all)")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check_workers(self.num_workers)
         check(self.backend in ("faster", "pycocotools"), "backend", "must be faster | pycocotools")
 
 
@@ -228,9 +230,10 @@ class ExportParams:
     # auto: register, except under `dvc exp run` (throwaway experiments stay out of the
     # registry); true / false: always / never (the model is still logged to its MLflow run).
     register: str = "auto"
-    # What the registered model's pyfunc (and `mlflow models serve`) runs by default: torch (the
-    # weights, eager PyTorch) or onnxruntime (the checked ONNX file; needs portable: true and a
-    # model with boxes + masks only, no keypoint or MaskIoU head).
+    # What the registered model's pyfunc (and `mlflow models serve`) runs by default, one of
+    # `mrcnn.export.MODEL_BACKENDS`: torch (the weights, eager PyTorch) or onnxruntime (the
+    # checked ONNX file; needs portable: true and a model with boxes + masks only, no keypoint
+    # or MaskIoU head).
     pyfunc_backend: str = "torch"
 
     @staticmethod
@@ -247,9 +250,9 @@ class ExportParams:
         key_ok = re.fullmatch(r"\w+(\.\w+)*", self.champion_metric)
         check(key_ok is not None, "champion_metric", "must be a key of eval.json, e.g. segm.AP")
         check(
-            self.pyfunc_backend in ("torch", "onnxruntime"),
+            self.pyfunc_backend in MODEL_BACKENDS,
             "pyfunc_backend",
-            "must be torch or onnxruntime",
+            f"must be {' or '.join(MODEL_BACKENDS)}",
         )
         check(
             self.pyfunc_backend != "onnxruntime" or self.portable,
@@ -272,94 +275,13 @@ class PredictParams:
         check_device(self.device)
 
 
-# train.placement -> Ray's placement-group strategy for the worker group
-PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
-
-
-@dataclass
-class TrainParams:
-    """`train`: data-parallel training with Ray Train (`pipeline.train`).
-
-    `lr`, `iterations`, `warmup_iters` and `steps` are given at `reference_batch` images per
-    iteration and scale with the real global batch (workers x batch_size): the lr linearly, the
-    iteration counts inversely (Goyal et al., 2017), so one setting serves 1 CPU or 8 GPUs.
-    """
-
-    num_workers: int = 1  # Ray Train workers: CPU processes here, one per GPU with use_gpu
-    use_gpu: bool = False
-    cpus_per_worker: int = 2  # torch threads per worker on CPU
-    batch_size: int = 8  # images per worker per iteration
-    reference_batch: int = 8
-    iterations: int = 800
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, the paper's recipe)
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | step
-    warmup_iters: int = 50
-    steps: tuple[float, ...] = (0.75, 1.0)  # step schedule: lr x0.1 at these fractions
-    grad_clip: float = 10.0  # max gradient norm; 0 = off
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    compile: bool = False  # torch.compile the fixed-shape parts (GPU)
-    channels_last: bool = False
-    max_gt: int = 16  # ground-truth slots per image (COCO: 100)
-    loader_workers: int = 0  # DataLoader processes per Ray worker
-    hflip: bool = True
-    scale_jitter: tuple[float, ...] = ()  # [lo, hi]: each image scaled by U(lo, hi); [] = off
-    short_sides: tuple[int, ...] = ()  # multi-scale: short side drawn from these px (<= frame)
-    random_crop: tuple[float, ...] = ()  # [lo, hi]: crop U(lo, hi) of each side; [] = off
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 200
-    eval_every: int = 0  # val segm AP every N iterations (sweeps); 0 = only in `evaluate`
-    eval_images: int = 100  # val images used by those periodic evaluations
-    max_failures: int = 2  # worker-group restarts from the last checkpoint
-    # Ray run = <run_name>-<hash of shards/model/train params>; "" = <data source>-<preset>
-    run_name: str = ""
-    storage_path: str = "runs"  # Ray Train storage: a folder, or s3://bucket/prefix on a cluster
-    placement: str = "pack"  # workers' placement group: pack | spread | strict_spread (nodes)
-    shard_cache: str = ""  # s3:// shards: a local folder per node for whole shards; "" = none
-    init_weights: str = ""  # torchvision Mask R-CNN (.pth) or ImageNet ResNet checkpoint
-
-    def global_batch(self, world_size: int | None = None) -> int:
-        """Images per iteration over all workers (`world_size` defaults to num_workers)."""
-        return self.batch_size * max(1, world_size or self.num_workers)
-
-    def validate(self) -> None:
-        check(self.num_workers >= 0, "num_workers", "must be >= 0 (0 = in-process, no Ray)")
-        for name in ("cpus_per_worker", "batch_size", "reference_batch", "iterations"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.optimizer in ("adamw", "sgd"), "optimizer", "must be adamw or sgd")
-        check(self.lr > 0, "lr", "must be > 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.schedule in ("cosine", "step"), "schedule", "must be cosine or step")
-        check(self.warmup_iters >= 0, "warmup_iters", "must be >= 0")
-        check(all(0 < s <= 1 for s in self.steps), "steps", "must be fractions in (0, 1]")
-        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        check(self.max_gt >= 1, "max_gt", "must be >= 1")
-        check_range(self.scale_jitter, "scale_jitter", float("inf"))  # LSJ: [0.1, 2.0]
-        check_range(self.random_crop, "random_crop", 1.0)
-        check(all(s >= 1 for s in self.short_sides), "short_sides", "must be sizes in px")
-        check(not (self.scale_jitter and self.short_sides), "short_sides", "excludes scale_jitter")
-        for name in ("log_every", "checkpoint_every"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.eval_every >= 0, "eval_every", "must be >= 0")
-        check(self.max_failures >= 0, "max_failures", "must be >= 0")
-        check(self.placement in PLACEMENTS, "placement", f"must be one of {sorted(PLACEMENTS)}")
-        check(
-            not self.run_name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_name),
-            "run_name",
-            "must be letters, digits, '.', '_', '-'",
-        )
-
-
 SECTIONS: dict[str, type | None] = {
     "data": DataParams,
     "shards": ShardsParams,
     "inspect": InspectParams,
     "model": None,  # mrcnn.Config: checked by model_config
     "train": TrainParams,
-    "tune": TuneParams,  # + tune.space, checked by pipeline.sweep.space.parse_space
+    "tune": TuneParams,  # + tune.space, checked by pipeline.search_space.parse_space
     "mlflow": MlflowParams,
     "evaluate": EvaluateParams,
     "export": ExportParams,
@@ -367,11 +289,66 @@ SECTIONS: dict[str, type | None] = {
 }
 
 
+@dataclass(frozen=True)
+class Params:
+    """The whole params file, typed: one field per section, defaults where the file has none.
+    Every stage's `run(params, paths)` takes it and reads its own sections only (the ones
+    dvc.yaml's `params:` lists for it).
+
+    `model` stays the mapping the file holds (a preset and keys over it): it becomes an
+    `mrcnn.Config` once the dataset gives classes and image size (`model_config`). The sweep's
+    `tune.space` is read by `pipeline.sweep.config.load_sweep`, not kept here.
+    """
+
+    data: DataParams = field(default_factory=DataParams)
+    shards: ShardsParams = field(default_factory=ShardsParams)
+    inspect: InspectParams = field(default_factory=InspectParams)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainParams = field(default_factory=TrainParams)
+    tune: TuneParams = field(default_factory=TuneParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
+    predict: PredictParams = field(default_factory=PredictParams)
+
+    @property
+    def preset(self) -> str:
+        """The preset the model section builds on (`pipeline.paramfile.model_preset`)."""
+        return model_preset(self.model)
+
+    def model_config(
+        self, *, num_classes: int, image_size: int, class_names: tuple[str, ...] = ()
+    ) -> Config:
+        """The `model` section -> `mrcnn.Config` for a dataset of `num_classes` (background
+        included) at `image_size`."""
+        return model_config(
+            self.model, num_classes=num_classes, image_size=image_size, class_names=class_names
+        )
+
+
+def load(path: str | Path) -> Params:
+    """Read and check the whole params file (as `validate_file`) -> `Params`. Its relative paths
+    (`data.local_dir`, `train.init_weights`) are made absolute from the project root, the folder
+    holding the file, whatever the working directory (Ray workers run elsewhere)."""
+    params = _read(path)[0]
+    root = project_root(path)
+    data, train = params.data, params.train
+    if data.local_dir:
+        data = dataclasses.replace(data, local_dir=str(under(root, data.local_dir)))
+    if train.init_weights:
+        train = dataclasses.replace(train, init_weights=str(under(root, train.init_weights)))
+    return dataclasses.replace(params, data=data, train=train)
+
+
 def validate_file(path: str | Path) -> dict[str, Any]:
     """Check every section of the params file -> the document. An unknown section or key, a
     value of the wrong type or out of range raises `ValueError` naming it; a missing file
     `FileNotFoundError`. (The sweep's trials are checked against the dataset by `pipeline.tune`.)
     """
+    return _read(path)[1]
+
+
+def _read(path: str | Path) -> tuple[Params, dict[str, Any]]:
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"no params file {path} (run from the project folder or pass --params FILE)"
@@ -384,14 +361,14 @@ def validate_file(path: str | Path) -> dict[str, Any]:
             raise ValueError(
                 f"unknown params section '{name}' in {path} ({hint}sections: {', '.join(SECTIONS)})"
             )
+    sections = {}
     for name, cls in SECTIONS.items():
         section = doc.get(name) or {}
-        if cls is TuneParams and isinstance(section, dict):
+        if cls is TuneParams and isinstance(section, dict) and "space" in section:
             section = dict(section)
-            if "space" in section:
-                parse_space(section.pop("space"))
+            parse_space(section.pop("space"))
         if cls is not None:
-            from_dict(cls, section, name)
-    shards = from_dict(ShardsParams, doc.get("shards") or {}, "shards")
-    model_config(doc.get("model") or {}, num_classes=2, image_size=shards.image_size)
-    return doc
+            sections[name] = from_dict(cls, section, name)
+    params = Params(**sections, model=doc.get("model") or {})
+    params.model_config(num_classes=2, image_size=params.shards.image_size)  # checks `model`
+    return params, doc

@@ -53,18 +53,12 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.data.image_file import ImageReadError, read_image
-from pipeline.params import MlflowParams, PredictParams, load_section
-from pipeline.predict_model import (  # noqa: F401 (resolve_model, read_class_map: public API)
-    BACKENDS,
-    HOW_TO_CREATE,
-    ModelNotFoundError,
-    load_predictor,
-    locate,
-    read_class_map,
-    resolve_model,
-)
+from pipeline.device import resolve_device
+from pipeline.paramfile import load_section
+from pipeline.params import MlflowParams, PredictParams
+from pipeline.predict_model import BACKENDS, load_predictor, locate
 from pipeline.prediction_outputs import ImageInput, PredictionWriter, collect_inputs
-from pipeline.training.runtime import resolve_device
+from pipeline.tracking.pull import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 

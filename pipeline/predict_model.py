@@ -28,22 +28,15 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mrcnn.export import MODEL_BACKENDS
+from pipeline.tracking import pull
+from pipeline.tracking.pull import HOW_TO_CREATE, ModelNotFoundError
+
 log = logging.getLogger("pipeline.predict")
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", *MODEL_BACKENDS)  # auto: see the module doc
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
-HOW_TO_CREATE = (
-    "Create one with `dvc repro` (train, evaluate, export) or `python -m pipeline.export` "
-    "after training."
-)
 WEIGHTS_KEY, ONNX_KEY = "model", "onnx"  # the pyfunc's artifact keys (pipeline.tracking.pyfunc)
-
-
-class ModelNotFoundError(LookupError):
-    """`--model` names nothing loadable; the message lists what exists and how to create it."""
-
-    def __str__(self) -> str:  # LookupError's default repr-quotes the message
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -135,11 +128,6 @@ def _pyfunc_flavor(mlmodel: Path) -> dict[str, Any]:
     return flavor
 
 
-def _weights_subpath(mlmodel: Path) -> str:
-    """The weights folder of a logged model, from its MLmodel file (artifact key "model")."""
-    return _artifact_path(_pyfunc_flavor(mlmodel), WEIGHTS_KEY, mlmodel)
-
-
 def _artifact_path(flavor: dict[str, Any], key: str, where: Path | str) -> str:
     artifacts = flavor.get("artifacts") or {}
     if key not in artifacts:
@@ -167,72 +155,25 @@ def _pull_registered(
     workdir: Path,
     backend: str,
 ) -> ModelFiles:
-    import mlflow
-
     from mrcnn.weights import CONFIG_FILE
-    from pipeline.tracking.store import redact
 
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    where = redact(mlflow.get_tracking_uri())
-    version = _version(name, alias, version, where)
+    where = pull.use_store(uri)
+    version = pull.registered_version(name, alias, version, where)
     base = f"models:/{name}/{version}"
-    mlmodel = Path(mlflow.artifacts.download_artifacts(f"{base}/MLmodel", dst_path=str(workdir)))
-    flavor = _pyfunc_flavor(mlmodel)
+    flavor = _pyfunc_flavor(pull.download(f"{base}/MLmodel", workdir))
     chosen = _choose(backend, flavor, base)
     sub = _artifact_path(flavor, WEIGHTS_KEY, base)
     onnx = None
     if chosen == "onnxruntime":
-        onnx_sub = _artifact_path(flavor, ONNX_KEY, base)
-        onnx = mlflow.artifacts.download_artifacts(f"{base}/{onnx_sub}", dst_path=str(workdir))
+        onnx = pull.download(f"{base}/{_artifact_path(flavor, ONNX_KEY, base)}", workdir)
         # the class map lives in config.json: only that file of the weights folder
-        mlflow.artifacts.download_artifacts(f"{base}/{sub}/{CONFIG_FILE}", dst_path=str(workdir))
+        pull.download(f"{base}/{sub}/{CONFIG_FILE}", workdir)
         local = workdir / sub
     else:
-        local = Path(mlflow.artifacts.download_artifacts(f"{base}/{sub}", dst_path=str(workdir)))
+        local = pull.download(f"{base}/{sub}", workdir)
     log.info("pulled %s v%s%s from %s", name, version, f" (@{alias})" if alias else "", where)
     source = {"registered_model": name, "version": int(version), "alias": alias, "uri": base}
     return ModelFiles(chosen, Path(local), Path(onnx) if onnx else None, source)
-
-
-def _version(name: str, alias: str | None, version: str | None, where: str) -> str:
-    """The version `models:/NAME@ALIAS` / `NAME/VERSION` / `NAME/latest` names, or a
-    `ModelNotFoundError` listing what the registry has."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    try:
-        registered = client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        names = [m.name for m in client.search_registered_models(max_results=50)]
-        listing = ", ".join(names) if names else "none"
-        raise ModelNotFoundError(
-            f"no registered model '{name}' in {where} (registered models: {listing}). "
-            + HOW_TO_CREATE
-        ) from None
-    aliases = {a: str(v) for a, v in registered.aliases.items()}
-    if alias is not None:
-        if alias not in aliases:
-            listing = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
-            raise ModelNotFoundError(
-                f"registered model '{name}' has no alias '{alias}' (aliases: {listing}). "
-                + HOW_TO_CREATE
-            )
-        return aliases[alias]
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    if version in (None, "latest"):
-        if not versions:
-            raise ModelNotFoundError(f"registered model '{name}' has no versions")
-        return str(versions[-1])
-    if not version.isdigit() or int(version) not in versions:
-        raise ModelNotFoundError(
-            f"registered model '{name}' has no version {version!r} (versions: "
-            f"{', '.join(map(str, versions)) or 'none'})"
-        )
-    return version
 
 
 def read_class_map(weights_dir: Path, num_classes: int) -> dict[int, int] | None:

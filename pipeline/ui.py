@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.params import MlflowParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import MlflowParams
 from pipeline.tracking.store import check_tracking_uri, project_root, redact, tracking_uri
 
 log = logging.getLogger(__name__)

@@ -293,6 +293,11 @@ class TrainLoader:
             for batch in stream:
                 yield batch.pin_memory() if pin else batch
             return
+        # The DataLoader draws its workers' base seed from `generator`, by default from torch's
+        # global RNG: that draw would shift the RoI / anchor sampling of a run with loader
+        # workers against one without, and a resumed run (whose RNG state is restored before
+        # this iterator starts) against the uninterrupted one. The batches themselves depend on
+        # (seed, position) only.
         yield from DataLoader(
             stream,
             batch_size=None,
@@ -300,6 +305,7 @@ class TrainLoader:
             pin_memory=self.pin_memory,
             prefetch_factor=2,
             persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
 

@@ -18,7 +18,7 @@ instance labels only its own class's types (the others have v = 0); v = 1 where 
 covers the point, else 2. Coordinates are continuous pixels (pixel i spans [i, i + 1]), in the
 frame of the boxes. `KEYPOINT_FLIP_MAP` swaps left and right for mirrored images.
 
-Files (the layout `pipeline.download` writes for every source):
+Files (`mrcnn.data.layout`, what `pipeline.download` writes for every source):
     <root>/<split>/<image_id:012d>.png
     <root>/annotations/instances_<split>.json   (segmentations as compressed RLE)
 """
@@ -36,6 +36,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 from tqdm import tqdm
 
+from mrcnn.data import layout
 from mrcnn.mapping import check as _check
 
 CLASS_NAMES = ("square", "circle", "triangle")  # COCO category ids 1, 2, 3
@@ -149,10 +150,10 @@ def generate_image(spec: ShapesSpec, split: str, index: int) -> ShapesImage:
 
 def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
     """Generate `split` into `root` (COCO layout, see module doc) -> counts."""
-    image_dir = Path(root) / split
-    ann_dir = Path(root) / "annotations"
+    image_dir = layout.image_dir(root, split)
+    ann_file = layout.annotation_file(root, split)
     image_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for index in tqdm(range(spec.count(split)), desc=f"shapes {split}", unit="img"):
@@ -200,7 +201,7 @@ def write_split(spec: ShapesSpec, root: Path, split: str) -> dict[str, int]:
         for category in doc["categories"]:
             category["keypoints"] = list(KEYPOINT_NAMES)
             category["skeleton"] = []
-    with open(ann_dir / f"instances_{split}.json", "w") as f:
+    with open(ann_file, "w") as f:
         json.dump(doc, f, separators=(",", ":"))
     return {"images": len(images), "annotations": len(annotations)}
 

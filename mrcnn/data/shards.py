@@ -44,6 +44,7 @@ from PIL import Image
 
 from mrcnn.data import storage
 from mrcnn.data.class_map import read_class_map
+from mrcnn.data.layout import MANIFEST
 from mrcnn.data.minimask import unpack_mini_masks
 
 try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% faster than PIL
@@ -64,7 +65,6 @@ INDEX_COLUMNS = (
     "masks_offset",
     "masks_size",
 )
-MANIFEST = "manifest.json"
 INDEX = "index.npy"
 REPORT = "report.json"
 GROUND_TRUTH = "annotations.json"

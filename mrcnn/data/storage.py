@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from mrcnn.data.layout import MANIFEST
+
 logger = logging.getLogger(__name__)
 
 Location = str | Path
@@ -209,9 +211,9 @@ def upload_split(
     shards (tars and their records) first, then the index and report, the manifest last: its
     presence marks the remote split finished, as it does a local one."""
     local = Path(local)
-    manifest = local / "manifest.json"
+    manifest = local / MANIFEST
     if not manifest.is_file():
-        raise FileNotFoundError(f"no manifest.json in {local}: build the split before uploading")
+        raise FileNotFoundError(f"no {MANIFEST} in {local}: build the split before uploading")
     names = sorted(p.name for p in local.iterdir() if p.is_file() and not p.name.startswith("."))
     names.remove(manifest.name)
     order = sorted(names, key=lambda n: (not n.startswith("shard-"), n))

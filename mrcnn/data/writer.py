@@ -36,6 +36,7 @@ from mrcnn.data import shards as fmt
 from mrcnn.data.class_map import class_map_json
 from mrcnn.data.coco import ImageRecord, Skip, group_reasons
 from mrcnn.data.example import ShardOptions, prepare_example
+from mrcnn.data.layout import MANIFEST
 from mrcnn.fileio import file_digest, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def build_split(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp*"):  # leftovers of an interrupted run
         stale.unlink()
-    for name in (fmt.MANIFEST, fmt.INDEX):  # until this build ends, the split is not readable
+    for name in (MANIFEST, fmt.INDEX):  # until this build ends, the split is not readable
         (out_dir / name).unlink(missing_ok=True)
     labels_by_category = {cat: i + 1 for i, (cat, _) in enumerate(classes)}
     records = sorted(records, key=lambda r: r.image_id)
@@ -308,7 +309,7 @@ def _finish(
         "params": dataclasses.asdict(options),
         **extra,
     }
-    write_json_atomic(out_dir / fmt.MANIFEST, manifest, indent=1)
+    write_json_atomic(out_dir / MANIFEST, manifest, indent=1)
     return manifest
 
 

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     from mrcnn.export.onnx_model import OnnxModel
     from mrcnn.export.openvino_model import OpenVinoModel
 
+# The two ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`)
+# or its whole-model ONNX file on ONNX Runtime (`OnnxModel`). The pyfunc, predict and the export
+# params all offer these.
+MODEL_BACKENDS = ("torch", "onnxruntime")
+
 _MODULES = {
     "mrcnn.export.accuracy": (
         "Int8AccuracyError",
@@ -53,6 +58,7 @@ _MODULES = {
 }
 __all__ = [
     "Int8AccuracyError",
+    "MODEL_BACKENDS",
     "OnnxModel",
     "OpenVinoModel",
     "check_ap_drop",

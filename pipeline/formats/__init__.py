@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mrcnn.data.layout import annotation_file
 from pipeline.formats import coco, labelme, masks, via, yolo
 
 CONVERTERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -58,7 +59,7 @@ def detect(src: str | Path) -> str:
     if any(labelme.is_labelme_json(p) for p in _first(src.rglob("*.json"), 20)):
         return "labelme"
     raise ValueError(
-        f"cannot tell the label format of {src}: looked for annotations/instances_train.json "
+        f"cannot tell the label format of {src}: looked for {annotation_file('', 'train')} "
         "(coco), data.yaml or classes.txt with labels/*.txt (yolo), an image + mask folder "
         "(masks), a VIA project json, one COCO json (coco_single) and labelme jsons; name it "
         f"with data.local_format / --format (one of {', '.join(CONVERTERS)})"

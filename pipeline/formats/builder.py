@@ -41,11 +41,11 @@ from PIL import Image
 
 from mrcnn.data.coco import Skip, group_reasons
 from mrcnn.data.image_file import IMAGE_SUFFIXES
+from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
 REPORT = "conversion_report.json"
 BACKGROUND = "_background_"
 IGNORE = "__ignore__"
@@ -236,7 +236,7 @@ class CocoBuilder:
         ]
         summary: dict[str, Any] = {"format": fmt, "source": source, "splits": {}}
         for split in SPLITS:
-            (tmp / split).mkdir(parents=True)
+            image_dir(tmp, split).mkdir(parents=True)
             handles = {h for h in range(1, len(self.images) + 1) if split_of[h - 1] == split}
             images = [self.images[h - 1] for h in sorted(handles)]
             anns = [
@@ -245,7 +245,7 @@ class CocoBuilder:
                 if a["image_id"] in handles
             ]
             for im in images:
-                dst = tmp / split / im.file_name
+                dst = image_dir(tmp, split) / im.file_name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if im.data is not None:
                     dst.write_bytes(im.data)
@@ -264,7 +264,7 @@ class CocoBuilder:
                 "annotations": anns,
                 "categories": categories,
             }
-            write_json_atomic(tmp / "annotations" / f"instances_{split}.json", doc, indent=None)
+            write_json_atomic(annotation_file(tmp, split), doc, indent=None)
             summary["splits"][split] = {
                 "images": len(images),
                 "instances": sum(1 for a in anns if not a["iscrowd"]),

@@ -16,11 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.formats.builder import BACKGROUND, SPLITS, CocoBuilder
+from mrcnn.data.layout import SPLITS, annotation_file, image_dir
+from pipeline.formats.builder import BACKGROUND, CocoBuilder
 
 
 def is_coco(src: Path) -> bool:
-    return (src / "annotations" / "instances_train.json").is_file()
+    return annotation_file(src, "train").is_file()
 
 
 def single_json(src: Path) -> Path | None:
@@ -32,13 +33,13 @@ def single_json(src: Path) -> Path | None:
 def convert_coco(src: Path, out: Path, *, val_fraction: float, **_: Any) -> dict[str, Any]:
     docs = {}
     for split in SPLITS:
-        ann = src / "annotations" / f"instances_{split}.json"
+        ann = annotation_file(src, split)
         if not ann.is_file():
             raise FileNotFoundError(
                 f"{src} is not in the COCO layout: no {ann} (use --format coco_single for one "
                 "json with an image folder)"
             )
-        docs[split] = (_read(ann), [src / split])
+        docs[split] = (_read(ann), [image_dir(src, split)])
     return _convert(docs, src, out, "coco", val_fraction)
 
 

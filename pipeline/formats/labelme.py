@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mrcnn.data.layout import SPLITS
 from pipeline.formats.builder import IGNORE, CocoBuilder, ellipse, rectangle
 
 
@@ -54,14 +55,14 @@ def convert_labelme(src: Path, out: Path, *, val_fraction: float, **_: Any) -> d
             }
         )
     builder = CocoBuilder(names, val_fraction=val_fraction)
-    has_splits = (src / "train").is_dir() and (src / "val").is_dir()
+    has_splits = all((src / s).is_dir() for s in SPLITS)
     for path, doc in docs:
         rel = path.relative_to(src).as_posix()
         if doc is None:
             builder.skip("invalid_entry", file_name=rel, detail="not a labelme json")
             continue
         split = rel.split("/", 1)[0] if has_splits else None
-        split = split if split in ("train", "val") else None
+        split = split if split in SPLITS else None
         image_path = path.parent / str(doc.get("imagePath") or "")
         file_name = (
             _relative(image_path, src)

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mrcnn.data.layout import SPLITS
 from pipeline.formats.builder import CocoBuilder, ellipse, rectangle
 
 
@@ -52,7 +53,7 @@ def convert_via(
     **_: Any,
 ) -> dict[str, Any]:
     projects: list[tuple[str | None, Path]] = []
-    for split in ("train", "val"):
+    for split in SPLITS:
         projects += [(split, p) for p in sorted((src / split).glob("*.json")) if is_via_json(p)]
     if not projects:
         projects = [(None, p) for p in sorted(src.glob("*.json")) if is_via_json(p)]

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from mrcnn.data.layout import SPLITS
 from pipeline.formats.builder import CocoBuilder, image_files
 
 
@@ -80,11 +81,11 @@ def _image_folders(src: Path, doc: dict[str, Any]) -> list[tuple[str | None, Pat
     base = src / str(doc.get("path") or "") if doc.get("path") else src
     if not base.is_dir():
         base = src
-    named = [(s, base / str(doc[s])) for s in ("train", "val") if isinstance(doc.get(s), str)]
+    named = [(s, base / str(doc[s])) for s in SPLITS if isinstance(doc.get(s), str)]
     if named and all(f.is_dir() for _, f in named):
         return named
-    if (src / "images" / "train").is_dir() and (src / "images" / "val").is_dir():
-        return [("train", src / "images" / "train"), ("val", src / "images" / "val")]
+    if all((src / "images" / s).is_dir() for s in SPLITS):
+        return [(s, src / "images" / s) for s in SPLITS]
     return [(None, src / "images" if (src / "images").is_dir() else src)]
 
 

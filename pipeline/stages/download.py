@@ -19,19 +19,23 @@ place. A finished download is not repeated.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mrcnn.data import shapes
+from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.fileio import write_json_atomic
 from pipeline import cli, formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
-from pipeline.params import SPLITS, DataParams, load_section, to_dict
+from pipeline.paramfile import to_dict
+from pipeline.params import DataParams, Params, load
 
 logger = logging.getLogger(__name__)
 
@@ -46,28 +50,38 @@ COCO_FILES = {
 STAMP = "download.json"
 
 
-def run(
-    params: DataParams,
-    out_root: Path = layout.RAW,
-    *,
-    splits: tuple[str, ...] | None = None,
-    cache_dir: Path = layout.DOWNLOADS,
-    coco_files: dict[str, RemoteFile] | None = None,
-) -> dict[str, Any]:
-    """Materialise `out_root/<source>` -> summary (per split: images, annotations)."""
-    splits = tuple(splits or params.splits)
+@dataclass(frozen=True)
+class DownloadPaths:
+    """What download reads and writes."""
+
+    out: Path = layout.RAW  # writes <out>/<data.source>/
+    cache: Path = layout.DOWNLOADS  # the COCO archives, kept for a resumed or repeated download
+    # The COCO archives to fetch: paths under `data.coco_base_url`, with size and md5.
+    coco_files: Mapping[str, RemoteFile] = field(default_factory=lambda: dict(COCO_FILES))
+
+
+def run(params: Params, paths: DownloadPaths) -> dict[str, Any]:
+    """Materialise `<paths.out>/<data.source>` (the splits of `data.splits`) -> summary (per
+    split: images, annotations)."""
+    data = params.data
+    splits = tuple(data.splits)
     if not splits or not set(splits) <= set(SPLITS):
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {splits}")
-    target = Path(out_root) / params.source
-    if params.source == "shapes":
-        _shapes(params, target, splits)
-    elif params.source == "coco":
-        _coco(params, target, splits, Path(cache_dir), coco_files or COCO_FILES)
+    target = Path(paths.out) / data.source
+    if data.source == "shapes":
+        _shapes(data, target, splits)
+    elif data.source == "coco":
+        _coco(data, target, splits, Path(paths.cache), paths.coco_files)
     else:
-        _local(params, target, splits)
-    summary = {"source": params.source, "root": str(target), "splits": {}}
+        _local(data, target, splits)
+    return summarize(data.source, target, splits)
+
+
+def summarize(source: str, target: Path, splits: tuple[str, ...]) -> dict[str, Any]:
+    """What a downloaded folder holds: per split, images and annotations."""
+    summary: dict[str, Any] = {"source": source, "root": str(target), "splits": {}}
     for split in splits:
-        ann = json.loads((target / "annotations" / f"instances_{split}.json").read_text())
+        ann = json.loads(annotation_file(target, split).read_text())
         summary["splits"][split] = {
             "images": len(ann["images"]),
             "annotations": len(ann["annotations"]),
@@ -94,31 +108,29 @@ def _coco(
     target: Path,
     splits: tuple[str, ...],
     cache_dir: Path,
-    files: dict[str, RemoteFile],
+    files: Mapping[str, RemoteFile],
 ) -> None:
     """Download, verify and extract COCO 2017 into the common layout."""
     base = params.coco_base_url.rstrip("/")
     target.mkdir(parents=True, exist_ok=True)
-    ann_dir = target / "annotations"
-    missing_ann = [s for s in splits if not (ann_dir / f"instances_{s}.json").is_file()]
+    missing_ann = [s for s in splits if not annotation_file(target, s).is_file()]
     if missing_ann:
         spec = files["annotations"]
         archive = download_file(
             f"{base}/{spec.path}", cache_dir / spec.name, size=spec.size, md5=spec.md5
         )
-        wanted = {f"annotations/instances_{s}2017.json" for s in missing_ann}
+        wanted = {s: annotation_file("", archive_split(s)).as_posix() for s in missing_ann}
         tmp = target / ".annotations.extracting"
-        extract_zip(archive, tmp, members=lambda name: name in wanted)
-        ann_dir.mkdir(exist_ok=True)
-        for s in missing_ann:
-            src = tmp / "annotations" / f"instances_{s}2017.json"
-            if not src.is_file():
-                raise FileNotFoundError(f"{archive.name} has no annotations/instances_{s}2017.json")
-            os.replace(src, ann_dir / f"instances_{s}.json")
+        extract_zip(archive, tmp, members=lambda name: name in wanted.values())
+        for s, member in wanted.items():
+            if not (tmp / member).is_file():
+                raise FileNotFoundError(f"{archive.name} has no {member}")
+            annotation_file(target, s).parent.mkdir(exist_ok=True)
+            os.replace(tmp / member, annotation_file(target, s))
         shutil.rmtree(tmp)
     for split in splits:
-        if (target / split).is_dir():
-            logger.info("%s already extracted", target / split)
+        if image_dir(target, split).is_dir():
+            logger.info("%s already extracted", image_dir(target, split))
             continue
         spec = files[split]
         archive = download_file(
@@ -126,14 +138,20 @@ def _coco(
         )
         tmp = target / f".{split}.extracting"
         extract_zip(archive, tmp)
-        inner = tmp / f"{split}2017"
+        inner = image_dir(tmp, archive_split(split))
         if not inner.is_dir():
-            raise FileNotFoundError(f"{archive.name} has no top-level folder {split}2017/")
-        os.replace(inner, target / split)  # atomic: the split folder appears complete
+            raise FileNotFoundError(f"{archive.name} has no top-level folder {inner.name}/")
+        os.replace(inner, image_dir(target, split))  # atomic: the split folder appears complete
         shutil.rmtree(tmp)
         if not params.keep_archives:
             archive.unlink()
     _write_stamp(target, {"source": "coco", "base_url": base, "splits": sorted(splits)})
+
+
+def archive_split(split: str) -> str:
+    """The name of `split` inside COCO 2017's archives, which have our layout otherwise:
+    `val2017/` and `annotations/instances_val2017.json`."""
+    return f"{split}2017"
 
 
 def _local(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:
@@ -196,21 +214,24 @@ def _write_stamp(target: Path, stamp: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    cli.run_main(args, lambda: cli.show(run(*inputs(args))))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument("--splits", nargs="+", choices=SPLITS, help="override data.splits")
     ap.add_argument("--out", default=layout.RAW, type=Path, help="writes OUT/<source>/")
     ap.add_argument("--cache", default=layout.DOWNLOADS, type=Path, help="COCO archives")
-    args = ap.parse_args(argv)
+    return ap
 
-    def body() -> None:
-        params = load_section(args.params, "data", DataParams)
-        if params.local_dir:  # relative to the project, not to the working directory
-            root = layout.project_root(args.params)
-            params = replace(params, local_dir=str(layout.under(root, params.local_dir)))
-        splits = tuple(args.splits) if args.splits else None
-        print(json.dumps(run(params, args.out, splits=splits, cache_dir=args.cache), indent=1))
 
-    cli.run_main(args, body)
+def inputs(args: argparse.Namespace) -> tuple[Params, DownloadPaths]:
+    """The params file (`--splits` overriding `data.splits`) and the paths of the command line."""
+    params = load(args.params)
+    if args.splits:
+        params = replace(params, data=replace(params.data, splits=tuple(args.splits)))
+    return params, DownloadPaths(out=args.out, cache=args.cache)
 
 
 if __name__ == "__main__":

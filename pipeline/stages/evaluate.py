@@ -31,11 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import category_ids as label_to_category
+from mrcnn.data.layout import annotation_file
 from mrcnn.evaluation.coco_eval import EvaluationInputError, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
-from pipeline.params import DataParams, EvaluateParams, MlflowParams, load_section
+from pipeline.device import resolve_device
+from pipeline.paramfile import worker_processes
+from pipeline.params import EvaluateParams, Params, load
 from pipeline.reporting.evaluate import (
     draw_overlays,
     draw_steps,
@@ -43,8 +46,7 @@ from pipeline.reporting.evaluate import (
     write_reports,
 )
 from pipeline.tracking import runs, store
-from pipeline.tracking.store import TrackingError
-from pipeline.training.runtime import resolve_device
+from pipeline.tracking.store import Tracking, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +65,91 @@ class EvaluatePaths:
     train_run: Path  # train_run.json: the MLflow run to log into
     metrics_out: Path
     reports_dir: Path
+    tracking: Tracking | None = None  # the MLflow store; None: nothing is logged
 
 
-def run(
-    paths: EvaluatePaths,
-    params: EvaluateParams,
-    *,
-    tracking_uri: str | None,
-    experiment: str = "mrcnn",
-    artifact_location: str | None = None,
-) -> dict[str, Any]:
-    """Detect, evaluate, write `metrics/eval.json` and `reports/evaluate/`, log to MLflow
-    (skipped when `tracking_uri` is None) -> what eval.json holds."""
-    from pycocotools.coco import COCO
+def run(params: Params, paths: EvaluatePaths) -> dict[str, Any]:
+    """Detect, evaluate (`evaluate` section), write `metrics/eval.json` and `reports/evaluate/`,
+    log to MLflow (unless `paths.tracking` is None) -> what eval.json holds."""
+    p = params.evaluate
+    model, dataset, category_ids = load_inputs(paths, p)
+    coco_gt = ground_truth(paths.annotations, dataset)
+    n = len(dataset) if p.max_images <= 0 else min(p.max_images, len(dataset))
+    results, scores = detect_and_score(model, dataset, coco_gt, category_ids, n, p)
+    metrics: dict[str, Any] = {
+        **scores.metrics,
+        "per_category": scores.per_category,
+        "num_images": n,
+        "num_detections": len(results),
+        "score_thresh": float(model.roi_heads.detection_layer.score_thresh),
+    }
+    overlays = draw_overlays(
+        dataset, overlay_indices(n, p.num_overlays), coco_gt, results, category_ids
+    )
+    steps = draw_steps(model, dataset, overlay_indices(n, p.num_step_images))
+    write_reports(paths.reports_dir, scores, overlays, results if p.write_results else None, steps)
+    write_json_atomic(paths.metrics_out, metrics)
+    log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
+    if paths.tracking is not None:
+        t = paths.tracking
+        runs.log_evaluation(
+            paths.train_run,
+            paths.metrics_out,
+            paths.reports_dir,
+            metrics,
+            p,
+            tracking_uri=t.uri,
+            experiment=t.experiment,
+            artifact_location=t.artifact_location,
+        )
+    return metrics
 
+
+def detect_and_score(
+    model: Any, dataset: Any, coco_gt: Any, category_ids: dict[int, int], n: int, p: EvaluateParams
+) -> tuple[list[dict[str, Any]], Any]:
+    """Detections on the first `n` val images (COCO results) and their COCOeval scores."""
+    workers = worker_processes(p.num_workers)
+    start = time.perf_counter()
+    results = predict_dataset(
+        model,
+        dataset,
+        p.batch_size,
+        category_ids=category_ids,
+        max_images=n,
+        num_workers=workers,
+        encode_workers=workers,
+    )
+    predict_s = time.perf_counter() - start
+    image_ids = [int(v) for v in dataset.index[:n, 1]]
+    missing = len(set(coco_gt.getImgIds()) - set(image_ids))
+    if missing:
+        why = "evaluate.max_images" if n < len(dataset) else "see the shards' report.json"
+        total = len(coco_gt.getImgIds())
+        log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
+    start = time.perf_counter()
+    scores = coco_evaluate(
+        coco_gt,
+        results,
+        iou_types(model),
+        image_ids,
+        oks_sigmas=p.oks_sigmas or None,
+        backend=p.backend,
+        processes=workers,
+    )
+    eval_s = time.perf_counter() - start
+    for iou_type, text in scores.summary.items():
+        log.info("%s:\n%s", iou_type, text)
+    log.info(
+        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval (%s) %.1f s",
+        *(n, len(results), predict_s, n / max(predict_s, 1e-9), model.device, p.backend, eval_s),
+    )
+    return results, scores
+
+
+def load_inputs(paths: EvaluatePaths, p: EvaluateParams) -> tuple[Any, Any, dict[int, int]]:
+    """The model (on `evaluate.device`, with `evaluate.score_thresh`), the val shards and their
+    label -> category id map, after checking that they belong together."""
     from mrcnn import weights
     from mrcnn.data import ShardDataset
 
@@ -88,14 +161,14 @@ def run(
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; {how}")
     dataset = ShardDataset(paths.shards_dir)
-    model = weights.load(paths.model_dir, resolve_device(params.device, "evaluate.device"))
+    model = weights.load(paths.model_dir, resolve_device(p.device, "evaluate.device"))
     if model.image_size != dataset.image_size:
         raise EvaluateError(
             f"the model takes {model.image_size} px images, the val shards are "
             f"{dataset.image_size} px (shards.image_size must match the trained model)"
         )
-    if params.score_thresh >= 0:
-        model.roi_heads.detection_layer.score_thresh = params.score_thresh
+    if p.score_thresh >= 0:
+        model.roi_heads.detection_layer.score_thresh = p.score_thresh
     if not dataset.class_map:
         raise EvaluateError("the val shard manifest has no class_map (label -> category id)")
     category_ids = label_to_category(dataset.class_map)
@@ -112,74 +185,16 @@ def run(
             list(model.class_names),
             dataset.class_names,
         )
-    check_annotations(paths.annotations, dataset.manifest)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(paths.annotations))
+    return model, dataset, category_ids
 
-    n = len(dataset) if params.max_images <= 0 else min(params.max_images, len(dataset))
-    start = time.perf_counter()
-    results = predict_dataset(
-        model,
-        dataset,
-        params.batch_size,
-        category_ids=category_ids,
-        max_images=n,
-        num_workers=params.num_workers,
-        encode_workers=params.num_workers,
-    )
-    predict_s = time.perf_counter() - start
-    image_ids = [int(v) for v in dataset.index[:n, 1]]
-    missing = len(set(coco_gt.getImgIds()) - set(image_ids))
-    if missing:
-        why = "evaluate.max_images" if n < len(dataset) else "see the shards' report.json"
-        total = len(coco_gt.getImgIds())
-        log.warning("%d of the %d annotated val images are not evaluated (%s)", missing, total, why)
-    start = time.perf_counter()
-    scores = coco_evaluate(
-        coco_gt,
-        results,
-        iou_types(model),
-        image_ids,
-        oks_sigmas=params.oks_sigmas or None,
-        backend=params.backend,
-        processes=params.num_workers,
-    )
-    eval_s = time.perf_counter() - start
-    for iou_type, text in scores.summary.items():
-        log.info("%s:\n%s", iou_type, text)
-    rate = n / max(predict_s, 1e-9)
-    log.info(
-        "%d images, %d detections: detection %.1f s (%.1f img/s on %s), COCOeval (%s) %.1f s",
-        *(n, len(results), predict_s, rate, model.device, params.backend, eval_s),
-    )
-    metrics: dict[str, Any] = {
-        **scores.metrics,
-        "per_category": scores.per_category,
-        "num_images": n,
-        "num_detections": len(results),
-        "score_thresh": float(model.roi_heads.detection_layer.score_thresh),
-    }
-    overlays = draw_overlays(
-        dataset, overlay_indices(n, params.num_overlays), coco_gt, results, category_ids
-    )
-    steps = draw_steps(model, dataset, overlay_indices(n, params.num_step_images))
-    write_reports(
-        paths.reports_dir, scores, overlays, results if params.write_results else None, steps
-    )
-    write_json_atomic(paths.metrics_out, metrics)
-    log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
-    if tracking_uri is not None:
-        runs.log_evaluation(
-            paths.train_run,
-            paths.metrics_out,
-            paths.reports_dir,
-            metrics,
-            params,
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            artifact_location=artifact_location,
-        )
-    return metrics
+
+def ground_truth(annotations: Path, dataset: Any) -> Any:
+    """The original COCO annotations (pycocotools `COCO`), checked against the shards."""
+    from pycocotools.coco import COCO
+
+    check_annotations(annotations, dataset.manifest)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(annotations))
 
 
 def iou_types(model: Any) -> tuple[str, ...]:
@@ -204,6 +219,12 @@ def check_annotations(annotations: Path, manifest: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    errors = (EvaluateError, EvaluationInputError, TrackingError)
+    cli.run_main(args, lambda: run(*inputs(args)), errors)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
@@ -213,33 +234,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-run", type=Path, default=layout.TRAIN_RUN)
     ap.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
     ap.add_argument("--reports", type=Path, default=layout.EVAL_REPORTS)
-    args = ap.parse_args(argv)
-    cli.run_main(args, lambda: _main(args), (EvaluateError, EvaluationInputError, TrackingError))
+    return ap
 
 
-def _main(args: argparse.Namespace) -> None:
+def inputs(args: argparse.Namespace) -> tuple[Params, EvaluatePaths]:
+    """The params file and the command line's paths (relative ones from the project root); the
+    tracking store is checked here, before any work."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    params = load(args.params)
     root = layout.project_root(args.params)
-    data = load_section(args.params, "data", DataParams)
-    params = load_section(args.params, "evaluate", EvaluateParams)
-    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
-    raw = layout.under(root, args.raw) if args.raw else layout.raw_dir(root, data.source)
-    paths = EvaluatePaths(
+    raw = layout.under(root, args.raw) if args.raw else layout.raw_dir(root, params.data.source)
+    tracking = store.locate(args.params, params.mlflow)
+    store.check_tracking_uri(tracking.uri)
+    return params, EvaluatePaths(
         model_dir=layout.under(root, args.model),
         shards_dir=layout.under(root, args.shards) / "val",
-        annotations=raw / "annotations" / "instances_val.json",
+        annotations=annotation_file(raw, "val"),
         train_run=layout.under(root, args.train_run),
         metrics_out=layout.under(root, args.metrics),
         reports_dir=layout.under(root, args.reports),
-    )
-    uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
-    store.check_tracking_uri(uri)
-    run(
-        paths,
-        params,
-        tracking_uri=uri,
-        experiment=mlflow_params.experiment,
-        artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
+        tracking=tracking,
     )
 
 

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mrcnn.data.layout import MANIFEST, SPLITS
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
-from pipeline.paramfile import DEFAULT_PRESET
-from pipeline.params import SPLITS, ExportParams, MlflowParams, load_params, load_section
-from pipeline.tracking import registry, store
+from pipeline.params import ExportParams, Params, load
+from pipeline.tracking import active, registry, store
+from pipeline.tracking.store import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -54,125 +55,55 @@ class ExportPaths:
     train_run: Path  # train_run.json: the MLflow run of the training
     train_metrics: Path
     out_dir: Path
-    params_file: Path | None = None
+    tracking: Tracking  # the MLflow store (and its registry) and experiment
+    params_file: Path | None = None  # its shards / model / train sections: provenance tag
     manifests: tuple[tuple[str, Path], ...] = ()  # (split, manifest.json)
 
 
-def run(
-    paths: ExportPaths,
-    params: ExportParams,
-    *,
-    tracking_uri: str,
-    experiment: str,
-    artifact_location: str | None = None,
-) -> dict[str, Any]:
-    """Log, register and alias the model; returns what `export.json` holds."""
-    import mlflow
+@dataclass(frozen=True)
+class Trained:
+    """What export reads about the trained model: its metrics, training run and heads."""
 
-    from mrcnn import export as portable_export
-    from mrcnn import weights
-    from pipeline.tracking import pyfunc
+    model: Any  # the `MaskRCNN` of paths.model_dir
+    heads: Any  # its `pipeline.tracking.pyfunc.Heads`
+    evals: dict[str, Any]  # eval.json
+    value: float  # eval.json's export.champion_metric
+    train_run: dict[str, Any]  # train_run.json ({} without one)
+    train: dict[str, Any]  # train.json ({} without one)
 
-    evals = read_json(paths.eval_metrics, "run `python -m pipeline.evaluate` (or `dvc repro`)")
-    value = registry.metric_value(evals, params.champion_metric, paths.eval_metrics)
-    train_run = read_json(paths.train_run) if paths.train_run.is_file() else {}
-    train = read_json(paths.train_metrics) if paths.train_metrics.is_file() else {}
-    if not train_run:
-        log.warning("%s not found: the model gets a run of its own", paths.train_run)
-    model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
-    heads = pyfunc.model_heads(model)
-    if params.pyfunc_backend == "onnxruntime" and heads != pyfunc.Heads():
-        raise registry.ExportError(
-            f"export.pyfunc_backend: onnxruntime serves boxes and masks only, and this model has "
-            f"{heads}: set export.pyfunc_backend: torch"
-        )
 
-    sha256 = file_digest(paths.model_dir / weights.WEIGHTS_FILE)
-    info = {
-        "data": train_run.get("data_source", ""),
-        "preset": model_preset(paths.params_file),
-        "train.run": train_run.get("run_name", ""),
-        "train.iterations": str(train.get("iterations", "")),
-        registry.WEIGHTS_TAG: sha256,
-    }
-    tags = registry.version_tags(
-        evals, params.champion_metric, info, paths.manifests, paths.params_file
-    )
-    description = registry.describe(evals, info, paths.manifests)
-    register, register_why = registry.should_register(params.register)
-    train_run_id = train_run.get("mlflow_run_id")
+def run(params: Params, paths: ExportPaths) -> dict[str, Any]:
+    """Log, register and alias the model (`export` section) -> what `export.json` holds."""
+    p = params.export
+    trained = read_trained(paths, p)
+    sha256, tags, description = describe(trained, paths, p)
+    register, register_why = registry.should_register(p.register)
+    train_run_id = trained.train_run.get("mlflow_run_id")
+    t = paths.tracking
     with store.start_run(
-        tracking_uri,
-        experiment,
+        t.uri,
+        t.experiment,
         run_name="export",
         run_id=train_run_id,
-        artifact_location=artifact_location,
-    ) as active:
-        run_id = active.info.run_id
+        artifact_location=t.artifact_location,
+    ) as logged:
+        run_id = logged.info.run_id
         into_training_run = run_id == train_run_id
         if not into_training_run:
             why = (
                 f"training run {train_run_id} is not in the store" if train_run_id else "no run id"
             )
             log.warning("logging the model into a new run %s (%s)", run_id, why)
-        portable, onnx_file = None, None
-        (paths.out_dir / PORTABLE_FILE).unlink(missing_ok=True)  # never leave a stale file
-        if params.portable and not heads.masks:
-            why = "the graph outputs masks and this model has no mask head"
-            log.warning("export.portable: %s not written: %s", PORTABLE_FILE, why)
-            portable = {"skipped": why}
-        elif params.portable:
-            portable = portable_export.export_portable(
-                model, paths.out_dir / PORTABLE_FILE, val_images(paths.manifests, CHECK_IMAGES)
-            )
-            onnx_file = Path(portable["file"])
-            portable["sha256"] = file_digest(onnx_file)
-            portable["heads_not_in_graph"] = [
-                name
-                for name, present in (
-                    ("keypoints", heads.keypoints > 0),
-                    ("mask_scores", heads.mask_scores),
-                )
-                if present
-            ]
-            if portable["heads_not_in_graph"]:
-                log.warning(
-                    "%s holds boxes, scores, labels and masks only: this model's %s are not in "
-                    "it (the torch backend serves them)",
-                    PORTABLE_FILE,
-                    " and ".join(portable["heads_not_in_graph"]),
-                )
-            mlflow.log_artifact(str(onnx_file), artifact_path="portable")
-            tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
-            tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
-            tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
-        name = params.registered_model
-        version = registry.find_version(name, sha256) if register else None
-        new_version = register and version is None
-        logged_uri = None
-        if version is None:  # weights not registered yet (or not registering): log them
-            logged_uri = registry.log_model(
-                paths.model_dir,
-                heads=heads,
-                onnx_file=onnx_file,
-                backend=params.pyfunc_backend,
-            ).model_uri
-        if new_version:
-            version = registry.register(name, logged_uri, tags, description)
-        elif version is not None:
-            log.info("these weights are %s version %s already: aliases only", name, version)
-            registry.update_version(name, version, tags, description)
-        alias, previous = None, None
-        if version is not None:
-            alias, previous = registry.assign_alias(name, version, params.champion_metric, value)
-            mlflow.set_tags(
-                {"export.registered_model": name, "export.version": version, "export.alias": alias}
-            )
-        else:
+        portable, onnx_file = write_portable(trained, paths, p, run_id, tags)
+        name = p.registered_model
+        version, new_version, logged_uri, alias, previous = publish(
+            trained, paths, p, (sha256, tags, description), onnx_file, register
+        )
+        if version is None:
             log.info("not registered: %s", register_why)
-            mlflow.set_tag("export.registered", f"no: {register_why}")
+            active.set_tags({"export.registered": f"no: {register_why}"})
     result = {
-        "registered_model": params.registered_model,
+        "registered_model": name,
         "registered": version is not None,
         "why": register_why,
         "new_version": new_version,
@@ -183,8 +114,8 @@ def run(
         "logged_model_uri": logged_uri,
         "run_id": run_id,
         "logged_into_training_run": into_training_run,
-        "tracking_uri": store.redact(tracking_uri),
-        "metric": {"name": params.champion_metric, "value": value},
+        "tracking_uri": store.redact(t.uri),
+        "metric": {"name": p.champion_metric, "value": trained.value},
         "previous_champion": previous,
         "portable": portable,
         "tags": tags,
@@ -194,14 +125,128 @@ def run(
     if version is not None:
         log.info(
             "%s version %s is %s (%s = %.4f; previous champion %s)",
-            name,
-            version,
-            alias,
-            params.champion_metric,
-            value,
-            previous,
+            *(name, version, alias, p.champion_metric, trained.value, previous),
         )
     return result
+
+
+def publish(
+    trained: Trained,
+    paths: ExportPaths,
+    p: ExportParams,
+    version_info: tuple[str, dict[str, str], str],
+    onnx_file: Path | None,
+    register: bool,
+) -> tuple[str | None, bool, str | None, str | None, dict[str, Any] | None]:
+    """Into the active run: log the model unless these weights (sha256) are registered already,
+    register a new version (when `register`) or update the existing one, move the alias ->
+    (version, new_version, logged model URI, alias, previous champion); version None when not
+    registered."""
+    sha256, tags, description = version_info
+    name = p.registered_model
+    version = registry.find_version(name, sha256) if register else None
+    new_version = register and version is None
+    logged_uri = None
+    if version is None:  # weights not registered yet (or not registering): log them
+        logged_uri = registry.log_model(
+            paths.model_dir, heads=trained.heads, onnx_file=onnx_file, backend=p.pyfunc_backend
+        ).model_uri
+    if new_version:
+        version = registry.register(name, logged_uri, tags, description)
+    elif version is not None:
+        log.info("these weights are %s version %s already: aliases only", name, version)
+        registry.update_version(name, version, tags, description)
+    if version is None:
+        return None, new_version, logged_uri, None, None
+    alias, previous = registry.assign_alias(name, version, p.champion_metric, trained.value)
+    active.set_tags(
+        {"export.registered_model": name, "export.version": version, "export.alias": alias}
+    )
+    return version, new_version, logged_uri, alias, previous
+
+
+def read_trained(paths: ExportPaths, p: ExportParams) -> Trained:
+    """The model and its metrics; refuses an onnxruntime pyfunc for heads the graph lacks."""
+    from mrcnn import weights
+    from pipeline.tracking import pyfunc
+
+    evals = read_json(paths.eval_metrics, "run `python -m pipeline.evaluate` (or `dvc repro`)")
+    value = registry.metric_value(evals, p.champion_metric, paths.eval_metrics)
+    train_run = read_json(paths.train_run) if paths.train_run.is_file() else {}
+    train = read_json(paths.train_metrics) if paths.train_metrics.is_file() else {}
+    if not train_run:
+        log.warning("%s not found: the model gets a run of its own", paths.train_run)
+    model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
+    heads = pyfunc.model_heads(model)
+    if p.pyfunc_backend == "onnxruntime" and heads != pyfunc.Heads():
+        raise registry.ExportError(
+            f"export.pyfunc_backend: onnxruntime serves boxes and masks only, and this model has "
+            f"{heads}: set export.pyfunc_backend: torch"
+        )
+    return Trained(model, heads, evals, value, train_run, train)
+
+
+def describe(
+    trained: Trained, paths: ExportPaths, p: ExportParams
+) -> tuple[str, dict[str, str], str]:
+    """(sha256 of the weights, the version's tags, its description). The preset is the one
+    training recorded in the model's config.json (none for a model saved before it did)."""
+    from mrcnn import weights
+
+    sha256 = file_digest(paths.model_dir / weights.WEIGHTS_FILE)
+    info = {
+        "data": trained.train_run.get("data_source", ""),
+        "preset": str(weights.read_meta(paths.model_dir).get("preset", "")),
+        "train.run": trained.train_run.get("run_name", ""),
+        "train.iterations": str(trained.train.get("iterations", "")),
+        registry.WEIGHTS_TAG: sha256,
+    }
+    tags = registry.version_tags(
+        trained.evals, p.champion_metric, info, paths.manifests, paths.params_file
+    )
+    return sha256, tags, registry.describe(trained.evals, info, paths.manifests)
+
+
+def write_portable(
+    trained: Trained, paths: ExportPaths, p: ExportParams, run_id: str, tags: dict[str, str]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """With `export.portable`: the checked ONNX file, logged to the run (its checks added to
+    `tags`) -> (what export.json says of it, the file); (None, None) without."""
+    from mrcnn import export as portable_export
+
+    (paths.out_dir / PORTABLE_FILE).unlink(missing_ok=True)  # never leave a stale file
+    heads = trained.heads
+    if not p.portable:
+        return None, None
+    if not heads.masks:
+        why = "the graph outputs masks and this model has no mask head"
+        log.warning("export.portable: %s not written: %s", PORTABLE_FILE, why)
+        return {"skipped": why}, None
+    portable = portable_export.export_portable(
+        trained.model, paths.out_dir / PORTABLE_FILE, val_images(paths.manifests, CHECK_IMAGES)
+    )
+    onnx_file = Path(portable["file"])
+    portable["sha256"] = file_digest(onnx_file)
+    portable["heads_not_in_graph"] = [
+        name
+        for name, present in (
+            ("keypoints", heads.keypoints > 0),
+            ("mask_scores", heads.mask_scores),
+        )
+        if present
+    ]
+    if portable["heads_not_in_graph"]:
+        log.warning(
+            "%s holds boxes, scores, labels and masks only: this model's %s are not in "
+            "it (the torch backend serves them)",
+            PORTABLE_FILE,
+            " and ".join(portable["heads_not_in_graph"]),
+        )
+    active.log_artifact(onnx_file, artifact_path="portable")
+    tags["portable.onnx"] = f"runs:/{run_id}/portable/{PORTABLE_FILE}"
+    tags["portable.matched_fraction"] = f"{portable['matched_fraction']:.4f}"
+    tags["portable.max_box_diff"] = f"{portable['max_box_diff']:.3g}"
+    return portable, onnx_file
 
 
 def val_images(manifests: tuple[tuple[str, Path], ...], limit: int) -> list | None:
@@ -221,13 +266,6 @@ def val_images(manifests: tuple[tuple[str, Path], ...], limit: int) -> list | No
     return None
 
 
-def model_preset(params_file: Path | None) -> str:
-    """`model.preset` of the params file training used (the default when it names none)."""
-    if params_file is None or not params_file.is_file():
-        return ""
-    return str((load_params(params_file).get("model") or {}).get("preset", DEFAULT_PRESET))
-
-
 def read_json(path: Path, how_to_create: str = "") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
@@ -237,6 +275,11 @@ def read_json(path: Path, how_to_create: str = "") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    cli.run_main(args, lambda: run(*inputs(args)), (registry.ExportError, store.TrackingError))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument("--model", type=Path, default=layout.MODEL)
     ap.add_argument("--eval-metrics", type=Path, default=layout.EVAL_METRICS)
@@ -244,33 +287,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-run", type=Path, default=layout.TRAIN_RUN)
     ap.add_argument("--shards", type=Path, default=layout.SHARDS)
     ap.add_argument("--out", type=Path, default=layout.EXPORT)
-    args = ap.parse_args(argv)
-    cli.run_main(args, lambda: _main(args), (registry.ExportError, store.TrackingError))
+    return ap
 
 
-def _main(args: argparse.Namespace) -> None:
+def inputs(args: argparse.Namespace) -> tuple[Params, ExportPaths]:
+    """The params file and the command line's paths (relative ones from the project root); the
+    tracking store is checked here, before any work."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
-    params = load_section(args.params, "export", ExportParams)
-    uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
+    params = load(args.params)
     root = layout.project_root(args.params)
     shards = layout.under(root, args.shards)
-    paths = ExportPaths(
+    tracking = store.locate(args.params, params.mlflow)
+    store.check_tracking_uri(tracking.uri)
+    return params, ExportPaths(
         model_dir=layout.under(root, args.model),
         eval_metrics=layout.under(root, args.eval_metrics),
         train_run=layout.under(root, args.train_run),
         train_metrics=layout.under(root, args.train_metrics),
         out_dir=layout.under(root, args.out),
+        tracking=tracking,
         params_file=Path(args.params).resolve(),
-        manifests=tuple((s, shards / s / "manifest.json") for s in SPLITS),
-    )
-    store.check_tracking_uri(uri)
-    run(
-        paths,
-        params,
-        tracking_uri=uri,
-        experiment=mlflow_params.experiment,
-        artifact_location=store.default_artifact_location(args.params, uri, mlflow_params),
+        manifests=tuple((s, shards / s / MANIFEST) for s in SPLITS),
     )
 
 

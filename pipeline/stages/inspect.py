@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +31,14 @@ from pycocotools.coco import COCO
 from mrcnn import visualize as vis
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, expand_mini_masks
+from mrcnn.data.layout import MANIFEST, SPLITS, annotation_file
 from mrcnn.fileio import replace_dir
 from mrcnn.layers.matcher import BELOW_LOW, batched_iou, match
 from mrcnn.modeling.anchors import AnchorGenerator
 from pipeline import cli, layout
-from pipeline.params import (
-    SPLITS,
-    DataParams,
-    InspectParams,
-    MlflowParams,
-    load_model_config,
-    load_section,
-)
-from pipeline.tracking import store
-from pipeline.tracking.store import TrackingError
+from pipeline.params import InspectParams, Params, load
+from pipeline.tracking import runs, store
+from pipeline.tracking.store import Tracking, TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -65,27 +60,63 @@ def label_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor, cfg: Config) ->
     return labels
 
 
-def run(
-    params: InspectParams,
-    cfg: Config,
-    shards_dir: Path,
-    out_dir: Path,
-    raw_dir: Path | None = None,
+@dataclass(frozen=True)
+class InspectPaths:
+    """What inspect reads and writes."""
+
+    shards: Path = layout.SHARDS  # the split folders (the `inspect.split` one is drawn)
+    out: Path = layout.INSPECT_REPORTS  # replaced as a whole
+    raw: Path | None = None  # the raw COCO-layout folder: the source masks of the round trip
+    tracking: Tracking | None = None  # the pictures go to a run of their own; None: not logged
+
+
+def run(params: Params, paths: InspectPaths) -> dict[str, Any]:
+    """Draw the pictures into `paths.out` and log them to MLflow -> summary. The anchors are the
+    model's (the `model` section), labelled as its RPN labels them."""
+    if paths.tracking is not None:
+        store.check_tracking_uri(paths.tracking.uri)  # before drawing anything
+    ds = ShardDataset(Path(paths.shards) / params.inspect.split)
+    cfg = params.model_config(
+        num_classes=ds.num_classes, image_size=ds.image_size, class_names=tuple(ds.class_names)
+    )
+    summary = draw(params.inspect, cfg, ds, paths)
+    if paths.tracking is not None:
+        t = paths.tracking
+        summary["mlflow_run_id"] = runs.log_inspection(
+            Path(paths.out), params.data.source, t.uri, t.experiment, t.artifact_location
+        )
+    return summary
+
+
+def draw(
+    params: InspectParams, cfg: Config, ds: ShardDataset, paths: InspectPaths
 ) -> dict[str, Any]:
-    """Draw the pictures into `out_dir` (replaced as a whole) -> summary. The anchors are the
-    model's (`cfg.anchors`), labelled as its RPN labels them (`cfg.rpn`)."""
-    ds = ShardDataset(Path(shards_dir) / params.split)
-    s = ds.image_size
-    factor = max(1, 512 // s)  # small frames are enlarged so boxes and text stay readable
-    rng = np.random.default_rng(params.seed)
-    picks = np.sort(rng.choice(len(ds), min(params.num_samples, len(ds)), replace=False))
-    samples = [ds[int(i)] for i in picks]
-    tmp = Path(out_dir).with_name(f".{Path(out_dir).name}.tmp")
+    """Every picture of `ds` into `paths.out` (built beside it, then swapped in) -> summary."""
+    out_dir = Path(paths.out)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    factor = max(1, 512 // ds.image_size)  # small frames are enlarged: boxes, text readable
+    rng = np.random.default_rng(params.seed)
+    picks = np.sort(rng.choice(len(ds), min(params.num_samples, len(ds)), replace=False))
+    samples = [ds[int(i)] for i in picks]
     summary: dict[str, Any] = {"samples": [x.image_id for x in samples]}
+    _save(tmp / "samples.png", samples_picture(samples, ds, factor))
+    with_instances = [s for s in samples if len(s.labels)] or [ds[0]]
+    x = with_instances[0]  # drawn with its anchors and mini-mask
+    summary["mini_mask"] = _round_trip(x, ds, paths.raw, tmp / "mini_mask_round_trip.png")
+    summary["anchors"] = anchor_pictures(x, cfg, params, ds.image_size, factor, tmp)
+    summary["class_distribution"] = class_distribution(Path(paths.shards), ds, tmp)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+    replace_dir(tmp, out_dir)
+    summary["files"] = sorted(p.name for p in out_dir.iterdir())
+    return summary
 
+
+def samples_picture(samples: list, ds: ShardDataset, factor: int) -> np.ndarray:
+    """The samples with their masks (mini-masks expanded), boxes and labels, in a grid."""
+    s = ds.image_size
     tiles = []
     for x in samples:
         masks = expand_mini_masks(x.boxes, x.mini_masks, (s, s))  # [N, S, S]
@@ -94,16 +125,28 @@ def run(
             zoom_all(x.image, factor), x.boxes * factor, big_masks, x.labels, ds.class_names
         )
         tiles.append(tile)
-    _save(tmp / "samples.png", vis.image_grid(tiles, cols=3))
+    return vis.image_grid(tiles, cols=3)
 
-    with_instances = [x for x in samples if len(x.labels)] or [ds[0]]
-    x = with_instances[0]
-    summary["mini_mask"] = _round_trip(x, ds, raw_dir, tmp / "mini_mask_round_trip.png")
 
+def anchor_pictures(
+    x: Any, cfg: Config, params: InspectParams, size: int, factor: int, out: Path
+) -> dict[str, Any]:
+    """anchors.png (sample `x`'s anchors as its RPN labels them) and anchors_per_level.png ->
+    the counts."""
     sizes = cfg.anchors.sizes
-    anchors, counts = AnchorGenerator(sizes, cfg.anchors.ratios, cfg.anchors.stride)(s)
+    anchors, counts = AnchorGenerator(sizes, cfg.anchors.ratios, cfg.anchors.stride)(size)
     labels = label_anchors(anchors, torch.from_numpy(x.boxes), cfg)
-    summary["anchors"] = {
+    a = anchors.numpy() * factor
+    image = zoom_all(x.image, factor)
+    picture = vis.draw_anchors(
+        image, a, labels.numpy(), gt_boxes=x.boxes * factor, seed=params.seed
+    )
+    _save(out / "anchors.png", picture)
+    picture = vis.draw_anchors_per_level(
+        image, a, counts, per_level=params.anchors_per_level, sizes=sizes, seed=params.seed
+    )
+    _save(out / "anchors_per_level.png", picture)
+    return {
         "image_id": x.image_id,
         "sizes": list(sizes),
         "ratios": list(cfg.anchors.ratios),
@@ -114,32 +157,20 @@ def run(
         "negative": int((labels == 0).sum()),
         "neutral": int((labels == -1).sum()),
     }
-    a = anchors.numpy() * factor
-    image = zoom_all(x.image, factor)
-    picture = vis.draw_anchors(
-        image, a, labels.numpy(), gt_boxes=x.boxes * factor, seed=params.seed
-    )
-    _save(tmp / "anchors.png", picture)
-    picture = vis.draw_anchors_per_level(
-        image, a, counts, per_level=params.anchors_per_level, sizes=sizes, seed=params.seed
-    )
-    _save(tmp / "anchors_per_level.png", picture)
 
+
+def class_distribution(shards: Path, ds: ShardDataset, out: Path) -> dict[str, Any]:
+    """class_distribution.png: instances per class of every split (from the manifests)."""
     per_split = {}
     for split in SPLITS:
-        manifest = Path(shards_dir) / split / "manifest.json"
+        manifest = shards / split / MANIFEST
         if manifest.is_file():
             per_split[split] = json.loads(manifest.read_text())["counts"]["instances_per_class"]
     fig = vis.new_figure(max(5.0, 0.6 * len(ds.class_names) + 2), 3.5)
     vis.plot_class_distribution(fig.add_subplot(1, 1, 1), per_split)
     fig.tight_layout()
-    _save(tmp / "class_distribution.png", vis.figure_to_array(fig))
-    summary["class_distribution"] = per_split
-
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-    replace_dir(tmp, out_dir)
-    summary["files"] = sorted(p.name for p in Path(out_dir).iterdir())
-    return summary
+    _save(out / "class_distribution.png", vis.figure_to_array(fig))
+    return per_split
 
 
 def zoom_all(image: np.ndarray, factor: int) -> np.ndarray:
@@ -160,9 +191,7 @@ def _round_trip(x, ds: ShardDataset, raw_dir: Path | None, path: Path) -> dict[s
     )
     box = x.boxes[k] / x.scale
     ref = None
-    ann_file = (
-        raw_dir / "annotations" / f"instances_{ds.manifest['split']}.json" if raw_dir else None
-    )
+    ann_file = annotation_file(raw_dir, ds.manifest["split"]) if raw_dir else None
     if ann_file is not None and ann_file.is_file():
         coco = COCO(str(ann_file))
         ref = coco.annToMask(coco.loadAnns([meta["annotation_ids"][k]])[0]).astype(bool)
@@ -184,49 +213,23 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    cli.run_main(args, lambda: cli.show(run(*inputs(args))), (TrackingError,))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument("--shards", type=Path, default=layout.SHARDS)
     ap.add_argument("--raw", type=Path, help=f"raw folder (default {layout.RAW}/<source>)")
     ap.add_argument("--out", type=Path, default=layout.INSPECT_REPORTS)
-    args = ap.parse_args(argv)
-    cli.run_main(args, lambda: _main(args), (TrackingError,))
+    return ap
 
 
-def _main(args: argparse.Namespace) -> None:
-    params = load_section(args.params, "inspect", InspectParams)
-    source = load_section(args.params, "data", DataParams).source
-    raw = args.raw or layout.RAW / source
-    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
-    uri = store.tracking_uri(args.params, mlflow_params.tracking_uri)
-    store.check_tracking_uri(uri)  # before drawing anything
-    ds = ShardDataset(Path(args.shards) / params.split)
-    cfg = load_model_config(
-        args.params,
-        num_classes=ds.num_classes,
-        image_size=ds.image_size,
-        class_names=tuple(ds.class_names),
-    )
-    summary = run(params, cfg, args.shards, args.out, raw)
-    location = store.default_artifact_location(args.params, uri, mlflow_params)
-    summary["mlflow_run_id"] = log_pictures(
-        Path(args.out), source, uri, mlflow_params.experiment, location
-    )
-    print(json.dumps(summary, indent=1))
-
-
-def log_pictures(
-    out_dir: Path, source: str, uri: str, experiment: str, artifact_location: str | None = None
-) -> str:
-    """The pictures (and summary.json) as artifacts `inspect/` of a new MLflow run
-    `inspect-<data source>` (tags `stage`, `data.source`) -> its run id."""
-    import mlflow
-
-    tags = {"stage": "inspect", "data.source": source}
-    name = f"inspect-{source}"
-    location = artifact_location
-    with store.start_run(uri, experiment, name, tags=tags, artifact_location=location) as r:
-        mlflow.log_artifacts(str(out_dir), artifact_path="inspect")
-        return r.info.run_id
+def inputs(args: argparse.Namespace) -> tuple[Params, InspectPaths]:
+    params = load(args.params)
+    raw = args.raw or layout.RAW / params.data.source
+    tracking = store.locate(args.params, params.mlflow)
+    return params, InspectPaths(args.shards, args.out, raw, tracking)
 
 
 if __name__ == "__main__":

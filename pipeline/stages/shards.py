@@ -4,7 +4,8 @@ Every split present in the raw folder is resized and padded (`shards.image_size`
 `shards.resize_mode`), its boxes computed from the masks, its masks stored as mini-masks
 (`shards.mini_mask_shape`), its category ids mapped to contiguous labels 1..K (one class map for
 all splits, recorded in each manifest), and written as tar shards with an index, a manifest and
-a report of every skipped record. Uses all cores; an interrupted run resumes.
+a report of every skipped record. Uses all cores by default (`shards.num_workers: -1`); an
+interrupted run resumes.
 
 `--out s3://bucket/prefix` (any fsspec URL) builds each split in a local staging folder (one per
 URL under the system temp dir, so an interrupted build resumes there too), then uploads it with
@@ -19,21 +20,24 @@ the same as a local build's.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mrcnn.data import storage
 from mrcnn.data.coco import class_map, load_coco_split
+from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
-from pipeline.params import SPLITS, DataParams, ShardsParams, load_section, to_dict
+from pipeline.paramfile import to_dict, worker_processes
+from pipeline.params import Params, ShardsParams, load
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +47,21 @@ logger = logging.getLogger(__name__)
 GROUND_TRUTH_SPLITS = ("val",)
 
 
-def run(params: ShardsParams, raw_dir: Path, out_dir: Path | str) -> dict[str, Any]:
-    """Build the shards of every split found in `raw_dir` into `out_dir` (a folder, or a URL
-    such as s3://bucket/prefix) -> per-split counts."""
-    if storage.is_url(out_dir):
-        return _run_to_url(params, Path(raw_dir), str(out_dir))
-    return _build(params, Path(raw_dir), Path(str(out_dir).removeprefix("file://")))
+@dataclass(frozen=True)
+class ShardsPaths:
+    """What shards reads and writes."""
+
+    raw: Path  # the raw COCO-layout folder, data/raw/<data.source>
+    out: Path | str = layout.SHARDS  # a folder, or a URL such as s3://bucket/prefix
+
+
+def run(params: Params, paths: ShardsPaths) -> dict[str, Any]:
+    """Build the shards of every split found in `paths.raw` into `paths.out` (`shards`
+    section) -> per-split counts."""
+    raw = Path(paths.raw)
+    if storage.is_url(paths.out):
+        return _run_to_url(params.shards, raw, str(paths.out))
+    return _build(params.shards, raw, Path(str(paths.out).removeprefix("file://")))
 
 
 def staging_dir(url: str) -> Path:
@@ -70,20 +83,18 @@ def _run_to_url(params: ShardsParams, raw_dir: Path, url: str) -> dict[str, Any]
     for split in summary:
         local = staging / split
         if split in GROUND_TRUTH_SPLITS:
-            shutil.copyfile(
-                raw_dir / "annotations" / f"instances_{split}.json", local / GROUND_TRUTH
-            )
+            shutil.copyfile(annotation_file(raw_dir, split), local / GROUND_TRUTH)
         storage.upload_split(local, storage.join(url, split))
     shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
 def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]:
-    ann_files = {s: raw_dir / "annotations" / f"instances_{s}.json" for s in SPLITS}
+    ann_files = {s: annotation_file(raw_dir, s) for s in SPLITS}
     splits = [s for s in SPLITS if ann_files[s].is_file()]
     if not splits:
         raise FileNotFoundError(
-            f"no annotations/instances_{{train,val}}.json under {raw_dir}; "
+            f"no {annotation_file('', '{train,val}')} under {raw_dir}; "
             "run `python -m pipeline.download` first"
         )
     for stale in sorted(set(SPLITS) - set(splits)):  # e.g. train from an earlier source
@@ -97,18 +108,18 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
         source = {
             "annotations": str(ann_files[split]),
             "annotations_sha256": file_digest(ann_files[split]),
-            "images": str(raw_dir / split),
+            "images": str(image_dir(raw_dir, split)),
         }
         counts = {"images": parsed[split].num_images, "annotations": parsed[split].num_annotations}
         manifest = build_split(
             parsed[split].records,
-            raw_dir / split,
+            image_dir(raw_dir, split),
             out_dir / split,
             classes,
             params.options(split),
             source_skipped=parsed[split].skipped,
             source_counts=counts,
-            num_workers=params.num_workers,
+            num_workers=max(1, worker_processes(params.num_workers)),  # 1: this process
             extra_manifest={"params": to_dict(params), "source": source},
         )
         summary[split] = manifest["counts"]
@@ -116,6 +127,11 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    cli.run_main(args, lambda: cli.show(run(*inputs(args))))
+
+
+def parser() -> argparse.ArgumentParser:
     ap = cli.parser(__doc__)
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
@@ -126,15 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a folder or a URL (s3://bucket/prefix; credentials and AWS_ENDPOINT_URL from the "
         "environment) (default %(default)s)",
     )
-    args = ap.parse_args(argv)
+    return ap
 
-    def body() -> None:
-        data = load_section(args.params, "data", DataParams)
-        params = load_section(args.params, "shards", ShardsParams)
-        raw = args.raw or layout.RAW / data.source
-        print(json.dumps(run(params, raw, args.out), indent=1))
 
-    cli.run_main(args, body)
+def inputs(args: argparse.Namespace) -> tuple[Params, ShardsPaths]:
+    params = load(args.params)
+    return params, ShardsPaths(raw=args.raw or layout.RAW / params.data.source, out=args.out)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.solver import scale_schedule
-from pipeline.params import TrainParams, from_dict, load_params, model_config
-from pipeline.sweep.space import SearchSpace, apply, parse_space
-from pipeline.sweep.tune_params import TUNE_METRICS, TuneParams  # noqa: F401 (known from here)
+from pipeline.paramfile import from_dict, load_params, model_config
+from pipeline.search_space import SearchSpace, apply, parse_space
+from pipeline.train_params import TrainParams, TuneParams
 
 
 @dataclass(frozen=True)

@@ -43,25 +43,21 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import ShardDataset
+from mrcnn.data.layout import MANIFEST
 from mrcnn.data.storage import Location, exists, filesystem, is_url, join, read_text, write_text
 from mrcnn.fileio import json_digest
 from pipeline import cli, layout
-from pipeline.params import (
-    MlflowParams,
-    TrainParams,
-    from_dict,
-    load_params,
-    load_section,
-    to_dict,
-)
+from pipeline.paramfile import from_dict, load_params, load_section, to_dict
+from pipeline.params import MlflowParams
+from pipeline.search_space import dvc_set_args
 from pipeline.sweep import report as sweep_report
 from pipeline.sweep import tracking as sweep_tracking
-from pipeline.sweep.config import Sweep, TuneParams, load_sweep, planned_iterations
+from pipeline.sweep.config import Sweep, load_sweep, planned_iterations
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, best_trial, trial_records
-from pipeline.sweep.space import dvc_set_args
 from pipeline.sweep.trial import run_trial
-from pipeline.tracking import store
+from pipeline.tracking import active, store
 from pipeline.tracking.store import TrackingError
+from pipeline.train_params import TrainParams, TuneParams
 from pipeline.training.driver import ClusterResourceError
 from pipeline.training.runtime import check_state_api, init_ray
 
@@ -110,11 +106,9 @@ def run(
         run_id=state.get("parent_run_id"),
         tags={"stage": "tune", "sweep": tp.name},
     ) as parent:
-        import mlflow
-
         if state.get("parent_run_id") != parent.info.run_id:
-            mlflow.log_params(store.flatten({"tune": to_dict(tp)}))
-            mlflow.log_params(
+            active.log_params(store.flatten({"tune": to_dict(tp)}))
+            active.log_params(
                 {f"space.{k}": json.dumps(v) for k, v in sweep.space.to_spec().items()}
             )
         state |= {"identity": identity, "parent_run_id": parent.info.run_id}
@@ -327,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
 def _main(args: argparse.Namespace) -> None:
     root = layout.project_root(args.params)
     shards = args.shards if is_url(args.shards) else layout.under(root, args.shards).resolve()
-    if not exists(join(shards, "train", "manifest.json")):
+    if not exists(join(shards, "train", MANIFEST)):
         raise FileNotFoundError(
             f"no shards in {join(shards, 'train')}: build them with `dvc repro shards` "
             "(`make sweep` does it first)"

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from mrcnn.fileio import write_text_atomic
+from pipeline.search_space import SearchSpace, dvc_set_args, nested
 from pipeline.sweep.records import COMPLETED, FAILED, METRIC_KEYS, STOPPED, TrialRecord
-from pipeline.sweep.space import SearchSpace, dvc_set_args, nested
 
 
 def table_rows(records: Sequence[TrialRecord], space: SearchSpace) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """MLflow side of a sweep: one run per trial nested under the sweep's run, and what the parent
 gets at the end (statuses, the trial table, the files of `pipeline.sweep.report`, the best
-values).
+values). The MLflow calls are `pipeline.tracking.trials` and `pipeline.tracking.active`.
 
-    client, run_id = trial_run(sweep, trial_id, values)     # in the trial: found or created
+    run_id = trial_run(sweep, trial_id, values)              # in the trial: found or created
+    log_trial_params(sweep, run_id, params, cfg)             # once the trial's params are valid
     finish_trial_runs(records, sweep)                        # after the sweep: statuses
     log_parent(records, best, sweep, tp, files, wall)        # into the active parent run
 """
@@ -12,102 +13,72 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from pipeline.params import to_dict
+from pipeline.paramfile import to_dict
 from pipeline.sweep import report as sweep_report
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord
+from pipeline.tracking import active, trials
+from pipeline.tracking.store import flatten
 
 if TYPE_CHECKING:
-    from pipeline.params import TrainParams
-    from pipeline.sweep.config import Sweep, TuneParams
+    from pipeline.sweep.config import Sweep
+    from pipeline.train_params import TrainParams, TuneParams
+
+# A trial's outcome -> the status its MLflow run ends with.
+RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
 
 
-def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]):
-    """The trial's MLflow run under the parent: found again after a restart, else created."""
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking import store as tracking
-
-    client = MlflowClient(sweep.tracking_uri)
-    found = client.search_runs(
-        [sweep.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}' "
-        f"and tags.trial_id = '{trial_id}'",
-        max_results=1,
-    )
-    if found:
-        client.set_tag(found[0].info.run_id, "tune.status", "running")
-        return client, found[0].info.run_id
-    run = client.create_run(
+def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]) -> str:
+    """The trial's MLflow run under the parent -> its id: found again after a restart, else
+    created with what was sampled, as drawn, as params (the full params follow once valid)."""
+    tags = {"sweep": sweep.name, "stage": "tune", "tune.status": "running"}
+    tags["tune.swept"] = ",".join(values)
+    sampled = {f"sampled.{k}": v for k, v in flatten(values).items()}
+    return trials.trial_run(
+        sweep.tracking_uri,
         sweep.experiment_id,
-        run_name=f"{sweep.name}-{trial_id}",
-        tags={
-            "mlflow.parentRunId": sweep.parent_run_id,
-            "trial_id": trial_id,
-            "sweep": sweep.name,
-            "stage": "tune",
-            "tune.status": "running",
-            "tune.swept": ",".join(values),
-        },
+        sweep.parent_run_id,
+        trial_id,
+        f"{sweep.name}-{trial_id}",
+        tags,
+        sampled,
     )
-    run_id = run.info.run_id
-    # What was sampled, as drawn (the full params follow once they are valid).
-    client.log_batch(
-        run_id,
-        params=[_param(f"sampled.{k}", v) for k, v in tracking.flatten(values).items()],
-    )
-    return client, run_id
 
 
-def log_trial_params(client, run_id: str, params: TrainParams, cfg) -> None:
-    from pipeline.tracking import store as tracking
-
-    flat = tracking.flatten({"train": to_dict(params), "model": cfg.to_dict()})
-    items = [_param(k, v) for k, v in flat.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[i : i + 100])
+def log_trial_params(sweep: Sweep, run_id: str, params: TrainParams, cfg) -> None:
+    flat = flatten({"train": to_dict(params), "model": cfg.to_dict()})
+    trials.log_params(sweep.tracking_uri, run_id, flat)
 
 
-def _param(key: str, value: str):
-    from mlflow.entities import Param
-
-    return Param(key, value)
+def fail_trial(sweep: Sweep, run_id: str, error: BaseException) -> None:
+    """The trial raised: its run ends FAILED, with the error as tag `tune.error`."""
+    tags = {"tune.status": FAILED, "tune.error": f"{type(error).__name__}: {error}"[:5000]}
+    trials.end_run(sweep.tracking_uri, run_id, RUN_STATUS[FAILED], tags)
 
 
 def finish_trial_runs(records: list[TrialRecord], sweep: Sweep) -> None:
     """Status of each trial's nested MLflow run (FINISHED / KILLED for stopped / FAILED)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(sweep.tracking_uri)
-    runs = client.search_runs(
-        [sweep.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_run_id}'",
-        max_results=10000,
-    )
-    by_trial = {r.data.tags.get("trial_id"): r for r in runs}
-    mlflow_status = {COMPLETED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
+    runs = trials.trial_runs(sweep.tracking_uri, sweep.experiment_id, sweep.parent_run_id)
     for rec in records:
-        run = by_trial.get(rec.trial_id)
-        if run is None:  # the trial failed before its run existed
+        run_id = runs.get(rec.trial_id)
+        if run_id is None:  # the trial failed before its run existed
             continue
-        rec.mlflow_run_id = run.info.run_id
-        client.set_tag(rec.mlflow_run_id, "tune.status", rec.status)
-        client.set_tag(rec.mlflow_run_id, "tune.iterations", str(rec.iteration))
+        rec.mlflow_run_id = run_id
+        tags = {"tune.status": rec.status, "tune.iterations": str(rec.iteration)}
         if rec.error:
-            client.set_tag(rec.mlflow_run_id, "tune.error", rec.error[:5000])
-        for k, v in rec.metrics.items():
-            client.log_metric(rec.mlflow_run_id, f"final/{k}", v, step=rec.iteration)
-        client.set_terminated(rec.mlflow_run_id, mlflow_status[rec.status])
+            tags["tune.error"] = rec.error[:5000]
+        final = {f"final/{k}": v for k, v in rec.metrics.items()}
+        trials.end_run(
+            sweep.tracking_uri, run_id, RUN_STATUS[rec.status], tags, final, rec.iteration
+        )
 
 
 def log_parent(records, best, sweep: Sweep, tp: TuneParams, files, wall: float) -> None:
-    import mlflow
-
     rows = sweep_report.table_rows(records, sweep.space)
     if rows:
-        mlflow.log_table({c: [r[c] for r in rows] for c in rows[0]}, "sweep/trials.json")
+        active.log_table({c: [r[c] for r in rows] for c in rows[0]}, "sweep/trials.json")
     for path in files.values():
-        mlflow.log_artifact(str(path), "sweep")
-    mlflow.log_metrics(
+        active.log_artifact(path, "sweep")
+    active.log_metrics(
         {
             "sweep/trials": len(records),
             "sweep/stopped_early": sum(r.status == STOPPED for r in records),
@@ -116,7 +87,7 @@ def log_parent(records, best, sweep: Sweep, tp: TuneParams, files, wall: float) 
         }
     )
     if best is not None:
-        mlflow.log_metric(f"best/{tp.metric}", best.metrics[tp.metric])
+        active.log_metrics({f"best/{tp.metric}": best.metrics[tp.metric]})
         # Tags, not params: a resumed sweep may find a new best (params cannot change).
-        mlflow.set_tags({f"best.{k}": json.dumps(v) for k, v in best.values.items()})
-        mlflow.set_tags({"best.trial_id": best.trial_id, "best.run_id": best.mlflow_run_id})
+        active.set_tags({f"best.{k}": json.dumps(v) for k, v in best.values.items()})
+        active.set_tags({"best.trial_id": best.trial_id, "best.run_id": best.mlflow_run_id})

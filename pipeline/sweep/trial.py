@@ -7,7 +7,6 @@ from typing import Any
 
 from pipeline.sweep import tracking as sweep_tracking
 from pipeline.sweep.config import Sweep
-from pipeline.sweep.records import FAILED
 from pipeline.training import driver
 
 
@@ -19,10 +18,10 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trial_id = ray.tune.get_context().get_trial_id()
     values = sweep.space.decode(config)
-    client, run_id = sweep_tracking.trial_run(sweep, trial_id, values)
+    run_id = sweep_tracking.trial_run(sweep, trial_id, values)
     try:
         params, cfg = sweep.trial_params(values)  # an impossible combination raises here
-        sweep_tracking.log_trial_params(client, run_id, params, cfg)
+        sweep_tracking.log_trial_params(sweep, run_id, params, cfg)
         config = driver.loop_config(params, cfg, sweep.shards, sweep.tracking_uri, run_id)
         result = driver.fit(
             config,
@@ -34,7 +33,5 @@ def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
         if result.error is not None:
             raise result.error
     except Exception as e:
-        client.set_tag(run_id, "tune.status", FAILED)
-        client.set_tag(run_id, "tune.error", f"{type(e).__name__}: {e}"[:5000])
-        client.set_terminated(run_id, "FAILED")
+        sweep_tracking.fail_trial(sweep, run_id, e)
         raise

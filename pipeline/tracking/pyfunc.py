@@ -52,10 +52,10 @@ from mlflow.pyfunc import PythonModel
 
 from mrcnn.data.image_file import ImageReadError, read_image
 from mrcnn.evaluation.coco_results import encode_masks
+from mrcnn.export import MODEL_BACKENDS
 from mrcnn.inference.detections import Detections
 
 INPUT_COLUMN = "image"
-BACKENDS = ("torch", "onnxruntime")
 MODEL_ARTIFACT = "model"  # the mrcnn.weights.save folder
 ONNX_ARTIFACT = "onnx"  # the whole-model ONNX file (mrcnn.export.to_onnx), when exported
 FLOAT_ARRAY = "array<double>"  # a list of floats per row (MLflow `Array(double)`)
@@ -113,8 +113,9 @@ def output_columns(heads: Heads = Heads()) -> tuple[tuple[str, str], ...]:
 
 def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
     """The model that `predict` runs: `MaskRCNN` (torch) or `OnnxModel` (onnxruntime)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"model_config backend must be one of {', '.join(BACKENDS)}: {backend!r}")
+    if backend not in MODEL_BACKENDS:
+        msg = f"model_config backend must be one of {', '.join(MODEL_BACKENDS)}: {backend!r}"
+        raise ValueError(msg)
     if backend == "onnxruntime":
         if ONNX_ARTIFACT not in artifacts:
             raise ValueError(

@@ -74,10 +74,12 @@ def log_model(
 
     import mrcnn
     from mrcnn import weights
-    from pipeline.tracking.pyfunc import BACKENDS, ONNX_ARTIFACT, Heads
+    from mrcnn.export import MODEL_BACKENDS
+    from pipeline.tracking.pyfunc import ONNX_ARTIFACT, Heads
 
-    if backend not in BACKENDS:
-        raise ExportError(f"export.pyfunc_backend must be one of {', '.join(BACKENDS)}: {backend}")
+    if backend not in MODEL_BACKENDS:
+        choices = ", ".join(MODEL_BACKENDS)
+        raise ExportError(f"export.pyfunc_backend must be one of {choices}: {backend}")
     if backend == "onnxruntime" and onnx_file is None:
         raise ExportError(
             "export.pyfunc_backend: onnxruntime needs the ONNX file: set export.portable: true"

@@ -1,4 +1,6 @@
-"""What the evaluate stage logs into the training's MLflow run: metrics, settings, pictures."""
+"""What the inspect and evaluate stages log: inspect's pictures into a run of their own
+(`log_inspection`), evaluate's metrics, settings and pictures into the training's run
+(`log_evaluation`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.evaluation.coco_eval import ALL_IOU_TYPES
-from pipeline.params import EvaluateParams, to_dict
+from pipeline.paramfile import to_dict
+from pipeline.params import EvaluateParams
 from pipeline.reporting.evaluate import PICTURES, PR_FILE, RESULTS_FILE, STEPS_DIR
 from pipeline.tracking.store import flatten, start_run
 
@@ -91,3 +94,18 @@ def log_evaluation(
             )
     log.info("logged to MLflow run %s (artifacts under %s/)", run_id, ARTIFACT_PATH)
     return run_id
+
+
+def log_inspection(
+    out_dir: Path, source: str, uri: str, experiment: str, artifact_location: str | None = None
+) -> str:
+    """The pictures (and summary.json) as artifacts `inspect/` of a new MLflow run
+    `inspect-<data source>` (tags `stage`, `data.source`) -> its run id."""
+    import mlflow
+
+    tags = {"stage": "inspect", "data.source": source}
+    name = f"inspect-{source}"
+    location = artifact_location
+    with start_run(uri, experiment, name, tags=tags, artifact_location=location) as r:
+        mlflow.log_artifacts(str(out_dir), artifact_path="inspect")
+        return r.info.run_id

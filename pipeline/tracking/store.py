@@ -2,6 +2,7 @@
 
     uri = tracking_uri("params.yaml", params.tracking_uri)   # sqlite:///mlflow.db -> absolute
     check_tracking_uri(uri)                                    # clear error, before any work
+    locate("params.yaml", params)                              # Tracking: uri, experiment, ...
     with start_run(uri, "mrcnn", run_name="train", run_id=resume_id) as run:
         mlflow.log_params(flatten(model_section, prefix="model."))
 
@@ -19,16 +20,14 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pipeline.layout import project_root
 from pipeline.params import MlflowParams
@@ -44,6 +43,24 @@ _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a stage logs: the tracking store `uri` (relative paths resolved), the
+    `experiment`, and where experiments created here keep their artifacts (None: the store
+    decides). Part of a stage's paths; `locate` builds it from the `mlflow` section."""
+
+    uri: str
+    experiment: str = "mrcnn"
+    artifact_location: str | None = None
+
+
+def locate(params_path: str | Path, params: MlflowParams) -> Tracking:
+    """The `mlflow` section of the params file at `params_path` -> `Tracking`."""
+    uri = tracking_uri(params_path, params.tracking_uri)
+    location = default_artifact_location(params_path, uri, params)
+    return Tracking(uri, params.experiment, location)
 
 
 def tracking_uri(params_path: str | Path, uri: str) -> str:
@@ -314,30 +331,3 @@ def end_run(uri: str, run_id: str, status: str, error: str = "", prefix: str = "
 def dvc_experiment() -> str:
     """The DVC experiment being run (`dvc exp run` sets DVC_EXP_NAME for its commands), or ""."""
     return os.environ.get("DVC_EXP_NAME", "")
-
-
-def log_figure_png(image: str | Path | np.ndarray | Any, artifact_path: str) -> None:
-    """Log a picture as a PNG artifact of the active run at `artifact_path` (e.g.
-    "pictures/detections.png"): a PNG file, a uint8 H x W x 3 (or H x W) array, or a
-    matplotlib figure."""
-    import mlflow
-    from PIL import Image
-
-    if not artifact_path.endswith(".png"):
-        raise ValueError(f"artifact_path must end in .png, got {artifact_path!r}")
-    if hasattr(image, "savefig"):  # matplotlib Figure
-        mlflow.log_figure(image, artifact_path)
-        return
-    folder, name = os.path.split(artifact_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / name
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8:
-                raise ValueError(f"image arrays must be uint8, got {image.dtype}")
-            Image.fromarray(image).save(target)
-        else:
-            src = Path(image)
-            if not src.is_file():
-                raise FileNotFoundError(f"no picture at {src}")
-            target.write_bytes(src.read_bytes())
-        mlflow.log_artifact(str(target), artifact_path=folder or None)

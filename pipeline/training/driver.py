@@ -20,7 +20,10 @@ from typing import Any
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
 from mrcnn.fileio import json_digest
-from pipeline.params import PLACEMENTS, TrainParams, to_dict
+from pipeline.paramfile import to_dict
+from pipeline.tracking import store
+from pipeline.tracking import training as tracked_run
+from pipeline.train_params import PLACEMENTS, TrainParams
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
 from pipeline.training.periodic_eval import val_annotations
@@ -167,47 +170,24 @@ def mlflow_run(
     (with the flattened params logged once) -> its id. The new run is named `name`, or after
     the DVC experiment under `dvc exp run` (tag `dvc.experiment`). `artifact_location` applies
     when the experiment is created here (`pipeline.tracking.store.default_artifact_location`)."""
-    import mlflow
-
-    from pipeline.tracking import store
-
     marker = storage.join(run_dir, MLFLOW_RUN_FILE)  # a folder or a URL
     try:
         run_id = json.loads(storage.read_text(marker))["run_id"]
     except FileNotFoundError:
         run_id = None
     if run_id is not None:
-        mlflow.set_tracking_uri(uri)
-        if store.run_exists(run_id):
+        if tracked_run.run_exists(uri, run_id):
             return run_id
         logger.warning("MLflow run %s (from %s) is gone; starting a new one", run_id, marker)
     dvc_exp = store.dvc_experiment()
-    with store.start_run(
-        uri, experiment, run_name=dvc_exp or name, artifact_location=artifact_location
-    ) as active:
-        flat = store.flatten({"train": to_dict(params), "model": cfg.to_dict()})
-        flat["data.train_images"] = str(len(train_set))
-        flat["data.manifest_sha256"] = train_set.manifest.get("index", {}).get("sha256", "")
-        mlflow.log_params(flat)
-        tags = {"stage": "train", "ray_run": name, "data.source": data_source(train_set.manifest)}
-        mlflow.set_tags(tags | ({"dvc.experiment": dvc_exp} if dvc_exp else {}))
-        run_id = active.info.run_id
+    flat = store.flatten({"train": to_dict(params), "model": cfg.to_dict()})
+    flat["data.train_images"] = str(len(train_set))
+    flat["data.manifest_sha256"] = train_set.manifest.get("index", {}).get("sha256", "")
+    tags = {"stage": "train", "ray_run": name, "data.source": data_source(train_set.manifest)}
+    tags |= {"dvc.experiment": dvc_exp} if dvc_exp else {}
+    run_id = tracked_run.open_run(uri, experiment, dvc_exp or name, flat, tags, artifact_location)
     storage.write_text(marker, json.dumps({"run_id": run_id, "tracking_uri": uri}))
     return run_id
-
-
-def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
-    """Per-step `loss*` and `lr` metrics of a run from MLflow, one row per step (a resumed run
-    is one curve). The loss names are whatever the model's loss dict held."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("loss"))
-    rows: dict[int, dict[str, float]] = {}
-    for key in [*keys, "lr"]:
-        for m in client.get_metric_history(run_id, key):
-            rows.setdefault(m.step, {"step": m.step})[key] = m.value
-    return [rows[s] for s in sorted(rows)]
 
 
 def record_attempt(run_dir: Path | str, wall_s: float, status: str) -> list[dict[str, Any]]:

@@ -24,7 +24,10 @@ from mrcnn.config import Config
 from mrcnn.data import Augmentation, ShardDataset, TrainLoader, storage
 from mrcnn.modeling.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
-from pipeline.params import TrainParams, from_dict
+from pipeline.paramfile import from_dict
+from pipeline.tracking import active
+from pipeline.tracking import training as tracked_run
+from pipeline.train_params import TrainParams
 from pipeline.training import faults
 from pipeline.training.checkpoints import (
     NONFINITE_FILE,
@@ -188,11 +191,8 @@ class RankZeroLog:
         self.count = 0
         self.t0 = time.time()
         if enabled:
-            import mlflow
-
-            mlflow.set_tracking_uri(mlflow_cfg["tracking_uri"])
-            mlflow.start_run(run_id=mlflow_cfg["run_id"], log_system_metrics=True)
-            mlflow.set_tag("train.status", "resumed" if resumed else "running")
+            status = "resumed" if resumed else "running"
+            tracked_run.resume_on_worker(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"], status)
 
     def step(
         self,
@@ -213,14 +213,12 @@ class RankZeroLog:
         self.count += 1
         if it % every and it != total:
             return
-        import mlflow
-
         dt = time.time() - self.t0
         metrics = {k: v / self.count for k, v in self.sums.items()}
         metrics["lr"] = lr
         metrics["images_per_s"] = self.count * global_batch / max(dt, 1e-9)
         metrics["memory_gb"] = memory_gb(device)
-        mlflow.log_metrics(metrics, step=it)
+        active.log_metrics(metrics, step=it)
         eta = (total - it) * dt / self.count
         logger.info(
             "iter %d/%d loss %.4f lr %.2e %.1f img/s eta %s",
@@ -235,9 +233,7 @@ class RankZeroLog:
 
     def close(self, status: str = "FINISHED") -> None:
         if self.enabled:
-            import mlflow
-
-            mlflow.end_run(status=status)
+            tracked_run.end_on_worker(status)
 
 
 def memory_gb(device: torch.device) -> float:

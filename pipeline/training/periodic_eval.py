@@ -26,7 +26,8 @@ from mrcnn.data import ShardDataset, storage
 from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.evaluation.coco_eval import coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
-from pipeline.params import TrainParams
+from pipeline.tracking import active
+from pipeline.train_params import TrainParams
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,12 @@ class PeriodicEval:
         self.batch_size = p.batch_size
 
     def __call__(self, model, iteration: int) -> dict[str, float]:
-        import mlflow
-
         results = predict_dataset(
             model, self.val, self.batch_size, max_images=len(self.image_ids), progress=False
         )
         scores = coco_evaluate(self.gt, results, image_ids=self.image_ids)
         metrics = {"bbox_AP": scores.metrics["bbox"]["AP"], "segm_AP": scores.metrics["segm"]["AP"]}
-        if mlflow.active_run() is not None:
-            mlflow.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=iteration)
+        active.log_metrics_if_active({f"val/{k}": v for k, v in metrics.items()}, step=iteration)
         logger.info(
             "iteration %d: val bbox AP %.3f, segm AP %.3f",
             iteration,

@@ -1,4 +1,4 @@
-"""Ray start-up, shared by train, tune and evaluate, and the device a params value names.
+"""Ray start-up, shared by train and tune.
 
 `init_ray` joins the cluster named by `RAY_ADDRESS` (a `ray start --head` on this or another
 machine), else starts a local Ray with its dashboard. Ray Train V2 frees a run's worker placement
@@ -60,14 +60,3 @@ def check_state_api() -> None:
             "start Ray with the dashboard (`ray start --head`, or leave Ray to pipeline.tune), "
             f"or set tune.scheduler: fifo. ({type(e).__name__}: {e})"
         ) from None
-
-
-def resolve_device(device: str, key: str = "device") -> str:
-    """A params `device` value -> a torch device string: "auto" is cuda when available."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{key} is {device!r} but no CUDA device is available")
-    return device

@@ -76,7 +76,7 @@ def test_gpu_check_cpu_dry_run_writes_every_json(tmp_path):
     train = json.loads((out / "train_gpu.json").read_text())
     assert "error" not in train, train.get("traceback")
     assert train["iterations_done"] == 3
-    assert train["recipe_source"] == "pipeline.params.TrainParams"
+    assert train["recipe_source"] == "pipeline.train_params.TrainParams"
     curve = train["loss_curve"]
     assert set(curve) >= {"loss", "loss_mask", "loss_rpn_objectness"}
     assert len(curve["loss"]) == 3 and all(x > 0 for x in curve["loss"])

@@ -4,7 +4,7 @@ from torchvision.models import resnet18
 
 from mrcnn import presets
 from mrcnn.modeling.model import build_model
-from mrcnn.weights import load, load_backbone, read_state_dict, save
+from mrcnn.weights import load, load_backbone, read_meta, read_state_dict, save
 from tests.mrcnn.scenes import make_batch, tiny_model
 
 
@@ -25,6 +25,17 @@ def test_save_load_round_trip_gives_the_same_outputs(tmp_path):
     torch.testing.assert_close(out.mask_probs, ref.mask_probs)
     save(again, tmp_path / "m")  # overwriting an existing save works
     assert not (tmp_path / "m.tmp").exists()
+
+
+def test_config_json_records_the_preset_and_older_files_still_load(tmp_path):
+    model = tiny_model()
+    save(model, tmp_path / "m", extra={"class_map": {"1": 7}}, preset="shapes_small")
+    meta = read_meta(tmp_path / "m")
+    assert meta["preset"] == "shapes_small" and meta["class_map"] == {"1": 7}
+    assert meta["config"] == model.cfg.to_dict()
+    save(model, tmp_path / "old")  # as saved before the preset was recorded: no such key
+    assert "preset" not in read_meta(tmp_path / "old")
+    assert load(tmp_path / "old").cfg == model.cfg
 
 
 def test_load_missing_dir_says_what_is_expected(tmp_path):

@@ -171,13 +171,13 @@ def s3_shards(tiny_shards, s3_bucket, tmp_path) -> str:
     val annotations, as for a cluster whose nodes share no disk."""
     import shutil
 
-    from pipeline.params import ShardsParams
+    from pipeline.params import Params, ShardsParams
     from pipeline.stages import shards
 
     raw = tmp_path / "raw"
     shutil.copytree(tiny_shards.parent.parent / "data/raw/shapes", raw)
     url = f"{s3_bucket}/shards"
     params = ShardsParams(image_size=64, mini_mask_shape=14, samples_per_shard=8, num_workers=1)
-    shards.run(params, raw, url)
+    shards.run(Params(shards=params), shards.ShardsPaths(raw, url))
     shutil.rmtree(raw)
     return url

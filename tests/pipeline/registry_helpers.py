@@ -45,8 +45,8 @@ def tiny_model(seed: int = 0) -> MaskRCNN:
     return build_model(cfg).eval()
 
 
-def save_model(model: MaskRCNN, path: Path, extra: dict | None = None) -> Path:
-    return weights.save(model, path, extra=extra)
+def save_model(model: MaskRCNN, path: Path, extra: dict | None = None, preset: str = "") -> Path:
+    return weights.save(model, path, extra=extra, preset=preset)
 
 
 def synthetic_images() -> list[np.ndarray]:

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import (
-    DataParams,
-    ExportParams,
-    InspectParams,
-    ShardsParams,
-    TrainParams,
-    load_section,
-)
+from pipeline.paramfile import load_section
+from pipeline.params import DataParams, ExportParams, InspectParams, ShardsParams
+from pipeline.train_params import TrainParams
 from tests import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -105,20 +100,40 @@ def test_bad_params_name_the_key(tmp_path, text, message):
 @pytest.mark.parametrize("path", ["params.yaml", "configs/coco_8gpu.yaml", "configs/finetune.yaml"])
 def test_shipped_params_files_are_valid(path):
     """Every section of the shipped params files loads and the model config builds."""
-    from pipeline import params as P
+    from pipeline.params import load
 
-    file = ROOT / path
-    sections = {
-        "data": P.DataParams,
-        "shards": P.ShardsParams,
-        "inspect": P.InspectParams,
-        "train": P.TrainParams,
-        "evaluate": P.EvaluateParams,
-        "mlflow": P.MlflowParams,
-        "export": P.ExportParams,
-    }
-    for name, cls in sections.items():
-        P.load_section(file, name, cls)
-    shards = P.load_section(file, "shards", P.ShardsParams)
-    cfg = P.load_model_config(file, num_classes=81, image_size=shards.image_size)
-    assert cfg.input.image_size == shards.image_size
+    params = load(ROOT / path)
+    cfg = params.model_config(num_classes=81, image_size=params.shards.image_size)
+    assert cfg.input.image_size == params.shards.image_size
+
+
+def test_load_gives_every_section_typed_and_paths_from_the_project(tmp_path):
+    """`load`: the whole file as `Params`, defaults where it has nothing, the preset default
+    applied in one place, relative paths taken from the file's folder."""
+    from pipeline.params import Params, load
+
+    text = "data: {source: local, local_dir: mine}\ntrain: {init_weights: w/r50.pth}\n"
+    params = load(write(tmp_path, text))
+    assert params.data.local_dir == str(tmp_path / "mine")
+    assert params.train.init_weights == str(tmp_path / "w/r50.pth")
+    assert params.evaluate == Params().evaluate and params.model == {}
+    assert params.preset == "shapes_small"  # no model.preset: the default
+    other = load(write(tmp_path, "model: {preset: torchvision_r50_fpn}\n"))
+    assert other.preset == "torchvision_r50_fpn"
+    assert other.model_config(num_classes=3, image_size=256).input.image_size == 256
+
+
+def test_num_workers_means_the_same_in_every_section(tmp_path, monkeypatch):
+    """0 = none (the main process works), N = N processes, -1 = one per core: in shards and
+    evaluate alike; shards keeps using every core by default through -1."""
+    from pipeline.paramfile import ALL_CORES, worker_processes
+    from pipeline.params import EvaluateParams
+
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
+    assert [worker_processes(n) for n in (0, 3, ALL_CORES)] == [0, 3, 12]
+    assert ShardsParams().num_workers == ALL_CORES and EvaluateParams().num_workers == 0
+    assert load_section(ROOT / "params.yaml", "shards", ShardsParams).num_workers == ALL_CORES
+    for section, cls in (("shards", ShardsParams), ("evaluate", EvaluateParams)):
+        assert load_section(write(tmp_path, f"{section}:\n  num_workers: -1\n"), section, cls)
+        with pytest.raises(ValueError, match=rf"'{section}.num_workers' must be >= 0 \(0 = none"):
+            load_section(write(tmp_path, f"{section}:\n  num_workers: -2\n"), section, cls)

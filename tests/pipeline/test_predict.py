@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mrcnn.evaluation.coco_results import decode_masks
-from pipeline import predict
+from pipeline import predict, predict_model
 from pipeline.params import PredictParams
 from tests.pipeline.parity import BOX_TOL, assert_same_results
 from tests.pipeline.registry_helpers import save_model, synthetic_images, tiny_model
@@ -234,12 +234,12 @@ def test_class_map_formats(tmp_path: Path) -> None:
     # the manifest's shape, and {label: id} of model folders saved before it was the only one
     for raw in ({"1": {"category_id": 5, "name": "a"}, "2": {"category_id": 7}}, {"1": 5, "2": 7}):
         (tmp_path / "config.json").write_text(json.dumps({"config": {}, "class_map": raw}))
-        assert predict.read_class_map(tmp_path, 3) == {1: 5, 2: 7}
+        assert predict_model.read_class_map(tmp_path, 3) == {1: 5, 2: 7}
     (tmp_path / "config.json").write_text(json.dumps({"config": {}, "class_map": {"1": 5}}))
     with pytest.raises(ValueError, match=r"no category for labels \[2\]"):
-        predict.read_class_map(tmp_path, 3)
+        predict_model.read_class_map(tmp_path, 3)
     (tmp_path / "config.json").write_text(json.dumps({"config": {}}))
-    assert predict.read_class_map(tmp_path, 3) is None
+    assert predict_model.read_class_map(tmp_path, 3) is None
 
 
 def test_local_mlflow_model_folder_is_accepted(model_dir: Path, tmp_path: Path) -> None:
@@ -251,7 +251,7 @@ def test_local_mlflow_model_folder_is_accepted(model_dir: Path, tmp_path: Path) 
     (tmp_path / "dl" / "MLmodel").write_text(mlmodel)
     (tmp_path / "dl" / "artifacts").mkdir()
     (tmp_path / "dl" / "artifacts" / "w").symlink_to(model_dir)
-    weights_dir, _ = predict.resolve_model(str(tmp_path / "dl"), None, tmp_path)
+    weights_dir, _ = predict_model.resolve_model(str(tmp_path / "dl"), None, tmp_path)
     assert (weights_dir / "model.safetensors").is_file()
     assert (weights_dir / "config.json").read_bytes() == (model_dir / "config.json").read_bytes()
 

@@ -218,7 +218,7 @@ def test_registered_model_pulled_by_alias_through_the_server(tracking_server, tm
     import mlflow
 
     from mrcnn import weights
-    from pipeline import predict
+    from pipeline import predict_model
     from pipeline.tracking import registry
     from tests.pipeline.registry_helpers import save_model, tiny_model
 
@@ -233,7 +233,7 @@ def test_registered_model_pulled_by_alias_through_the_server(tracking_server, tm
     alias, previous = registry.assign_alias("tiny-http", version, "segm_AP", 0.5)
     assert (alias, previous) == ("champion", None)
 
-    pulled, source = predict.resolve_model("models:/tiny-http@champion", uri, tmp_path / "dl")
+    pulled, source = predict_model.resolve_model("models:/tiny-http@champion", uri, tmp_path / "dl")
     assert source["version"] == int(version) and source["alias"] == "champion"
     again = weights.load(pulled)
     for (name, a), (_, b) in zip(

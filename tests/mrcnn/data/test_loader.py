@@ -203,6 +203,19 @@ def test_workers_give_the_same_batches_in_order(shards):
     del it2
 
 
+def test_workers_leave_the_global_torch_rng_alone(shards):
+    """The training step samples anchors and RoIs from torch's global RNG, and a resumed run
+    restores it: starting the worker processes must not draw from it (by default a DataLoader
+    takes its workers' base seed there)."""
+    loader = TrainLoader(ShardDataset(shards), 3, seed=0, num_workers=1)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    it = iter(loader)
+    next(it)
+    assert torch.equal(torch.get_rng_state(), before)
+    del it
+
+
 def test_training_batches_flip_real_samples_consistently(shards):
     ds = ShardDataset(shards)
     loader = TrainLoader(ds, 4, seed=1, max_gt=8)

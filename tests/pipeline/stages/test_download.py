@@ -20,8 +20,14 @@ from pipeline.fetch import (
     UnsafeArchiveError,
     download_file,
 )
-from pipeline.params import DataParams
-from pipeline.stages.download import run
+from pipeline.params import DataParams, Params
+from pipeline.stages.download import DownloadPaths
+from pipeline.stages.download import run as run_stage
+
+
+def run(data: DataParams, out: Path, **paths) -> dict:
+    """The stage on `data` alone, writing `out/<source>/`."""
+    return run_stage(Params(data=data), DownloadPaths(out=out, **paths))
 
 
 def _jpeg(seed: int) -> bytes:
@@ -71,11 +77,9 @@ def make_coco_archives(root: Path, extra_entry: str | None = None) -> dict[str, 
     return table
 
 
-def _run_coco(server, tmp_path, table, **kw):
-    params = DataParams(source="coco", coco_base_url=server.url)
-    return run(
-        params, tmp_path / "raw", splits=("val",), cache_dir=tmp_path / "dl", coco_files=table, **kw
-    )
+def _run_coco(server, tmp_path, table):
+    params = DataParams(source="coco", coco_base_url=server.url, splits=("val",))
+    return run(params, tmp_path / "raw", cache=tmp_path / "dl", coco_files=table)
 
 
 def test_coco_val_download_extract_layout_and_idempotence(http_server, tmp_path):

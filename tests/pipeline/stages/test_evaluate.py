@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -33,11 +34,13 @@ from mrcnn.evaluation.coco_eval import METRIC_NAMES, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.modeling.model import MaskRCNN, build_model
 from mrcnn.structures import Batch, RawDetections
-from pipeline.params import EvaluateParams, ShardsParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import EvaluateParams, Params, ShardsParams
 from pipeline.stages import evaluate
 from pipeline.stages.evaluate import EvaluatePaths
+from pipeline.stages.shards import ShardsPaths
 from pipeline.stages.shards import run as build_shards
-from pipeline.tracking.store import start_run
+from pipeline.tracking.store import Tracking, start_run
 from tests.coco_helpers import CATEGORIES, make_coco
 from tests.pipeline.registry_helpers import fresh_store
 
@@ -55,7 +58,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = root / "data" / "raw" / "shapes"
     make_coco(raw, "val", SOURCE_SIZES, seed=1, per_image=(1, 3))
     params = ShardsParams(image_size=SIZE, mini_mask_shape=28, samples_per_shard=3, num_workers=1)
-    build_shards(params, raw, root / "data" / "shards")
+    build_shards(Params(shards=params), ShardsPaths(raw, root / "data" / "shards"))
     return root
 
 
@@ -161,7 +164,6 @@ def test_grid_masks_and_encode_workers_give_the_full_mask_results(project: Path)
     worker processes) gives the results of full-image masks encoded one by one by pycocotools
     in this process: the same, up to a pixel at the threshold in a rare mask
     (tests/mrcnn/inference/test_grid_masks.py says which pixels may differ)."""
-    from dataclasses import replace
 
     from mrcnn.data import category_ids, eval_batches
     from mrcnn.evaluation.coco_results import to_coco_results
@@ -217,7 +219,7 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
     paths = paths_under(project)
     params = EvaluateParams(batch_size=4, num_overlays=3, write_results=True)
 
-    out = evaluate.run(paths, params, tracking_uri=uri, experiment="mrcnn")
+    out = evaluate.run(Params(evaluate=params), replace(paths, tracking=Tracking(uri, "mrcnn")))
 
     metrics = json.loads(paths.metrics_out.read_text())
     assert metrics == out
@@ -346,7 +348,7 @@ def test_model_and_shards_that_do_not_belong_together(project: Path, tmp_path: P
     ):
         weights.save(build_model(cfg), paths.model_dir)
         with pytest.raises(evaluate.EvaluateError, match=message):
-            evaluate.run(paths, EvaluateParams(), tracking_uri=None)
+            evaluate.run(Params(), paths)
     assert not paths.metrics_out.exists() and not paths.reports_dir.exists()
 
 

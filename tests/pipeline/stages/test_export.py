@@ -103,7 +103,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = (train_id, train_id, "f" * 32)  # the last: a run the store does not have
     plan = zip(models, (0.5, 0.4, 0.6), runs, (True, False, False), strict=True)
     for model, ap, run_id, portable in plan:
-        save_model(model, root / "models" / "final", extra={"class_map": CLASS_MAP})
+        extra = {"class_map": CLASS_MAP}  # and the preset, as pipeline.train records them
+        save_model(model, root / "models" / "final", extra, preset="shapes_small")
         backend = "onnxruntime" if portable else "torch"
         exports.append(_export(root, ap, run_id, portable=portable, backend=backend))
         aliases.append(_aliases(uri))

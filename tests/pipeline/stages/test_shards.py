@@ -10,14 +10,20 @@ import pytest
 from PIL import Image
 
 from mrcnn.data import ShardDataset
-from pipeline.params import ShardsParams
-from pipeline.stages.shards import run
+from pipeline.params import Params, ShardsParams
+from pipeline.stages.shards import ShardsPaths
+from pipeline.stages.shards import run as run_stage
 from tests.coco_helpers import CATEGORIES, textured_image, write_annotations
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 SQUARE = [[10, 10, 50, 10, 50, 40, 10, 40]]  # 40 x 30 px
 TRI = [[60, 20, 100, 20, 80, 70]]
+
+
+def run(shards: ShardsParams, raw: Path, out: Path) -> dict:
+    """The stage on the `shards` section alone."""
+    return run_stage(Params(shards=shards), ShardsPaths(raw, out))
 
 
 def _ann(ann_id, image_id, segm=None, cat=3, bbox=None, **extra):
@@ -180,3 +186,19 @@ def test_negatives_kept_when_asked(messy, tmp_path):
     ids = {ds.read_meta(i)["image_id"]: ds.read_meta(i) for i in range(len(ds))}
     assert ids[10]["labels"] == [] and ids[11]["labels"] == []
     assert ds[list(ids).index(10)].mini_masks.shape == (0, 28, 28)
+
+
+def test_num_workers_zero_builds_in_this_process(messy, tmp_path, monkeypatch):
+    """`shards.num_workers: 0` is no worker process (as in every section), not all cores."""
+    from pipeline.stages import shards as stage
+
+    seen = []
+    build = stage.build_split
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "build_split", spy)
+    run(ShardsParams(image_size=128, mini_mask_shape=28, num_workers=0), messy[0], tmp_path / "s")
+    assert seen == [1]  # the writer's 1: this process

@@ -50,7 +50,7 @@ def test_a_split_the_raw_folder_lacks_is_removed_from_the_bucket(
 ):
     """As in a folder: a stale split (here train, from an earlier source) must not be read as
     part of the new data."""
-    from pipeline.params import ShardsParams
+    from pipeline.params import Params, ShardsParams
 
     raw = tiny_shards.parent.parent / "data/raw/shapes"
     only_val = tmp_path / "raw"
@@ -62,7 +62,7 @@ def test_a_split_the_raw_folder_lacks_is_removed_from_the_bucket(
     storage.write_text(f"{url}/train/manifest.json", "{}")  # an earlier build's train split
     params = ShardsParams(image_size=64, mini_mask_shape=14, samples_per_shard=8, num_workers=1)
 
-    summary = shards.run(params, only_val, url)
+    summary = shards.run(Params(shards=params), shards.ShardsPaths(only_val, url))
 
     assert sorted(summary) == ["val"] and summary["val"]["images"] == 6
     fs, path = storage.filesystem(url)

@@ -10,15 +10,20 @@ import pytest
 import torch
 from ray.train import TrainingFailedError
 
-from mrcnn import presets
+from mrcnn import presets, weights
 from mrcnn.data import ShardDataset, read_class_map
 from mrcnn.modeling.model import build_model
-from pipeline.params import MlflowParams, TrainParams
+from pipeline.params import Params
 from pipeline.stages.train import TrainPaths, run
+from pipeline.tracking.store import Tracking
+from pipeline.train_params import TrainParams
 from pipeline.training.checkpoints import NonFiniteLossError, load_state
 from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+
+MODEL = {"preset": "shapes_small", **TINY_MODEL}  # the model section
 
 
 def _cfg():
@@ -52,9 +57,9 @@ def _train(tmp_path: Path, shards: Path, **overrides):
         run_info=tmp_path / "metrics/train_run.json",
         reports=tmp_path / "reports/train",
         storage=tmp_path / "runs",
+        tracking=Tracking(f"sqlite:///{tmp_path}/mlflow.db", "test"),
     )
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    return run(params, _cfg(), paths, MlflowParams(experiment="test"), uri), uri
+    return run(Params(train=params, model=MODEL), paths), paths.tracking.uri
 
 
 def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
@@ -77,6 +82,8 @@ def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
     # The outputs of the stage: metrics only in train.json, the run's identity beside it.
     metrics = json.loads((tmp_path / "metrics/train.json").read_text())
     assert metrics["iterations"] == 6 and "mlflow_run_id" not in metrics
+    # the model folder records the preset the model section named (what export describes)
+    assert weights.read_meta(tmp_path / "models/final")["preset"] == "shapes_small"
     run_file = json.loads((tmp_path / "metrics/train_run.json").read_text())
     assert run_file["mlflow_run_id"] == summary["mlflow_run_id"]
     assert (tmp_path / "models/final/model.safetensors").is_file()

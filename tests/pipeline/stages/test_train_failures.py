@@ -11,10 +11,11 @@ import mlflow
 import pytest
 import yaml
 
-from mrcnn import presets
-from pipeline.params import MlflowParams, TrainParams
+from pipeline.params import Params
 from pipeline.stages import train
 from pipeline.stages.train import TrainPaths
+from pipeline.tracking.store import Tracking
+from pipeline.train_params import TrainParams
 from pipeline.training import driver
 from tests.pipeline.registry_helpers import fresh_store
 from tests.pipeline.tiny_model import TINY_MODEL
@@ -31,7 +32,7 @@ OUTPUTS = (
 )
 
 
-def _paths(root: Path, shards: Path) -> TrainPaths:
+def _paths(root: Path, shards: Path, uri: str) -> TrainPaths:
     return TrainPaths(
         shards=shards,
         model_dir=root / "models/final",
@@ -39,6 +40,7 @@ def _paths(root: Path, shards: Path) -> TrainPaths:
         run_info=root / "metrics/train_run.json",
         reports=root / "reports/train",
         storage=root / "runs",
+        tracking=Tracking(uri, "e"),
     )
 
 
@@ -56,8 +58,8 @@ def _train(root: Path, shards: Path, uri: str) -> dict:
         run_name="t",
         storage_path=str(root / "runs"),
     )
-    cfg = presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL)
-    return train.run(params, cfg, _paths(root, shards), MlflowParams(experiment="e"), uri)
+    model = {"preset": "shapes_small", **TINY_MODEL}
+    return train.run(Params(train=params, model=model), _paths(root, shards, uri))
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

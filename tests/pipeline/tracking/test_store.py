@@ -9,14 +9,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline.params import MlflowParams, load_section
+from pipeline.paramfile import load_section
+from pipeline.params import MlflowParams
+from pipeline.tracking import active
 from pipeline.tracking.store import (
     TrackingError,
     check_tracking_uri,
     default_artifact_location,
     flatten,
-    log_figure_png,
     redact,
     start_run,
     tracking_uri,
@@ -112,13 +114,18 @@ def test_flatten_nests_stringifies_and_truncates() -> None:
     assert flatten({"a": None, "b": {}}) == {"a": "null", "b": "{}"}
 
 
+def _png(path: Path) -> Path:
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    return path
+
+
 def test_start_run_resumes_an_existing_run_else_starts_one(tmp_path: Path) -> None:
     uri = fresh_store(tmp_path)
     art = str(tmp_path / "artifacts")
     with start_run(uri, "exp", run_name="train", artifact_location=art) as run:
         first = run.info.run_id
         mlflow.log_metric("loss", 1.0)
-        log_figure_png(np.zeros((8, 8, 3), np.uint8), "pictures/black.png")
+        active.log_artifact(_png(tmp_path / "black.png"), "pictures")
     # another experiment left active (as `mlflow.set_experiment` elsewhere in the process
     # does) must not stop the resume
     mlflow.set_experiment("another")
@@ -138,7 +145,7 @@ def test_start_run_resumes_an_existing_run_else_starts_one(tmp_path: Path) -> No
 def test_new_experiments_keep_artifacts_beside_the_database(tmp_path: Path) -> None:
     uri = fresh_store(tmp_path / "proj")
     with start_run(uri, "my exp") as run:
-        log_figure_png(np.zeros((4, 4, 3), np.uint8), "x.png")
+        active.log_artifact(_png(tmp_path / "x.png"))
     expected = tmp_path / "proj" / "mlartifacts" / "my_exp" / run.info.run_id / "artifacts"
     assert (expected / "x.png").is_file()
 

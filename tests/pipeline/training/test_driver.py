@@ -7,7 +7,7 @@ import pytest
 
 from mrcnn import presets
 from mrcnn.data import ShardDataset
-from pipeline.params import TrainParams
+from pipeline.train_params import TrainParams
 from pipeline.training import driver
 from tests.pipeline.registry_helpers import fresh_store
 from tests.pipeline.tiny_model import TINY_MODEL

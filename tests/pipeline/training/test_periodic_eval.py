@@ -15,7 +15,7 @@ from mrcnn import presets
 from mrcnn.data import ShardDataset, storage
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.modeling.model import build_model
-from pipeline.params import TrainParams
+from pipeline.train_params import TrainParams
 from pipeline.training.periodic_eval import PeriodicEval, val_annotations
 from tests.pipeline.tiny_model import TINY_MODEL
 
@@ -72,8 +72,9 @@ def test_annotations_that_are_not_the_ones_the_shards_were_built_from_are_refuse
 def test_training_validates_from_s3_shards(s3_shards, ray_s3, tmp_path: Path):
     """`pipeline.train` with `--shards s3://...` and `train.eval_every`: rank 0 (a Ray worker)
     logs val AP read from the bucket."""
-    from pipeline.params import MlflowParams
+    from pipeline.params import Params
     from pipeline.stages.train import TrainPaths, run
+    from pipeline.tracking.store import Tracking
 
     params = TrainParams(
         num_workers=1,
@@ -97,10 +98,10 @@ def test_training_validates_from_s3_shards(s3_shards, ray_s3, tmp_path: Path):
         run_info=tmp_path / "metrics/train_run.json",
         reports=tmp_path / "reports/train",
         storage=tmp_path / "runs",
+        tracking=Tracking(f"sqlite:///{tmp_path}/mlflow.db", "test"),
     )
-    cfg = presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run(params, cfg, paths, MlflowParams(experiment="test"), uri)
+    run(Params(train=params, model={"preset": "shapes_small", **TINY_MODEL}), paths)
+    uri = paths.tracking.uri
 
     run_id = json.loads(paths.run_info.read_text())["mlflow_run_id"]
     history = mlflow.MlflowClient(uri).get_metric_history(run_id, "val/segm_AP")

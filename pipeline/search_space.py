@@ -1,5 +1,8 @@
 """The search space of a sweep (`tune.space` in params.yaml): parsed, validated, sampled, applied.
 
+A params-file concept below `pipeline.params` (which checks `tune.space` with the rest of the
+file) and `pipeline.sweep` (which samples it), so neither imports the other for it.
+
     tune:
       space:
         train.lr: {loguniform: [1.0e-4, 3.0e-3]}

@@ -7,16 +7,17 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.params import TrainParams, from_dict, load_section
-from pipeline.sweep.config import Sweep, TuneParams, load_sweep
-from pipeline.sweep.entry import max_concurrent_trials, search_algorithm
-from pipeline.sweep.space import (
+from pipeline.paramfile import from_dict, load_section
+from pipeline.search_space import (
     Dimension,
     apply,
     dvc_set_args,
     nested,
     parse_space,
 )
+from pipeline.sweep.config import Sweep, load_sweep
+from pipeline.sweep.entry import max_concurrent_trials, search_algorithm
+from pipeline.train_params import TrainParams, TuneParams
 from tests import REPO_ROOT
 
 ROOT = REPO_ROOT

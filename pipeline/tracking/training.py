@@ -1,0 +1,92 @@
+"""The MLflow run of a training run: opened (or found again) by the driver, resumed by rank 0
+on its worker, read back for the loss curves, closed with the outcome.
+
+    run_id = open_run(uri, "mrcnn", name, flat_params, tags)      # driver, once per run
+    resume_on_worker(uri, run_id, "running")                        # rank 0: the active run
+    active.log_metrics({"loss": 0.7}, step=20)                      # rank 0, every log_every
+    end_on_worker("FINISHED")
+    loss_history(uri, run_id)                                       # driver: one row per step
+    log_outcome(uri, run_id, {"train/wall_s": 61.0}, [losses_png], "train")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pipeline.tracking import store
+
+
+def run_exists(uri: str, run_id: str) -> bool:
+    """Whether the store at `uri` (made the process's tracking URI) has the active run
+    `run_id`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return store.run_exists(run_id)
+
+
+def open_run(
+    uri: str,
+    experiment: str,
+    name: str,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    artifact_location: str | None = None,
+) -> str:
+    """A new run `name` in `experiment` with `params` logged once and `tags` set -> its id."""
+    import mlflow
+
+    with store.start_run(uri, experiment, run_name=name, artifact_location=artifact_location) as r:
+        mlflow.log_params(dict(params))
+        mlflow.set_tags(dict(tags))
+        return r.info.run_id
+
+
+def resume_on_worker(uri: str, run_id: str, status: str) -> None:
+    """Make run `run_id` this process's active run (with MLflow's system metrics: CPU, GPU and
+    memory use) and tag `train.status` = `status`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    mlflow.set_tag("train.status", status)
+
+
+def end_on_worker(status: str = "FINISHED") -> None:
+    """End the active run `resume_on_worker` started: FINISHED, or FAILED on an error."""
+    import mlflow
+
+    mlflow.end_run(status=status)
+
+
+def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
+    """Per-step `loss*` and `lr` metrics of a run from MLflow, one row per step (a resumed run
+    is one curve). The loss names are whatever the model's loss dict held."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("loss"))
+    rows: dict[int, dict[str, float]] = {}
+    for key in [*keys, "lr"]:
+        for m in client.get_metric_history(run_id, key):
+            rows.setdefault(m.step, {"step": m.step})[key] = m.value
+    return [rows[s] for s in sorted(rows)]
+
+
+def log_outcome(
+    uri: str,
+    run_id: str,
+    metrics: Mapping[str, float],
+    files: Iterable[Path],
+    artifact_path: str,
+) -> None:
+    """What the driver adds to the run once training is over (the run need not be active):
+    `metrics` and `files` (artifacts under `artifact_path`)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path)
