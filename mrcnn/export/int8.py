@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn.data.resize import prepare_images
-from mrcnn.export.onnx_model import INPUT_NAMES, METADATA_PREFIX, read_settings
+from mrcnn.export.onnx_model import INPUT_NAMES, INT8_METADATA, METADATA_PREFIX, read_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ FP32_ROLES = {
     "mask_logits": "the mask head's label logits (MatMul) and the sub-pixel deconv before it",
 }
 KEEP_FP32: tuple[str, ...] = ("rpn_outputs", "box_outputs", "mask_logits")
-INT8_METADATA = METADATA_PREFIX + "int8"
 
 
 def cpu_has_vnni() -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn.export.int8 import INT8_METADATA
+from mrcnn.export.onnx_model import INT8_METADATA
 from mrcnn.export.openvino_model import FRAMEWORK_INFO
 
 log = logging.getLogger(__name__)

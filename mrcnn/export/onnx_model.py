@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 INPUT_NAMES = ("images", "windows")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid", "mask_probs")
 METADATA_PREFIX = "mrcnn."
+# How an int8 file was made (`mrcnn.export.int8.quantize_int8`), JSON; absent in fp32 files.
+INT8_METADATA = METADATA_PREFIX + "int8"
 
 
 def read_settings(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
