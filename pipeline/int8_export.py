@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mrcnn.data.layout import SPLITS
 from pipeline.tracking import active
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def write_int8(
 
     int8_file = out_dir / INT8_FILE
     int8_file.unlink(missing_ok=True)  # never leave a stale file
-    for split in ("train", "val"):
+    for split in SPLITS:
         if not (shards_dir / split).is_dir():
             raise FileNotFoundError(f"export.int8 needs the {split} shards: {shards_dir / split}")
     if not annotations.is_file():

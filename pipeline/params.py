@@ -263,6 +263,11 @@ class ExportParams:
             f"must be {' or '.join(MODEL_BACKENDS)}",
         )
         check(not self.int8 or self.portable, "int8", "quantises model.onnx: set portable: true")
+        check(
+            self.pyfunc_backend != "int8" or self.int8,
+            "pyfunc_backend",
+            "int8 runs the int8 file: set int8: true as well",
+        )
         check(self.int8_max_ap_drop >= 0, "int8_max_ap_drop", "must be >= 0")
         check(self.int8_calibration_images >= 1, "int8_calibration_images", "must be >= 1")
         check(self.int8_eval_images >= 0, "int8_eval_images", "must be >= 0 (0 = all)")

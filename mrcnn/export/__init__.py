@@ -36,10 +36,11 @@ if TYPE_CHECKING:
     from mrcnn.export.onnx_model import OnnxModel
     from mrcnn.export.openvino_model import OpenVinoModel
 
-# The two ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`)
-# or its whole-model ONNX file on ONNX Runtime (`OnnxModel`). The pyfunc, predict and the export
+# The ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`),
+# its whole-model ONNX file on ONNX Runtime (`OnnxModel`), or the int8 file quantised from that
+# (`quantize_int8`, also on `OnnxModel`; `export.int8`). The pyfunc, predict and the export
 # params all offer these.
-MODEL_BACKENDS = ("torch", "onnxruntime")
+MODEL_BACKENDS = ("torch", "onnxruntime", "int8")
 
 _MODULES = {
     "mrcnn.export.accuracy": (

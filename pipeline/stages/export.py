@@ -61,7 +61,7 @@ class ExportPaths:
     tracking: Tracking  # the MLflow store (and its registry) and experiment
     params_file: Path | None = None  # its shards / model / train sections: provenance tag
     manifests: tuple[tuple[str, Path], ...] = ()  # (split, manifest.json)
-    annotations: Path | None = None  # original COCO instances_val.json (export.int8's AP)
+    annotations: Path | None = None  # the original val annotations (export.int8 AP)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def run(params: Params, paths: ExportPaths) -> dict[str, Any]:
         int8 = write_int8(onnx_file, paths, p, tags)
         name = p.registered_model
         version, new_version, logged_uri, alias, previous = publish(
-            trained, paths, p, (sha256, tags, description), onnx_file, register
+            trained, paths, p, (sha256, tags, description), onnx_file, register, int8_file(int8)
         )
         if version is None:
             log.info("not registered: %s", register_why)
@@ -143,6 +143,7 @@ def publish(
     version_info: tuple[str, dict[str, str], str],
     onnx_file: Path | None,
     register: bool,
+    int8_file: Path | None = None,
 ) -> tuple[str | None, bool, str | None, str | None, dict[str, Any] | None]:
     """Into the active run: log the model unless these weights (sha256) are registered already,
     register a new version (when `register`) or update the existing one, move the alias ->
@@ -155,7 +156,11 @@ def publish(
     logged_uri = None
     if version is None:  # weights not registered yet (or not registering): log them
         logged_uri = registry.log_model(
-            paths.model_dir, heads=trained.heads, onnx_file=onnx_file, backend=p.pyfunc_backend
+            paths.model_dir,
+            heads=trained.heads,
+            onnx_file=onnx_file,
+            backend=p.pyfunc_backend,
+            int8_file=int8_file,
         ).model_uri
     if new_version:
         version = registry.register(name, logged_uri, tags, description)
@@ -184,10 +189,10 @@ def read_trained(paths: ExportPaths, p: ExportParams) -> Trained:
         log.warning("%s not found: the model gets a run of its own", paths.train_run)
     model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
     heads = pyfunc.model_heads(model)
-    if p.pyfunc_backend == "onnxruntime" and heads != pyfunc.Heads():
+    if p.pyfunc_backend != "torch" and heads != pyfunc.Heads():
         raise registry.ExportError(
-            f"export.pyfunc_backend: onnxruntime serves boxes and masks only, and this model has "
-            f"{heads}: set export.pyfunc_backend: torch"
+            f"export.pyfunc_backend: {p.pyfunc_backend} serves boxes and masks only, and this "
+            f"model has {heads}: set export.pyfunc_backend: torch"
         )
     return Trained(model, heads, evals, value, train_run, train)
 
@@ -276,6 +281,11 @@ def write_int8(
     for t in ("bbox", "segm"):
         tags[f"int8.{t}_AP"] = f"{section[f'{t}_AP']:.4f}"
     return section
+
+
+def int8_file(section: dict[str, Any] | None) -> Path | None:
+    """The int8 file to log with the model: only one that `write_int8` accepted."""
+    return Path(section["file"]) if section and section.get("accepted") else None
 
 
 def val_images(manifests: tuple[tuple[str, Path], ...], limit: int) -> list | None:

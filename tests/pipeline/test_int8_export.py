@@ -102,3 +102,40 @@ def test_int8_params():
         ExportParams(int8=True, portable=False).validate()
     with pytest.raises(ValueError, match="int8_max_ap_drop"):
         ExportParams(int8_max_ap_drop=-0.1).validate()
+
+
+def test_pyfunc_and_predict_run_the_int8_file(fp32_file, tiny_shards, monkeypatch, tmp_path):
+    """Backend int8: the pyfunc loads the `onnx_int8` artifact, and `pipeline.predict` runs it
+    from an MLflow model folder (model_config backend int8 chosen by auto) or as a bare file."""
+    import numpy as np
+    import yaml
+
+    from pipeline.predict_model import load_predictor, locate
+    from pipeline.tracking.pyfunc import INT8_ARTIFACT, load_backend
+
+    section, _ = _write(fp32_file, tiny_shards, 1.0, monkeypatch)
+    int8_file = Path(section["file"])
+    model = load_backend("int8", {"model": "-", INT8_ARTIFACT: str(int8_file)})
+    assert model.path == int8_file and model.settings["int8"]["toolchain"] == "onnxruntime"
+    with pytest.raises(ValueError, match="onnx_int8"):
+        load_backend("int8", {"model": "-", "onnx": str(fp32_file)})
+
+    folder = tmp_path / "mlflow_model"
+    (folder / "artifacts").mkdir(parents=True)
+    (folder / "artifacts" / int8_export.INT8_FILE).write_bytes(int8_file.read_bytes())
+    flavor = {
+        "artifacts": {
+            "model": {"path": "artifacts/weights"},
+            "onnx_int8": {"path": f"artifacts/{int8_export.INT8_FILE}"},
+        },
+        "config": {"backend": "int8"},
+    }
+    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": flavor}}))
+    files = locate(str(folder), None, tmp_path)
+    assert files.backend == "int8" and files.onnx_file.name == int8_export.INT8_FILE
+    net, _ = load_predictor(files, "cpu")
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert len(net.detect([image])) == 1
+    assert locate(str(int8_file), None, tmp_path, backend="int8").backend == "int8"
+    with pytest.raises(Exception, match="without its ONNX file"):
+        locate(str(folder), None, tmp_path, backend="onnxruntime")  # no fp32 file logged

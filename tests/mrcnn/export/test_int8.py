@@ -280,12 +280,12 @@ def test_openvino_int8_agrees_runs_without_torch_and_is_deterministic(files, ope
     assert report["matched"] >= 0.9 * report["expected"], report
     assert report["matched_fraction"] >= 0.8, report
     assert report["mean_mask_iou"] >= 0.95, report
+    np.save(files["dir"] / "image_ov.npy", scene(1)[0])
     code = (
         "import sys, json, numpy as np; sys.modules['torch'] = None\n"
         "from mrcnn.export.openvino_model import OpenVinoModel\n"
         f"m = OpenVinoModel({str(openvino_int8)!r})\n"
-        "from tests.mrcnn.scenes import scene\n"
-        "d = m.detect([scene(1)[0]])[0]\n"
+        f"d = m.detect([np.load({str(files['dir'] / 'image_ov.npy')!r})])[0]\n"
         "print(json.dumps({'n': len(d), 'int8': m.settings['int8']['toolchain']}))\n"
     )
     out = subprocess.run(
