@@ -139,3 +139,60 @@ def test_pyfunc_and_predict_run_the_int8_file(fp32_file, tiny_shards, monkeypatc
     assert locate(str(int8_file), None, tmp_path, backend="int8").backend == "int8"
     with pytest.raises(Exception, match="without its ONNX file"):
         locate(str(folder), None, tmp_path, backend="onnxruntime")  # no fp32 file logged
+
+
+def test_export_stage_writes_the_int8_section(tiny_shards, tmp_path):
+    """`python -m pipeline.export` with export.int8 on the tiny shards: model_int8.onnx beside
+    model.onnx, export.json's int8 section, the run's int8 metrics, and the logged model
+    carrying the accepted int8 file as artifact `onnx_int8` (pyfunc backend int8)."""
+    import json
+
+    import mlflow
+    import yaml
+
+    from mrcnn import weights
+    from pipeline.stages import export
+    from tests.pipeline.registry_helpers import fresh_store
+
+    root = tmp_path / "project"
+    uri = fresh_store(root)
+    (root / "data").symlink_to(tiny_shards.parent)  # data/shards and data/raw/shapes
+    torch.manual_seed(0)
+    cfg = presets.shapes_small(
+        image_size=64, inference={"score_thresh": 0.0, "detections_per_img": 5}
+    )
+    weights.save(build_model(cfg).eval(), root / "models" / "final", preset="shapes_small")
+    (root / "metrics").mkdir()
+    evals = {"bbox": {"AP": 0.1}, "segm": {"AP": 0.1}}
+    (root / "metrics" / "eval.json").write_text(json.dumps(evals))
+    section = {
+        "registered_model": "mrcnn-int8-test",
+        "register": False,
+        "pyfunc_backend": "int8",
+        "int8": True,
+        "int8_max_ap_drop": 1.0,
+        "int8_calibration_images": 4,
+        "int8_eval_images": 3,
+    }
+    doc = {
+        "data": {"source": "shapes"},
+        "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "experiment": "mrcnn"},
+        "export": section,
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(doc))
+    export.main(["--params", str(root / "params.yaml")])
+    result = json.loads((root / "models" / "export" / "export.json").read_text())
+    int8 = result["int8"]
+    assert int8["accepted"] and Path(int8["file"]).name == int8_export.INT8_FILE
+    assert (root / "models" / "export" / int8_export.INT8_FILE).is_file()
+    assert int8["speedup_vs_fp32"] > 0 and int8["num_eval_images"] == 3
+    run = mlflow.MlflowClient(uri).get_run(result["run_id"])
+    assert run.data.metrics["int8.segm_AP"] == pytest.approx(int8["segm_AP"])
+    assert run.data.tags["export.int8"] == "accepted"
+    mlflow.set_tracking_uri(uri)
+    local = mlflow.artifacts.download_artifacts(
+        result["logged_model_uri"], dst_path=str(tmp_path / "dl")
+    )
+    mlmodel = yaml.safe_load((Path(local) / "MLmodel").read_text())
+    flavor = mlmodel["flavors"]["python_function"]
+    assert "onnx_int8" in flavor["artifacts"] and flavor["config"]["backend"] == "int8"
