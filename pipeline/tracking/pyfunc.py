@@ -9,12 +9,12 @@ the export wrote one, the checked whole-model ONNX file as its `onnx` artifact. 
     onnxruntime  `mrcnn.export.onnx_model.OnnxModel` runs the `onnx` artifact (same `detect`)
     int8         the same on the `onnx_int8` artifact (`export.int8`, when it was accepted)
 
-`export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick the other one
-at load time (the ONNX one needs a model logged with its ONNX file):
+`export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick another one
+at load time (onnxruntime / int8 need a model logged with that file):
 
     import mlflow, pandas as pd
     model = mlflow.pyfunc.load_model("models:/mrcnn-shapes@champion")
-    # or: mlflow.pyfunc.load_model(uri, model_config={"backend": "onnxruntime"})
+    # or: mlflow.pyfunc.load_model(uri, model_config={"backend": "onnxruntime"})  # or "int8"
     frame = model.predict(pd.DataFrame({"image": [open("a.jpg", "rb").read()]}))
 
 Input: a DataFrame with a binary column `image`, one encoded image file (JPEG, PNG, BMP, WebP)
