@@ -21,6 +21,21 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+# The instruction sets int8 and fp32 kernels are chosen by (x86).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of `SIMD_FLAGS` /proc/cpuinfo lists (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.split(":", 1)[-1].split())
+    return [f for f in SIMD_FLAGS if f in present]
+
+
 def commit() -> str:
     """The checkout's short commit; `GPU_CHECK_COMMIT` where the tree came without .git."""
     if os.environ.get("GPU_CHECK_COMMIT"):  # the GPU machine gets the tree without .git

@@ -251,6 +251,14 @@ class ExportParams:
     # checked ONNX file; needs portable: true and a model with boxes + masks only, no keypoint
     # or MaskIoU head).
     pyfunc_backend: str = "torch"
+    # int8: also models/export/model_int8.onnx (`mrcnn.export.quantize_int8`, ONNX Runtime QDQ,
+    # calibrated on int8_calibration_images train images), its AP on the val shards beside the
+    # fp32 file's; refused (not logged to the run) when bbox or segm AP drops by more than
+    # int8_max_ap_drop. int8_eval_images: the first N val images; 0 = all.
+    int8: bool = False
+    int8_max_ap_drop: float = 0.01
+    int8_calibration_images: int = 200
+    int8_eval_images: int = 0
 
     @staticmethod
     def normalize(d: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +278,15 @@ class ExportParams:
             "pyfunc_backend",
             f"must be {' or '.join(MODEL_BACKENDS)}",
         )
+        check(not self.int8 or self.portable, "int8", "quantises model.onnx: set portable: true")
+        check(
+            self.pyfunc_backend != "int8" or self.int8,
+            "pyfunc_backend",
+            "int8 runs the int8 file: set int8: true as well",
+        )
+        check(self.int8_max_ap_drop >= 0, "int8_max_ap_drop", "must be >= 0")
+        check(self.int8_calibration_images >= 1, "int8_calibration_images", "must be >= 1")
+        check(self.int8_eval_images >= 0, "int8_eval_images", "must be >= 0 (0 = all)")
         check(
             self.pyfunc_backend != "onnxruntime" or self.portable,
             "pyfunc_backend",

@@ -87,7 +87,7 @@ def run(
               >= 3x the model input are named in a hint); N: tile every image larger than N px
               at N px
     skip_bad: accepted for old callers; skipping is the default now (see `strict`)
-    backend:  auto | torch | onnxruntime (`pipeline.predict_model`)
+    backend:  auto | torch | onnxruntime | int8 (`pipeline.predict_model`)
     """
     del skip_bad
     files = collect_inputs(inputs)
@@ -170,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="torch (the weights) or onnxruntime (the ONNX file); auto: onnxruntime for a .onnx "
-        "file, the registered model's own backend, else torch (default: %(default)s)",
+        help="torch (the weights), onnxruntime (the ONNX file) or int8 (its int8 file, "
+        "export.int8); auto: onnxruntime for a .onnx file, the registered model's own backend, "
+        "else torch (default: %(default)s)",
     )
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

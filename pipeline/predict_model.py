@@ -36,14 +36,15 @@ log = logging.getLogger("pipeline.predict")
 
 BACKENDS = ("auto", *MODEL_BACKENDS)  # auto: see the module doc
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
-WEIGHTS_KEY, ONNX_KEY = "model", "onnx"  # the pyfunc's artifact keys (pipeline.tracking.pyfunc)
+# the pyfunc's artifact keys (pipeline.tracking.pyfunc)
+WEIGHTS_KEY, ONNX_KEY, INT8_KEY = "model", "onnx", "onnx_int8"
 
 
 @dataclass(frozen=True)
 class ModelFiles:
     """What `locate` found: the backend to run and its files.
 
-    backend:     "torch" | "onnxruntime" (never "auto")
+    backend:     "torch" | "onnxruntime" | "int8" (never "auto")
     weights_dir: the `mrcnn.weights.save` folder (for onnxruntime it may hold only config.json;
                  None for a bare ONNX file)
     onnx_file:   the whole-model ONNX file (onnxruntime only)
@@ -98,9 +99,10 @@ def _local(path: Path, backend: str) -> ModelFiles:
     if path.is_file() and path.suffix == ".onnx":
         if backend == "torch":
             raise ValueError(f"{path} is an ONNX file: run it with --backend onnxruntime (or auto)")
-        return ModelFiles("onnxruntime", None, path, source)
+        # an int8 file (model_int8.onnx) is an ONNX file too: "int8" runs it the same way
+        return ModelFiles("int8" if backend == "int8" else "onnxruntime", None, path, source)
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        if backend == "onnxruntime":
+        if backend != "torch" and backend != "auto":
             raise ValueError(
                 f"{path} holds weights, not an ONNX file: give --model the .onnx file "
                 "(models/export/model.onnx) or use --backend torch"
@@ -110,7 +112,7 @@ def _local(path: Path, backend: str) -> ModelFiles:
         flavor = _pyfunc_flavor(path / "MLmodel")
         chosen = _choose(backend, flavor, str(path))
         weights_dir = path / _artifact_path(flavor, WEIGHTS_KEY, path / "MLmodel")
-        onnx = path / _artifact_path(flavor, ONNX_KEY, path) if chosen == "onnxruntime" else None
+        onnx = path / _artifact_path(flavor, _onnx_key(chosen), path) if chosen != "torch" else None
         return ModelFiles(chosen, weights_dir, onnx, source)
     raise ModelNotFoundError(
         f"{path} is not a saved model: expected {CONFIG_FILE} + {WEIGHTS_FILE} "
@@ -131,11 +133,17 @@ def _pyfunc_flavor(mlmodel: Path) -> dict[str, Any]:
 def _artifact_path(flavor: dict[str, Any], key: str, where: Path | str) -> str:
     artifacts = flavor.get("artifacts") or {}
     if key not in artifacts:
+        what = "int8 file (export.int8: false, or refused)" if key == INT8_KEY else "ONNX file"
         raise ModelNotFoundError(
-            f"{where} was logged without its ONNX file (export.portable: false): use "
-            "--backend torch, or export again with export.portable: true"
+            f"{where} was logged without its {what}: use another --backend (torch runs the "
+            "weights), or export again with export.portable: true (export.int8: true for int8)"
         )
     return str(artifacts[key]["path"])
+
+
+def _onnx_key(backend: str) -> str:
+    """The pyfunc artifact an ONNX Runtime backend runs: the fp32 file or the int8 one."""
+    return INT8_KEY if backend == "int8" else ONNX_KEY
 
 
 def _choose(backend: str, flavor: dict[str, Any], where: str) -> str:
@@ -164,8 +172,8 @@ def _pull_registered(
     chosen = _choose(backend, flavor, base)
     sub = _artifact_path(flavor, WEIGHTS_KEY, base)
     onnx = None
-    if chosen == "onnxruntime":
-        onnx = pull.download(f"{base}/{_artifact_path(flavor, ONNX_KEY, base)}", workdir)
+    if chosen != "torch":
+        onnx = pull.download(f"{base}/{_artifact_path(flavor, _onnx_key(chosen), base)}", workdir)
         # the class map lives in config.json: only that file of the weights folder
         pull.download(f"{base}/{sub}/{CONFIG_FILE}", workdir)
         local = workdir / sub
@@ -265,7 +273,7 @@ def load_predictor(
     `score_thresh` >= 0 replaces the model's detection threshold."""
     from mrcnn import weights
 
-    if files.backend == "onnxruntime":
+    if files.backend != "torch":  # onnxruntime or int8: an ONNX file on ONNX Runtime
         from mrcnn.export.onnx_model import OnnxModel
 
         assert files.onnx_file is not None
@@ -280,7 +288,7 @@ def load_predictor(
     class_map = None
     if files.weights_dir is not None and (files.weights_dir / weights.CONFIG_FILE).is_file():
         class_map = read_class_map(files.weights_dir, net.num_classes)
-    elif files.backend == "onnxruntime":
+    elif files.backend != "torch":
         log.info("%s has no config.json beside it: results use the model's labels", files.onnx_file)
     return net, class_map
 

@@ -4,7 +4,13 @@
     onnx         `to_onnx`, `to_torch_export`, `export_portable` (write + check against eager)
     compare      `compare_onnx`, `match_detections`: exported vs eager detections
     onnx_model   `OnnxModel`: the ONNX file on ONNX Runtime with `MaskRCNN.detect`'s contract
-                 (numpy, Pillow and onnxruntime only)
+                 (numpy, Pillow and onnxruntime only); `ExportedGraph`, what runtimes share
+    openvino_model  `OpenVinoModel`: the same on OpenVINO (the `openvino` extra), ONNX or IR
+    int8         `quantize_int8`: post-training int8, calibrated on images (ONNX Runtime QDQ
+                 or NNCF + OpenVINO, `int8_openvino`)
+    accuracy     `int8_accuracy` (agreement with fp32, bbox / segm AP of both),
+                 `check_ap_drop` (the gate), `compare_exported`, `evaluate_exported`,
+                 `open_exported` (a file on its runtime)
 
 Names are imported on first use (PEP 562), so `from mrcnn.export import OnnxModel` loads no torch.
 """
@@ -16,26 +22,55 @@ from typing import TYPE_CHECKING
 from mrcnn.lazy import lazy_names
 
 if TYPE_CHECKING:
+    from mrcnn.export.accuracy import (
+        Int8AccuracyError,
+        check_ap_drop,
+        compare_exported,
+        evaluate_exported,
+        int8_accuracy,
+        open_exported,
+    )
     from mrcnn.export.compare import compare_onnx, match_detections
+    from mrcnn.export.int8 import quantize_int8
     from mrcnn.export.onnx import export_portable, to_onnx, to_torch_export
     from mrcnn.export.onnx_model import OnnxModel
+    from mrcnn.export.openvino_model import OpenVinoModel
 
-# The two ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`)
-# or its whole-model ONNX file on ONNX Runtime (`OnnxModel`). The pyfunc, predict and the export
+# The ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`),
+# its whole-model ONNX file on ONNX Runtime (`OnnxModel`), or the int8 file quantised from that
+# (`quantize_int8`, also on `OnnxModel`; `export.int8`). The pyfunc, predict and the export
 # params all offer these.
-MODEL_BACKENDS = ("torch", "onnxruntime")
+MODEL_BACKENDS = ("torch", "onnxruntime", "int8")
 
 _MODULES = {
+    "mrcnn.export.accuracy": (
+        "Int8AccuracyError",
+        "check_ap_drop",
+        "compare_exported",
+        "evaluate_exported",
+        "int8_accuracy",
+        "open_exported",
+    ),
     "mrcnn.export.compare": ("compare_onnx", "match_detections"),
+    "mrcnn.export.int8": ("quantize_int8",),
     "mrcnn.export.onnx": ("export_portable", "to_onnx", "to_torch_export"),
     "mrcnn.export.onnx_model": ("OnnxModel",),
+    "mrcnn.export.openvino_model": ("OpenVinoModel",),
 }
 __all__ = [
+    "Int8AccuracyError",
     "MODEL_BACKENDS",
     "OnnxModel",
+    "OpenVinoModel",
+    "check_ap_drop",
+    "compare_exported",
     "compare_onnx",
+    "evaluate_exported",
     "export_portable",
+    "int8_accuracy",
     "match_detections",
+    "open_exported",
+    "quantize_int8",
     "to_onnx",
     "to_torch_export",
 ]

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,51 +33,42 @@ log = logging.getLogger(__name__)
 INPUT_NAMES = ("images", "windows")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "valid", "mask_probs")
 METADATA_PREFIX = "mrcnn."
+# How an int8 file was made (`mrcnn.export.int8.quantize_int8`), JSON; absent in fp32 files.
+INT8_METADATA = METADATA_PREFIX + "int8"
 
 
-class OnnxModel:
-    """A whole-model ONNX file (`mrcnn.export.to_onnx`) run by ONNX Runtime.
+def read_settings(meta: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """The `mrcnn.*` metadata of an exported file -> {key without the prefix: value}.
 
-    Args:
-        path: the `.onnx` file.
-        providers: ONNX Runtime execution providers, best first (default: CPU only).
-        intra_op_threads: threads per operator (0 = ONNX Runtime's default, all cores).
+    Raises `ValueError` when the keys `detect` cannot do without are missing."""
+    missing = [k for k in ("image_size", "batch_size") if METADATA_PREFIX + k not in meta]
+    if missing:
+        raise ValueError(
+            f"{path} has no {', '.join(METADATA_PREFIX + k for k in missing)} "
+            "metadata: it was not written by mrcnn.export.to_onnx"
+        )
+    # Only our keys: other tools add their own (ONNX Runtime's quantizer: `onnx.infer`).
+    return {
+        k[len(METADATA_PREFIX) :]: json.loads(v)
+        for k, v in meta.items()
+        if k.startswith(METADATA_PREFIX)
+    }
+
+
+class ExportedGraph:
+    """What every runtime of the exported graph shares: the settings from the file's metadata,
+    `prepare` (resize + pad into the fixed batch) and `detect` (run, then paste on the host).
+    A runtime subclass opens the file and implements `run`.
 
     Attributes (from the file's metadata): `image_size` S, `batch_size` B of the graph,
     `resize_mode`, `min_size`, `mask_thresh`, `num_classes`, `class_names`,
-    `detections_per_img` D.
-
-    `detect(images)` takes what `MaskRCNN.detect` takes and returns the same `Detections`;
-    `run(images, windows)` runs the raw graph: uint8 [B, 3, S, S] + float32 [B, 4] ->
-    {boxes [B, D, 4], scores [B, D], labels [B, D], valid [B, D], mask_probs [B, D, M, M]}.
+    `detections_per_img` D, `settings` (all of them, e.g. `config`, and `int8` for a
+    quantised file).
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
-        intra_op_threads: int = 0,
-    ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:  # pragma: no cover - onnxruntime is in the `export` extra
-            raise RuntimeError("OnnxModel needs onnxruntime: pip install -e '.[export]'") from e
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no ONNX file at {self.path} (write one with to_onnx)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=list(providers)
-        )
-        meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in ("image_size", "batch_size") if METADATA_PREFIX + k not in meta]
-        if missing:
-            raise ValueError(
-                f"{self.path} has no {', '.join(METADATA_PREFIX + k for k in missing)} "
-                "metadata: it was not written by mrcnn.export.to_onnx"
-            )
-        settings = {k[len(METADATA_PREFIX) :]: json.loads(v) for k, v in meta.items()}
+    def __init__(self, path: Path, settings: Mapping[str, Any]) -> None:
+        self.path = path
+        self.settings = dict(settings)
         self.image_size: int = settings["image_size"]
         self.batch_size: int = settings["batch_size"]
         self.resize_mode: str = settings.get("resize_mode", "square")
@@ -85,12 +77,11 @@ class OnnxModel:
         self.num_classes: int = settings.get("num_classes", 0)
         self.class_names: tuple[str, ...] = tuple(settings.get("class_names", ()))
         self.detections_per_img: int = settings.get("detections_per_img", 0)
-        self.settings = settings
 
     def run(self, images: np.ndarray, windows: np.ndarray) -> dict[str, np.ndarray]:
-        """The raw graph on one prepared batch of exactly `batch_size` images."""
-        feeds = {"images": images.astype(np.uint8), "windows": windows.astype(np.float32)}
-        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds), strict=True))
+        """The raw graph on one prepared batch of exactly `batch_size` images: uint8
+        [B, 3, S, S] + float32 [B, 4] -> {name in `OUTPUT_NAMES`: array}."""
+        raise NotImplementedError
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Resize + pad up to `batch_size` images into the graph's fixed batch (missing images
@@ -129,3 +120,46 @@ class OnnxModel:
                 self.mask_thresh,
             )
         return results
+
+
+class OnnxModel(ExportedGraph):
+    """A whole-model ONNX file (`mrcnn.export.to_onnx`, or its int8 version from
+    `mrcnn.export.quantize_int8`) run by ONNX Runtime.
+
+    Args:
+        path: the `.onnx` file.
+        providers: ONNX Runtime execution providers, best first (default: CPU only).
+        intra_op_threads: threads per operator (0 = ONNX Runtime's default, all cores).
+
+    Attributes: those of `ExportedGraph` (from the file's metadata), and `session`.
+
+    `detect(images)` takes what `MaskRCNN.detect` takes and returns the same `Detections`;
+    `run(images, windows)` runs the raw graph: uint8 [B, 3, S, S] + float32 [B, 4] ->
+    {boxes [B, D, 4], scores [B, D], labels [B, D], valid [B, D], mask_probs [B, D, M, M]}.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - onnxruntime is in the `export` extra
+            raise RuntimeError("OnnxModel needs onnxruntime: pip install -e '.[export]'") from e
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {path} (write one with to_onnx)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=list(providers)
+        )
+        meta = self.session.get_modelmeta().custom_metadata_map
+        super().__init__(path, read_settings(meta, path))
+
+    def run(self, images: np.ndarray, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw graph on one prepared batch of exactly `batch_size` images."""
+        feeds = {"images": images.astype(np.uint8), "windows": windows.astype(np.float32)}
+        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds), strict=True))

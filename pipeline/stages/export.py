@@ -21,7 +21,10 @@
    checked file too (artifact `onnx`), and runs it when `export.pyfunc_backend` is onnxruntime.
    A model without a mask head gets no file (the graph outputs masks): a warning, and
    `export.json` says `"portable": {"skipped": ...}`.
-5. Writes `models/export/export.json`: version, alias, URIs, metric, decision.
+5. With `export.int8: true`, quantises model.onnx to `models/export/model_int8.onnx`, measures
+   its and fp32's AP on the val shards and their speed, and refuses it past
+   `export.int8_max_ap_drop` (`pipeline.int8_export`); export.json's `int8` section says so.
+6. Writes `models/export/export.json`: version, alias, URIs, metric, decision.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrcnn.data.layout import MANIFEST, SPLITS
+from mrcnn.data.layout import MANIFEST, SPLITS, annotation_file
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
 from pipeline.params import ExportParams, Params, load
@@ -59,6 +62,7 @@ class ExportPaths:
     tracking: Tracking  # the MLflow store (and its registry) and experiment
     params_file: Path | None = None  # its shards / model / train sections: provenance tag
     manifests: tuple[tuple[str, Path], ...] = ()  # (split, manifest.json)
+    annotations: Path | None = None  # the original val annotations (export.int8 AP)
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,10 @@ def run(params: Params, paths: ExportPaths) -> dict[str, Any]:
             )
             log.warning("logging the model into a new run %s (%s)", run_id, why)
         portable, onnx_file = write_portable(trained, paths, p, run_id, tags)
+        int8 = write_int8(onnx_file, paths, p, tags)
         name = p.registered_model
         version, new_version, logged_uri, alias, previous = publish(
-            trained, paths, p, (sha256, tags, description), onnx_file, register
+            trained, paths, p, (sha256, tags, description), onnx_file, register, int8_file(int8)
         )
         if version is None:
             log.info("not registered: %s", register_why)
@@ -119,6 +124,7 @@ def run(params: Params, paths: ExportPaths) -> dict[str, Any]:
         "metric": {"name": p.champion_metric, "value": trained.value},
         "previous_champion": previous,
         "portable": portable,
+        "int8": int8,
         "tags": tags,
         "description": description,
     }
@@ -138,6 +144,7 @@ def publish(
     version_info: tuple[str, dict[str, str], str],
     onnx_file: Path | None,
     register: bool,
+    int8_file: Path | None = None,
 ) -> tuple[str | None, bool, str | None, str | None, dict[str, Any] | None]:
     """Into the active run: log the model unless these weights (sha256) are registered already,
     register a new version (when `register`) or update the existing one, move the alias ->
@@ -150,7 +157,11 @@ def publish(
     logged_uri = None
     if version is None:  # weights not registered yet (or not registering): log them
         logged_uri = registry.log_model(
-            paths.model_dir, heads=trained.heads, onnx_file=onnx_file, backend=p.pyfunc_backend
+            paths.model_dir,
+            heads=trained.heads,
+            onnx_file=onnx_file,
+            backend=p.pyfunc_backend,
+            int8_file=int8_file,
         ).model_uri
     if new_version:
         version = registry.register(name, logged_uri, tags, description)
@@ -181,10 +192,10 @@ def read_trained(paths: ExportPaths, p: ExportParams) -> Trained:
         log.warning("%s not found: the model gets a run of its own", paths.train_run)
     model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
     heads = pyfunc.model_heads(model)
-    if p.pyfunc_backend == "onnxruntime" and heads != pyfunc.Heads():
+    if p.pyfunc_backend != "torch" and heads != pyfunc.Heads():
         raise registry.ExportError(
-            f"export.pyfunc_backend: onnxruntime serves boxes and masks only, and this model has "
-            f"{heads}: set export.pyfunc_backend: torch"
+            f"export.pyfunc_backend: {p.pyfunc_backend} serves boxes and masks only, and this "
+            f"model has {heads}: set export.pyfunc_backend: torch"
         )
     return Trained(model, heads, evals, value, train_run, train)
 
@@ -254,6 +265,34 @@ def write_portable(
     return portable, onnx_file
 
 
+def write_int8(
+    onnx_file: Path | None, paths: ExportPaths, p: ExportParams, tags: dict[str, str]
+) -> dict[str, Any] | None:
+    """With `export.int8`: `pipeline.int8_export.write_int8` beside the checked ONNX file (its
+    verdict added to `tags`) -> export.json's `int8` section; None without."""
+    from pipeline import int8_export
+
+    (paths.out_dir / int8_export.INT8_FILE).unlink(missing_ok=True)
+    if not p.int8:
+        return None
+    if onnx_file is None:
+        log.warning("export.int8: no %s to quantise (see portable)", PORTABLE_FILE)
+        return {"skipped": f"no {PORTABLE_FILE}"}
+    shards = paths.manifests[0][1].parent.parent if paths.manifests else paths.out_dir
+    section = int8_export.write_int8(
+        onnx_file, paths.out_dir, shards, paths.annotations or Path("-"), p
+    )
+    tags["int8.accepted"] = str(section["accepted"]).lower()
+    for t in ("bbox", "segm"):
+        tags[f"int8.{t}_AP"] = f"{section[f'{t}_AP']:.4f}"
+    return section
+
+
+def int8_file(section: dict[str, Any] | None) -> Path | None:
+    """The int8 file to log with the model: only one that `write_int8` accepted."""
+    return Path(section["file"]) if section and section.get("accepted") else None
+
+
 def val_images(manifests: tuple[tuple[str, Path], ...], limit: int) -> list | None:
     """Up to `limit` val images (uint8 H x W x 3, the real image inside each padded frame), or
     None when there are no val shards."""
@@ -313,6 +352,7 @@ def inputs(args: argparse.Namespace) -> tuple[Params, ExportPaths]:
         tracking=tracking,
         params_file=Path(args.params).resolve(),
         manifests=tuple((s, shards / s / MANIFEST) for s in SPLITS),
+        annotations=annotation_file(layout.raw_dir(root, params.data.source), "val"),
     )
 
 

@@ -7,13 +7,14 @@ the export wrote one, the checked whole-model ONNX file as its `onnx` artifact. 
 
     torch        (default) `mrcnn.weights.load` rebuilds the network (eager PyTorch)
     onnxruntime  `mrcnn.export.onnx_model.OnnxModel` runs the `onnx` artifact (same `detect`)
+    int8         the same on the `onnx_int8` artifact (`export.int8`, when it was accepted)
 
-`export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick the other one
-at load time (the ONNX one needs a model logged with its ONNX file):
+`export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick another one
+at load time (onnxruntime / int8 need a model logged with that file):
 
     import mlflow, pandas as pd
     model = mlflow.pyfunc.load_model("models:/mrcnn-shapes@champion")
-    # or: mlflow.pyfunc.load_model(uri, model_config={"backend": "onnxruntime"})
+    # or: mlflow.pyfunc.load_model(uri, model_config={"backend": "onnxruntime"})  # or "int8"
     frame = model.predict(pd.DataFrame({"image": [open("a.jpg", "rb").read()]}))
 
 Input: a DataFrame with a binary column `image`, one encoded image file (JPEG, PNG, BMP, WebP)
@@ -58,6 +59,7 @@ from mrcnn.inference.detections import Detections
 INPUT_COLUMN = "image"
 MODEL_ARTIFACT = "model"  # the mrcnn.weights.save folder
 ONNX_ARTIFACT = "onnx"  # the whole-model ONNX file (mrcnn.export.to_onnx), when exported
+INT8_ARTIFACT = "onnx_int8"  # its int8 file (export.int8), when accepted
 FLOAT_ARRAY = "array<double>"  # a list of floats per row (MLflow `Array(double)`)
 
 # (name, MLflow type) of the output frame, in order: always, then per head.
@@ -116,15 +118,17 @@ def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
     if backend not in MODEL_BACKENDS:
         msg = f"model_config backend must be one of {', '.join(MODEL_BACKENDS)}: {backend!r}"
         raise ValueError(msg)
-    if backend == "onnxruntime":
-        if ONNX_ARTIFACT not in artifacts:
+    if backend != "torch":  # onnxruntime or int8: an ONNX file on ONNX Runtime
+        key = ONNX_ARTIFACT if backend == "onnxruntime" else INT8_ARTIFACT
+        if key not in artifacts:
             raise ValueError(
-                "backend onnxruntime needs the model's ONNX file, but this model was logged "
-                "without one (export.portable: true writes it); load it with backend torch"
+                f"backend {backend} needs the model's {key} file, but this model was logged "
+                "without one (export.portable: true writes the ONNX file, export.int8: true "
+                "the int8 one); load it with backend torch"
             )
         from mrcnn.export.onnx_model import OnnxModel
 
-        return OnnxModel(artifacts[ONNX_ARTIFACT])
+        return OnnxModel(artifacts[key])
     import torch
 
     from mrcnn import weights

@@ -60,6 +60,7 @@ def log_model(
     heads: Any = None,
     onnx_file: Path | None = None,
     backend: str = "torch",
+    int8_file: Path | None = None,
 ) -> Any:
     """Log the saved model as a models-from-code pyfunc into the active run -> ModelInfo.
 
@@ -68,14 +69,15 @@ def log_model(
     onnx_file: the checked whole-model ONNX file, logged as artifact `onnx` (with onnxruntime
                among the requirements) so the pyfunc can run it
     backend:   the pyfunc's default backend, "torch" or "onnxruntime" (model_config `backend`;
-               "onnxruntime" needs `onnx_file`)
+               "onnxruntime" needs `onnx_file`, "int8" needs `int8_file`)
+    int8_file: the accepted int8 ONNX file (`export.int8`), logged as artifact `onnx_int8`
     """
     import mlflow
 
     import mrcnn
     from mrcnn import weights
     from mrcnn.export import MODEL_BACKENDS
-    from pipeline.tracking.pyfunc import ONNX_ARTIFACT, Heads
+    from pipeline.tracking.pyfunc import INT8_ARTIFACT, ONNX_ARTIFACT, Heads
 
     if backend not in MODEL_BACKENDS:
         choices = ", ".join(MODEL_BACKENDS)
@@ -83,6 +85,11 @@ def log_model(
     if backend == "onnxruntime" and onnx_file is None:
         raise ExportError(
             "export.pyfunc_backend: onnxruntime needs the ONNX file: set export.portable: true"
+        )
+    if backend == "int8" and int8_file is None:
+        raise ExportError(
+            "export.pyfunc_backend: int8 needs an accepted int8 file: set export.int8: true "
+            "(and see export.json's int8 section for why it was refused)"
         )
     with tempfile.TemporaryDirectory() as tmp:
         # Only the two files `mrcnn.weights.load` reads travel with the model.
@@ -93,6 +100,8 @@ def log_model(
         artifacts = {MODEL_ARTIFACT: str(staged)}
         if onnx_file is not None:
             artifacts[ONNX_ARTIFACT] = str(onnx_file)
+        if int8_file is not None:
+            artifacts[INT8_ARTIFACT] = str(int8_file)
         with warnings.catch_warnings():
             # An input example would run the model while logging; the signature says enough.
             warnings.filterwarnings("ignore", message=".*input example was not provided.*")

@@ -2,7 +2,8 @@
 
 Parity: >= 99% of detections matched (same label, box within 1e-2 px, score within 1e-4) and
 mask IoU >= 0.98, on a briefly trained small model (batch 1 and batch 4, with an image that has
-no detections) and on the torchvision preset with random weights.
+no detections) and on the torchvision preset with random weights. The trained model is the
+`trained` fixture of conftest.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mrcnn.export.onnx import to_onnx, to_torch_export
 from mrcnn.export.onnx_model import OUTPUT_NAMES, OnnxModel
 from mrcnn.modeling.model import build_model
 from tests import REPO_ROOT
-from tests.mrcnn.scenes import S, make_batch, scene, tiny_model
+from tests.mrcnn.scenes import S, scene, tiny_model
 
 ROOT = REPO_ROOT
 
@@ -31,22 +32,6 @@ def _assert_parity(report: dict) -> None:
     assert report["matched_fraction"] >= 0.99, report
     assert report["min_mask_iou"] >= 0.98, report
     assert report["max_box_diff"] <= 1e-2 and report["max_score_diff"] <= 1e-4, report
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """tiny_model (shapes_small, slimmer) after 40 steps on two scenes: real, confident
-    detections of two classes."""
-    batch, _ = make_batch()
-    model = tiny_model()
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        loss = model.total_loss(model(batch))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 def _images() -> list[np.ndarray]:

@@ -145,7 +145,7 @@ def test_image_cells_may_be_file_bytes_or_base64() -> None:
 def test_backend_errors_say_what_to_do(artifacts) -> None:
     with pytest.raises(ValueError, match="logged without one .* load it with backend torch"):
         _loaded({"model": artifacts["model"]}, "onnxruntime")
-    with pytest.raises(ValueError, match="backend must be one of torch, onnxruntime: 'trt'"):
+    with pytest.raises(ValueError, match="backend must be one of torch, onnxruntime, int8: 'trt'"):
         _loaded(artifacts, "trt")
     from mlflow.exceptions import MlflowException
 

@@ -1,0 +1,93 @@
+"""`OpenVinoModel`: an exported Mask R-CNN on OpenVINO's CPU runtime, same `detect` as `OnnxModel`.
+
+OpenVINO reads the whole-model ONNX file (`mrcnn.export.to_onnx`) as it is, every operator
+included (`NonMaxSuppression`, `RoiAlign`, `NonZero`, `ScatterND`), and the OpenVINO IR
+(`.xml` + `.bin`) that `mrcnn.export.quantize_int8(..., toolchain="openvino")` writes. The
+settings `detect` needs travel in the file: ONNX `metadata_props`, which OpenVINO keeps under
+its `framework` run-time info, also in the IR it saves. Imports numpy, Pillow and openvino only
+(no torch); openvino is the optional `openvino` extra:
+
+    from mrcnn.export.openvino_model import OpenVinoModel
+    detections = OpenVinoModel("model.onnx").detect([image])   # or "model_int8.xml"
+
+Why a second runtime: on the CPUs measured (docs/export.md, "int8 and the CPU runtime")
+OpenVINO runs the same fp32 graph faster than ONNX Runtime, with the same detections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrcnn.export.onnx_model import INPUT_NAMES, OUTPUT_NAMES, ExportedGraph, read_settings
+
+FRAMEWORK_INFO = "framework"  # where OpenVINO keeps an ONNX file's metadata_props
+
+
+def framework_metadata(model: Any) -> dict[str, str]:
+    """An `openvino.Model`'s ONNX metadata ({key: string}), kept under run-time info
+    `framework` when OpenVINO read the ONNX file (and saved with the IR)."""
+    if not model.has_rt_info([FRAMEWORK_INFO]):
+        return {}
+    info = model.get_rt_info()[FRAMEWORK_INFO]
+    return {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in info.items()}
+
+
+class OpenVinoModel(ExportedGraph):
+    """An exported whole-model file (`.onnx` from `to_onnx` / `quantize_int8`, or OpenVINO IR
+    `.xml`) compiled by OpenVINO for the CPU.
+
+    Args:
+        path: the `.onnx` or `.xml` file (an `.xml` needs its `.bin` beside it).
+        device: OpenVINO device name (default "CPU").
+        threads: inference threads (0 = OpenVINO's default, all cores).
+        config: further OpenVINO properties, e.g. {"PERFORMANCE_HINT": "THROUGHPUT"}
+            (default: the latency hint, one request at a time).
+
+    Attributes: those of `ExportedGraph` (from the file's metadata), and `compiled`.
+    `detect` and `run` as `OnnxModel`'s.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        threads: int = 0,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError as e:  # pragma: no cover - openvino is the `openvino` extra
+            raise RuntimeError("OpenVinoModel needs openvino: pip install -e '.[openvino]'") from e
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model file at {path} (write one with to_onnx)")
+        core = ov.Core()
+        model = core.read_model(str(path))
+        settings = read_settings(framework_metadata(model), path)
+        properties = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, device, properties)
+        self._request = self.compiled.create_infer_request()
+        self._outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
+        super().__init__(path, settings)
+
+    def run(self, images: np.ndarray, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw graph on one prepared batch of exactly `batch_size` images."""
+        feeds = dict(
+            zip(
+                INPUT_NAMES,
+                (images.astype(np.uint8), windows.astype(np.float32)),
+                strict=True,
+            )
+        )
+        result = self._request.infer(feeds)
+        # Copies: the request's buffers are reused by its next call.
+        return {
+            name: np.array(result[out])
+            for name, out in zip(OUTPUT_NAMES, self._outputs, strict=True)
+        }
