@@ -57,9 +57,10 @@ from tqdm import tqdm
 from mrcnn.data.image_file import ImageReadError, read_image
 from pipeline.device import resolve_device
 from pipeline.paramfile import load_section
-from pipeline.params import MlflowParams, PredictParams
+from pipeline.params import MlflowParams
 from pipeline.predict_model import BACKENDS, load_predictor, locate
 from pipeline.prediction_outputs import ImageInput, PredictionWriter, collect_inputs
+from pipeline.serve_params import PredictParams
 from pipeline.tracking.pull import ModelNotFoundError
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,8 @@ from typing import Any
 from mrcnn.data.layout import MANIFEST, SPLITS, annotation_file
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
-from pipeline.params import ExportParams, Params, load
+from pipeline.params import Params, load
+from pipeline.serve_params import ExportParams
 from pipeline.tracking import active, registry, store
 from pipeline.tracking.store import Tracking
 

@@ -16,7 +16,7 @@ from mrcnn import build_model, presets
 from mrcnn.export import OnnxModel, to_onnx
 from mrcnn.export.onnx_model import INT8_METADATA
 from pipeline import int8_export
-from pipeline.params import ExportParams
+from pipeline.serve_params import ExportParams
 
 
 class Recorder:

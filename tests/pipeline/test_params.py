@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.paramfile import load_section
-from pipeline.params import DataParams, ExportParams, InspectParams, ShardsParams
+from pipeline.params import DataParams, InspectParams, ShardsParams
+from pipeline.serve_params import ExportParams
 from pipeline.train_params import TrainParams
 from tests import REPO_ROOT
 

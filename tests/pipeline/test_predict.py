@@ -11,7 +11,7 @@ from PIL import Image
 
 from mrcnn.evaluation.coco_results import decode_masks
 from pipeline import predict, predict_model
-from pipeline.params import PredictParams
+from pipeline.serve_params import PredictParams
 from tests.pipeline.parity import BOX_TOL, assert_same_results
 from tests.pipeline.registry_helpers import save_model, synthetic_images, tiny_model
 

@@ -76,7 +76,7 @@ def test_the_model_section_and_the_sweep_space_are_checked_too(tmp_path):
 
 def test_export_register_takes_yaml_booleans_and_auto(tmp_path):
     from pipeline.paramfile import load_section
-    from pipeline.params import ExportParams
+    from pipeline.serve_params import ExportParams
 
     for value, want in ((True, "true"), (False, "false"), ("auto", "auto")):
         path = _write(tmp_path, {"export": {"register": value}})

@@ -21,7 +21,7 @@ from PIL import Image
 from mrcnn.evaluation.coco_results import to_coco_results
 from mrcnn.fileio import file_digest, json_digest
 from pipeline import predict
-from pipeline.params import PredictParams
+from pipeline.serve_params import PredictParams
 from pipeline.stages import export
 from pipeline.tracking import registry as reg
 from pipeline.tracking.pyfunc import frame_detections

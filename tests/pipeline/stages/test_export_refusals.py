@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import ExportParams, Params
+from pipeline.params import Params
+from pipeline.serve_params import ExportParams
 from pipeline.stages import export
 from pipeline.tracking import registry as reg
 from pipeline.tracking.store import Tracking

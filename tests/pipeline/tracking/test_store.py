@@ -205,7 +205,7 @@ def test_new_experiments_keep_artifacts_beside_the_database(tmp_path: Path) -> N
 
 
 def test_project_params_have_valid_mlflow_export_predict_sections() -> None:
-    from pipeline.params import ExportParams, PredictParams
+    from pipeline.serve_params import ExportParams, PredictParams
 
     root = REPO_ROOT
     assert load_section(root / "params.yaml", "mlflow", MlflowParams).experiment == "mrcnn"
@@ -225,7 +225,7 @@ def test_project_params_have_valid_mlflow_export_predict_sections() -> None:
     ],
 )
 def test_bad_export_and_predict_params_name_the_key(tmp_path: Path, text: str, message: str):
-    from pipeline.params import ExportParams, PredictParams
+    from pipeline.serve_params import ExportParams, PredictParams
 
     p = tmp_path / "params.yaml"
     p.write_text(text)
