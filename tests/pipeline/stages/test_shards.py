@@ -97,7 +97,7 @@ def messy(tmp_path) -> tuple[Path, set[int]]:
         _ann(108, 1, [[10, 10, 50, float("nan"), 50, 40]]),  # invalid_polygon: NaN
         _ann(109, 1, []),  # empty_polygon
         _ann(110, 1, [[]]),  # empty_polygon
-        _ann(111, 1, [[300, 300, 340, 300, 340, 330]]),  # empty_mask (all outside, no bbox)
+        _ann(111, 1, [[170, 130, 200, 130, 200, 150]]),  # empty_mask (all outside, no bbox)
         _ann(112, 1, {"size": [10, 10], "counts": [100]}),  # invalid_rle: wrong size
         _ann(113, 1, {"size": [120, 160], "counts": [5, 7]}),  # invalid_rle: bad counts
         _ann(114, 1, None),  # missing_segmentation
