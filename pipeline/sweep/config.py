@@ -9,6 +9,7 @@ from typing import Any
 
 from mrcnn.solver import scale_schedule
 from pipeline.paramfile import from_dict, load_params, model_config
+from pipeline.params import load
 from pipeline.search_space import SearchSpace, apply, parse_space
 from pipeline.train_params import TrainParams, TuneParams
 
@@ -58,7 +59,13 @@ def load_sweep(
     if name:
         tp = replace(tp, name=name)
         tp.validate()
-    sweep = Sweep(tp.name, sweep_sections(doc, tp), SearchSpace(()), dataset, "", "")
+    sections = sweep_sections(doc, tp)
+    # Paths in the file are taken from the project root, as every stage takes them (trials
+    # run in their own folders on Ray workers): `load` applies the rule.
+    init_weights = load(params_path).train.init_weights
+    if init_weights:
+        sections["train"]["init_weights"] = init_weights
+    sweep = Sweep(tp.name, sections, SearchSpace(()), dataset, "", "")
     from_dict(TrainParams, sweep.sections["train"], "train")  # base params must be valid
     space = parse_space(space_spec, check=sweep.trial_params)
     base = from_dict(TrainParams, sweep.sections["train"], "train")
