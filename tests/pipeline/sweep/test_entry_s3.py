@@ -58,14 +58,16 @@ def test_sweep_with_tune_storage_and_shards_in_s3(
     for t in trials:
         trial = f"trial-{t['trial_id']}"
         assert f"{trial}/result.json" in keys  # Tune's per-trial results
-        # Ray Train's checkpoints of the trial: iterations 2 and 4, with the weights.
+        # Ray Train's checkpoints of the trial, with the weights: the latest and, when it is not
+        # the latest, the best validated one (pipeline.training.selection keeps no others).
         checkpoints = {
             k.split("/")[2]
             for k in keys
             if k.startswith(f"train/{trial}/checkpoint_") and k.count("/") == 3
         }
-        assert len(checkpoints) == 2, keys
-        assert sum(k.endswith("/state.pt") for k in keys if k.startswith(f"train/{trial}/")) == 2
+        assert 1 <= len(checkpoints) <= 2, keys
+        states = sum(k.endswith("/state.pt") for k in keys if k.startswith(f"train/{trial}/"))
+        assert states == len(checkpoints), keys
 
     client = mlflow.MlflowClient(doc["mlflow"]["tracking_uri"])
     parent = client.get_run(summary["parent_run_id"])
