@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -18,7 +17,6 @@ import torch
 
 from mrcnn import presets
 from mrcnn.modeling.model import build_model
-from pipeline.paramfile import to_dict
 from pipeline.train_params import TrainParams
 from pipeline.training import faults, loop
 from pipeline.training.checkpoints import (
@@ -28,9 +26,12 @@ from pipeline.training.checkpoints import (
     parameters_digest,
     raise_if_nonfinite,
 )
+from pipeline.training.step import TrainStep
 from tests.pipeline.registry_helpers import fresh_store
 from tests.pipeline.tiny_model import TINY_MODEL
 from tests.pipeline.training.fake_ray import FakeRayTrain
+from tests.pipeline.training.host_reads import HostReads
+from tests.pipeline.training.loop_helpers import loop_config, new_run
 
 LOSS_KEYS = {
     "loss",
@@ -42,46 +43,6 @@ LOSS_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads(monkeypatch):
-    """`train_loop` sets torch's thread count (train.cpus_per_worker) and MLflow's tracking URI:
-    give the rest of the session its own back."""
-    threads, uri = torch.get_num_threads(), mlflow.get_tracking_uri()
-    monkeypatch.delenv(faults.ENV, raising=False)  # no fault unless a test injects one
-    yield
-    torch.set_num_threads(threads)
-    mlflow.set_tracking_uri(uri)  # RankZeroLog sets the run's
-
-
-def _config(shards: Path, uri: str, run_id: str, **train) -> dict:
-    params = TrainParams(
-        **{
-            "num_workers": 1,
-            "cpus_per_worker": 1,
-            "batch_size": 2,
-            "reference_batch": 2,
-            "iterations": 4,
-            "checkpoint_every": 2,
-            "log_every": 1,
-            "warmup_iters": 1,
-            "max_gt": 8,
-            **train,
-        }
-    )
-    return {
-        "train": to_dict(params),
-        "model": presets.shapes_small(num_classes=4, image_size=64, **TINY_MODEL).to_dict(),
-        "shards": str(shards),
-        "val_annotations": "",
-        "mlflow": {"tracking_uri": uri, "run_id": run_id},
-    }
-
-
-def _new_run(uri: str) -> str:
-    client = mlflow.MlflowClient(uri)
-    return client.create_run(client.create_experiment("loop")).info.run_id
-
-
 def _history(uri: str, run_id: str, key: str = "loss") -> dict[int, float]:
     return {m.step: m.value for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key)}
 
@@ -91,13 +52,13 @@ def uninterrupted(tiny_shards, tmp_path_factory) -> dict:
     """4 iterations, a checkpoint every 2, every step logged, an EMA of the weights."""
     root = tmp_path_factory.mktemp("loop")
     uri = fresh_store(root)
-    run_id = _new_run(uri)
+    run_id = new_run(uri)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(faults.ENV, raising=False)
         threads, previous = torch.get_num_threads(), mlflow.get_tracking_uri()
         ray = FakeRayTrain(root / "run").install(mp)
         try:
-            loop.train_loop(_config(tiny_shards, uri, run_id, ema_decay=0.9))
+            loop.train_loop(loop_config(tiny_shards, uri, run_id, ema_decay=0.9))
         finally:
             torch.set_num_threads(threads)
             mlflow.set_tracking_uri(previous)
@@ -156,8 +117,8 @@ def test_a_resume_is_exact(uninterrupted, tiny_shards, tmp_path, monkeypatch, lo
     shutil.copytree(at_two, run_dir / "checkpoint_000000")
     ray = FakeRayTrain(run_dir, registered=run_dir / "checkpoint_000000").install(monkeypatch)
     uri = fresh_store(tmp_path)
-    run_id = _new_run(uri)
-    config = _config(tiny_shards, uri, run_id, ema_decay=0.9, loader_workers=loader_workers)
+    run_id = new_run(uri)
+    config = loop_config(tiny_shards, uri, run_id, ema_decay=0.9, loader_workers=loader_workers)
     loop.train_loop(config)
 
     assert [m["iteration"] for m, _ in ray.reports] == [4]
@@ -196,8 +157,8 @@ def test_a_non_finite_loss_stops_before_the_step_and_says_where(tiny_shards, tmp
     monkeypatch.setenv(faults.ENV, str(spec))
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     uri = fresh_store(tmp_path)
-    run_id = _new_run(uri)
-    loop.train_loop(_config(tiny_shards, uri, run_id))
+    run_id = new_run(uri)
+    loop.train_loop(loop_config(tiny_shards, uri, run_id))
 
     assert [m["iteration"] for m, _ in ray.reports] == [2]
     marker = json.loads((tmp_path / "run" / NONFINITE_FILE).read_text())
@@ -222,8 +183,8 @@ def test_a_non_finite_loss_between_checks_stops_at_the_next_check(
     monkeypatch.setenv(faults.ENV, str(spec))
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     uri = fresh_store(tmp_path)
-    run_id = _new_run(uri)
-    loop.train_loop(_config(tiny_shards, uri, run_id, iterations=6, log_every=4))
+    run_id = new_run(uri)
+    loop.train_loop(loop_config(tiny_shards, uri, run_id, iterations=6, log_every=4))
 
     assert [m["iteration"] for m, _ in ray.reports] == [2]
     marker = json.loads((tmp_path / "run" / NONFINITE_FILE).read_text())
@@ -251,8 +212,8 @@ def test_accumulation_reads_accumulate_micro_batches_per_iteration(
     monkeypatch.setattr(loop.TrainLoader, "batch", counting)
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     uri = fresh_store(tmp_path)
-    run_id = _new_run(uri)
-    config = _config(tiny_shards, uri, run_id, batch_size=1, reference_batch=2, accumulate=2)
+    run_id = new_run(uri)
+    config = loop_config(tiny_shards, uri, run_id, batch_size=1, reference_batch=2, accumulate=2)
     loop.train_loop(config)
     assert [m["iteration"] for m, _ in ray.reports] == [2, 4]
     assert read == list(range(8))  # 4 iterations x 2 micro-batches, in order
@@ -265,7 +226,7 @@ def test_accumulation_reads_accumulate_micro_batches_per_iteration(
     second = mlflow.MlflowClient(uri).create_run(
         mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
     )
-    loop.train_loop(_config(tiny_shards, uri, second.info.run_id, batch_size=1, accumulate=2))
+    loop.train_loop(loop_config(tiny_shards, uri, second.info.run_id, batch_size=1, accumulate=2))
     assert [m["iteration"] for m, _ in resumed.reports] == [4]
     assert read == [4, 5, 6, 7]
 
@@ -281,3 +242,38 @@ def test_augmentation_follows_the_train_keys():
     )
     plain = loop.augmentation(TrainParams())
     assert plain.scale_range is None and plain.crop is None and not plain.geometric
+
+
+def test_the_loop_reads_the_host_only_on_log_and_checkpoint_steps(
+    tiny_shards, tmp_path, monkeypatch
+):
+    """8 iterations, logged and checkpointed every 4, EMA on: between one optimizer step and the
+    next, `pipeline/training` converts no tensor to a Python value (`HostReads`, the CPU
+    stand-in for the GPU check's sync count) except after iterations 4 and 8 (the loss window's
+    read, the checkpoint). The model's own data-dependent reads are docs/gpu.md's."""
+    FakeRayTrain(tmp_path / "run").install(monkeypatch)
+    uri = fresh_store(tmp_path)
+    reads = HostReads()
+    step = TrainStep.__call__
+
+    def marked(self, *args, **kwargs):
+        reads.mark()
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", marked)
+    config = loop_config(
+        tiny_shards,
+        uri,
+        new_run(uri),
+        iterations=8,
+        log_every=4,
+        checkpoint_every=4,
+        ema_decay=0.9,
+    )
+    with reads:
+        loop.train_loop(config)
+    spans = reads.by_span("pipeline/training")
+    assert len(spans) == 8
+    quiet = {i + 1: dict(c) for i, c in enumerate(spans) if i + 1 not in (4, 8)}
+    assert quiet == {i: {} for i in (1, 2, 3, 5, 6, 7)}, "a host read on an unlogged iteration"
+    assert spans[3] and spans[7]  # the log steps do read the loss window

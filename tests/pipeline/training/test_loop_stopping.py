@@ -31,11 +31,7 @@ from pipeline.training.selection import SCORE_KEY
 from tests.pipeline.registry_helpers import fresh_store
 from tests.pipeline.tiny_model import TINY_MODEL
 from tests.pipeline.training.fake_ray import FakeRayTrain
-from tests.pipeline.training.test_loop import (  # noqa: F401 (the fixture applies here too)
-    _config,
-    _new_run,
-    _restore_torch_threads,
-)
+from tests.pipeline.training.loop_helpers import loop_config, new_run
 
 
 def _cfg():
@@ -83,8 +79,8 @@ def _train(tmp_path: Path, shards: Path, monkeypatch, **train) -> tuple:
     """The loop, one worker, a new MLflow run -> (fake Ray, tracking URI, run id, config)."""
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     uri = fresh_store(tmp_path)
-    run_id = _new_run(uri)
-    config = _config(shards, uri, run_id, **train)
+    run_id = new_run(uri)
+    config = loop_config(shards, uri, run_id, **train)
     loop.train_loop(config)
     return ray, uri, run_id, config
 
@@ -231,7 +227,9 @@ def test_the_time_budget_stops_at_the_next_check_with_a_checkpoint(
     loop.train_loop(config)
     assert again.reports == []  # still out of time: nothing trained
     longer = FakeRayTrain(tmp_path / "longer", registered=ray.reports[0][1]).install(monkeypatch)
-    loop.train_loop(_config(tiny_shards, uri, run_id, iterations=6, eval_every=4, max_minutes=9))
+    loop.train_loop(
+        loop_config(tiny_shards, uri, run_id, iterations=6, eval_every=4, max_minutes=9)
+    )
     assert [m["iteration"] for m, _ in longer.reports] == [2, 4, 6]
     assert longer.reports[-1][0]["stopped"] == "iterations"
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pipeline.training.ema import ModelEma
 from pipeline.training.step import LossWindow, TrainStep
+from tests.pipeline.training.host_reads import HostReads
 
 
 class _Regression(nn.Module):
@@ -114,3 +115,21 @@ def test_the_window_keeps_the_first_non_finite_iteration_and_the_means():
     first, _, means = window.read(reset=True)  # the window went on: 3 iterations in it
     assert first == 3 and math.isnan(means["loss"]) and means["loss_a"] == pytest.approx(7 / 3)
     assert LossWindow("cpu").read(reset=True) == (None, {}, {})
+
+
+def test_the_step_and_the_window_read_the_host_only_at_the_read():
+    """A CPU stand-in for `torch.cuda.set_sync_debug_mode` (bench/train_gpu.py counts the real
+    syncs on a GPU): every conversion of a tensor to a Python value during 5 iterations of
+    step + window (accumulation, clipping, EMA on) is recorded. There is none until the log
+    step's `read`, and that is one `.tolist()`."""
+    step, _ = _step(2, "adamw", clip=0.5, ema=True)
+    window = LossWindow("cpu")
+    x, y = _data(4)
+    with HostReads() as reads:
+        for it in range(5):
+            terms, total = step([(x[:2], y[:2]), (x[2:], y[2:])])
+            window.add(it, terms, total)
+        assert reads.sites == []
+        first, _, means = window.read(reset=True)
+    assert [s.split(":")[0] for s in reads.sites] == ["step.py"]
+    assert first is None and set(means) == {"loss_l2", "loss_l1", "loss"}
