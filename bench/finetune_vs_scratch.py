@@ -10,9 +10,12 @@ their own classes), shrunk to what a CPU can run, with no downloads:
            (`--target-images`) and another class set, 1 class `shape`, so the class count
            differs and `mrcnn.weights.load_init` re-initialises the class-specific predictors
   runs     scratch (random init) and finetune (`load_init` from source), same seed, schedule,
-           augmentation and `--iters`; val segm / bbox AP on `--val-images` target images
+           augmentation and `--iters`; val segm / bbox AP on `--val-images` target images;
+           with `--ema-decay D` each run is also evaluated on its EMA of the weights
+           (`pipeline.training.ema.ModelEma`, what `train.ema_decay` keeps), `--runs` picks runs
 
     python bench/finetune_vs_scratch.py [--source-iters 600] [--iters 200] [--target-images 60]
+        [--ema-decay 0.999] [--runs scratch,finetune]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from mrcnn.evaluation.coco_eval import coco_evaluate  # noqa: E402
 from mrcnn.evaluation.coco_results import to_coco_results  # noqa: E402
 from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.solver import Schedule, build_optimizer, lr_scheduler  # noqa: E402
+from pipeline.training.ema import ModelEma  # noqa: E402
 
 
 def make_data(root: Path, spec: ShapesSpec, one_class: bool) -> Path:
@@ -67,9 +71,13 @@ def make_data(root: Path, spec: ShapesSpec, one_class: bool) -> Path:
     return root / "shards"
 
 
-def train(model, shards: Path, iters: int, lr: float, seed: int) -> float:
-    """AdamW + cosine, batch 8, flip + scale jitter; returns seconds."""
+def train(
+    model, shards: Path, iters: int, lr: float, seed: int, ema_decay: float = 0.0
+) -> tuple[float, ModelEma | None]:
+    """AdamW + cosine, batch 8, flip + scale jitter -> (seconds, the EMA of the weights, updated
+    after every step as the training loop does, or None when `ema_decay` is 0)."""
     torch.manual_seed(seed)
+    ema = ModelEma(model, ema_decay) if ema_decay else None
     model.train()
     opt = build_optimizer(model, "adamw", lr, 1e-4)
     sched = lr_scheduler(opt, Schedule(lr=lr, iterations=iters, warmup_iters=min(50, iters // 5)))
@@ -88,9 +96,11 @@ def train(model, shards: Path, iters: int, lr: float, seed: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update(model)
         if it % 50 == 0:
             print(f"    it {it:4d} loss {loss.item():.3f}", flush=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, ema
 
 
 def evaluate(model, raw: Path, n: int) -> dict[str, float]:
@@ -120,6 +130,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ema-decay", type=float, default=0.0, help="also evaluate the EMA; 0 = off")
+    ap.add_argument("--runs", default="scratch,finetune", help="comma-separated: scratch, finetune")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     np.random.seed(0)
@@ -131,20 +143,23 @@ def main() -> None:
         tgt = make_data(tmp / "target", tgt_spec, one_class=True)
         print(f"source: {args.source_iters} iterations on {args.source_images} images", flush=True)
         source = build_model(presets.shapes_small(num_classes=4))
-        t = train(source, src, args.source_iters, args.lr, seed=0)
+        t, _ = train(source, src, args.source_iters, args.lr, seed=0)
         print(f"  {t:.0f} s", flush=True)
         weights.save(source, tmp / "source_model")
         rows = {}
-        for name in ("scratch", "finetune"):
+        for name in args.runs.split(","):
             torch.manual_seed(1)
             model = build_model(presets.shapes_small(num_classes=2))
             if name == "finetune":
                 skipped = weights.load_init(model, tmp / "source_model")
                 print(f"  re-initialised: {skipped}")
             print(f"{name}: {args.iters} iterations on {args.target_images} images", flush=True)
-            t = train(model, tgt, args.iters, args.lr, seed=1)
+            t, ema = train(model, tgt, args.iters, args.lr, seed=1, ema_decay=args.ema_decay)
             rows[name] = {**evaluate(model, tmp / "target" / "raw", args.val_images), "s": round(t)}
             print(f"  {rows[name]}", flush=True)
+            if ema is not None:
+                rows[f"{name}_ema"] = evaluate(ema.module, tmp / "target" / "raw", args.val_images)
+                print(f"  EMA {args.ema_decay}: {rows[f'{name}_ema']}", flush=True)
     print(json.dumps({"args": vars(args), "results": rows}, indent=1))
 
 
