@@ -138,12 +138,14 @@ def main() -> None:
         agreement = compare_exported(reference, m, agree_images)
         rows[name] = {**aps, "agreement": agreement}
         drops = {t: round(rows["fp32"][f"{t}_AP"] - aps[f"{t}_AP"], 4) for t in ("bbox", "segm")}
-        print(
-            f"{name} on {runtime}: {aps} drop {drops} matched "
-            f"{agreement['matched_fraction']:.3f} max box {agreement['max_box_diff']:.2f} "
-            f"mean mask IoU {agreement['mean_mask_iou']:.3f}",
-            flush=True,
+        matched = agreement["matched_fraction"]  # None: no detection on either side
+        compared = (
+            "nothing compared (no detections)"
+            if matched is None
+            else f"matched {matched:.3f} max box {agreement['max_box_diff']:.2f} "
+            f"mean mask IoU {agreement['mean_mask_iou'] or 0.0:.3f}"  # None: no pair matched
         )
+        print(f"{name} on {runtime}: {aps} drop {drops} {compared}", flush=True)
     summary = {
         "commit": provenance.commit(),
         "cpu": provenance.cpu_name(),
