@@ -133,11 +133,18 @@ def fit(
     Workers are placed by `train.placement` (Ray placement-group strategy: PACK fills a node
     first, SPREAD / STRICT_SPREAD put them on different nodes). With periodic validation Ray
     keeps the best checkpoint beside the latest (`pipeline.training.selection`). `progress`:
-    show rank 0's progress as one live line (`pipeline.training.progress.ProgressLine`).
+    show rank 0's progress as one live line (`pipeline.training.progress.ProgressLine`); Ray
+    Train's own INFO lines (every checkpoint and report, worker-group start-up) then stay in the
+    run's log files, not on the console (warnings and errors still show).
     Raises `NonFiniteLossError` when the loss went NaN/inf."""
     import ray
+    import ray.train
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    quiet = {}
+    if progress and hasattr(ray.train, "LoggingConfig"):  # Ray Train V2 (not older Rays)
+        quiet = {"logging_config": ray.train.LoggingConfig(log_level="WARNING")}
 
     init_ray()
     check_resources(params, ray.cluster_resources())
@@ -157,6 +164,7 @@ def fit(
             failure_config=FailureConfig(max_failures=params.max_failures),
             checkpoint_config=checkpoint_config(params),
             callbacks=callbacks or [],
+            **quiet,
         ),
     )
     run_dir = storage.join(resolve(storage_path), name)
