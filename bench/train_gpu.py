@@ -6,9 +6,9 @@ without Ray, MLflow or shards: `build_model` (+ `use_channels_last` / `compile_s
 in-memory set of shapes images at `--size` px (pinned batches, `non_blocking` copies), bf16
 autocast on CUDA, gradient clipping. Recipe defaults come from
 `pipeline.train_params.TrainParams` when it imports (else the same values written below).
-Losses stay on the device during the run (one host sync every `--log-every` iterations for the
-progress line), so the step is timed as the loop would run it without its per-iteration
-`.item()` calls; `--sync-every-iter` adds them back.
+Each iteration is the loop's own `pipeline.training.step.TrainStep`, and the losses stay on the
+device in its `LossWindow` (one host sync every `--log-every` iterations, for the progress line
+and the non-finite check), as the loop runs; `--sync-every-iter` reads them every iteration.
 
 It also records where the step synchronises with the host: one iteration runs under
 `torch.cuda.set_sync_debug_mode("warn")` and every warning's file:line is kept (CUDA only).
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import time
@@ -49,6 +48,7 @@ from mrcnn.data.shards import Sample  # noqa: E402
 from mrcnn.fileio import write_json_atomic  # noqa: E402
 from mrcnn.modeling.model import build_model  # noqa: E402
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule  # noqa: E402
+from pipeline.training.step import LossWindow, TrainStep  # noqa: E402
 
 logger = logging.getLogger("train_gpu")
 
@@ -217,6 +217,12 @@ def run(args) -> dict[str, Any]:
         pin_memory=cuda,
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.amp and cuda else nullcontext()
+    # The training loop's own step and loss window (pipeline/training/step.py): what is timed
+    # and probed for host syncs here is what `pipeline.train` runs.
+    step = TrainStep(
+        model, model, optimizer, scheduler, grad_clip=rec["grad_clip"], autocast=lambda: amp
+    )
+    window = LossWindow(device)
     model.train()
     batches = iter(loader)
     history: list[torch.Tensor] = []  # per-iteration loss terms, kept on the device
@@ -231,30 +237,21 @@ def run(args) -> dict[str, Any]:
             probe = sync if (sync is not None and it == args.sync_probe_iter) else nullcontext()
             with probe:
                 batch = next(batches).to(device, non_blocking=True)
-                with amp:
-                    losses = model(batch)
-                loss = model.total_loss(losses)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if rec["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), rec["grad_clip"])
-                optimizer.step()
-                scheduler.step()
-            names = [*losses, "loss"]
-            history.append(
-                torch.stack([*(v.detach().float() for v in losses.values()), loss.detach().float()])
-            )
+                terms, total = step([batch])
+                window.add(it, terms, total)
+            names = [*terms, "loss"]
+            history.append(torch.stack([*(v.float() for v in terms.values()), total.float()]))
             if args.sync_every_iter or (it + 1) % args.log_every == 0 or it + 1 == args.iters:
-                last = history[-1].tolist()  # the one host sync of a logged iteration
+                first_bad, bad, means = window.read(reset=True)  # the one host sync
                 logger.info(
                     "iter %d/%d loss %.4f (%.1f s)",
                     it + 1,
                     args.iters,
-                    last[-1],
+                    means["loss"],
                     time.perf_counter() - start,
                 )
-                if not math.isfinite(last[-1]):
-                    raise FloatingPointError(f"non-finite loss at iteration {it + 1}: {last}")
+                if first_bad is not None:
+                    raise FloatingPointError(f"non-finite loss at iteration {first_bad}: {bad}")
             if cuda and args.time_each_iter:
                 torch.cuda.synchronize()
             iter_ends.append(time.perf_counter())
