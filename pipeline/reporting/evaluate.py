@@ -6,6 +6,8 @@ complete one).
     pr_curve.png          precision / recall at IoU .50, .75 and .50:.95, mean over categories
     overlays.png          prediction next to ground truth for a few val images
     pr.csv                the curves as rows (`dvc plots`)
+    summary.json          per-category AP, images, detections, the score threshold used (the
+                          evaluate stage's; metrics/eval.json keeps COCOeval's six APs only)
     results.json          every detection in COCO results format (only when asked)
     steps/                the model step by step on a few val images (`draw_steps`)
     errors/ worst/ confusion/ errors.json image_errors.csv   the error analysis
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 PICTURES = ("per_category_ap.png", "pr_curve.png", "overlays.png")
 PR_FILE = "pr.csv"
+SUMMARY_FILE = "summary.json"  # per_category, num_images, num_detections, score_thresh
 STEPS_DIR = "steps"  # the model step by step on a few val images (`draw_steps`)
 RESULTS_FILE = "results.json"
 # An extra file of `write_reports`: a picture uint8 [H, W, 3] (PNG), text, or a function that

@@ -14,11 +14,13 @@ the stage still succeeds. With `train.ema_decay` the model holds the EMA of the 
 driver shows rank 0's progress as one live line.
 
 Writes the final model (`mrcnn.weights.save`: weights + config with the class map),
-`metrics/train.json` (metrics only: iterations, images seen, final loss, wall time, resumes;
+`metrics/train.json` (what experiments compare: iterations, images seen, final loss;
 `stopped`: iterations | early_stop | time_budget; `best_iteration`, `best_metric`,
-`best_value`, `kept` and `kept_iteration`: which checkpoint the model is), `metrics/train_run.json`
-(run name, MLflow run id, checkpoint) and `reports/train/`: `losses.{csv,png}` and
-`results.png` (losses, lr and validation AP over the iterations, the best marked).
+`best_value`, `kept` and `kept_iteration`: which checkpoint the model is),
+`metrics/train_run.json` (run name, MLflow run id, checkpoint, and what differs between two
+runs of one recipe: wall time over every attempt, attempts, resumes) and `reports/train/`:
+`losses.{csv,png}` and `results.png` (losses, lr and validation AP over the iterations, the
+best marked).
 """
 
 from __future__ import annotations
@@ -180,16 +182,16 @@ def _write_outputs(
         "iterations": int(latest["iteration"]),
         "images_seen": int(latest["iteration"]) * job.recipe.global_batch(),
         "final_loss": history[-1].get("loss") if history else None,
-        "wall_s": round(sum(a["wall_s"] for a in attempts), 1),  # over every attempt
-        "attempts": len(attempts),
-        "resumes": int(latest.get("resumes", 0)),  # continued from a checkpoint
     } | _selection(job, latest, kept, choice)
-    run_info = {
+    run_info = {  # what differs between two runs of the same recipe: not metrics to compare
         "run_name": job.name,
         "mlflow_run_id": job.mlflow_run_id,
         "checkpoint": str(choice.checkpoint.path),  # the one the model is made of
         "latest_checkpoint": str(result.checkpoint.path),
         "data_source": driver.data_source(job.train_set.manifest),
+        "wall_s": round(sum(a["wall_s"] for a in attempts), 1),  # over every attempt
+        "attempts": len(attempts),
+        "resumes": int(latest.get("resumes", 0)),  # continued from a checkpoint
     }
     extra = {"class_map": job.train_set.manifest.get("class_map", {}), "run_name": job.name}
 
@@ -200,7 +202,7 @@ def _write_outputs(
     _swap_in(paths, reports, lambda d: weights.save(model, d, extra, preset=job.preset))
     write_json_atomic(paths.metrics, metrics)
     write_json_atomic(paths.run_info, run_info)
-    _log_outcome(uri, job.mlflow_run_id, metrics, paths.reports)
+    _log_outcome(uri, job.mlflow_run_id, metrics | run_info, paths.reports)
     return metrics | run_info
 
 
