@@ -113,8 +113,9 @@ def run(params: Params, paths: TrainPaths) -> dict[str, Any]:
 def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     """The run to start or resume: model config from the shards' classes and size, the run
     name (`train.run_name`, by default `<data source>-<preset>`, plus a digest), the MLflow run
-    (found again beside a resumed Ray run, else new). Fails early on a missing shard set or an
-    unusable tracking store, and on any input file the run will need (`check_inputs`)."""
+    (found again beside a resumed Ray run, else new). Fails early, before the MLflow run is
+    opened, on a missing shard set, an unusable tracking store, any input file the run will
+    need (`check_inputs`) and a Ray cluster without the GPUs or CPUs asked for."""
     train_set = ShardDataset(storage.join(paths.shards, "train"))
     store.check_tracking_uri(paths.tracking.uri)
     manifest = train_set.manifest
@@ -132,6 +133,7 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
         recipe = replace(recipe, run_name=driver.default_run_label(manifest, params.preset))
     name = driver.run_name(recipe, cfg, manifest)
     run_dir = storage.join(driver.resolve(paths.storage), name)
+    driver.check_cluster(recipe)  # GPUs / CPUs it lacks: refused before an MLflow run exists
     t = paths.tracking
     run_id = driver.mlflow_run(
         run_dir, name, recipe, cfg, train_set, t.experiment, t.uri, t.artifact_location
