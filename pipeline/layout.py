@@ -31,7 +31,8 @@ MODEL = Path("models/final")
 EXPORT = Path("models/export")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_RUN = Path("metrics/train_run.json")  # not metrics: run name, MLflow run id, checkpoint
-EVAL_METRICS = Path("metrics/eval.json")
+EVAL_METRICS = Path("metrics/eval.json")  # COCOeval's AP only: what experiments compare
+EVAL_ERRORS = Path("metrics/eval_errors.json")  # TIDE's dAP per error type
 INSPECT_REPORTS = Path("reports/inspect")
 TRAIN_REPORTS = Path("reports/train")
 EVAL_REPORTS = Path("reports/evaluate")
@@ -46,6 +47,7 @@ DVC_VARS = {
     "train_metrics": TRAIN_METRICS,
     "train_run": TRAIN_RUN,
     "eval_metrics": EVAL_METRICS,
+    "eval_errors": EVAL_ERRORS,
     "inspect_reports": INSPECT_REPORTS,
     "train_reports": TRAIN_REPORTS,
     "eval_reports": EVAL_REPORTS,

@@ -39,7 +39,10 @@ unlabelled keypoints.
 
 Images that are not 8-bit RGB are converted, not skipped, and noted with a reason
 (`mrcnn.data.image_file.load_rgb`). Crowd annotations
-(`iscrowd=1`) never become training targets; their boxes are kept beside the sample.
+(`iscrowd=1`) never become training targets; their boxes are kept beside the sample, one per
+region: COCO writes an ignored region as one crowd annotation per category (COCOeval ignores
+only the detections of a crowd's own category), so the copies of one region (same geometry on
+the same image) are one box here and one region in every count (`count_annotations`).
 
 Boxes are computed from the masks (pycocotools `toBbox` on the RLE: tight, x2/y2 exclusive, the
 `boxes_from_masks` convention), never taken from the annotation's bbox.
@@ -50,6 +53,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +97,9 @@ class CocoSplit:
     categories: list[dict[str, Any]]
     skipped: list[Skip]
     num_images: int
-    num_annotations: int
+    num_annotations: int  # entries in the file, crowd copies included
+    num_instances: int = 0  # non-crowd annotations (`count_annotations`)
+    num_ignored_regions: int = 0  # crowd regions, each counted once
 
 
 @dataclass
@@ -175,7 +181,34 @@ def load_coco_split(ann_file: str | Path) -> CocoSplit:
         skipped=skipped,
         num_images=len(doc["images"]),
         num_annotations=len(doc["annotations"]),
+        **{f"num_{k}": v for k, v in count_annotations(doc["annotations"]).items()},
     )
+
+
+def count_annotations(annotations: Iterable[Any]) -> dict[str, int]:
+    """COCO annotations -> {"instances": non-crowd ones, "ignored_regions": crowd regions},
+    what a user is told. The crowd annotations of one image with the same geometry are one
+    region: an ignored region (labelme's `__ignore__`) is written as one crowd annotation per
+    category, since COCOeval ignores only the detections of a crowd's own category, so K
+    annotations stand for one region. Entries that are not mappings are not counted."""
+    instances, regions = 0, set()
+    for a in annotations:
+        if not isinstance(a, dict):
+            continue
+        if a.get("iscrowd"):
+            regions.add((repr(a.get("image_id")), _geometry_key(a)))
+        else:
+            instances += 1
+    return {"instances": instances, "ignored_regions": len(regions)}
+
+
+def _geometry_key(ann: dict[str, Any]) -> str:
+    """The segmentation (else the bbox) of an annotation as a canonical string."""
+    seg = ann.get("segmentation", ann.get("bbox"))
+    try:
+        return json.dumps(seg, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(seg)
 
 
 def validate_categories(categories: list[Any], where: str) -> list[dict[str, Any]]:
@@ -223,7 +256,8 @@ def decode_instances(record: ImageRecord, height: int, width: int) -> tuple[Inst
         x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
         box = [x, y, x + w, y + h]
         if ann.get("iscrowd"):
-            crowd.append(box)
+            if box not in crowd:  # one region's copies (one per category): one box
+                crowd.append(box)
         else:
             rles.append(rle)
             boxes.append(box)

@@ -258,7 +258,7 @@ def _finish(
         "skipped_images": group_reasons([s for s in skip_objs if s.reason in image_level]),
         "skipped_annotations": group_reasons([s for s in skip_objs if s.reason not in image_level]),
         "converted_images": dict(sorted(Counter(c["reason"] for c in converted).items())),
-        "crowd_annotations": sum(rec["crowd"] for rec in shard_records),
+        "ignored_regions": sum(rec["crowd"] for rec in shard_records),  # crowd, once per region
         "negatives_kept": sum(rec["negatives"] for rec in shard_records),
         "skipped": skipped,
         "converted": converted,
@@ -284,7 +284,7 @@ def _finish(
             "instances": sum(per_label.values()),
             "instances_per_class": {names[k]: per_label.get(k, 0) for k in range(1, len(names))},
             "negatives": report["negatives_kept"],
-            "crowd": report["crowd_annotations"],
+            "ignored_regions": report["ignored_regions"],
             "skipped_images": sum(report["skipped_images"].values()),
             "skipped_annotations": sum(report["skipped_annotations"].values()),
             "converted_images": len(converted),

@@ -26,6 +26,7 @@ from mrcnn.visualize.errors import (
 )
 from mrcnn.visualize.figures import (
     colors,
+    drawing_sizes,
     figure_to_array,
     label_font,
     new_figure,
@@ -49,6 +50,7 @@ __all__ = [
     "draw_instances",
     "draw_mini_mask_round_trip",
     "draw_pr_breakdown",
+    "drawing_sizes",
     "figure_to_array",
     "image_grid",
     "label_font",

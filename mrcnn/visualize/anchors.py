@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mrcnn.visualize.figures import colors, label_font
+from mrcnn.visualize.figures import colors, drawing_sizes, label_font
 
 POSITIVE, NEGATIVE, NEUTRAL = 1, 0, -1  # anchor labels (RPN targets, Faster R-CNN sec. 3.1.2)
 
@@ -27,12 +27,15 @@ def draw_anchors(
 
     anchors: float [A, 4] xyxy; anchor_labels: int [A] (1 positive, 0 negative, -1 neutral).
     Every positive is drawn (green); a random sample of negatives (red) and neutrals (blue)
-    keeps the picture readable. Ground-truth boxes, if given, are drawn in white.
+    keeps the picture readable. Ground-truth boxes, if given, are drawn in white, thicker. The
+    legend names every kind drawn, ground truth included; lines and text grow with the image
+    (`drawing_sizes`).
     """
     rng = np.random.default_rng(seed)
     labels = np.asarray(anchor_labels)
     pil = Image.fromarray(np.array(image, dtype=np.uint8, copy=True))
     draw = ImageDraw.Draw(pil)
+    unit, size = drawing_sizes(pil.size[1], pil.size[0])
     picks = [
         ("negative", NEGATIVE, max_negative, (230, 60, 60), 1),
         ("neutral", NEUTRAL, max_neutral, (70, 150, 255), 1),
@@ -48,18 +51,21 @@ def draw_anchors(
             draw.rectangle(
                 [float(a[0]), float(a[1]), float(a[2]) - 1, float(a[3]) - 1],
                 outline=colour,
-                width=width,
+                width=width * unit,
             )
         legend.append(
             (f"{name}: {total}" + (f" ({len(idx)} shown)" if len(idx) < total else ""), colour)
         )
-    for b in np.asarray(gt_boxes if gt_boxes is not None else np.zeros((0, 4))):
+    gt = np.asarray(gt_boxes if gt_boxes is not None else np.zeros((0, 4))).reshape(-1, 4)
+    for b in gt:
         draw.rectangle(
             [float(b[0]), float(b[1]), float(b[2]) - 1, float(b[3]) - 1],
             outline=(255, 255, 255),
-            width=2,
+            width=3 * unit,
         )
-    font = label_font(max(10, min(pil.size) // 40))
+    if gt_boxes is not None:
+        legend.append((f"ground truth: {len(gt)}", (255, 255, 255)))
+    font = label_font(size)
     line = draw.textbbox((0, 0), "Ag", font=font)[3] + 3
     for k, (text, colour) in enumerate(legend):
         pos = (3, 3 + k * line)
@@ -88,7 +94,8 @@ def draw_anchors_per_level(
     h, w = image.shape[:2]
     pil = Image.fromarray(np.array(image, dtype=np.uint8, copy=True))
     draw = ImageDraw.Draw(pil)
-    font = label_font(max(10, min(h, w) // 40))
+    unit, size = drawing_sizes(h, w)
+    font = label_font(size)
     palette = colors(len(counts))
     line = draw.textbbox((0, 0), "Ag", font=font)[3] + 3
     legend: list[tuple[str, tuple[int, ...]]] = []
@@ -104,9 +111,10 @@ def draw_anchors_per_level(
         pick = rng.choice(inside, min(per_level, len(inside)), replace=False)
         c = tuple(int(v) for v in palette[level])
         for a in level_anchors[np.sort(pick)]:
-            draw.rectangle([float(a[0]), float(a[1]), float(a[2]) - 1, float(a[3]) - 1], outline=c)
-            mx, my = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2
-            draw.ellipse([mx - 1.5, my - 1.5, mx + 1.5, my + 1.5], fill=c)
+            box = [float(a[0]), float(a[1]), float(a[2]) - 1, float(a[3]) - 1]
+            draw.rectangle(box, outline=c, width=unit)
+            mx, my, r = (a[0] + a[2]) / 2, (a[1] + a[3]) / 2, 1.5 * unit
+            draw.ellipse([mx - r, my - r, mx + r, my + r], fill=c)
         if sizes is not None:
             side = float(sizes[level])
         else:

@@ -27,6 +27,15 @@ def zoom(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
+def drawing_sizes(h: int, w: int) -> tuple[int, int]:
+    """(line width, font size) in px for boxes and captions drawn on an h x w image: they keep
+    their share of the picture, so a 4000 x 3000 photo gets 6 px lines and 75 px captions
+    (1 px lines vanish when it is shown scaled down) and a 128 px thumbnail 1 px and 10 px
+    (enlarge small images first, `zoom`, for captions that do not cover them)."""
+    side = min(h, w)
+    return max(1, round(side / 500)), max(10, side // 40)
+
+
 def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)

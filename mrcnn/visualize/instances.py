@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from mrcnn.data.minimask import expand_mini_masks
-from mrcnn.visualize.figures import colors, figure_to_array, label_font
+from mrcnn.visualize.figures import colors, drawing_sizes, figure_to_array, label_font
 
 
 def draw_instances(
@@ -65,7 +65,8 @@ def draw_instances(
         return out
     pil = Image.fromarray(out)
     draw = ImageDraw.Draw(pil)
-    font = label_font(max(10, min(out.shape[:2]) // 40))
+    width, size = drawing_sizes(*out.shape[:2])  # both grow with the image
+    font = label_font(size)
     radius = max(1.5, min(out.shape[:2]) / 200)
     for i in range(n):
         c = tuple(int(v) for v in palette[i])
@@ -76,14 +77,14 @@ def draw_instances(
                     draw.ellipse(dot, fill=c, outline=(0, 0, 0))
         if boxes is not None:
             x1, y1, x2, y2 = (float(v) for v in boxes[i])
-            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=c, width=1)
+            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=c, width=width)
     for i in range(n):  # captions after every box, so that no box line crosses a caption
         c = tuple(int(v) for v in palette[i])
         if not show_text or (labels is None and scores is None):
             continue
         text = _caption(i, labels, class_names, scores)
         if boxes is not None:
-            anchor = (float(boxes[i][0]) + 1, float(boxes[i][1]) + 1)
+            anchor = (float(boxes[i][0]) + width, float(boxes[i][1]) + width)
         else:
             ys, xs = np.nonzero(masks[i])
             anchor = (float(xs.min()) if len(xs) else 0.0, float(ys.min()) if len(ys) else 0.0)

@@ -1,7 +1,10 @@
 """A trained model, step by step (after matterport's `inspect_model` notebook).
 
 Each picture draws the model's own intermediate outputs (`MaskRCNN.inference_steps`) on the
-padded input image of one batch slot, with the counts and shapes of what it shows in its titles:
+padded input image of one batch slot, with the counts and shapes of what it shows in its titles
+(the shapes of that image's slice: `boxes (20, 4)` is D = 20 slots of 4 coordinates, whatever the
+batch size). Small inputs (the 128 px of the shapes model) are enlarged before anything is drawn
+on them, so captions keep their size relative to the panel:
 
 1. `draw_rpn_steps`: the anchors the RPN scores highest (dotted) and the same anchors refined
    by their predicted deltas (solid; the proposal layer's own `box_coder.decode`), then the
@@ -34,14 +37,29 @@ from mrcnn.layers import box_coder
 from mrcnn.layers.matcher import batched_iou
 from mrcnn.modeling.targets import mask_targets_from_mini_masks
 from mrcnn.structures import Batch, InferenceSteps
-from mrcnn.visualize.figures import colors, figure_to_array, new_figure
+from mrcnn.visualize.figures import colors, figure_to_array, new_figure, zoom
 from mrcnn.visualize.instances import draw_instances
 
 SHOWN = 40  # boxes drawn at most per panel (the titles give the full counts)
+DRAWN_SIZE = 512  # px: smaller inputs are enlarged (an integer factor) before drawing on them
 
 
 def _image(batch: Batch, i: int) -> np.ndarray:
     return batch.images[i].permute(1, 2, 0).cpu().numpy()
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _instances(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None = None, **kw):
+    """`draw_instances` on `image` enlarged to about `DRAWN_SIZE` (boxes and masks with it),
+    so that its captions are sized for the panel -> the enlarged picture (`_panel` shows it in
+    the input's pixel frame)."""
+    f = max(1, DRAWN_SIZE // max(image.shape[:2]))
+    if masks is not None and f > 1:
+        masks = masks.repeat(f, axis=1).repeat(f, axis=2)
+    return draw_instances(zoom(image, f), boxes * f, masks, **kw)
 
 
 def _boxes(ax: Axes, boxes: np.ndarray, palette: np.ndarray, style: str = "-") -> None:
@@ -50,8 +68,11 @@ def _boxes(ax: Axes, boxes: np.ndarray, palette: np.ndarray, style: str = "-") -
         ax.add_patch(rect)
 
 
-def _panel(ax: Axes, image: np.ndarray, title: str) -> None:
-    ax.imshow(image)
+def _panel(ax: Axes, image: np.ndarray, title: str, size: tuple[int, int] | None = None) -> None:
+    """`image` (drawn on at `size` (h, w) enlarged, when given) in the input's pixel frame, so
+    that boxes added with `_boxes` land where they belong."""
+    h, w = size or image.shape[:2]
+    ax.imshow(image, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()
 
@@ -73,8 +94,8 @@ def draw_rpn_steps(batch: Batch, steps: InferenceSteps, i: int = 0, top: int = 2
         ax1,
         image,
         f"top {k} of {a} anchors by RPN objectness (dotted)\n"
-        f"refined by their deltas (solid); anchors {tuple(steps.anchors.shape)}, "
-        f"objectness {tuple(steps.objectness.shape)}",
+        f"refined by their deltas (solid); anchors {_shape(steps.anchors)}, "
+        f"objectness {_shape(steps.objectness[i])}",
     )
     palette = colors(k)
     _boxes(ax1, anchors.cpu().numpy(), palette, ":")
@@ -84,7 +105,7 @@ def draw_rpn_steps(batch: Batch, steps: InferenceSteps, i: int = 0, top: int = 2
         ax2,
         image,
         f"proposals after NMS: {int(valid.sum())} valid of R = {r} slots\n"
-        f"(best {len(proposals)} drawn); proposals {tuple(steps.proposals.shape)}",
+        f"(best {len(proposals)} drawn); proposals {_shape(steps.proposals[i])}",
     )
     _boxes(ax2, proposals, colors(len(proposals)))
     return figure_to_array(fig)
@@ -109,7 +130,7 @@ def draw_detection_steps(
     fig = new_figure(10, 5.4)
     ax1, ax2 = fig.subplots(1, 2)
     n_cand = steps.candidate_boxes.shape[1]
-    before = draw_instances(
+    before = _instances(
         image,
         steps.candidate_boxes[i][shown].cpu().numpy(),
         labels=labels,
@@ -122,8 +143,9 @@ def draw_detection_steps(
         before,
         f"before NMS: {int(ok.sum())} (proposal, class) candidates with score{thresh}\n"
         f"of {n_cand} = R x (K-1) (best {len(shown)} drawn)",
+        image.shape[:2],
     )
-    after = draw_instances(
+    after = _instances(
         image,
         det.boxes[i][keep].cpu().numpy(),
         labels=det.labels[i][keep].cpu().numpy(),
@@ -134,7 +156,8 @@ def draw_detection_steps(
         ax2,
         after,
         f"after per-class NMS and top D: {int(keep.sum())} detections\n"
-        f"boxes {tuple(det.boxes.shape)}, D = {det.boxes.shape[1]} slots",
+        f"boxes {_shape(det.boxes[i])}, D = {det.boxes.shape[1]} slots",
+        image.shape[:2],
     )
     return figure_to_array(fig)
 
@@ -209,13 +232,16 @@ def draw_mask_steps(
         else:
             _mask_panel(ax, np.zeros((m, m), bool), f"no target\n(box IoU {float(box_iou[j]):.2f})")
     ax = fig.add_subplot(grid[:, max(n, 1) :])
-    pasted = draw_instances(image, boxes.cpu().numpy(), masks, labels, class_names, show_text=False)
+    pasted = _instances(
+        image, boxes.cpu().numpy(), masks, labels=labels, class_names=class_names, show_text=False
+    )
     _panel(
         ax,
         pasted,
         f"{n} of {int(keep.sum())} masks pasted at their boxes\n"
-        f"mask_probs {tuple(det.mask_probs.shape)} ({m} x {m}) -> {image.shape[0]} x "
+        f"mask_probs {_shape(det.mask_probs[i])} ({m} x {m}) -> {image.shape[0]} x "
         f"{image.shape[1]}",
+        image.shape[:2],
     )
     if n:
         what = (

@@ -49,7 +49,7 @@ from typing import Any
 
 import pycocotools.mask as mask_utils
 
-from mrcnn.data.coco import Skip, group_reasons
+from mrcnn.data.coco import Skip, count_annotations, group_reasons
 from mrcnn.data.image_file import ImageReadError
 from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.data.segmentation import (
@@ -215,8 +215,11 @@ class CocoBuilder:
     def add_ignore_region(
         self, handle: int, polygons: list[list[float]], file_name: str = ""
     ) -> None:
-        """An ignored region (`__ignore__`): one crowd annotation per category, so COCOeval
-        ignores detections of any class there and training never treats it as background."""
+        """An ignored region (`__ignore__`, of no class): one crowd annotation per category,
+        since COCOeval ignores only the detections of a crowd annotation's own category; so
+        detections of any class there are ignored. Every count a user sees (`write`'s summary,
+        the download stage, the shards' manifest, the overlays) takes the copies as one region
+        (`mrcnn.data.coco.count_annotations`)."""
         checked = self._checked(handle, polygons, file_name)
         for cid in range(1, len(self.categories) + 1) if checked is not None else ():
             self._append(handle, cid, *checked, iscrowd=True)
@@ -316,11 +319,7 @@ class CocoBuilder:
                 "categories": categories,
             }
             write_json_atomic(annotation_file(tmp, split), doc, indent=None)
-            summary["splits"][split] = {
-                "images": len(images),
-                "instances": sum(1 for a in anns if not a["iscrowd"]),
-                "ignored_regions": sum(1 for a in anns if a["iscrowd"]),
-            }
+            summary["splits"][split] = {"images": len(images), **count_annotations(anns)}
         summary["categories"] = self.categories
         summary["skipped"] = group_reasons(self.skipped)
         report = {**summary, "records": [s.to_dict() for s in self.skipped]}
@@ -334,14 +333,15 @@ class CocoBuilder:
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-        logger.info("%s", summary_line(summary, out))
         return summary
 
 
 def summary_line(summary: dict[str, Any], out: Path) -> str:
-    """One line: what was converted and what was left out, and where the report is."""
+    """One line: what was converted and what was left out, and where the report is (`out`: the
+    folder where it will be read, which a caller writing to a temporary folder names)."""
     parts = [
         f"{s} {c['images']} images / {c['instances']} instances"
+        + (f" / {plural(c['ignored_regions'], 'ignored region')}" if c["ignored_regions"] else "")
         for s, c in summary["splits"].items()
     ]
     skipped = summary["skipped"]
@@ -355,6 +355,11 @@ def summary_line(summary: dict[str, Any], out: Path) -> str:
         else "; nothing left out"
     )
     return f"{summary['format']} {summary['source']} -> {out}: " + ", ".join(parts) + left
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 ignored region', '2 ignored regions'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def split_for(keys: list[str], val_fraction: float) -> set[str]:

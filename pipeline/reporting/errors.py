@@ -3,7 +3,8 @@ segm (keypoints are not typed), from `mrcnn.evaluation`'s analyses (docs/evaluat
 analysis"), and the files it leaves under reports/evaluate/.
 
     analysis = analyze_errors(coco_gt, results, ("bbox", "segm"), image_ids, confusion_thresh=0.3)
-    metrics["errors"] = analysis.summary()   # eval.json: {"bbox": {"AP50", "dAP", "fp", "fn"}, ..}
+    write_json(errors_file, analysis.summary())   # metrics/eval_errors.json: {"bbox": {"AP50",
+                                                  #   "dAP", "fp", "fn"}, "segm": ...}
     for line in analysis.lines(): log.info(line)           # the breakdown and what to try
     files = error_files(analysis, dataset, coco_gt, results, num_images=8)
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANALYSED = ("bbox", "segm")  # what TIDE's typing takes (`mrcnn.evaluation.error_types`)
-SUMMARY_KEYS = ("AP50", "dAP", "fp", "fn")  # what eval.json keeps of a breakdown
+SUMMARY_KEYS = ("AP50", "dAP", "fp", "fn")  # what metrics/eval_errors.json keeps of a breakdown
 IMAGE_COLUMNS = ("weighted", "tp", "cls", "loc", "both", "dupe", "bkg", "ignored", "miss", "gt")
 FOLDERS = ("errors/", "confusion/", "worst/")  # dvc.yaml declares them as plots
 MAX_DRAWN = 30  # detections drawn per worst image, best scores first
@@ -90,7 +91,7 @@ class ErrorAnalysis:
         return "segm" if "segm" in self.types else next(iter(self.types), "bbox")
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """eval.json's `errors`: per IoU type AP50, dAP per error type, fp, fn (AP points)."""
+        """metrics/eval_errors.json: per IoU type AP50, dAP per error type, fp, fn (AP points)."""
         return {
             t: {k: dict(b[k]) if k == "dAP" else b[k] for k in SUMMARY_KEYS}
             for t, b in self.breakdowns.items()

@@ -6,6 +6,8 @@ complete one).
     pr_curve.png          precision / recall at IoU .50, .75 and .50:.95, mean over categories
     overlays.png          prediction next to ground truth for a few val images
     pr.csv                the curves as rows (`dvc plots`)
+    summary.json          per-category AP, images, detections, the score threshold used (the
+                          evaluate stage's; metrics/eval.json keeps COCOeval's six APs only)
     results.json          every detection in COCO results format (only when asked)
     steps/                the model step by step on a few val images (`draw_steps`)
     errors/ worst/ confusion/ errors.json image_errors.csv   the error analysis
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 PICTURES = ("per_category_ap.png", "pr_curve.png", "overlays.png")
 PR_FILE = "pr.csv"
+SUMMARY_FILE = "summary.json"  # per_category, num_images, num_detections, score_thresh
 STEPS_DIR = "steps"  # the model step by step on a few val images (`draw_steps`)
 RESULTS_FILE = "results.json"
 # An extra file of `write_reports`: a picture uint8 [H, W, 3] (PNG), text, or a function that
@@ -93,20 +96,31 @@ def draw_overlays(
         shown = found[:OVERLAY_MAX_DETECTIONS]
         pred = draw_predictions(big, factor, shown, labels_of, names, keypoint_thresh)
         anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[x.image_id]))
-        gt_masks = np.array([coco_gt.annToMask(a) for a in anns], bool).reshape(-1, h, w)
-        gt_boxes = np.array([_xyxy(a["bbox"]) for a in anns], np.float32).reshape(-1, 4)
+        objects = [a for a in anns if not a.get("iscrowd")]
+        regions = list({tuple(_xyxy(a["bbox"])): a for a in anns if a.get("iscrowd")}.values())
+        big_gt = big
+        if regions:  # ignored regions (one per region, not per category), grey, unlabelled
+            masks = np.array([coco_gt.annToMask(a) for a in regions], bool).reshape(-1, h, w)
+            big_gt = vis.draw_instances(
+                big,
+                masks=_zoom_masks(masks, factor),
+                instance_colors=np.full((len(regions), 3), 128, np.uint8),
+                show_text=False,
+            )
+        gt_masks = np.array([coco_gt.annToMask(a) for a in objects], bool).reshape(-1, h, w)
+        gt_boxes = np.array([_xyxy(a["bbox"]) for a in objects], np.float32).reshape(-1, 4)
         gt = vis.draw_instances(
-            big,
+            big_gt,
             gt_boxes * factor,
             _zoom_masks(gt_masks, factor),
-            [labels_of.get(int(a["category_id"]), 0) for a in anns],
+            [labels_of.get(int(a["category_id"]), 0) for a in objects],
             names,
-            keypoints=_keypoints(anns, factor),
+            keypoints=_keypoints(objects, factor),
         )
         more = f", {len(shown)} drawn" if len(found) > len(shown) else ""
         titles = (
             f"image {x.image_id}: {len(found)} detections{more}",
-            f"ground truth: {len(anns)} instances",
+            ground_truth_title(anns),
         )
         for j, (picture, title) in enumerate(zip((pred, gt), titles, strict=True)):
             ax = fig.add_subplot(rows, cols, 2 * k + j + 1)
@@ -115,6 +129,17 @@ def draw_overlays(
             ax.set_axis_off()
     fig.tight_layout()
     return vis.figure_to_array(fig)
+
+
+def ground_truth_title(anns: Sequence[Mapping[str, Any]]) -> str:
+    """'ground truth: 6 instances, 1 ignored region' for one image's annotations: crowd
+    annotations are ignored regions, the per-category copies of one counted once."""
+    from mrcnn.data.coco import count_annotations
+
+    c = count_annotations(anns)
+    regions = c["ignored_regions"]
+    more = f", {regions} ignored region{'s' if regions != 1 else ''}" if regions else ""
+    return f"ground truth: {c['instances']} instances{more}"
 
 
 def draw_predictions(

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import shapes
+from mrcnn.data.coco import count_annotations
 from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.fileio import write_json_atomic
 from pipeline import cli, formats, layout
 from pipeline.fetch import RemoteFile, download_file, extract_zip
+from pipeline.formats.builder import summary_line
 from pipeline.paramfile import to_dict
 from pipeline.params import DataParams, Params, load
 
@@ -62,7 +64,7 @@ class DownloadPaths:
 
 def run(params: Params, paths: DownloadPaths) -> dict[str, Any]:
     """Materialise `<paths.out>/<data.source>` (the splits of `data.splits`) -> summary (per
-    split: images, annotations)."""
+    split: images, instances, ignored regions)."""
     data = params.data
     splits = tuple(data.splits)
     if not splits or not set(splits) <= set(SPLITS):
@@ -78,13 +80,14 @@ def run(params: Params, paths: DownloadPaths) -> dict[str, Any]:
 
 
 def summarize(source: str, target: Path, splits: tuple[str, ...]) -> dict[str, Any]:
-    """What a downloaded folder holds: per split, images and annotations."""
+    """What a downloaded folder holds: per split, images, instances and ignored regions (crowd
+    annotations, the copies of one region counted once: `count_annotations`)."""
     summary: dict[str, Any] = {"source": source, "root": str(target), "splits": {}}
     for split in splits:
         ann = json.loads(annotation_file(target, split).read_text())
         summary["splits"][split] = {
             "images": len(ann["images"]),
-            "annotations": len(ann["annotations"]),
+            **count_annotations(ann["annotations"]),
         }
     return summary
 
@@ -174,6 +177,7 @@ def _local(params: DataParams, target: Path, splits: tuple[str, ...]) -> None:
     tmp = target.with_name(f".{target.name}.converting")
     summary = formats.convert(src, tmp, params.local_format, val_fraction=params.val_fraction)
     _commit(tmp, target, {**stamp, "format": summary["format"], "splits": list(splits)})
+    logger.info("%s", summary_line(summary, target))  # the report where it is now, not in tmp
 
 
 def _fingerprint(src: Path) -> list[int]:

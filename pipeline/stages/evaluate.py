@@ -11,13 +11,15 @@ on the val shards.
 3. The error analysis of bbox and segm (`pipeline.reporting.errors`): TIDE's error types and
    what each costs (dAP), the confusion matrix, COCO analyze()'s PR breakdown, the images with
    the most weighted errors; the log says what to try against the costliest error types.
-4. Writes `metrics/eval.json`: `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
+4. Writes `metrics/eval.json`: exactly `{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"},
    "segm": {...}}` straight from `COCOeval.stats` (COCO writes -1 where an area range has no
-   ground truth), plus `errors` (`{"bbox": {"AP50", "dAP": {"cls", "loc", "both", "dupe",
-   "bkg", "miss"}, "fp", "fn"}, "segm": ...}`, TIDE's AP points 0..100), `per_category`,
-   `num_images`, `num_detections`, `score_thresh`; a keypoint model adds `"keypoints": {"AP",
-   "AP50", "AP75", "APm", "APl"}` (OKS with `evaluate.oks_sigmas`; no error analysis), a model
-   without a mask head has no "segm".
+   ground truth; a keypoint model adds `"keypoints": {"AP", "AP50", "AP75", "APm", "APl"}`, OKS
+   with `evaluate.oks_sigmas`; a model without a mask head has no "segm"): what `dvc metrics
+   diff` and `dvc exp show` compare. Beside it `metrics/eval_errors.json`, the error analysis'
+   numbers, also compared by DVC: `{"bbox": {"AP50", "dAP": {"cls", "loc", "both", "dupe",
+   "bkg", "miss"}, "fp", "fn"}, "segm": ...}` (TIDE's AP points 0..100; keypoints are not
+   typed). The rest goes to `reports/evaluate/summary.json`: `per_category` AP, `num_images`,
+   `num_detections`, `score_thresh`.
 5. Writes `reports/evaluate/` (`pipeline.reporting.evaluate`; `steps/`: the model step by
    step on `evaluate.num_step_images` val images, `mrcnn.visualize.steps`; the error analysis'
    files) and logs the numbers and pictures into the training's MLflow run
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import os
 import time
@@ -47,6 +50,7 @@ from pipeline.paramfile import worker_processes
 from pipeline.params import EvaluateParams, Params, load
 from pipeline.reporting.errors import ErrorAnalysis, analyze_errors, error_files
 from pipeline.reporting.evaluate import (
+    SUMMARY_FILE,
     draw_overlays,
     draw_steps,
     overlay_indices,
@@ -56,6 +60,8 @@ from pipeline.tracking import runs, store
 from pipeline.tracking.store import Tracking, TrackingError
 
 log = logging.getLogger(__name__)
+
+ERRORS_FILE = "eval_errors.json"  # default name of the error numbers, beside eval.json
 
 
 class EvaluateError(ValueError):
@@ -70,14 +76,20 @@ class EvaluatePaths:
     shards_dir: Path  # the val split folder
     annotations: Path  # original COCO instances_val.json
     train_run: Path  # train_run.json: the MLflow run to log into
-    metrics_out: Path
+    metrics_out: Path  # eval.json
     reports_dir: Path
     tracking: Tracking | None = None  # the MLflow store; None: nothing is logged
+    errors_out: Path | None = None  # eval_errors.json; None: beside metrics_out
+
+    @property
+    def errors_file(self) -> Path:
+        return self.errors_out or self.metrics_out.with_name(ERRORS_FILE)
 
 
 def run(params: Params, paths: EvaluatePaths) -> dict[str, Any]:
-    """Detect, evaluate (`evaluate` section), write `metrics/eval.json` and `reports/evaluate/`,
-    log to MLflow (unless `paths.tracking` is None) -> what eval.json holds."""
+    """Detect, evaluate (`evaluate` section), write `metrics/eval.json`,
+    `metrics/eval_errors.json` and `reports/evaluate/`, log to MLflow (unless `paths.tracking`
+    is None) -> eval.json's sections, `errors` (eval_errors.json) and summary.json's keys."""
     p = params.evaluate
     model, dataset, category_ids = load_inputs(paths, p)
     coco_gt = ground_truth(paths.annotations, dataset)
@@ -86,9 +98,7 @@ def run(params: Params, paths: EvaluatePaths) -> dict[str, Any]:
     errors, error_reports = explain_errors(
         model, dataset, coco_gt, results, tuple(scores.metrics), n, p
     )
-    metrics: dict[str, Any] = {
-        **scores.metrics,
-        "errors": errors.summary(),
+    summary = {
         "per_category": scores.per_category,
         "num_images": n,
         "num_detections": len(results),
@@ -104,14 +114,17 @@ def run(params: Params, paths: EvaluatePaths) -> dict[str, Any]:
     )
     steps = draw_steps(model, dataset, overlay_indices(n, p.num_step_images))
     kept = results if p.write_results else None
-    write_reports(paths.reports_dir, scores, overlays, kept, steps, extra=error_reports)
-    write_json_atomic(paths.metrics_out, metrics)
-    log.info("wrote %s and %s/", paths.metrics_out, paths.reports_dir)
+    extra = {SUMMARY_FILE: json.dumps(summary, indent=1) + "\n", **error_reports}
+    write_reports(paths.reports_dir, scores, overlays, kept, steps, extra=extra)
+    write_json_atomic(paths.metrics_out, scores.metrics)
+    write_json_atomic(paths.errors_file, errors.summary())
+    log.info("wrote %s, %s and %s/", paths.metrics_out, paths.errors_file, paths.reports_dir)
+    metrics: dict[str, Any] = {**scores.metrics, "errors": errors.summary(), **summary}
     if paths.tracking is not None:
         t = paths.tracking
         runs.log_evaluation(
             paths.train_run,
-            paths.metrics_out,
+            (paths.metrics_out, paths.errors_file),
             paths.reports_dir,
             metrics,
             p,
@@ -282,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", type=Path, default=layout.MODEL)
     ap.add_argument("--train-run", type=Path, default=layout.TRAIN_RUN)
     ap.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
+    ap.add_argument("--errors", type=Path, default=layout.EVAL_ERRORS, help="TIDE's numbers")
     ap.add_argument("--reports", type=Path, default=layout.EVAL_REPORTS)
     return ap
 
@@ -303,6 +317,7 @@ def inputs(args: argparse.Namespace) -> tuple[Params, EvaluatePaths]:
         metrics_out=layout.under(root, args.metrics),
         reports_dir=layout.under(root, args.reports),
         tracking=tracking,
+        errors_out=layout.under(root, args.errors),
     )
 
 

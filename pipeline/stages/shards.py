@@ -5,7 +5,9 @@ Every split present in the raw folder is resized and padded (`shards.image_size`
 (`shards.mini_mask_shape`), its category ids mapped to contiguous labels 1..K (one class map for
 all splits, recorded in each manifest), and written as tar shards with an index, a manifest and
 a report of every skipped record. Uses all cores by default (`shards.num_workers: -1`); an
-interrupted run resumes.
+interrupted run resumes. Prints one line per split (images, instances, ignored regions, what was
+left out); the counts are in each split's manifest.json, every record left out in its
+report.json.
 
 `--out s3://bucket/prefix` (any fsspec URL) builds each split in a local staging folder (one per
 URL under the system temp dir, so an interrupted build resumes there too), then uploads it with
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import logging
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +35,11 @@ from typing import Any
 from mrcnn.data import storage
 from mrcnn.data.coco import class_map, load_coco_split
 from mrcnn.data.layout import SPLITS, annotation_file, image_dir
-from mrcnn.data.shards import GROUND_TRUTH
+from mrcnn.data.shards import GROUND_TRUTH, REPORT
 from mrcnn.data.writer import build_split
 from mrcnn.fileio import file_digest
 from pipeline import cli, layout
+from pipeline.formats.builder import plural
 from pipeline.paramfile import to_dict, worker_processes
 from pipeline.params import Params, ShardsParams, load
 
@@ -110,7 +114,11 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
             "annotations_sha256": file_digest(ann_files[split]),
             "images": str(image_dir(raw_dir, split)),
         }
-        counts = {"images": parsed[split].num_images, "annotations": parsed[split].num_annotations}
+        counts = {  # the raw file's, as `count_annotations` tells them (an ignored region once)
+            "images": parsed[split].num_images,
+            "instances": parsed[split].num_instances,
+            "ignored_regions": parsed[split].num_ignored_regions,
+        }
         manifest = build_split(
             parsed[split].records,
             image_dir(raw_dir, split),
@@ -126,9 +134,37 @@ def _build(params: ShardsParams, raw_dir: Path, out_dir: Path) -> dict[str, Any]
     return summary
 
 
+def summary_lines(summary: dict[str, Any], out: Path | str) -> list[str]:
+    """One line per split of `run`'s counts (the manifests and reports hold the rest)."""
+    lines = []
+    for split, c in summary.items():
+        left = c["skipped_images"] + c["skipped_annotations"]
+        where = storage.join(str(out), split)
+        lines.append(
+            f"{split}: {c['images']} images, {c['instances']} instances, "
+            f"{plural(c['ignored_regions'], 'ignored region')}"
+            + (f", {c['negatives']} without objects" if c["negatives"] else "")
+            + (
+                f"; left out {c['skipped_images']} images, {c['skipped_annotations']} "
+                f"annotations ({where}/{REPORT})"
+                if left
+                else "; nothing left out"
+            )
+            + f" -> {where}"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    cli.run_main(args, lambda: cli.show(run(*inputs(args))))
+
+    def body() -> dict[str, Any]:
+        params, paths = inputs(args)
+        summary = run(params, paths)
+        sys.stdout.write("".join(line + "\n" for line in summary_lines(summary, paths.out)))
+        return summary
+
+    cli.run_main(args, body)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,11 +14,13 @@ the stage still succeeds. With `train.ema_decay` the model holds the EMA of the 
 driver shows rank 0's progress as one live line.
 
 Writes the final model (`mrcnn.weights.save`: weights + config with the class map),
-`metrics/train.json` (metrics only: iterations, images seen, final loss, wall time, resumes;
+`metrics/train.json` (what experiments compare: iterations, images seen, final loss;
 `stopped`: iterations | early_stop | time_budget; `best_iteration`, `best_metric`,
-`best_value`, `kept` and `kept_iteration`: which checkpoint the model is), `metrics/train_run.json`
-(run name, MLflow run id, checkpoint) and `reports/train/`: `losses.{csv,png}` and
-`results.png` (losses, lr and validation AP over the iterations, the best marked).
+`best_value`, `kept` and `kept_iteration`: which checkpoint the model is),
+`metrics/train_run.json` (run name, MLflow run id, checkpoint, and what differs between two
+runs of one recipe: wall time over every attempt, attempts, resumes) and `reports/train/`:
+`losses.{csv,png}` and `results.png` (losses, lr and validation AP over the iterations, the
+best marked).
 """
 
 from __future__ import annotations
@@ -111,8 +113,9 @@ def run(params: Params, paths: TrainPaths) -> dict[str, Any]:
 def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     """The run to start or resume: model config from the shards' classes and size, the run
     name (`train.run_name`, by default `<data source>-<preset>`, plus a digest), the MLflow run
-    (found again beside a resumed Ray run, else new). Fails early on a missing shard set or an
-    unusable tracking store, and on any input file the run will need (`check_inputs`)."""
+    (found again beside a resumed Ray run, else new). Fails early, before the MLflow run is
+    opened, on a missing shard set, an unusable tracking store, any input file the run will
+    need (`check_inputs`) and a Ray cluster without the GPUs or CPUs asked for."""
     train_set = ShardDataset(storage.join(paths.shards, "train"))
     store.check_tracking_uri(paths.tracking.uri)
     manifest = train_set.manifest
@@ -130,6 +133,7 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
         recipe = replace(recipe, run_name=driver.default_run_label(manifest, params.preset))
     name = driver.run_name(recipe, cfg, manifest)
     run_dir = storage.join(driver.resolve(paths.storage), name)
+    driver.check_cluster(recipe)  # GPUs / CPUs it lacks: refused before an MLflow run exists
     t = paths.tracking
     run_id = driver.mlflow_run(
         run_dir, name, recipe, cfg, train_set, t.experiment, t.uri, t.artifact_location
@@ -180,16 +184,16 @@ def _write_outputs(
         "iterations": int(latest["iteration"]),
         "images_seen": int(latest["iteration"]) * job.recipe.global_batch(),
         "final_loss": history[-1].get("loss") if history else None,
-        "wall_s": round(sum(a["wall_s"] for a in attempts), 1),  # over every attempt
-        "attempts": len(attempts),
-        "resumes": int(latest.get("resumes", 0)),  # continued from a checkpoint
     } | _selection(job, latest, kept, choice)
-    run_info = {
+    run_info = {  # what differs between two runs of the same recipe: not metrics to compare
         "run_name": job.name,
         "mlflow_run_id": job.mlflow_run_id,
         "checkpoint": str(choice.checkpoint.path),  # the one the model is made of
         "latest_checkpoint": str(result.checkpoint.path),
         "data_source": driver.data_source(job.train_set.manifest),
+        "wall_s": round(sum(a["wall_s"] for a in attempts), 1),  # over every attempt
+        "attempts": len(attempts),
+        "resumes": int(latest.get("resumes", 0)),  # continued from a checkpoint
     }
     extra = {"class_map": job.train_set.manifest.get("class_map", {}), "run_name": job.name}
 
@@ -200,7 +204,7 @@ def _write_outputs(
     _swap_in(paths, reports, lambda d: weights.save(model, d, extra, preset=job.preset))
     write_json_atomic(paths.metrics, metrics)
     write_json_atomic(paths.run_info, run_info)
-    _log_outcome(uri, job.mlflow_run_id, metrics, paths.reports)
+    _log_outcome(uri, job.mlflow_run_id, metrics | run_info, paths.reports)
     return metrics | run_info
 
 

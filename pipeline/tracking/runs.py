@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ ARTIFACT_PATH = "evaluate"
 
 
 def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """eval.json -> MLflow metrics: `eval/bbox_AP`, ..., `eval/segm_APl`, the error breakdown
-    `eval/errors/bbox_AP50`, `eval/errors/bbox_dAP_<type>`, `eval/errors/bbox_fp` / `_fn`
-    (likewise segm), and `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth
-    in that area range) and per-category None are left out rather than logged as numbers.
+    """The evaluate stage's numbers (eval.json's sections, `errors`: eval_errors.json,
+    `per_category`: reports/evaluate/summary.json) -> MLflow metrics: `eval/bbox_AP`, ...,
+    `eval/segm_APl`, the error breakdown `eval/errors/bbox_AP50`,
+    `eval/errors/bbox_dAP_<type>`, `eval/errors/bbox_fp` / `_fn` (likewise segm), and
+    `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth in that area range)
+    and per-category None are left out rather than logged as numbers.
 
     The UI groups charts into sections by the names' "/" prefixes: the error charts (9 per IoU
     type) get a section beside the AP ones instead of burying them."""
@@ -51,7 +53,7 @@ def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def log_evaluation(
     train_run: Path,
-    metrics_file: Path,
+    metrics_files: Sequence[Path],
     reports_dir: Path,
     metrics: Mapping[str, Any],
     params: EvaluateParams,
@@ -93,10 +95,11 @@ def log_evaluation(
                 "evaluate.num_detections": str(metrics["num_detections"]),
             }
         )
-        mlflow.log_artifact(str(metrics_file), artifact_path=ARTIFACT_PATH)
-        # the whole folder (written as a whole, so nothing stale): pictures, pr.csv, steps/,
-        # the error analysis' errors/, worst/, confusion/, errors.json, image_errors.csv and,
-        # when asked, results.json
+        for path in metrics_files:  # eval.json, errors.json
+            mlflow.log_artifact(str(path), artifact_path=ARTIFACT_PATH)
+        # the whole folder (written as a whole, so nothing stale): pictures, pr.csv,
+        # summary.json, steps/, the error analysis' errors/, worst/, confusion/, errors.json
+        # (the whole breakdowns), image_errors.csv and, when asked, results.json
         mlflow.log_artifacts(str(reports_dir), artifact_path=ARTIFACT_PATH)
     log.info("logged to MLflow run %s (artifacts under %s/)", run_id, ARTIFACT_PATH)
     return run_id

@@ -76,6 +76,15 @@ def check_resources(params: TrainParams, available: dict[str, float]) -> None:
         )
 
 
+def check_cluster(params: TrainParams) -> None:
+    """Start (or join) Ray and `check_resources` against it: what the train stage does before
+    it opens an MLflow run, so that a run it cannot start leaves no FAILED run behind."""
+    import ray
+
+    init_ray()
+    check_resources(params, ray.cluster_resources())
+
+
 def data_source(manifest: dict[str, Any]) -> str:
     """The data source the shards were built from (`shapes`, `coco`, `local`): the raw folder
     `data/raw/<source>/` the manifest names; "data" when it names none."""

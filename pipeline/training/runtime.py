@@ -5,12 +5,51 @@ machine), else starts a local Ray with its dashboard. Ray Train V2 frees a run's
 group through the dashboard's state API (for a sweep's stopped trials, see `check_state_api`);
 without the dashboard its watcher also logs "State API may be temporarily unavailable" every few
 seconds.
+
+What a successful run does not print (`quiet_ray`):
+- Ray's colour codes around its worker-log prefixes (`(RayTrainWorker pid=...)`) when stdout or
+  stderr is not a terminal, i.e. a log file (`RAY_COLOR_PREFIX=0`, read by the driver as it
+  prints every worker line);
+- for the local Ray we start: Ray's warning that it enabled token authentication by default
+  (it still does: the token is made and used as before; only the notice, which asks for
+  `RAY_AUTH_MODE=disabled` to opt out, is filtered), and Ray Train's preemption watcher
+  (`RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`): it watches for drained nodes (spot / TPU
+  reclamation), which a single machine has none of, and its actor's start logs an error-level
+  line about its constructor arguments in the object store. A cluster joined through
+  `RAY_ADDRESS` keeps the watcher. Each is `setdefault`: a value in the environment wins.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
+
+# The logger and the start of Ray's notice when `ray.init` enables token authentication for a
+# new local cluster (ray/_private/authentication/authentication_token_setup.py).
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_NOTICE)
+
+
+def quiet_ray(local: bool, tty: bool | None = None) -> None:
+    """Before `ray.init`: no colour codes in logs that are not a terminal (`tty`: default,
+    whether stdout and stderr both are), and for a `local` Ray we start no token notice and
+    no preemption watcher (the module doc says why)."""
+    if tty is None:
+        tty = sys.stdout.isatty() and sys.stderr.isatty()
+    if not tty:
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
+        if not any(isinstance(f, _DropTokenNotice) for f in notice.filters):
+            notice.addFilter(_DropTokenNotice())
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -20,6 +59,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    quiet_ray(local=not address)
     if address:
         ray.init(address=address, log_to_driver=True)
         return

@@ -122,8 +122,8 @@ def test_train_on_two_nodes_with_s3_shards_and_storage(
     project = _project(tmp_path, s3_bucket, tiny_shards)
     _finish(_train(project, ray_cluster, s3_bucket), project)
     metrics = json.loads((project / "metrics" / "train.json").read_text())
-    assert metrics["iterations"] == 4 and metrics["resumes"] == 0
     run_info = json.loads((project / "metrics" / "train_run.json").read_text())
+    assert metrics["iterations"] == 4 and run_info["resumes"] == 0
     checkpoint = run_info["checkpoint"]  # a path inside the bucket, as Ray reports it
     assert checkpoint.startswith(s3_bucket.removeprefix("s3://") + "/runs/cluster-")
     url = "s3://" + checkpoint
@@ -189,8 +189,8 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_last_checkpoint(
         raise
     _finish(proc, project)
     metrics = json.loads((project / "metrics" / "train.json").read_text())
-    assert metrics["iterations"] == iterations and metrics["resumes"] == 1
     run_info = json.loads((project / "metrics" / "train_run.json").read_text())
+    assert metrics["iterations"] == iterations and run_info["resumes"] == 1
     url = "s3://" + run_info["checkpoint"]
     digests = [storage.read_text(f"{url}/weights_rank{r}.sha256") for r in (0, 1)]
     assert digests[0] == digests[1]

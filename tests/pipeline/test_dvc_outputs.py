@@ -31,6 +31,34 @@ def test_a_failed_stage_keeps_the_last_outputs(name):
     assert [path for path, opts in entries if opts.get("persist") is not True] == []
 
 
+def test_every_output_but_metrics_is_cached_so_an_experiment_can_be_restored():
+    """`git checkout <rev> && dvc checkout` restores what DVC cached and what git holds; the
+    reports (git-ignored) must be cached, or going back to an experiment wants its training
+    again. metrics/ is the one folder git keeps (`cache: false`, as `dvc metrics diff` wants)."""
+    doc = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
+    paths = doc["vars"][0]["paths"]
+    ignored = (REPO_ROOT / ".gitignore").read_text().split()
+    assert "/reports/" in ignored and not any(p.startswith("/metrics") for p in ignored)
+    seen = set()
+    for name, stage in doc["stages"].items():
+        for path, opts in _entries(stage):
+            for key, value in paths.items():
+                path = path.replace("${paths." + key + "}", value)
+            seen.add(path)
+            if path.startswith("metrics/"):
+                assert opts.get("cache") is False, (name, path)
+            else:
+                assert opts.get("cache", True) is True, f"stage {name}: {path} is not cached"
+    assert {"reports/inspect", "reports/train/losses.png", "reports/evaluate/steps"} <= seen
+    declared = {
+        next(iter(e))
+        .replace("${paths.eval_metrics}", "metrics/eval.json")
+        .replace("${paths.eval_errors}", "metrics/eval_errors.json")
+        for e in doc["stages"]["evaluate"]["metrics"]
+    }
+    assert declared == {"metrics/eval.json", "metrics/eval_errors.json"}
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_sweep_builds_the_shards_before_the_sweep():
     done = subprocess.run(

@@ -86,7 +86,9 @@ def test_dvc_repro_produces_every_declared_output(tmp_path):
                 assert (repo / out).exists(), f"stage {name}: {kind} {out} missing"
     assert (repo / "dvc.lock").is_file()
     ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert set(ev) == {"bbox", "segm"}  # exactly the contract
     assert set(ev["segm"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert set(json.loads((repo / "metrics/eval_errors.json").read_text())) == {"bbox", "segm"}
     export = json.loads((repo / "models/export/export.json").read_text())
     assert export["version"] == 1 and export["alias"] == "champion"
     # `dvc repro` again: nothing changed, nothing runs.
@@ -103,6 +105,16 @@ def test_dvc_repro_produces_every_declared_output(tmp_path):
     )
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     assert "Running stage 'train'" in exp.stdout and "Running stage 'shards'" not in exp.stdout
+
+    # The reports are in DVC's cache: gone from the workspace, `dvc checkout` brings them back
+    # (what `git checkout <rev> && dvc checkout` relies on), no training again.
+    overlays = (repo / "reports/evaluate/overlays.png").read_bytes()
+    shutil.rmtree(repo / "reports")
+    done = subprocess.run([*dvc, "checkout"], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (repo / "reports/evaluate/overlays.png").read_bytes() == overlays
+    assert (repo / "reports/train/losses.png").is_file() and (repo / "reports/inspect").is_dir()
+    assert set(json.loads((repo / "metrics/eval.json").read_text())) == {"bbox", "segm"}
 
     # Editing any module of mrcnn makes training stale (deps name the package, not a hand-kept
     # list of files), but not the data stages, which depend on mrcnn/data and the few modules

@@ -110,7 +110,7 @@ def test_manifest_counts_and_report(images, tmp_path):
         "instances": 4,
         "instances_per_class": {"a": 2, "b": 2, "c": 0},
         "negatives": 0,
-        "crowd": 1,
+        "ignored_regions": 1,
         "skipped_images": 4,  # the source's two, image 3 and image 4
         "skipped_annotations": 1,
         "converted_images": 1,
@@ -140,7 +140,7 @@ def test_manifest_counts_and_report(images, tmp_path):
     assert report["skipped_annotations"] == {"zero_area_box": 1}
     assert report["converted_images"] == {"grayscale": 1}
     assert report["converted"] == [{"reason": "grayscale", "image_id": 5, "file_name": "5.png"}]
-    assert (report["crowd_annotations"], report["negatives_kept"]) == (1, 0)
+    assert (report["ignored_regions"], report["negatives_kept"]) == (1, 0)
     reasons = [(s["reason"], s.get("image_id"), s.get("annotation_id")) for s in report["skipped"]]
     assert reasons == [
         ("duplicate_image_id", 1, None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from mrcnn import visualize as vis
 
@@ -96,3 +97,32 @@ def test_draw_keypoints_only_where_labelled():
     out = vis.draw_instances(image, boxes, keypoints=kps, keypoint_thresh=1.5, show_text=False)
     changed = (out != image).any(axis=2)
     assert changed[20, 20] and not changed[50, 60]
+
+
+def test_boxes_and_captions_grow_with_the_image():
+    """Issue 22 item 10: a 1 px box on a 4000 x 3000 photo vanishes when the photo is shown
+    scaled down; lines and captions keep their share of the picture instead."""
+    image = np.full((3000, 4000, 3), 100, np.uint8)
+    box = np.array([[1000, 800, 2500, 2200]], np.float32)
+    out = vis.draw_instances(image, box, labels=[1], class_names=["bg", "person"])
+    column = np.any(out[:, 1800] != 100, axis=1)  # the box's top edge crosses x = 1800 at y 800
+    rows = np.flatnonzero(column[700:900]) + 700
+    assert rows.min() == 800 and len(rows) >= 5  # several px thick (1 px before)
+    shown = np.asarray(Image.fromarray(out).resize((400, 300), Image.BILINEAR)).astype(int)
+    assert np.abs(shown[80, 180] - 100).max() > 30  # still visible at a tenth of the size
+    small = vis.draw_instances(np.full((128, 128, 3), 100, np.uint8), box / 25, labels=[1])
+    assert np.any(small[32:34, 60] != 100, axis=1).sum() == 1  # thumbnails keep 1 px lines
+    assert vis.drawing_sizes(128, 128) == (1, 10) and vis.drawing_sizes(3000, 4000) == (6, 75)
+
+
+def test_draw_anchors_legend_names_the_ground_truth():
+    """The white ground-truth boxes have their legend line, as the anchor kinds do."""
+    image = np.zeros((256, 256, 3), np.uint8)
+    anchors = np.array([[100, 100, 140, 140]], np.float32)
+    labels = np.array([vis.POSITIVE])
+    gt = np.array([[150, 150, 200, 200]], np.float32)
+    with_gt = vis.draw_anchors(image, anchors, labels, gt_boxes=gt)
+    without = vis.draw_anchors(image, anchors, labels)
+    legend = (slice(0, 90), slice(0, 120))  # the top-left corner, away from every box
+    white = np.all(with_gt[legend] >= 200, axis=-1)  # the legend's white text (antialiased)
+    assert white.sum() > 20 and not np.all(without[legend] >= 200, axis=-1).any()

@@ -59,3 +59,28 @@ def test_mask_targets_are_the_training_targets_of_the_matched_ground_truth() -> 
     full = (minis[0] >= 0.5).float()
     left_half = torch.nn.functional.interpolate(full[None, None, :, :14], size=(28, 28))[0, 0]
     assert (left == left_half).float().mean() > 0.9
+
+
+def test_titles_give_one_images_shapes_and_small_inputs_are_enlarged(monkeypatch) -> None:
+    """Issue 22 item 10: a picture of one image of a batch of 2 says `boxes (20, 4)`, not the
+    batch's `(2, 20, 4)`; a 128 px input is drawn on enlarged (captions sized for the panel)."""
+    model = tiny_model(inference={"score_thresh": 0.0, "detections_per_img": 20})
+    batch, _ = make_batch(seeds=(0, 1))
+    titles, drawn = [], []
+    panel, instances = steps._panel, steps._instances
+    monkeypatch.setattr(
+        steps, "_panel", lambda ax, im, t, *a: (titles.append(t), panel(ax, im, t, *a))
+    )
+    monkeypatch.setattr(
+        steps, "_instances", lambda *a, **k: drawn.append(instances(*a, **k)) or drawn[-1]
+    )
+    with torch.no_grad():
+        inference = model.inference_steps(batch)
+    steps.draw_rpn_steps(batch, inference, 1)
+    steps.draw_detection_steps(batch, inference, 1)
+    steps.draw_mask_steps(batch, inference, 1)
+    text = " ".join(titles)
+    assert "(2, " not in text, text
+    assert "boxes (20, 4)" in text and "proposals (100, 4)" in text
+    assert "mask_probs (20, 28, 28)" in text
+    assert drawn and all(d.shape[:2] == (512, 512) for d in drawn)  # 128 px x 4

@@ -116,12 +116,15 @@ def test_labelme_groups_ignores_and_reports(tmp_path):
     s, _ = docs["sub/b.png"]
     assert (out / s / "sub" / "b.png").is_file()
     assert (out / "train" / "e0.png").exists() or (out / "val" / "e0.png").exists()
-    # The shards stage's reader takes it without a complaint: crowd regions stay crowd.
+    # The shards stage's reader takes it without a complaint: crowd regions stay crowd, and
+    # the ignore shape's two copies (one per class) are one region there.
     parsed = load_coco_split(out / "annotations" / f"instances_{s_a}.json")
     assert parsed.skipped == []
     rec = next(r for r in parsed.records if r.file_name == "a.png")
     inst, bad = decode_instances(rec, H, W)
-    assert bad == [] and len(inst.rles) == 2 and len(inst.crowd_boxes) == 2
+    assert bad == [] and len(inst.rles) == 2 and len(inst.crowd_boxes) == 1
+    assert parsed.num_ignored_regions == 1  # of the file's 2 crowd annotations
+    assert parsed.num_instances == parsed.num_annotations - 2
     # Deterministic: the same split again.
     convert(src, tmp_path / "again", "labelme", val_fraction=0.25)
     assert _load(tmp_path / "again", "val")["images"] == splits["val"]["images"]

@@ -207,7 +207,10 @@ def test_label_files_damaged_byte_by_byte(fmt, data):
         for split, counts in summary["splits"].items():
             doc = json.loads(annotation_file(out, split).read_text())
             assert counts["images"] == len(doc["images"])
-            assert counts["instances"] + counts["ignored_regions"] == len(doc["annotations"])
+            crowd = sum(1 for a in doc["annotations"] if a["iscrowd"])  # K copies per region
+            assert counts["instances"] + crowd == len(doc["annotations"])
+            assert (counts["ignored_regions"] > 0) == (crowd > 0)
+            assert counts["ignored_regions"] <= crowd
         assert all(
             area > 0
             for objs in got.values()

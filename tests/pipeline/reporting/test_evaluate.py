@@ -109,3 +109,17 @@ def test_write_reports_replaces_the_folder_as_a_whole(tmp_path, monkeypatch):
     monkeypatch.undo()
     rep.write_reports(out, _scores(), overlays, None)  # no results asked: none kept
     assert not (out / rep.RESULTS_FILE).exists() and not list((out / rep.STEPS_DIR).iterdir())
+
+
+def test_ground_truth_title_counts_an_ignored_region_once():
+    """An `__ignore__` region is one crowd annotation per category (20 for 20 classes) but one
+    region in the overlay's title, apart from the instances (issue 22 item 8)."""
+    seg = [[70.0, 2.0, 94.0, 2.0, 94.0, 26.0]]
+    objects = [
+        {"image_id": 1, "category_id": c, "iscrowd": 0, "bbox": [c, 0, 5, 5]} for c in (1, 2)
+    ]
+    region = [
+        {"image_id": 1, "category_id": c, "iscrowd": 1, "segmentation": seg} for c in range(1, 21)
+    ]
+    assert rep.ground_truth_title(objects + region) == "ground truth: 2 instances, 1 ignored region"
+    assert rep.ground_truth_title(objects) == "ground truth: 2 instances"

@@ -92,7 +92,7 @@ def test_coco_val_download_extract_layout_and_idempotence(http_server, tmp_path)
         "filler.bin",
     ]
     assert sorted(p.name for p in (target / "annotations").iterdir()) == ["instances_val.json"]
-    assert summary["splits"]["val"] == {"images": 2, "annotations": 1}
+    assert summary["splits"]["val"] == {"images": 2, "instances": 1, "ignored_regions": 0}
     assert not (target / "train").exists()
     requests = len(http_server.state.requests)
     assert requests == 2
@@ -231,7 +231,7 @@ def test_local_coco_with_uncompressed_crowd_rle_converts_like_pycocotools(tmp_pa
         doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}
         (src / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
     summary = run(DataParams(source="local", local_dir=str(src), local_format="auto"), tmp_path)
-    assert summary["splits"]["val"] == {"images": 2, "annotations": 4}
+    assert summary["splits"]["val"] == {"images": 2, "instances": 2, "ignored_regions": 2}
     root = tmp_path / "local"
     report = json.loads((root / "conversion_report.json").read_text())
     assert report["skipped"] == {}

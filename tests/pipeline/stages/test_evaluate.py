@@ -222,20 +222,23 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
 
     out = evaluate.run(Params(evaluate=params), replace(paths, tracking=Tracking(uri, "mrcnn")))
 
+    # eval.json: exactly the contract (ARCHITECTURE.md), what `dvc exp show` puts in columns
     metrics = json.loads(paths.metrics_out.read_text())
-    assert metrics == out
-    assert set(metrics) == {
+    assert list(metrics) == ["bbox", "segm"]
+    assert all(list(metrics[t]) == list(METRIC_NAMES) for t in metrics)
+    # TIDE's numbers in their own metrics file (tests/pipeline/stages/test_evaluate_errors.py)
+    errors = json.loads(paths.errors_file.read_text())
+    assert paths.errors_file == project / "metrics/eval_errors.json" and set(errors) == {
         "bbox",
         "segm",
-        "errors",  # tests/pipeline/stages/test_evaluate_errors.py
-        "per_category",
-        "num_images",
-        "num_detections",
-        "score_thresh",
     }
-    assert (metrics["num_images"], metrics["num_detections"]) == (7, 35)
-    assert metrics["score_thresh"] == 0.0  # the model's own (params.score_thresh < 0)
-    assert set(metrics["per_category"]) == {c["name"] for c in CATEGORIES}
+    # the rest in a report file
+    summary = json.loads((paths.reports_dir / "summary.json").read_text())
+    assert set(summary) == {"per_category", "num_images", "num_detections", "score_thresh"}
+    assert out == {**metrics, "errors": errors, **summary}
+    assert (summary["num_images"], summary["num_detections"]) == (7, 35)
+    assert summary["score_thresh"] == 0.0  # the model's own (params.score_thresh < 0)
+    assert set(summary["per_category"]) == {c["name"] for c in CATEGORIES}
     # the numbers are COCOeval's on the raw detections written beside them
     results = json.loads((paths.reports_dir / "results.json").read_text())
     assert len(results) == 35
@@ -248,7 +251,8 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
         assert all(v == -1 or 0 <= v <= 1 for v in metrics[iou_type].values())
 
     files = sorted(p.name for p in paths.reports_dir.iterdir())
-    assert files == sorted([*PICTURES, "pr.csv", "results.json", "steps", *ERROR_FILES])
+    expected = [*PICTURES, "pr.csv", "summary.json", "results.json", "steps", *ERROR_FILES]
+    assert files == sorted(expected)
     # the model step by step on num_step_images (2) val images spread as the overlays
     first_two = [int(ShardDataset(paths.shards_dir).index[i, 1]) for i in (0, 6)]
     steps = sorted(p.name for p in (paths.reports_dir / "steps").iterdir())
@@ -278,11 +282,12 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
             assert logged.metrics.get(key) == (value if value >= 0 else None)
     assert (
         logged.metrics["eval/per_category/star/segm_AP"]
-        == (metrics["per_category"]["star"]["segm_AP"])
+        == (summary["per_category"]["star"]["segm_AP"])
     )
     assert logged.tags["evaluate.batch_size"] == "4"
     artifacts = {a.path for a in client.list_artifacts(train_id, "evaluate")}
-    assert {f"evaluate/{n}" for n in (*PICTURES, "eval.json", "pr.csv", "steps")} <= artifacts
+    logged_files = (*PICTURES, "eval.json", "eval_errors.json", "summary.json", "pr.csv", "steps")
+    assert {f"evaluate/{n}" for n in logged_files} <= artifacts
     logged_steps = {a.path for a in client.list_artifacts(train_id, "evaluate/steps")}
     assert logged_steps == {f"evaluate/steps/{n}" for n in steps}
 
@@ -312,17 +317,18 @@ def test_main_without_training_run_and_without_detections(
         evaluate.main(["--params", str(root / "params.yaml")])
 
     metrics = json.loads((root / "metrics" / "eval.json").read_text())
-    assert metrics["num_detections"] == 0 and metrics["score_thresh"] == 0.99
+    summary = json.loads((root / "reports" / "evaluate" / "summary.json").read_text())
+    assert summary["num_detections"] == 0 and summary["score_thresh"] == 0.99
     for iou_type in ("bbox", "segm"):
         assert metrics[iou_type]["AP"] == metrics[iou_type]["AP50"] == 0.0
     assert "no detections" in caplog.text
     assert "f" * 32 + " is not in the store" in caplog.text
     # the stale results.json is gone; steps/ holds the step-by-step pictures
     assert sorted(p.name for p in (root / "reports" / "evaluate").iterdir()) == sorted(
-        [*PICTURES, "pr.csv", "steps", *ERROR_FILES]
+        [*PICTURES, "pr.csv", "summary.json", "steps", *ERROR_FILES]
     )
     # every object missed; fixing any one type (even miss: nothing left to find) leaves AP 0
-    errors = metrics["errors"]["segm"]
+    errors = json.loads((root / "metrics" / "eval_errors.json").read_text())["segm"]
     assert errors["AP50"] == errors["fp"] == errors["fn"] == 0.0
     assert errors["dAP"] == dict.fromkeys(("cls", "loc", "both", "dupe", "bkg", "miss"), 0.0)
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

@@ -1,6 +1,6 @@
 """The evaluate stage's error analysis on tiny data, with detections made by hand from the ground
-truth (every TIDE error type occurs): eval.json's `errors` are `error_breakdown`'s numbers, the
-report files are written and declared in dvc.yaml, the MLflow run holds the breakdown."""
+truth (every TIDE error type occurs): metrics/eval_errors.json holds `error_breakdown`'s numbers,
+the report files are written and declared in dvc.yaml, the MLflow run holds the breakdown."""
 
 from __future__ import annotations
 
@@ -128,22 +128,27 @@ def _capture(fn) -> str:
     return stream.getvalue()
 
 
-def test_eval_json_errors_are_error_breakdowns(evaluated):
+def test_eval_errors_json_holds_the_error_breakdowns(evaluated):
+    """eval.json is COCOeval's sections only; the error numbers are a metrics file of their
+    own, which dvc.yaml declares as metrics (so `dvc metrics diff` compares them)."""
     metrics = json.loads(evaluated["paths"].metrics_out.read_text())
+    errors = json.loads(evaluated["paths"].errors_file.read_text())
     gt = _gt(evaluated["root"])
-    assert list(metrics)[:3] == ["bbox", "segm", "errors"]  # COCOeval's sections unchanged
+    assert list(metrics) == ["bbox", "segm"]
     assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert set(metrics["errors"]) == {"bbox", "segm"}
+    assert set(errors) == {"bbox", "segm"}
+    declared = _declared("evaluate", "metrics")
+    assert declared["${paths.eval_errors}"] == {"cache": False, "persist": True}
     for t in ("bbox", "segm"):
         expected = error_breakdown(gt, evaluated["results"], t)
-        got = metrics["errors"][t]
+        got = errors[t]
         assert set(got) == {"AP50", "dAP", "fp", "fn"}  # compact: no counts, no categories
         assert got["AP50"] == pytest.approx(expected["AP50"], abs=1e-9)
         assert got["dAP"] == pytest.approx(expected["dAP"], abs=1e-9)
         assert (got["fp"], got["fn"]) == pytest.approx((expected["fp"], expected["fn"]))
         for e in ("cls", "dupe", "bkg", "miss"):  # made on purpose, so each costs AP
             assert got["dAP"][e] > 0.5, (t, e, got["dAP"])
-    assert metrics["errors"]["bbox"]["dAP"]["loc"] > 0.5
+    assert errors["bbox"]["dAP"]["loc"] > 0.5
     log = evaluated["log"]
     assert "bbox errors (TIDE, AP50 points): AP50" in log
     assert "what to try for " in log and "model." in log
@@ -213,7 +218,7 @@ def test_dvc_yaml_declares_every_report_file(evaluated):
         if path.suffix == ".png" and "/steps/" not in rel:  # steps/: an out (not ours)
             assert all(o in plots for o in owners), rel
     assert plots["reports/evaluate/confusion"] == {
-        "cache": False, "persist": True, "template": "confusion", "x": "actual", "y": "predicted"
+        "persist": True, "template": "confusion", "x": "actual", "y": "predicted"
     }  # fmt: skip
     for folder in ("errors", "worst"):
         assert f"reports/evaluate/{folder}" in plots
@@ -221,10 +226,11 @@ def test_dvc_yaml_declares_every_report_file(evaluated):
 
 def test_mlflow_run_holds_the_breakdown(evaluated):
     metrics = json.loads(evaluated["paths"].metrics_out.read_text())
+    errors = json.loads(evaluated["paths"].errors_file.read_text())
     client = mlflow.MlflowClient(evaluated["uri"])
     logged = client.get_run(evaluated["run_id"]).data.metrics
     for t in ("bbox", "segm"):
-        e = metrics["errors"][t]
+        e = errors[t]
         assert logged[f"eval/errors/{t}_AP50"] == pytest.approx(e["AP50"])
         for name in ERRORS:
             assert logged[f"eval/errors/{t}_dAP_{name}"] == pytest.approx(e["dAP"][name])
@@ -232,7 +238,14 @@ def test_mlflow_run_holds_the_breakdown(evaluated):
         assert logged[f"eval/errors/{t}_fn"] == pytest.approx(e["fn"])
     assert logged["eval/segm_AP"] == metrics["segm"]["AP"]
     artifacts = {a.path for a in client.list_artifacts(evaluated["run_id"], "evaluate")}
-    expected = ("errors", "worst", "confusion", "errors.json", "image_errors.csv")
+    expected = (
+        "errors",
+        "worst",
+        "confusion",
+        "errors.json",
+        "eval_errors.json",
+        "image_errors.csv",
+    )
     assert {f"evaluate/{n}" for n in expected} <= artifacts
     logged_errors = {a.path for a in client.list_artifacts(evaluated["run_id"], "evaluate/errors")}
     assert "evaluate/errors/tide.png" in logged_errors

@@ -148,3 +148,116 @@ def test_shipped_config_runs_as_written(config, tmp_path, monkeypatch):
     if config == "finetune.yaml":
         assert model.num_classes == 3  # box, tri + background: predictors re-initialised
         assert "box" in model.class_names and "tri" in model.class_names
+
+
+IGNORE_SHAPE = {  # one `__ignore__` polygon, of no class, in the picture's top-right corner
+    "label": "__ignore__",
+    "points": [[70, 2], [94, 2], [94, 26], [70, 26]],
+    "shape_type": "polygon",
+    "group_id": None,
+}
+
+
+def test_an_ignore_shape_is_one_ignored_region_in_every_count(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    """Issue 22 item 8: one `__ignore__` shape is one crowd annotation per class in the COCO
+    file (COCOeval ignores a crowd's own category only), but one ignored region in what the
+    download and shards stages print and log, in the manifest, and in the shards' crowd boxes;
+    the log names the conversion report where it is after the rename, not the temporary
+    folder it was written in."""
+    own = labelme_folder(tmp_path / "proj" / "own", n=4)
+    doc = json.loads((own / "img00.json").read_text())
+    doc["shapes"].append(IGNORE_SHAPE)
+    (own / "img00.json").write_text(json.dumps(doc))
+    (tmp_path / "proj" / "params.yaml").write_text(
+        "data:\n  source: local\n  local_dir: own\n  val_fraction: 0.25\n"
+        "shards:\n  image_size: 96\n  mini_mask_shape: 14\n  num_workers: 1\n"
+    )
+    monkeypatch.chdir(tmp_path / "proj")
+    with caplog.at_level("INFO"):
+        download.main(["--params", "params.yaml"])
+    summary = json.loads(capsys.readouterr().out)
+    counts = list(summary["splits"].values())
+    assert sum(c["instances"] for c in counts) == 8  # a box and a triangle per image
+    assert sum(c["ignored_regions"] for c in counts) == 1
+    assert all(set(c) == {"images", "instances", "ignored_regions"} for c in counts)
+    raw = tmp_path / "proj" / "data" / "raw" / "local"
+    report = json.loads((raw / "conversion_report.json").read_text())
+    assert sum(c["ignored_regions"] for c in report["splits"].values()) == 1
+    log = caplog.text
+    assert "1 ignored region" in log and "ignored regions" not in log
+    assert f"see {raw / 'conversion_report.json'}" in log and ".converting" not in log
+    crowd = [
+        a
+        for s in ("train", "val")
+        for a in json.loads((raw / "annotations" / f"instances_{s}.json").read_text())[
+            "annotations"
+        ]
+        if a["iscrowd"]
+    ]
+    assert sorted(a["category_id"] for a in crowd) == [1, 2]  # one per class: COCO's way
+
+    caplog.clear()
+    shards.main(["--params", "params.yaml"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and [line.split(":")[0] for line in lines] == ["train", "val"]
+    assert sum("1 ignored region," in line or "1 ignored region;" in line for line in lines) == 1
+    assert all(" 0 ignored regions" in line for line in lines if "1 ignored region" not in line)
+    manifests = [
+        json.loads((tmp_path / "proj" / "data" / "shards" / s / "manifest.json").read_text())
+        for s in ("train", "val")
+    ]
+    assert sum(m["counts"]["ignored_regions"] for m in manifests) == 1
+    assert sum(m["counts"]["source_ignored_regions"] for m in manifests) == 1
+    assert sum(m["counts"]["source_instances"] for m in manifests) == 8
+    from mrcnn.data import ShardDataset
+
+    boxes = [
+        ShardDataset(tmp_path / "proj" / "data" / "shards" / s)[i].crowd_boxes
+        for s in ("train", "val")
+        for i in range(len(ShardDataset(tmp_path / "proj" / "data" / "shards" / s)))
+    ]
+    assert sorted(len(b) for b in boxes) == [0, 0, 0, 1]  # one box for the one region
+
+
+def test_an_ignored_region_ignores_detections_of_every_class(tmp_path):
+    """Evaluation stays right with one region written as a crowd per class: a detection of
+    either class inside the `__ignore__` polygon costs nothing, one outside it does."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from mrcnn.evaluation import coco_evaluate
+    from pipeline.formats import convert
+
+    own = labelme_folder(tmp_path / "own", n=2)
+    for name in ("img00.json", "img01.json"):
+        doc = json.loads((own / name).read_text())
+        doc["shapes"].append(IGNORE_SHAPE)
+        (own / name).write_text(json.dumps(doc))
+    convert(own, tmp_path / "coco", "labelme", val_fraction=0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "coco" / "annotations" / "instances_train.json"))
+    objects = [a for a in gt.dataset["annotations"] if not a["iscrowd"]]
+    perfect = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.5,
+        }
+        for a in objects
+    ]
+    inside = [
+        {"image_id": i, "category_id": c, "bbox": [72, 4, 20, 20], "score": 0.9}
+        for i in gt.getImgIds()
+        for c in (1, 2)
+    ]
+    outside = [{**d, "bbox": [2, 70, 20, 20]} for d in inside]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ignored = coco_evaluate(gt, perfect + inside, ("bbox",), backend="pycocotools")
+        counted = coco_evaluate(gt, perfect + outside, ("bbox",), backend="pycocotools")
+    assert ignored.metrics["bbox"]["AP"] == 1.0
+    assert counted.metrics["bbox"]["AP"] < 0.9

@@ -153,7 +153,7 @@ def test_every_bad_record_is_reported_and_nothing_valid_is_lost(messy, tmp_path)
         "zero_area_box": 1,
     }
     assert report["converted_images"] == {"alpha": 1, "cmyk": 1, "grayscale": 1, "palette": 1}
-    assert report["crowd_annotations"] == 1
+    assert report["ignored_regions"] == 1
     by_reason = {
         (s["reason"], s.get("image_id"), s.get("annotation_id")) for s in report["skipped"]
     }

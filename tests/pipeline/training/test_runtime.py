@@ -13,7 +13,7 @@ from pipeline.training import runtime
 
 
 @pytest.fixture()
-def ray_init(monkeypatch) -> list[dict]:
+def ray_init(monkeypatch, quiet_env) -> list[dict]:
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
@@ -78,3 +78,70 @@ def test_check_state_api(monkeypatch):
     message = str(e.value)
     assert "state API does not answer" in message and "tune.scheduler: fifo" in message
     assert message.endswith("(ConnectionError: refused)")
+
+
+QUIET = ("RAY_COLOR_PREFIX", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+
+
+@pytest.fixture()
+def quiet_env(monkeypatch):
+    """quiet_ray's variables unset, and the token notice's logger restored afterwards."""
+    import logging
+
+    for name in QUIET:  # set, then unset: what quiet_ray sets is undone after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    logger = logging.getLogger(runtime.TOKEN_NOTICE_LOGGER)
+    monkeypatch.setattr(logger, "filters", list(logger.filters))
+    return logger
+
+
+def _worker_line() -> str:
+    """A worker's log line as the driver prints it (Ray's own `print_worker_logs`)."""
+    import io
+
+    from ray._private import worker
+
+    out = io.StringIO()
+    data = {"pid": 4242, "ip": "10.0.0.1", "localhost": "10.0.0.1", "actor_name": "RayTrainWorker"}
+    worker.print_worker_logs({**data, "lines": ["Moving model to device: cpu"]}, out)
+    return out.getvalue()
+
+
+def test_a_log_file_gets_no_colour_codes(quiet_env):
+    """Issue 22 item 10: `(RayTrainWorker pid=...)` came wrapped in ESC[36m ... ESC[0m in log
+    files; in a terminal the colours stay."""
+    assert "\x1b[" in _worker_line()  # Ray's default
+    runtime.quiet_ray(local=False, tty=True)
+    assert "\x1b[" in _worker_line()
+    runtime.quiet_ray(local=False, tty=False)
+    line = _worker_line()
+    assert "\x1b" not in line and line.startswith("(RayTrainWorker pid=4242)")
+
+
+def test_a_local_ray_starts_without_the_token_notice_and_the_preemption_watcher(quiet_env, caplog):
+    """Ray's own notice (its function, its logger) is dropped; token authentication itself is
+    left on. The preemption watcher (drained nodes) is off on the one machine we start."""
+    from ray._private.authentication import authentication_token_setup as auth
+
+    with caplog.at_level("WARNING"):
+        auth._warn_token_auth_enabled()
+    assert runtime.TOKEN_NOTICE in caplog.text  # what a run printed before
+    caplog.clear()
+    runtime.quiet_ray(local=True, tty=True)
+    with caplog.at_level("WARNING"):
+        auth._warn_token_auth_enabled()
+        auth._warn_token_auth_disabled()  # any other notice still shows
+    assert runtime.TOKEN_NOTICE not in caplog.text
+    assert "Token authentication is disabled" in caplog.text
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert "RAY_COLOR_PREFIX" not in os.environ  # a terminal keeps its colours
+
+
+def test_a_joined_cluster_keeps_its_preemption_watcher(quiet_env, ray_init, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    runtime.init_ray()
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
+    monkeypatch.delenv("RAY_ADDRESS")
+    runtime.init_ray()  # a local one: quieted before ray.init
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
