@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 # (`quantize_int8`, also on `OnnxModel`; `export.int8`). The pyfunc, predict and the export
 # params all offer these.
 MODEL_BACKENDS = ("torch", "onnxruntime", "int8")
+# `quantize_int8`'s toolchains: ONNX Runtime static QDQ (an .onnx file on `OnnxModel`) or NNCF
+# for OpenVINO (OpenVINO IR .xml + .bin on `OpenVinoModel`); `export.int8_toolchain` picks one.
+INT8_TOOLCHAINS = ("onnxruntime", "openvino")
 
 _MODULES = {
     "mrcnn.export.accuracy": (
@@ -58,6 +61,7 @@ _MODULES = {
     "mrcnn.export.openvino_model": ("OpenVinoModel",),
 }
 __all__ = [
+    "INT8_TOOLCHAINS",
     "Int8AccuracyError",
     "MODEL_BACKENDS",
     "OnnxModel",
