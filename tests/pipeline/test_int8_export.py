@@ -9,8 +9,9 @@ Agreement: predict (registry, MLflow folder, bare .xml) and the pyfunc run the I
 `OpenVinoModel`, and their detections equal `OpenVinoModel`'s exactly. How far NNCF's int8
 detections may be from fp32's is pinned on a trained model in tests/mrcnn/export/test_int8.py
 (>= 90% of fp32's detections matched within 2 px / 0.05 score, mean mask IoU >= 0.95). The
-untrained 64 px model used here agrees less (its scores are near ties): measured 23 of fp32's
-30 detections matched on 6 val images, so this file asks >= 60% matched, as a sanity bound.
+untrained 64 px model used here agrees less (its scores are near ties, its mask probabilities
+near 0.5): measured 20 of fp32's 30 detections matched on 6 val images (2026-12-03, AMX Xeon;
+int8 rounding differs between CPUs), so this file asks >= 50% matched, as a sanity bound.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def test_pyfunc_and_predict_run_the_openvino_ir(written, fp32_file, tiny_shards,
         np.testing.assert_array_equal(a.boxes, b.boxes)
     report = compare_exported(fp32_file, from_file.model, images)
     assert report["expected"] >= 20, report
-    assert report["matched"] >= 0.6 * report["expected"], report
+    assert report["matched"] >= 0.5 * report["expected"], report
 
 
 def test_without_openvino_the_stage_and_predict_say_how_to_install_it(tmp_path):
