@@ -116,8 +116,9 @@ def _local(path: Path, backend: str) -> ModelFiles:
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         if backend != "torch" and backend != "auto":
             raise ValueError(
-                f"{path} holds weights, not an ONNX file: give --model the .onnx file "
-                "(models/export/model.onnx) or use --backend torch"
+                f"{path} holds weights, not an ONNX file: give --model the exported file "
+                "(models/export/model.onnx; for int8 models/export/model_int8.xml or .onnx) "
+                "or use --backend torch"
             )
         return ModelFiles("torch", path, None, source)
     if (path / "MLmodel").is_file():  # a downloaded MLflow model
