@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev,export,cloud]"
+	$(BIN)/python -m pip install -q -e ".[dev,export,cloud,openvino]"
 	@touch $(STAMP)
 
 repro: $(STAMP)  ## run the whole DVC pipeline (shapes dataset by default)

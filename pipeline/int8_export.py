@@ -2,20 +2,26 @@
 
     section = write_int8(onnx_file, out_dir, shards_dir, annotations, p)
 
-1. `mrcnn.export.quantize_int8` turns the checked fp32 `model.onnx` into `model_int8.onnx`
-   beside it (ONNX Runtime static QDQ), calibrated on `export.int8_calibration_images` train
-   images (the real image inside each padded shard frame; seed 0).
-2. Both files are evaluated on the val shards (`export.int8_eval_images`, 0 = all) against the
-   original COCO annotations with the evaluate stage's COCOeval (`mrcnn.evaluation`), and
-   timed on the same val images (median seconds per image of `detect`, this machine).
+1. `mrcnn.export.quantize_int8` with `export.int8_toolchain` turns the checked fp32
+   `model.onnx` into the int8 model beside it: `model_int8.xml` + `model_int8.bin` (openvino:
+   NNCF, OpenVINO IR) or `model_int8.onnx` (onnxruntime: static QDQ), calibrated on
+   `export.int8_calibration_images` train images (the real image inside each padded shard
+   frame; seed 0).
+2. The fp32 file (on ONNX Runtime) and the int8 model (on its toolchain's runtime,
+   `mrcnn.export.open_exported`) are evaluated on the val shards (`export.int8_eval_images`,
+   0 = all) against the original COCO annotations with the evaluate stage's COCOeval
+   (`mrcnn.evaluation`), and timed on the same val images (median seconds per image of
+   `detect`, this machine).
 3. `mrcnn.export.check_ap_drop` with `export.int8_max_ap_drop`: past it, one warning line says
-   why and the int8 file is not logged to the run (the file stays on disk for inspection, with
-   `"accepted": false` in export.json). Accepted, it is logged to the run under `portable/`.
+   why and the int8 model is not logged to the run (its files stay on disk for inspection,
+   with `"accepted": false` in export.json). Accepted, its files are logged to the run under
+   `portable/`.
 
--> export.json's `int8` section: {"file", "accepted", "why", "bbox_AP", "segm_AP",
-"fp32_bbox_AP", "fp32_segm_AP", "bbox_AP_drop", "segm_AP_drop", "max_ap_drop",
-"seconds_per_image", "fp32_seconds_per_image", "speedup_vs_fp32", "num_eval_images",
-"calibration_images"}; the numbers also go to the MLflow run as `int8.*` metrics.
+-> export.json's `int8` section: {"file" (the .xml or .onnx), "toolchain", "accepted", "why",
+"bbox_AP", "segm_AP", "fp32_bbox_AP", "fp32_segm_AP", "bbox_AP_drop", "segm_AP_drop",
+"max_ap_drop", "seconds_per_image", "fp32_seconds_per_image", "speedup_vs_fp32",
+"num_eval_images", "calibration_images"}; the numbers also go to the MLflow run as `int8.*`
+metrics.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from pipeline.tracking import active
 
 log = logging.getLogger(__name__)
 
-INT8_FILE = "model_int8.onnx"
+INT8_FILE = "model_int8.onnx"  # toolchain onnxruntime
+INT8_IR = "model_int8.xml"  # toolchain openvino; its weights are `model_int8.bin` beside it
+INT8_FILES = {"onnxruntime": INT8_FILE, "openvino": INT8_IR}
 SPEED_IMAGES = 8  # val images each file is timed on
 SEED = 0  # which train images calibrate (mrcnn.export.int8.select_calibration)
 
@@ -62,17 +70,24 @@ def write_int8(
 
     from mrcnn.data.shards import ShardDataset
     from mrcnn.export import Int8AccuracyError, check_ap_drop, int8_accuracy, quantize_int8
+    from mrcnn.export.int8 import check_toolchain
 
-    int8_file = out_dir / INT8_FILE
-    int8_file.unlink(missing_ok=True)  # never leave a stale file
+    remove_int8(out_dir)  # never leave a stale file, of either toolchain
+    check_toolchain(p.int8_toolchain)
+    int8_file = out_dir / INT8_FILES[p.int8_toolchain]
     for split in SPLITS:
         if not (shards_dir / split).is_dir():
             raise FileNotFoundError(f"export.int8 needs the {split} shards: {shards_dir / split}")
     if not annotations.is_file():
         raise FileNotFoundError(f"export.int8 needs the val annotations: {annotations}")
     calibration = _Crops(ShardDataset(shards_dir / "train"))
-    quantize_int8(
-        onnx_file, int8_file, calibration, num_images=p.int8_calibration_images, seed=SEED
+    int8_file = quantize_int8(
+        onnx_file,
+        int8_file,
+        calibration,
+        num_images=p.int8_calibration_images,
+        seed=SEED,
+        toolchain=p.int8_toolchain,
     )
     val = ShardDataset(shards_dir / "val")
     n = len(val) if p.int8_eval_images <= 0 else min(p.int8_eval_images, len(val))
@@ -84,6 +99,7 @@ def write_int8(
     fp32_s, int8_s = seconds_per_image(onnx_file, images), seconds_per_image(int8_file, images)
     section: dict[str, Any] = {
         "file": str(int8_file),
+        "toolchain": p.int8_toolchain,
         "accepted": True,
         "why": "",
         **{k: float(v) for k, v in report.items() if k != "agreement"},
@@ -107,23 +123,42 @@ def write_int8(
     )
     active.set_tags({"export.int8": "accepted" if section["accepted"] else section["why"]})
     if section["accepted"]:
-        active.log_artifact(int8_file, artifact_path="portable")
+        for path in model_files(int8_file):
+            active.log_artifact(path, artifact_path="portable")
         log.info(
             "%s: bbox AP %.4f (fp32 %.4f), segm AP %.4f (fp32 %.4f), %.2fx fp32's speed",
-            *(INT8_FILE, section["bbox_AP"], section["fp32_bbox_AP"]),
+            *(int8_file.name, section["bbox_AP"], section["fp32_bbox_AP"]),
             *(section["segm_AP"], section["fp32_segm_AP"], section["speedup_vs_fp32"]),
         )
     return section
 
 
+def model_files(model_file: Path) -> list[Path]:
+    """The files of an exported model: an `.onnx` file alone, an OpenVINO IR `.xml` with the
+    `.bin` beside it."""
+    return (
+        [model_file, model_file.with_suffix(".bin")]
+        if model_file.suffix == ".xml"
+        else [model_file]
+    )
+
+
+def remove_int8(out_dir: Path) -> None:
+    """Remove the int8 model files of either toolchain from `out_dir`."""
+    for name in INT8_FILES.values():
+        for path in model_files(out_dir / name):
+            path.unlink(missing_ok=True)
+
+
 def seconds_per_image(model_file: Path, images: list[np.ndarray]) -> float:
-    """Median wall seconds of `OnnxModel.detect` on one image (resize, graph, paste), after one
-    warm-up call; 0.0 without images."""
-    from mrcnn.export import OnnxModel
+    """Median wall seconds of `detect` on one image (resize, graph, paste) with the file on its
+    runtime (`open_exported`: ONNX Runtime, OpenVINO for an `.xml`), after one warm-up call;
+    0.0 without images."""
+    from mrcnn.export import open_exported
 
     if not images:
         return 0.0
-    model = OnnxModel(model_file)
+    model = open_exported(model_file)
     model.detect(images[:1])
     times = []
     for image in images:

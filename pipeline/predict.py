@@ -6,13 +6,15 @@
 `--model` is `models:/NAME@ALIAS`, `models:/NAME/VERSION` (or `/latest`), pulled from the registry
 of `mlflow.tracking_uri` in params.yaml; or a local folder, either in `mrcnn.weights.save` format
 (config.json + model.safetensors, e.g. `models/final`) or a downloaded MLflow model (with its
-`MLmodel` file); or a whole-model ONNX file (`models/export/model.onnx`). `--backend torch` rebuilds
+`MLmodel` file); or a whole-model ONNX file (`models/export/model.onnx`), or the int8 model
+(`models/export/model_int8.xml`, OpenVINO IR, or `model_int8.onnx`). `--backend torch` rebuilds
 the network from the weights (`mrcnn.weights.load`), `--backend onnxruntime` runs the ONNX file
-(`mrcnn.export.onnx_model.OnnxModel`, the same detections within the export's parity tolerances);
-the default `auto` takes onnxruntime for an .onnx file, the registered model's own
-`export.pyfunc_backend`, else torch (`pipeline.predict_model`). From the registry only the files
-that backend needs are downloaded: the same files and code the pyfunc uses, without MLflow's
-per-call DataFrame round trip.
+(`mrcnn.export.onnx_model.OnnxModel`, the same detections within the export's parity tolerances),
+`--backend int8` the int8 model (`export.int8`; OpenVINO IR on `OpenVinoModel`, the `openvino`
+extra); the default `auto` takes onnxruntime for an .onnx file, int8 for an .xml, the registered
+model's own `export.pyfunc_backend`, else torch (`pipeline.predict_model`). From the registry
+only the files that backend needs are downloaded: the same files and code the pyfunc uses,
+without MLflow's per-call DataFrame round trip.
 
 `--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif
 .tiff; 8/16-bit, gray, RGBA and palette images are converted to RGB, EXIF orientation is
@@ -55,6 +57,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mrcnn.data.image_file import ImageReadError, read_image
+from mrcnn.export.openvino_model import OpenVinoMissingError
 from pipeline.device import resolve_device
 from pipeline.paramfile import load_section
 from pipeline.params import MlflowParams
@@ -165,15 +168,17 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--model", required=True, help="models:/NAME@ALIAS, a model folder or a .onnx file"
+        "--model",
+        required=True,
+        help="models:/NAME@ALIAS, a model folder, a .onnx file or an int8 .xml (OpenVINO IR)",
     )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="torch (the weights), onnxruntime (the ONNX file) or int8 (its int8 file, "
-        "export.int8); auto: onnxruntime for a .onnx file, the registered model's own backend, "
-        "else torch (default: %(default)s)",
+        help="torch (the weights), onnxruntime (the ONNX file) or int8 (the int8 model, "
+        "export.int8); auto: onnxruntime for a .onnx file, int8 for an .xml, the registered "
+        "model's own backend, else torch (default: %(default)s)",
     )
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -210,7 +215,14 @@ def main(argv: list[str] | None = None) -> None:
             tile_overlap=args.tile_overlap,
             backend=args.backend,
         )
-    except (ModelNotFoundError, ImageReadError, FileNotFoundError, TrackingError, ValueError) as e:
+    except (
+        ModelNotFoundError,
+        ImageReadError,
+        FileNotFoundError,
+        TrackingError,
+        ValueError,
+        OpenVinoMissingError,
+    ) as e:
         log.error("%s", e)
         sys.exit(1)
 

@@ -6,14 +6,17 @@
 `--model` is `models:/NAME@ALIAS` or `models:/NAME/VERSION` (`/latest`), pulled from the
 registry; a local folder in `mrcnn.weights.save` format (config.json + model.safetensors) or a
 downloaded MLflow model (its `MLmodel` file); or a whole-model ONNX file (`*.onnx`, written by
-`mrcnn.export.to_onnx`, e.g. `models/export/model.onnx`).
+`mrcnn.export.to_onnx`, e.g. `models/export/model.onnx`), or the int8 model of `export.int8`
+(`models/export/model_int8.xml` with its `.bin`, OpenVINO IR; or `model_int8.onnx`).
 
 Backends: `torch` rebuilds the network from the weights (`mrcnn.weights.load`); `onnxruntime` runs
 the ONNX file through `mrcnn.export.onnx_model.OnnxModel` (an MLflow model's `onnx` artifact, which
-`pipeline.export` logs with `export.portable: true`). `auto` is onnxruntime for an `.onnx` file, the
-model's own `backend` (model_config, `export.pyfunc_backend`) for an MLflow model, and torch for a
-weights folder. From the registry only the files the backend needs are downloaded (plus config.json,
-for the class map).
+`pipeline.export` logs with `export.portable: true`); `int8` runs the int8 model: an OpenVINO IR
+through `mrcnn.export.openvino_model.OpenVinoModel` (artifact `openvino_int8`), an int8 ONNX file
+through `OnnxModel` (artifact `onnx_int8`). `auto` is onnxruntime for an `.onnx` file, int8 for an
+`.xml`, the model's own `backend` (model_config, `export.pyfunc_backend`) for an MLflow model, and
+torch for a weights folder. From the registry only the files the backend needs are downloaded
+(plus config.json, for the class map).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ BACKENDS = ("auto", *MODEL_BACKENDS)  # auto: see the module doc
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
 # the pyfunc's artifact keys (pipeline.tracking.pyfunc)
 WEIGHTS_KEY, ONNX_KEY, INT8_KEY = "model", "onnx", "onnx_int8"
+OPENVINO_INT8_KEY = "openvino_int8"  # a folder with the OpenVINO IR (.xml + .bin)
+INT8_KEYS = (OPENVINO_INT8_KEY, INT8_KEY)  # what backend int8 runs: whichever was logged
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class ModelFiles:
     backend:     "torch" | "onnxruntime" | "int8" (never "auto")
     weights_dir: the `mrcnn.weights.save` folder (for onnxruntime it may hold only config.json;
                  None for a bare ONNX file)
-    onnx_file:   the whole-model ONNX file (onnxruntime only)
+    onnx_file:   the exported file the backend runs (not torch): the ONNX file, or the int8
+                 model (an `.onnx`, or an OpenVINO IR `.xml` with its `.bin` beside it)
     source:      how the model was found, for images.json ({"path"} or {"registered_model",
                  "version", "alias", "uri"}), with "backend"
     """
@@ -101,18 +107,28 @@ def _local(path: Path, backend: str) -> ModelFiles:
             raise ValueError(f"{path} is an ONNX file: run it with --backend onnxruntime (or auto)")
         # an int8 file (model_int8.onnx) is an ONNX file too: "int8" runs it the same way
         return ModelFiles("int8" if backend == "int8" else "onnxruntime", None, path, source)
+    if path.is_file() and path.suffix == ".xml":  # OpenVINO IR: only export.int8 writes one
+        if backend not in ("auto", "int8"):
+            raise ValueError(
+                f"{path} is an OpenVINO IR (the int8 model): run it with --backend int8 (or auto)"
+            )
+        return ModelFiles("int8", None, path, source)
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         if backend != "torch" and backend != "auto":
             raise ValueError(
-                f"{path} holds weights, not an ONNX file: give --model the .onnx file "
-                "(models/export/model.onnx) or use --backend torch"
+                f"{path} holds weights, not an ONNX file: give --model the exported file "
+                "(models/export/model.onnx; for int8 models/export/model_int8.xml or .onnx) "
+                "or use --backend torch"
             )
         return ModelFiles("torch", path, None, source)
     if (path / "MLmodel").is_file():  # a downloaded MLflow model
         flavor = _pyfunc_flavor(path / "MLmodel")
         chosen = _choose(backend, flavor, str(path))
         weights_dir = path / _artifact_path(flavor, WEIGHTS_KEY, path / "MLmodel")
-        onnx = path / _artifact_path(flavor, _onnx_key(chosen), path) if chosen != "torch" else None
+        onnx = None
+        if chosen != "torch":
+            key = _onnx_key(chosen, flavor)
+            onnx = _model_file(path / _artifact_path(flavor, key, path), key)
         return ModelFiles(chosen, weights_dir, onnx, source)
     raise ModelNotFoundError(
         f"{path} is not a saved model: expected {CONFIG_FILE} + {WEIGHTS_FILE} "
@@ -133,7 +149,7 @@ def _pyfunc_flavor(mlmodel: Path) -> dict[str, Any]:
 def _artifact_path(flavor: dict[str, Any], key: str, where: Path | str) -> str:
     artifacts = flavor.get("artifacts") or {}
     if key not in artifacts:
-        what = "int8 file (export.int8: false, or refused)" if key == INT8_KEY else "ONNX file"
+        what = "int8 file (export.int8: false, or refused)" if key in INT8_KEYS else "ONNX file"
         raise ModelNotFoundError(
             f"{where} was logged without its {what}: use another --backend (torch runs the "
             "weights), or export again with export.portable: true (export.int8: true for int8)"
@@ -141,9 +157,22 @@ def _artifact_path(flavor: dict[str, Any], key: str, where: Path | str) -> str:
     return str(artifacts[key]["path"])
 
 
-def _onnx_key(backend: str) -> str:
-    """The pyfunc artifact an ONNX Runtime backend runs: the fp32 file or the int8 one."""
-    return INT8_KEY if backend == "int8" else ONNX_KEY
+def _onnx_key(backend: str, flavor: dict[str, Any]) -> str:
+    """The pyfunc artifact an exported backend runs: the fp32 ONNX file, or the int8 model
+    (the OpenVINO IR folder or the int8 ONNX file, whichever the model was logged with)."""
+    if backend != "int8":
+        return ONNX_KEY
+    artifacts = flavor.get("artifacts") or {}
+    return next((k for k in INT8_KEYS if k in artifacts), INT8_KEY)
+
+
+def _model_file(path: Path, key: str) -> Path:
+    """The file to open of a downloaded artifact: the `.xml` in the OpenVINO IR folder."""
+    if key == OPENVINO_INT8_KEY:
+        from mrcnn.export.openvino_model import find_ir
+
+        return find_ir(path)
+    return path
 
 
 def _choose(backend: str, flavor: dict[str, Any], where: str) -> str:
@@ -173,7 +202,10 @@ def _pull_registered(
     sub = _artifact_path(flavor, WEIGHTS_KEY, base)
     onnx = None
     if chosen != "torch":
-        onnx = pull.download(f"{base}/{_artifact_path(flavor, _onnx_key(chosen), base)}", workdir)
+        key = _onnx_key(chosen, flavor)
+        onnx = _model_file(
+            Path(pull.download(f"{base}/{_artifact_path(flavor, key, base)}", workdir)), key
+        )
         # the class map lives in config.json: only that file of the weights folder
         pull.download(f"{base}/{sub}/{CONFIG_FILE}", workdir)
         local = workdir / sub
@@ -217,9 +249,9 @@ class ThresholdHeads:
 
 
 class OnnxPredictor:
-    """An `OnnxModel` with the surface `pipeline.predict` uses of a `MaskRCNN`: `detect(images,
-    batch_size)` (-> list[Detections]), `class_names`, `num_classes`, `image_size` and
-    `roi_heads.detection_layer.score_thresh` / `.nms_thresh`.
+    """An exported model (`OnnxModel` or `OpenVinoModel`) with the surface `pipeline.predict`
+    uses of a `MaskRCNN`: `detect(images, batch_size)` (-> list[Detections]), `class_names`,
+    `num_classes`, `image_size` and `roi_heads.detection_layer.score_thresh` / `.nms_thresh`.
 
     The graph's score threshold is fixed at export; raising that score threshold above it
     drops the detections at or below the new value, which gives exactly what the eager model
@@ -273,11 +305,9 @@ def load_predictor(
     `score_thresh` >= 0 replaces the model's detection threshold."""
     from mrcnn import weights
 
-    if files.backend != "torch":  # onnxruntime or int8: an ONNX file on ONNX Runtime
-        from mrcnn.export.onnx_model import OnnxModel
-
+    if files.backend != "torch":  # onnxruntime or int8: an exported file on its runtime
         assert files.onnx_file is not None
-        net: Any = OnnxPredictor(OnnxModel(files.onnx_file, providers=_providers(device)))
+        net: Any = OnnxPredictor(_exported(files.onnx_file, device))
         if score_thresh >= 0:
             net.check_score_thresh(score_thresh)
     else:
@@ -291,6 +321,20 @@ def load_predictor(
     elif files.backend != "torch":
         log.info("%s has no config.json beside it: results use the model's labels", files.onnx_file)
     return net, class_map
+
+
+def _exported(path: Path, device: str) -> Any:
+    """An exported file on its runtime: OpenVINO IR (`.xml`) on OpenVINO's CPU plugin, an
+    `.onnx` on ONNX Runtime with the providers for `device`."""
+    if path.suffix == ".xml":
+        from mrcnn.export.openvino_model import OpenVinoModel
+
+        if device.startswith("cuda"):
+            log.warning("%s is OpenVINO IR: running on the CPU (OpenVINO's CPU plugin)", path)
+        return OpenVinoModel(path)
+    from mrcnn.export.onnx_model import OnnxModel
+
+    return OnnxModel(path, providers=_providers(device))
 
 
 def _providers(device: str) -> tuple[str, ...]:

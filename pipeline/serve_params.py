@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mrcnn.export import MODEL_BACKENDS
+from mrcnn.export import INT8_TOOLCHAINS, MODEL_BACKENDS
 from pipeline.paramfile import check, check_device
 
 
@@ -31,11 +31,16 @@ class ExportParams:
     # checked ONNX file; needs portable: true and a model with boxes + masks only, no keypoint
     # or MaskIoU head).
     pyfunc_backend: str = "torch"
-    # int8: also models/export/model_int8.onnx (`mrcnn.export.quantize_int8`, ONNX Runtime QDQ,
-    # calibrated on int8_calibration_images train images), its AP on the val shards beside the
-    # fp32 file's; refused (not logged to the run) when bbox or segm AP drops by more than
-    # int8_max_ap_drop. int8_eval_images: the first N val images; 0 = all.
+    # int8: also an int8 model beside model.onnx (`mrcnn.export.quantize_int8`, calibrated on
+    # int8_calibration_images train images), its AP on the val shards beside the fp32 file's;
+    # refused (not logged to the run) when bbox or segm AP drops by more than int8_max_ap_drop.
+    # int8_eval_images: the first N val images; 0 = all. int8_toolchain: openvino (NNCF ->
+    # OpenVINO IR model_int8.xml + .bin, run by OpenVINO; the `openvino` extra) or onnxruntime
+    # (static QDQ -> model_int8.onnx, run by ONNX Runtime). openvino by default: on the CPUs
+    # measured (docs/export.md) its int8 is the fastest runtime and ONNX Runtime's int8 is
+    # slower than its own fp32 without VNNI, at the same accuracy.
     int8: bool = False
+    int8_toolchain: str = "openvino"
     int8_max_ap_drop: float = 0.01
     int8_calibration_images: int = 200
     int8_eval_images: int = 0
@@ -63,6 +68,11 @@ class ExportParams:
             self.pyfunc_backend != "int8" or self.int8,
             "pyfunc_backend",
             "int8 runs the int8 file: set int8: true as well",
+        )
+        check(
+            self.int8_toolchain in INT8_TOOLCHAINS,
+            "int8_toolchain",
+            f"must be {' or '.join(INT8_TOOLCHAINS)}",
         )
         check(self.int8_max_ap_drop >= 0, "int8_max_ap_drop", "must be >= 0")
         check(self.int8_calibration_images >= 1, "int8_calibration_images", "must be >= 1")

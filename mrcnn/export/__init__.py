@@ -37,10 +37,14 @@ if TYPE_CHECKING:
     from mrcnn.export.openvino_model import OpenVinoModel
 
 # The ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`),
-# its whole-model ONNX file on ONNX Runtime (`OnnxModel`), or the int8 file quantised from that
-# (`quantize_int8`, also on `OnnxModel`; `export.int8`). The pyfunc, predict and the export
-# params all offer these.
+# its whole-model ONNX file on ONNX Runtime (`OnnxModel`), or the int8 model quantised from that
+# (`quantize_int8`, `export.int8`: OpenVINO IR on `OpenVinoModel`, or an int8 ONNX file on
+# `OnnxModel`). The pyfunc, predict and the export params all offer these. (No OpenVINO fp32
+# backend: OpenVINO ran the fp32 file slower than ONNX Runtime, docs/export.md.)
 MODEL_BACKENDS = ("torch", "onnxruntime", "int8")
+# `quantize_int8`'s toolchains: ONNX Runtime static QDQ (an .onnx file on `OnnxModel`) or NNCF
+# for OpenVINO (OpenVINO IR .xml + .bin on `OpenVinoModel`); `export.int8_toolchain` picks one.
+INT8_TOOLCHAINS = ("onnxruntime", "openvino")
 
 _MODULES = {
     "mrcnn.export.accuracy": (
@@ -58,6 +62,7 @@ _MODULES = {
     "mrcnn.export.openvino_model": ("OpenVinoModel",),
 }
 __all__ = [
+    "INT8_TOOLCHAINS",
     "Int8AccuracyError",
     "MODEL_BACKENDS",
     "OnnxModel",

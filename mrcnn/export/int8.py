@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 
 from mrcnn.data.resize import prepare_images
+from mrcnn.export import INT8_TOOLCHAINS
 from mrcnn.export.onnx_model import INPUT_NAMES, INT8_METADATA, METADATA_PREFIX, read_settings
 
 log = logging.getLogger(__name__)
 
-TOOLCHAINS = ("onnxruntime", "openvino")
+TOOLCHAINS = INT8_TOOLCHAINS
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_NUM_IMAGES = 200
 # `ops`: "layers" quantises only these (the layers with weights: nearly all the FLOPs);
@@ -58,6 +59,23 @@ FP32_ROLES = {
     "mask_logits": "the mask head's label logits (MatMul) and the sub-pixel deconv before it",
 }
 KEEP_FP32: tuple[str, ...] = ("rpn_outputs", "box_outputs", "mask_logits")
+
+
+def check_toolchain(toolchain: str) -> None:
+    """Raise `OpenVinoMissingError` (one line: what is missing, how to install it) when the
+    packages of `toolchain` ("openvino": openvino and nncf) are not installed; found packages
+    are not imported here. "onnxruntime" needs onnx and onnxruntime, the `export` extra."""
+    from mrcnn.export.openvino_model import INSTALL, OpenVinoMissingError, missing_packages
+
+    if toolchain not in TOOLCHAINS:
+        raise ValueError(f"toolchain must be one of {TOOLCHAINS}, got {toolchain!r}")
+    if toolchain == "openvino":
+        missing = missing_packages(("openvino", "nncf"))
+        if missing:
+            raise OpenVinoMissingError(
+                f"the openvino int8 toolchain needs {' and '.join(missing)}, not installed here: "
+                f"{INSTALL}"
+            )
 
 
 def cpu_has_vnni() -> bool:
@@ -204,6 +222,8 @@ def quantize_int8(
         raise ValueError(
             f"calibration_method must be one of {CALIBRATION_METHODS}, got {calibration_method!r}"
         )
+    if toolchain == "openvino":  # before the calibration work, not after it
+        check_toolchain(toolchain)
     fp32 = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in fp32.metadata_props}
     settings = read_settings(meta, onnx_path)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mrcnn.export.onnx_model import INT8_METADATA
-from mrcnn.export.openvino_model import FRAMEWORK_INFO
+from mrcnn.export.openvino_model import FRAMEWORK_INFO, INSTALL, OpenVinoMissingError
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def quantize_openvino(
     try:
         import nncf
         import openvino as ov
-    except ImportError as e:  # pragma: no cover - the `openvino` extra
-        raise RuntimeError(
-            "toolchain 'openvino' needs openvino and nncf: pip install -e '.[openvino]'"
+    except ImportError as e:
+        raise OpenVinoMissingError(
+            f"the openvino int8 toolchain needs openvino and nncf, not installed here: {INSTALL}"
         ) from e
     model = ov.Core().read_model(str(onnx_path))
     patterns = [f"^{re.escape(name)}(/WithoutBiases)?$" for name in kept]

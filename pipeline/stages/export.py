@@ -21,9 +21,11 @@
    checked file too (artifact `onnx`), and runs it when `export.pyfunc_backend` is onnxruntime.
    A model without a mask head gets no file (the graph outputs masks): a warning, and
    `export.json` says `"portable": {"skipped": ...}`.
-5. With `export.int8: true`, quantises model.onnx to `models/export/model_int8.onnx`, measures
-   its and fp32's AP on the val shards and their speed, and refuses it past
+5. With `export.int8: true`, quantises model.onnx with `export.int8_toolchain` to
+   `models/export/model_int8.xml` + `.bin` (openvino) or `model_int8.onnx` (onnxruntime),
+   measures its and fp32's AP on the val shards and their speed, and refuses it past
    `export.int8_max_ap_drop` (`pipeline.int8_export`); export.json's `int8` section says so.
+   The toolchain's packages are checked first, before any other work.
 6. Writes `models/export/export.json`: version, alias, URIs, metric, decision.
 """
 
@@ -81,6 +83,7 @@ class Trained:
 def run(params: Params, paths: ExportPaths) -> dict[str, Any]:
     """Log, register and alias the model (`export` section) -> what `export.json` holds."""
     p = params.export
+    check_int8_toolchain(p)
     trained = read_trained(paths, p)
     sha256, tags, description = describe(trained, paths, p)
     register, register_why = registry.should_register(p.register)
@@ -273,7 +276,7 @@ def write_int8(
     verdict added to `tags`) -> export.json's `int8` section; None without."""
     from pipeline import int8_export
 
-    (paths.out_dir / int8_export.INT8_FILE).unlink(missing_ok=True)
+    int8_export.remove_int8(paths.out_dir)
     if not p.int8:
         return None
     if onnx_file is None:
@@ -289,8 +292,25 @@ def write_int8(
     return section
 
 
+def check_int8_toolchain(p: ExportParams) -> None:
+    """With `export.int8`: `ExportError` (one line: what is missing and how to install it, or
+    to switch the toolchain) when `export.int8_toolchain`'s packages are not installed."""
+    from mrcnn.export.int8 import check_toolchain
+    from mrcnn.export.openvino_model import OpenVinoMissingError
+
+    if not p.int8:
+        return
+    try:
+        check_toolchain(p.int8_toolchain)
+    except OpenVinoMissingError as e:
+        raise registry.ExportError(
+            f"export.int8_toolchain: {e} (or set export.int8_toolchain: onnxruntime)"
+        ) from None
+
+
 def int8_file(section: dict[str, Any] | None) -> Path | None:
-    """The int8 file to log with the model: only one that `write_int8` accepted."""
+    """The int8 model to log with the model (an `.onnx`, or an OpenVINO IR `.xml` with its
+    `.bin` beside it): only one that `write_int8` accepted."""
     return Path(section["file"]) if section and section.get("accepted") else None
 
 

@@ -7,7 +7,10 @@ the export wrote one, the checked whole-model ONNX file as its `onnx` artifact. 
 
     torch        (default) `mrcnn.weights.load` rebuilds the network (eager PyTorch)
     onnxruntime  `mrcnn.export.onnx_model.OnnxModel` runs the `onnx` artifact (same `detect`)
-    int8         the same on the `onnx_int8` artifact (`export.int8`, when it was accepted)
+    int8         the int8 model (`export.int8`, when it was accepted): the `openvino_int8`
+                 artifact (a folder with OpenVINO IR .xml + .bin, `export.int8_toolchain:
+                 openvino`) on `mrcnn.export.openvino_model.OpenVinoModel`, or the
+                 `onnx_int8` artifact (toolchain onnxruntime) on `OnnxModel`
 
 `export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick another one
 at load time (onnxruntime / int8 need a model logged with that file):
@@ -59,7 +62,10 @@ from mrcnn.inference.detections import Detections
 INPUT_COLUMN = "image"
 MODEL_ARTIFACT = "model"  # the mrcnn.weights.save folder
 ONNX_ARTIFACT = "onnx"  # the whole-model ONNX file (mrcnn.export.to_onnx), when exported
-INT8_ARTIFACT = "onnx_int8"  # its int8 file (export.int8), when accepted
+INT8_ARTIFACT = "onnx_int8"  # its int8 file (export.int8, toolchain onnxruntime), when accepted
+# the same, toolchain openvino: a folder holding the OpenVINO IR (model_int8.xml + .bin)
+OPENVINO_INT8_ARTIFACT = "openvino_int8"
+INT8_ARTIFACTS = (OPENVINO_INT8_ARTIFACT, INT8_ARTIFACT)  # what backend int8 runs: either one
 FLOAT_ARRAY = "array<double>"  # a list of floats per row (MLflow `Array(double)`)
 
 # (name, MLflow type) of the output frame, in order: always, then per head.
@@ -114,18 +120,24 @@ def output_columns(heads: Heads = Heads()) -> tuple[tuple[str, str], ...]:
 
 
 def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
-    """The model that `predict` runs: `MaskRCNN` (torch) or `OnnxModel` (onnxruntime)."""
+    """The model that `predict` runs: `MaskRCNN` (torch), `OnnxModel` (onnxruntime, int8 from
+    ONNX Runtime's toolchain) or `OpenVinoModel` (int8 from OpenVINO's toolchain)."""
     if backend not in MODEL_BACKENDS:
         msg = f"model_config backend must be one of {', '.join(MODEL_BACKENDS)}: {backend!r}"
         raise ValueError(msg)
-    if backend != "torch":  # onnxruntime or int8: an ONNX file on ONNX Runtime
-        key = ONNX_ARTIFACT if backend == "onnxruntime" else INT8_ARTIFACT
-        if key not in artifacts:
+    if backend != "torch":  # onnxruntime or int8: an exported file on its runtime
+        keys = (ONNX_ARTIFACT,) if backend == "onnxruntime" else INT8_ARTIFACTS
+        key = next((k for k in keys if k in artifacts), None)
+        if key is None:
             raise ValueError(
-                f"backend {backend} needs the model's {key} file, but this model was logged "
-                "without one (export.portable: true writes the ONNX file, export.int8: true "
-                "the int8 one); load it with backend torch"
+                f"backend {backend} needs the model's {' or '.join(keys)} file, but this model "
+                "was logged without one (export.portable: true writes the ONNX file, "
+                "export.int8: true the int8 one); load it with backend torch"
             )
+        if key == OPENVINO_INT8_ARTIFACT:
+            from mrcnn.export.openvino_model import OpenVinoModel, find_ir
+
+            return OpenVinoModel(find_ir(artifacts[key]))
         from mrcnn.export.onnx_model import OnnxModel
 
         return OnnxModel(artifacts[key])
@@ -140,8 +152,8 @@ def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
 class MaskRCNNModel(PythonModel):
     """pyfunc wrapper: encoded images in, one row per detection out (see the module docstring).
 
-    After `load_context`: `backend` ("torch" | "onnxruntime"), `model` (what runs `detect`),
-    `heads` (which optional columns the output has).
+    After `load_context`: `backend` ("torch" | "onnxruntime" | "int8"), `model` (what runs
+    `detect`), `heads` (which optional columns the output has).
     """
 
     def load_context(self, context: Any) -> None:

@@ -2,8 +2,9 @@
 
 The model is logged as MLflow "models from code": `pipeline/tracking/pyfunc.py` as the pyfunc's
 code, the `mrcnn` package as its code path, the `mrcnn.weights.save` folder as its `model`
-artifact and the checked ONNX file (when exported) as its `onnx` artifact; model_config
-`backend` (`export.pyfunc_backend`) says which of the two the pyfunc runs.
+artifact, the checked ONNX file (when exported) as its `onnx` artifact and an accepted int8
+model as its `onnx_int8` (ONNX) or `openvino_int8` (OpenVINO IR folder) artifact; model_config
+`backend` (`export.pyfunc_backend`) says which the pyfunc runs.
 
 A version is registered once per weights file: weights already registered (same sha256, tag
 `weights.sha256`) keep their version, which only gets the new metrics and aliases
@@ -70,14 +71,22 @@ def log_model(
                among the requirements) so the pyfunc can run it
     backend:   the pyfunc's default backend, "torch" or "onnxruntime" (model_config `backend`;
                "onnxruntime" needs `onnx_file`, "int8" needs `int8_file`)
-    int8_file: the accepted int8 ONNX file (`export.int8`), logged as artifact `onnx_int8`
+    int8_file: the accepted int8 model (`export.int8`): an ONNX file, logged as artifact
+               `onnx_int8` (with onnxruntime among the requirements), or an OpenVINO IR
+               `.xml` whose `.bin` is beside it, logged as artifact `openvino_int8` (a folder
+               with both; openvino among the requirements)
     """
     import mlflow
 
     import mrcnn
     from mrcnn import weights
     from mrcnn.export import MODEL_BACKENDS
-    from pipeline.tracking.pyfunc import INT8_ARTIFACT, ONNX_ARTIFACT, Heads
+    from pipeline.tracking.pyfunc import (
+        INT8_ARTIFACT,
+        ONNX_ARTIFACT,
+        OPENVINO_INT8_ARTIFACT,
+        Heads,
+    )
 
     if backend not in MODEL_BACKENDS:
         choices = ", ".join(MODEL_BACKENDS)
@@ -100,7 +109,14 @@ def log_model(
         artifacts = {MODEL_ARTIFACT: str(staged)}
         if onnx_file is not None:
             artifacts[ONNX_ARTIFACT] = str(onnx_file)
-        if int8_file is not None:
+        openvino = int8_file is not None and int8_file.suffix == ".xml"
+        if openvino:  # the IR is two files: they travel as one folder
+            ir = Path(tmp) / OPENVINO_INT8_ARTIFACT
+            ir.mkdir()
+            for path in (int8_file, int8_file.with_suffix(".bin")):
+                shutil.copy2(path, ir / path.name)
+            artifacts[OPENVINO_INT8_ARTIFACT] = str(ir)
+        elif int8_file is not None:
             artifacts[INT8_ARTIFACT] = str(int8_file)
         with warnings.catch_warnings():
             # An input example would run the model while logging; the signature says enough.
@@ -111,7 +127,7 @@ def log_model(
                 python_model=str(MODEL_CODE),
                 artifacts=artifacts,
                 code_paths=[str(Path(mrcnn.__file__).parent)],
-                pip_requirements=requirements(onnx=onnx_file is not None),
+                pip_requirements=requirements(onnx=onnx_file is not None, openvino=openvino),
                 signature=signature(heads or Heads()),
                 model_config={"backend": backend},
             )
@@ -132,11 +148,13 @@ def signature(heads: Any) -> Any:
     return ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema(outputs))
 
 
-def requirements(onnx: bool = False) -> list[str]:
+def requirements(onnx: bool = False, openvino: bool = False) -> list[str]:
     """Pinned requirements of the logged model (local version labels such as +cu130 dropped);
-    `onnx`: with onnxruntime, for a model that carries its ONNX file."""
+    `onnx`: with onnxruntime, for a model that carries its ONNX file; `openvino`: with
+    openvino, for one that carries an OpenVINO IR."""
     out = []
-    for dist in ("mlflow", *_REQUIREMENTS, *(("onnxruntime",) if onnx else ())):
+    extra = (("onnxruntime",) if onnx else ()) + (("openvino",) if openvino else ())
+    for dist in ("mlflow", *_REQUIREMENTS, *extra):
         try:
             out.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:
