@@ -21,6 +21,7 @@ driver shows (`pipeline.training.progress`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -118,12 +119,24 @@ class Worker:
         return found | {SCORE_KEY: value}, self.patience.exhausted
 
 
+def quiet_report_lines() -> None:
+    """Ray Train logs every `ray.train.report` at INFO ("Reporting training result ...") under a
+    logger named by its file's path, which `RunConfig(logging_config=...)` does not reach; the
+    progress line and MLflow say the same. Those loggers (any named by a path under ray/train/)
+    are set to WARNING on this worker."""
+    marker = f"{os.sep}ray{os.sep}train{os.sep}"
+    for name in list(logging.root.manager.loggerDict):
+        if marker in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """One worker's training. `config` is `pipeline.training.driver.loop_config`'s output."""
     import ray.train
     import ray.train.torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_report_lines()
     p = from_dict(TrainParams, config["train"], "train")
     cfg = Config.from_dict(config["model"])
     ctx = ray.train.get_context()

@@ -72,6 +72,12 @@ def test_dvc_repro_produces_every_declared_output(tmp_path):
         [*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=1500
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # A successful run is quiet: the progress line, not Ray Train's per-checkpoint INFO lines,
+    # Ray's token notice or colour codes.
+    said = done.stdout + done.stderr
+    for noise in ("Reporting training result", "Checkpoint successfully created", "Token auth"):
+        assert noise not in said, f"{noise!r} in the output of a successful dvc repro"
+    assert "\x1b[" not in said
 
     # Every output dvc.yaml declares exists.
     doc = yaml.safe_load((repo / "dvc.yaml").read_text())

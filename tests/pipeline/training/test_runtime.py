@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -119,11 +120,18 @@ def test_a_log_file_gets_no_colour_codes(quiet_env):
     assert "\x1b" not in line and line.startswith("(RayTrainWorker pid=4242)")
 
 
-def test_a_local_ray_starts_without_the_token_notice_and_the_preemption_watcher(quiet_env, caplog):
+def test_a_local_ray_starts_without_the_token_notice_and_the_preemption_watcher(
+    quiet_env, caplog, monkeypatch
+):
     """Ray's own notice (its function, its logger) is dropped; token authentication itself is
     left on. The preemption watcher (drained nodes) is off on the one machine we start."""
     from ray._private.authentication import authentication_token_setup as auth
 
+    # An earlier Ray start in this process (another test's) left the filter on the logger.
+    notice = logging.getLogger(runtime.TOKEN_NOTICE_LOGGER)
+    kept = [f for f in notice.filters if not isinstance(f, runtime._DropTokenNotice)]
+    monkeypatch.setattr(notice, "filters", kept)
+    monkeypatch.setattr(notice, "propagate", True)
     with caplog.at_level("WARNING"):
         auth._warn_token_auth_enabled()
     assert runtime.TOKEN_NOTICE in caplog.text  # what a run printed before
