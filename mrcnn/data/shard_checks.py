@@ -6,10 +6,11 @@ stage prints it as one line), naming the file and ending with how to rebuild it 
 the shards stage rebuilds exactly the shards whose bytes no longer match their record). No
 sample is ever skipped in silence: a damaged shard is data loss the user has to know about.
 
-    opening a split     the manifest (JSON, format, the keys the reader uses), index.npy (an
-                        integer [N, 8] array whose every byte range lies inside its shard) and,
-                        for a local split, every listed shard present at its recorded size
-                        (`read_manifest`, `read_index`, `check_local_shards`)
+    opening a split     the manifest (JSON, format, its own sha256 `content_sha256`, the keys
+                        the reader uses), index.npy (an integer [N, 8] array whose every byte
+                        range lies inside its shard) and, for a local split, every listed
+                        shard present at its recorded size (`read_manifest`, `read_index`,
+                        `check_local_shards`)
     ShardDataset.verify the sha256 of the index and of every shard (`verify_files`; the train
                         and evaluate stages run it before any work)
     reading a sample    its json, image and mini-masks must decode (`ShardDataset.decode`; a
@@ -29,12 +30,15 @@ from typing import Any
 import numpy as np
 
 from mrcnn.data.layout import MANIFEST
-from mrcnn.fileio import file_digest
+from mrcnn.fileio import file_digest, json_digest
 
 FORMAT = "mrcnn-shards"
 FORMAT_VERSION = 1
 INDEX = "index.npy"
 INDEX_WIDTH = 8  # columns of index.npy (`mrcnn.data.shards.INDEX_COLUMNS`)
+# The manifest's own checksum: sha256 of its canonical JSON without this key (`manifest_digest`;
+# manifests written before it have none and are read unchecked).
+MANIFEST_DIGEST = "content_sha256"
 REBUILD = "rebuild the split: `python -m pipeline.shards` (or `dvc repro shards`)"
 
 
@@ -73,8 +77,13 @@ def read_manifest(data: bytes, where: str) -> dict[str, Any]:
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ShardReadError(f"{where}: '{key}' is missing or not a {kind.__name__}; {REBUILD}")
-    # The manifest has no checksum of its own: what the reader uses is checked against the
-    # copies beside it (the writer's params, the class names), so a damaged value is seen.
+    digest = manifest.get(MANIFEST_DIGEST)
+    if digest is not None and digest != manifest_digest(manifest):
+        raise ShardReadError(
+            f"{where} does not match its own {MANIFEST_DIGEST} (edited or damaged); {REBUILD}"
+        )
+    # What the reader uses, checked against the copies beside it (the writer's params, the
+    # class names): all a manifest written before its digest existed can be checked with.
     params = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
     for key in ("image_size", "mini_mask_shape"):
         if manifest[key] < 1 or params.get(key, manifest[key]) != manifest[key]:
@@ -90,6 +99,11 @@ def read_manifest(data: bytes, where: str) -> dict[str, Any]:
         if not ok:
             raise ShardReadError(f"{where}: shard entry {i} is malformed ({s!r:.80}); {REBUILD}")
     return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys), leaving out `MANIFEST_DIGEST`."""
+    return json_digest({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST})
 
 
 def sample_meta(data: bytearray) -> dict[str, Any]:
@@ -127,8 +141,11 @@ def read_index(data: bytes, shard_bytes: Sequence[int], where: str) -> np.ndarra
     shard = index[:, 0]
     ranges = index[:, 2:].reshape(-1, 3, 2)  # [N, (json, image, masks), (offset, size)]
     bad = (shard < 0) | (shard >= len(shard_bytes))
-    ends = ranges[..., 0] + ranges[..., 1]
-    bad |= (ranges < 0).any(axis=(1, 2)) | (ends > sizes[np.where(bad, -1, shard)][:, None]).any(1)
+    size = sizes[np.where(bad, -1, shard)][:, None, None]
+    # Offset and length each within the shard first: then their sum cannot overflow int64 (two
+    # huge values whose sum wraps negative would pass, and `bytearray(length)` fail).
+    bad |= ((ranges < 0) | (ranges > size)).any(axis=(1, 2))
+    bad |= (ranges[..., 0] + ranges[..., 1] > size[..., 0]).any(axis=1)
     if bad.any():
         raise ShardReadError(
             f"{where}: sample {int(np.argmax(bad))} points outside the shards the manifest lists "

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mrcnn.data import ShardDataset, ShardReadError
-from mrcnn.data.shard_checks import REBUILD, check_png
+from mrcnn.data.shard_checks import MANIFEST_DIGEST, REBUILD, check_png, manifest_digest
 from tests.coco_helpers import make_coco
 from tests.fuzz import fuzz, fuzz_settings
 from tests.mrcnn.data.test_shards import SIZES, build
@@ -160,11 +160,35 @@ def test_an_unreadable_manifest_is_one_clear_error(split, tmp_path, content, say
     ],
 )
 def test_a_manifest_that_does_not_fit_its_files_is_one_clear_error(split, tmp_path, change, says):
+    """Each change written with a matching content_sha256 (as a tool rewriting the manifest
+    would), so the checks behind the digest are what finds it."""
     folder = _copy(split, tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     change(manifest)
+    if isinstance(manifest, dict):
+        manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert says in _fails(folder)
+
+
+def test_a_manifest_edited_by_hand_fails_its_own_digest(split, tmp_path):
+    """A flipped digit in the class map (7 -> 6) parses and fits the files: only the manifest's
+    own sha256 sees it (found by `make fuzz`: evaluate would have mapped a class to another
+    COCO category). A manifest written before the digest existed is read without it."""
+    folder = _copy(split, tmp_path)
+    path = folder / "manifest.json"
+    path.write_text(path.read_text().replace('"category_id": 7', '"category_id": 6'))
+    assert "does not match its own content_sha256" in _fails(folder, str(path))
+    manifest = json.loads(path.read_text())
+    del manifest[MANIFEST_DIGEST]
+    path.write_text(json.dumps(manifest))
+    assert ShardDataset(folder).class_map[2].category_id == 6
+
+
+def _wrapping_index() -> np.ndarray:
+    index = np.zeros((7, 8), np.int64)
+    index[:, 2:] = 0x7F7F7F7F7F7F7F7F  # shard 0; each offset + length is negative in int64
+    return index
 
 
 @pytest.mark.parametrize(
@@ -177,6 +201,9 @@ def test_a_manifest_that_does_not_fit_its_files_is_one_clear_error(split, tmp_pa
         (np.zeros((7, 8), np.float32), "not an integer [N, 8] index"),
         (np.full((7, 8), 10**9, np.int64), "points outside the shards"),
         (-np.ones((7, 8), np.int64), "points outside the shards"),
+        # offset + length wrap around int64 to a negative end (found by `make fuzz`: the index
+        # check passed and reading the sample raised MemoryError)
+        (_wrapping_index(), "points outside the shards"),
     ],
 )
 def test_a_damaged_index_is_one_clear_error(split, tmp_path, content, says):
