@@ -44,7 +44,7 @@ def from_mapping(cls: type[T], d: Any, *, prefix: str = "", noun: str = "config 
         raise ValueError(f"{noun} '{where}' must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
+    unknown = sorted(set(d) - fields, key=str)  # YAML keys may be numbers or null too
     if unknown:
         raise ValueError(
             f"unknown {noun} '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})"

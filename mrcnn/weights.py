@@ -19,6 +19,11 @@ extra key, raises naming the tensor.
   only, no pickle) and `config.json` (the config, the preset it came from, a class map: see
   `read_meta`); `load` rebuilds the model with `build_model`.
 - `read_state_dict(path)`: a local `.pth`/`.pt` (with `weights_only=True`) or `.safetensors` file.
+
+A file that is not what it claims (empty, text, truncated, a pickle of something else, a zip or
+safetensors file with other content, a saved-model folder without its config.json) raises one
+`ValueError` naming the file and saying what it is instead; nothing is ever unpickled beyond
+tensors (`torch.load(..., weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -151,14 +156,7 @@ def load_init(model: MaskRCNN, path: str | Path) -> list[str]:
     """
     path = Path(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
-        if not (path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} is a folder but holds no {WEIGHTS_FILE} (expected a folder written by "
-                "mrcnn.weights.save, or a .pth / .safetensors file)"
-            )
-        skipped = load_full(model, load_file(str(path / WEIGHTS_FILE)), hint=_config_hint(path))
+        skipped = load_full(model, _saved_tensors(path), hint=_config_hint(path))
         logger.info("initialised from the saved model %s", path)
         return skipped
     sd = read_state_dict(path)
@@ -209,29 +207,84 @@ def load_backbone(model: MaskRCNN, state_dict: dict[str, Tensor]) -> None:
     load_backbone_state_dict(model.backbone.body, state_dict)
 
 
+class NotASavedModelError(FileNotFoundError, ValueError):
+    """A path given as a saved model (`save`'s folder) that is not one: nothing there, a file,
+    or a folder without config.json / model.safetensors. Both a `FileNotFoundError` (what it
+    always was) and a `ValueError` (what every other "not what it claims" weights error is)."""
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors from a local checkpoint; never unpickles arbitrary objects. Raises
-    `FileNotFoundError` when nothing is there and `ValueError` when the file is not a state dict
-    of tensors (torch's, safetensors', or a training checkpoint's `model`)."""
+    `FileNotFoundError` when nothing is there and `ValueError` naming the file and saying why
+    when it is not a state dict of tensors (torch's `.pth` / `.pt` zip, a safetensors file, or a
+    training checkpoint's `model`): empty, text, truncated, a pickle of something else, another
+    format under the name, a mapping without tensor values or with keys that are not names."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not a weights file: it is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's advice (weights_only=False) is not ours to give
-        raise ValueError(f"{path} is not a checkpoint of tensors (.pth / .pt)") from e
-    except Exception as e:  # zip and safetensors each raise their own kind
-        first = str(e).strip().split("\n")[0][:160]
-        raise ValueError(f"{path} is not a weights file torch can read ({first})") from e
+        what = _looks_like(path)
+        hint = "" if what.startswith("a zip") else f"; {what}"  # a zip: a pickle of objects
+        raise ValueError(f"{path} is not a checkpoint of tensors (.pth / .pt){hint}") from e
+    except Exception as e:  # zip, pickle and safetensors each raise their own kinds
+        raise ValueError(
+            f"{path} is not a weights file torch can read ({_looks_like(path)}; "
+            f"{type(e).__name__}: {_first_line(e)})"
+        ) from e
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # training checkpoints keep the weights under "model"
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f"{path} holds no state dict of tensors (a {type(sd).__name__})")
+    if not sd:
+        raise ValueError(f"{path} holds no tensors (an empty state dict)")
+    odd = [k for k in sd if not isinstance(k, str)]
+    if odd:
+        raise ValueError(
+            f"{path} is not a state dict: a key is a {type(odd[0]).__name__}, not a name"
+        )
     return sd
+
+
+def _looks_like(path: Path) -> str:
+    """What a file that failed to load seems to be, from its first bytes (for the message)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, but not a whole PyTorch checkpoint (truncated or another zip)"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "it looks like a safetensors file: name it .safetensors"
+    if head.startswith(b"\x80"):
+        return "a Python pickle, not a PyTorch checkpoint"
+    try:
+        head.decode("utf-8")
+        return "it is text"
+    except UnicodeDecodeError:
+        return "unrecognised bytes"
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().split("\n")[0][:160] or type(error).__name__
+
+
+def _saved_tensors(path: Path) -> dict[str, Tensor]:
+    """`path/model.safetensors` of a saved model folder (`NotASavedModelError` when absent,
+    `ValueError` when it is not a safetensors file)."""
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise NotASavedModelError(
+            f"{path} is a folder but holds no {WEIGHTS_FILE} (expected a folder written by "
+            "mrcnn.weights.save, or a .pth / .safetensors file)"
+        )
+    return read_state_dict(file)
 
 
 def save(model: MaskRCNN, path: str | Path, extra: dict | None = None, *, preset: str = "") -> Path:
@@ -262,23 +315,46 @@ def save(model: MaskRCNN, path: str | Path, extra: dict | None = None, *, preset
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> MaskRCNN:
-    """Rebuild a model saved by `save` (eval mode, on `device`)."""
-    from safetensors.torch import load_file
+    """Rebuild a model saved by `save` (eval mode, on `device`).
 
+    Raises `NotASavedModelError` (a `FileNotFoundError` and a `ValueError`) when `path` is not
+    a folder holding config.json and model.safetensors, and `ValueError` naming the file when
+    one of them is not what it claims (config.json not JSON or not a config, model.safetensors
+    damaged or holding tensors of another model)."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
+        raise NotASavedModelError(
             f"{path} is not a saved model (expected {CONFIG_FILE} and {WEIGHTS_FILE} in it)"
         )
-    model = build_model(Config.from_dict(read_meta(path)["config"]))
-    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    meta = read_meta(path)
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path / CONFIG_FILE} holds no usable model config ({e})") from None
+    model = build_model(cfg)
+    tensors = _saved_tensors(path)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:  # missing / unexpected keys, shapes of another model
+        details = " ".join(str(e).split("\n")[1:3]).strip()[:300]
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes: {details}"
+        ) from None
     return model.to(device).eval()
 
 
 def read_meta(path: str | Path) -> dict:
     """The config.json of a folder written by `save`: `config`, and `preset`, `class_map`, ...
-    where they were saved (a model saved before presets were recorded has no `preset`)."""
-    return json.loads((Path(path) / CONFIG_FILE).read_text())
+    where they were saved (a model saved before presets were recorded has no `preset`).
+    `ValueError` naming the file when it is not a JSON object."""
+    file = Path(path) / CONFIG_FILE
+    try:
+        meta = json.loads(file.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{file} is not JSON ({_first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{file} is not a JSON object (a {type(meta).__name__})")
+    return meta
 
 
 def _few(keys: list[str]) -> str:

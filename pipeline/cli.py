@@ -71,9 +71,17 @@ def show(summary: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+# What torch's DataLoader puts in the message of an error it re-raises from a worker process.
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
 def one_line(error: BaseException) -> str:
     """The message of `error` on one line (its type when the message is empty)."""
-    text = " ".join(str(error).split())
+    text = str(error)
+    if _WORKER_TRACEBACK in text:  # re-raised from a DataLoader worker: the original message
+        last = text.rstrip().rsplit("\n", 1)[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    text = " ".join(text.split())
     if isinstance(error, (FileNotFoundError, NotADirectoryError)) and error.filename:
         text = text if str(error.filename) in text else f"{text}: {error.filename}"
     return text or type(error).__name__

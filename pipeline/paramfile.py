@@ -63,6 +63,11 @@ def model_config(
     """A `model` section given as a dict -> `mrcnn.Config`: a preset (`model.preset`) with the
     section's other keys merged over it; the dataset fixes classes and input size (sweeps apply
     each trial's sampled values to the section first)."""
+    if not isinstance(section, Mapping):
+        raise ValueError(f"params section 'model' must be a mapping, got {type(section).__name__}")
+    odd = [k for k in section if not isinstance(k, str)]
+    if odd:
+        raise ValueError(f"unknown params key 'model.{odd[0]}' (keys are names, e.g. preset)")
     section = dict(section)
     preset = model_preset(section)
     section.pop("preset", None)
@@ -83,12 +88,30 @@ def model_preset(section: Mapping[str, Any]) -> str:
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
-    """The whole YAML file as a dict (empty for an empty file)."""
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
+    """The whole YAML file as a dict (empty for an empty file). A file that is not UTF-8 text or
+    not one YAML document (a syntax error, a tab indent, a Python tag) raises `ValueError` with
+    the line and column (a UTF-8 byte-order mark and Windows line ends are fine)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+        ) from None
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(doc).__name__}")
     return doc
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """yaml's error as one phrase: what is wrong and where (line and column from 1)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_section(path: str | Path, section: str, cls: type[T]) -> T:

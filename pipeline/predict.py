@@ -28,9 +28,13 @@ applied so phone photos come out upright). Writes into `--out`:
 `image_id` numbers the inputs 1..N in the order listed (folders sorted). `category_id` is the
 model's label unless the saved model's config.json holds a `class_map` (label -> category id).
 
-Nothing done is lost: a file that cannot be read is reported (log, summary line, images.json)
-and skipped (`--strict` stops at the first one instead), and whatever ends the run (an error,
-Ctrl-C), results.json and images.json are written with what was done (`"complete": false`).
+Nothing done is lost: a file that cannot be read (empty, truncated, not an image whatever its
+name) is skipped, named in one log line with its reason and listed in images.json's `skipped`
+(`path`, `file_name`, `reason`, `error`), and the run goes on and exits 0 (`--strict` stops at
+the first one instead); only when no input at all can be read does it exit 1, in one line. Files
+of a folder without an image suffix are named in one line, not read. Whatever ends the run (an
+error, Ctrl-C), results.json and images.json are written with what was done (`"complete":
+false`). Errors are one line; `--debug` shows the traceback.
 
 Large images: `--tile 1024 --tile-overlap 0.2` runs the model on overlapping tiles of the original
 pixels and merges them (`mrcnn.inference.tiling`), and says so per image. Without `--tile`, every
@@ -58,6 +62,7 @@ from tqdm import tqdm
 
 from mrcnn.data.image_file import ImageReadError, read_image
 from mrcnn.export.openvino_model import OpenVinoMissingError
+from pipeline.cli import one_line
 from pipeline.device import resolve_device
 from pipeline.paramfile import load_section
 from pipeline.params import MlflowParams
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--params", default="params.yaml", help="default: %(default)s")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--skip-bad", action="store_true", help=argparse.SUPPRESS)  # default now
     parser.add_argument("--score-thresh", type=float, help="overrides predict.score_thresh")
     parser.add_argument("--tile", type=int, help="tile side in pixels (default and 0: never tile)")
@@ -223,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
         ValueError,
         OpenVinoMissingError,
     ) as e:
-        log.error("%s", e)
+        if args.debug:
+            raise
+        log.error("error: %s (--debug for the traceback)", one_line(e))
         sys.exit(1)
 
 

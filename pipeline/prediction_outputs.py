@@ -58,8 +58,14 @@ class PredictionWriter:
         (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
 
     def skip(self, item: ImageInput, error: Exception) -> None:
-        log.warning("skipped: %s", error)
-        self.skipped.append({"path": str(item.path), "file_name": item.name, "error": str(error)})
+        """Record (images.json) and log, one line, a file that is not a usable image; `reason`
+        is `ImageReadError.reason` (corrupt_image, missing_image)."""
+        reason = getattr(error, "reason", "corrupt_image")
+        message = " ".join(str(error).split())
+        log.warning("skipped %s (%s): %s", item.name, reason, message)
+        self.skipped.append(
+            {"path": str(item.path), "file_name": item.name, "reason": reason, "error": message}
+        )
 
     def finish_batch(self, pending: list[tuple[int, ImageInput, np.ndarray]]) -> None:
         """Detect, draw and record the pending images (then forget them)."""
@@ -184,6 +190,7 @@ def collect_inputs(inputs: list[Path]) -> list[ImageInput]:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             base = path.resolve().name
             found += [ImageInput(p, f"{base}/{p.relative_to(path).as_posix()}") for p in files]
+            _note_other_files(path, len(files))
         elif path.is_file():
             found.append(ImageInput(path, path.name))
         else:
@@ -193,6 +200,25 @@ def collect_inputs(inputs: list[Path]) -> list[ImageInput]:
     names = _unique([item.name for item in found])
     overlays = _unique([str(Path(n).with_suffix(".png").as_posix()) for n in names])
     return [ImageInput(i.path, n, o) for i, n, o in zip(found, names, overlays, strict=True)]
+
+
+def _note_other_files(folder: Path, num_images: int) -> None:
+    """One line naming the files of `folder` left out for their suffix (nothing is dropped
+    unsaid: an image saved as .heic or .jpe is not read, and the user should know)."""
+    others = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+    if others:
+        log.info(
+            "%s: %d image files; %d other files not read (not an image suffix: %s%s)",
+            folder,
+            num_images,
+            len(others),
+            ", ".join(others[:3]),
+            ", ..." if len(others) > 3 else "",
+        )
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -1,8 +1,9 @@
 """Property-based ("fuzz") tests: the hypothesis profiles and how many examples each test runs.
 
     pytest -m fuzz                              the CI profile: derandomized (a fixed seed, the
-                                                same examples every run), 40-90 examples per
-                                                test, ~20 s of CPU for the readers' module
+                                                same examples every run), 8-200 examples per
+                                                test (~20 s of CPU for the format readers,
+                                                ~10 s for shards, params, images, weights)
     make fuzz   (HYPOTHESIS_PROFILE=fuzz)       a longer search: `FUZZ_SCALE` (env, default
                                                 25) times as many examples, a fresh random
                                                 seed each run

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from mrcnn.data.loader import TrainLoader, collate, eval_batches, hflip_sample
     from mrcnn.data.minimask import expand_mini_masks, make_mini_masks
     from mrcnn.data.resize import resize_and_pad
-    from mrcnn.data.shards import Sample, ShardDataset
+    from mrcnn.data.shards import Sample, ShardDataset, ShardReadError
 
 __all__ = [
     "Augmentation",
@@ -23,6 +23,7 @@ __all__ = [
     "ClassMap",
     "Sample",
     "ShardDataset",
+    "ShardReadError",
     "TrainLoader",
     "augment_sample",
     "category_ids",
@@ -41,7 +42,7 @@ _MODULES = {
     "mrcnn.data.loader": ("TrainLoader", "collate", "eval_batches", "hflip_sample"),
     "mrcnn.data.minimask": ("expand_mini_masks", "make_mini_masks"),
     "mrcnn.data.resize": ("resize_and_pad",),
-    "mrcnn.data.shards": ("Sample", "ShardDataset"),
+    "mrcnn.data.shards": ("Sample", "ShardDataset", "ShardReadError"),
 }
 
 

@@ -17,6 +17,13 @@ A split folder (`data/shards/train/`) holds:
     annotations.json      (val, in object storage only) the COCO annotations the split was
                           built from, for validation where the raw folder is out of reach
 
+Damage. A split whose files are not what its manifest says raises `ShardReadError` (a
+`ValueError`, so a stage prints it as one line) naming the file and saying how to rebuild it;
+no sample is ever skipped silently. Opening checks the structure (manifest, index, every shard
+present at its recorded size, every index range inside its shard); `verify()` also checks each
+file's sha256 against the manifest (the train and evaluate stages run it before any work); a
+sample whose bytes do not decode (its json, image or mini-masks) raises it on reading.
+
 Why tar: it streams (sequential reads, any tool can list or extract it, the WebDataset loader
 reads it as is) and needs no dependency, while the index gives random access for `ds[i]`.
 
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tarfile
 import warnings
@@ -42,10 +48,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mrcnn.data import shard_checks as checks
 from mrcnn.data import storage
 from mrcnn.data.class_map import read_class_map
 from mrcnn.data.layout import MANIFEST
 from mrcnn.data.minimask import unpack_mini_masks
+from mrcnn.data.shard_checks import REBUILD, ShardReadError
 
 try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% faster than PIL
     from torchvision.io import ImageReadMode
@@ -53,8 +61,8 @@ try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it), but ~30% f
 except ImportError:  # a torchvision without image decoders: Pillow does the job
     _tv_decode_image = None
 
-FORMAT = "mrcnn-shards"
-FORMAT_VERSION = 1
+FORMAT = checks.FORMAT
+FORMAT_VERSION = checks.FORMAT_VERSION
 INDEX_COLUMNS = (
     "shard",
     "image_id",
@@ -65,7 +73,7 @@ INDEX_COLUMNS = (
     "masks_offset",
     "masks_size",
 )
-INDEX = "index.npy"
+INDEX = checks.INDEX
 REPORT = "report.json"
 GROUND_TRUTH = "annotations.json"
 
@@ -137,6 +145,8 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> list[tuple[int, i
 def decode_chw(data: bytearray) -> np.ndarray:
     """Encoded PNG / JPEG -> uint8 [3, h, w] (channels first, as the model takes it)."""
     if _tv_decode_image is not None:
+        if data[:8] == checks.PNG_SIGNATURE:
+            checks.check_png(data)  # torchvision's PNG decoder crashes on a corrupt one
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             tensor = _tv_decode_image(
@@ -188,43 +198,91 @@ class ShardDataset(torch.utils.data.Dataset):
                 f"no {MANIFEST} in {self.root}: pass a finished split folder such as "
                 "data/shards/train (run `python -m pipeline.shards` first)"
             ) from None
-        self.manifest: dict[str, Any] = json.loads(manifest_bytes)
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != 1:
-            raise ValueError(f"{self.root}/{MANIFEST}: not a {FORMAT} v{FORMAT_VERSION} manifest")
-        self.index = np.load(io.BytesIO(self._reader.read(INDEX)), allow_pickle=False)
+        self.manifest: dict[str, Any] = checks.read_manifest(
+            manifest_bytes, f"{self.root}/{MANIFEST}"
+        )
         shards = self.manifest["shards"]
         self.shard_files = [storage.join(self.root, s["file"]) for s in shards]
+        self.index = self._read_index(shards)
         if isinstance(self._reader, storage.RemoteSplit):
             self._reader.bind(manifest_bytes, shards)
         else:
             self._reader = storage.LocalSplit(self.root, [s["file"] for s in shards])
+            checks.check_local_shards(self.root, shards)
         self.image_size = int(self.manifest["image_size"])
         self.mini_mask_shape = int(self.manifest["mini_mask_shape"])
         self.num_classes = int(self.manifest["num_classes"])
         self.class_names = list(self.manifest["class_names"])
         # {label: ClassInfo(category_id, name)}; empty for shards without categories
-        self.class_map = read_class_map(self.manifest.get("class_map") or {})
+        try:
+            raw_map = self.manifest.get("class_map") or {}
+            self.class_map = read_class_map(raw_map, self.num_classes if raw_map else None)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ShardReadError(f"{self.root}/{MANIFEST}: {e}; {REBUILD}") from None
+
+    def _read_index(self, shards: list[dict[str, Any]]) -> np.ndarray:
+        try:
+            data = self._reader.read(INDEX)
+        except FileNotFoundError:
+            raise ShardReadError(f"{self.root}/{INDEX} is missing; {REBUILD}") from None
+        return checks.read_index(data, [s["bytes"] for s in shards], f"{self.root}/{INDEX}")
+
+    def verify(self) -> None:
+        """Check every file of a local split against the sha256 its manifest records (index and
+        shards; about 1 s per GB) -> None, or `ShardReadError` naming the first that differs.
+        A split at a URL is checked when a shard is cached (`cache_dir`), not here."""
+        if isinstance(self.root, Path):
+            checks.verify_files(self.root, self.manifest)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
     def __getitem__(self, i: int) -> Sample:
         meta, image_bytes, masks_bytes = self.read_raw(i)
-        return self.decode(meta, image_bytes, masks_bytes)
+        try:
+            return self.decode(meta, image_bytes, masks_bytes)
+        except Exception as e:
+            raise self._damaged(i, "does not decode", e) from None
 
     def read_meta(self, i: int) -> dict[str, Any]:
         """Only the sample's json (no image decoding): cheap, e.g. for statistics."""
         row = self._row(i)
-        (meta,) = self._reader.pread(int(row[0]), [(int(row[2]), int(row[3]))])
-        return json.loads(meta)
+        (meta,) = self._pread(i, int(row[0]), [(int(row[2]), int(row[3]))])
+        try:
+            return checks.sample_meta(meta)
+        except ValueError as e:
+            raise self._damaged(i, "cannot be read", e) from None
 
     def read_raw(self, i: int) -> tuple[dict[str, Any], bytearray, bytearray]:
         """(metadata, encoded image, .npy mini-masks) of sample `i`, undecoded."""
         row = [int(v) for v in self._row(i)]
-        meta, image, masks = self._reader.pread(
-            row[0], [(row[2], row[3]), (row[4], row[5]), (row[6], row[7])]
+        meta, image, masks = self._pread(
+            i, row[0], [(row[2], row[3]), (row[4], row[5]), (row[6], row[7])]
         )
-        return json.loads(meta), image, masks
+        try:
+            return checks.sample_meta(meta), image, masks
+        except ValueError as e:
+            raise self._damaged(i, "cannot be read", e) from None
+
+    def _pread(self, i: int, shard: int, ranges: list[tuple[int, int]]) -> list[bytearray]:
+        """The byte ranges of sample `i`. A local file shorter than its index says is damage
+        (ShardReadError); a remote read's errors (network, a changed upload) stay what they are."""
+        try:
+            return self._reader.pread(shard, ranges)
+        except OSError as e:
+            if isinstance(self._reader, storage.RemoteSplit):
+                raise
+            raise self._damaged(i, "cannot be read", e) from None
+
+    def _damaged(self, i: int, what: str, error: Exception) -> ShardReadError:
+        """The error for sample `i` whose bytes `what` (its shard file named)."""
+        if isinstance(error, ShardReadError):
+            return error
+        shard = self.shard_files[int(self.index[i][0])]
+        return ShardReadError(
+            f"{shard}: sample {i} (image {int(self.index[i][1])}) {what} "
+            f"({type(error).__name__}: {checks.first_line(error)}); {REBUILD}"
+        )
 
     def decode(self, meta: dict[str, Any], image_bytes: bytearray, masks_bytes: bytes) -> Sample:
         s = self.image_size

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mrcnn.data import shard_checks
 from mrcnn.data import shards as fmt
 from mrcnn.data.class_map import class_map_json
 from mrcnn.data.coco import ImageRecord, Skip, group_reasons
@@ -309,6 +310,8 @@ def _finish(
         "params": dataclasses.asdict(options),
         **extra,
     }
+    manifest = json.loads(json.dumps(manifest))  # as a reader will load it: lists, str keys
+    manifest[shard_checks.MANIFEST_DIGEST] = shard_checks.manifest_digest(manifest)
     write_json_atomic(out_dir / MANIFEST, manifest, indent=1)
     return manifest
 

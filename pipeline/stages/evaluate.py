@@ -223,6 +223,7 @@ def load_inputs(paths: EvaluatePaths, p: EvaluateParams) -> tuple[Any, Any, dict
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; {how}")
     dataset = ShardDataset(paths.shards_dir)
+    dataset.verify()  # a damaged shard: one line naming it, before the model runs
     model = weights.load(paths.model_dir, resolve_device(p.device, "evaluate.device"))
     if model.image_size != dataset.image_size:
         raise EvaluateError(

@@ -117,6 +117,7 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     opened, on a missing shard set, an unusable tracking store, any input file the run will
     need (`check_inputs`) and a Ray cluster without the GPUs or CPUs asked for."""
     train_set = ShardDataset(storage.join(paths.shards, "train"))
+    train_set.verify()  # a damaged shard fails here in one line, not in a worker mid-run
     store.check_tracking_uri(paths.tracking.uri)
     manifest = train_set.manifest
     cfg = params.model_config(
@@ -144,11 +145,11 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
 def check_inputs(recipe: TrainParams, cfg: Config, shards: Path | str) -> None:
     """Every file the run will need, checked here, before Ray starts (inside Ray a missing file
     costs the worker retries and pages of tracebacks): the val shards when training evaluates
-    (`train.eval_every`), and `train.init_weights`, loaded into a model on this process as each
-    worker will load it (a file that is missing, not a checkpoint or of another architecture
-    fails now, in one line)."""
+    (`train.eval_every`; checked against their manifest's checksums), and `train.init_weights`,
+    loaded into a model on this process as each worker will load it (a file that is missing,
+    not a checkpoint or of another architecture fails now, in one line)."""
     if recipe.eval_every:
-        ShardDataset(storage.join(shards, "val"))
+        ShardDataset(storage.join(shards, "val")).verify()
     if recipe.init_weights:
         try:
             weights.load_init(build_model(cfg), recipe.init_weights)

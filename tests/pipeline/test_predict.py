@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 from PIL import Image
 
 from mrcnn.evaluation.coco_results import decode_masks
 from pipeline import predict, predict_model
 from pipeline.serve_params import PredictParams
+from tests.fuzz import fuzz, fuzz_settings
+from tests.pipeline.bad_images import damaged_folder
 from tests.pipeline.parity import BOX_TOL, assert_same_results
 from tests.pipeline.registry_helpers import save_model, synthetic_images, tiny_model
 
@@ -339,3 +346,91 @@ def test_onnx_backend_refuses_what_it_cannot_do(
     assert summary["score_thresh"] == 0.2831 and summary["num_detections"] == 6
     with pytest.raises(ValueError, match=r"below the ONNX file's 0.2831 .* --backend torch"):
         predict.run(str(strict), [folder], tmp_path / "d", PredictParams(score_thresh=0.1))
+
+
+def test_a_folder_of_good_and_bad_files_gives_results_and_names_each_bad_one(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: every image kind users have (CMYK, 16-bit, palette, 1 x 1, EXIF-rotated,
+    spaces and non-ASCII names) beside every way a file is broken (truncated, empty, text
+    named .jpg, flipped bytes, ...): the good ones get results, each bad one is skipped, named
+    in one log line with its reason and in images.json, the run exits 0 with no traceback."""
+    caplog.set_level("INFO")
+    folder = tmp_path / "mixed photos"
+    good, bad = damaged_folder(folder, synthetic_images()[0], seed=0)
+    (folder / "notes.txt").write_text("not an image")
+    assert len(bad) >= 9 and "名前 with spaces é.png" in good
+    out = tmp_path / "out"
+    _cli(model_dir, [folder], out, "--score-thresh", "0.0")  # no SystemExit: exit status 0
+    summary = json.loads((out / "images.json").read_text())
+    assert summary["complete"] is True
+    assert sorted(Path(i["file_name"]).name for i in summary["images"]) == sorted(good)
+    assert sorted(Path(s["path"]).name for s in summary["skipped"]) == sorted(bad)
+    assert {s["reason"] for s in summary["skipped"]} == {"corrupt_image"}
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    assert len(lines) == len(bad) and all("\n" not in line for line in lines)
+    for name in bad:
+        assert any(f"mixed photos/{name} (corrupt_image): cannot read image" in x for x in lines)
+    assert "Traceback" not in caplog.text
+    assert "1 other files not read (not an image suffix: notes.txt)" in caplog.text
+    sizes = {Path(i["file_name"]).name: (i["height"], i["width"]) for i in summary["images"]}
+    assert sizes["one pixel.png"] == (1, 1) and sizes["exif rotated.jpg"] == (128, 96)
+    assert (out / "overlays" / "mixed photos" / "名前 with spaces é.png").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert {r["file_name"] for r in results} <= {i["file_name"] for i in summary["images"]}
+
+
+def test_no_readable_input_is_one_line_and_exit_1(model_dir: Path, tmp_path: Path) -> None:
+    """The real entry point, as a user runs it: only bad files -> exit 1, one error line, no
+    traceback; images.json still lists what was skipped and why."""
+    folder = tmp_path / "all bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"")
+    (folder / "b.png").write_text("text")
+    out = tmp_path / "out"
+    argv = ["--model", str(model_dir), "--input", str(folder), "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", *argv, "--params", str(tmp_path / "no.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "none of the 2 input files could be read" in errors[0]
+    skipped = json.loads((out / "images.json").read_text())["skipped"]
+    assert [(Path(s["path"]).name, s["reason"]) for s in skipped] == [
+        ("a.jpg", "corrupt_image"),
+        ("b.png", "corrupt_image"),
+    ]
+
+
+@fuzz
+@fuzz_settings(8)
+@given(seed=st.integers(0, 2**16), picks=st.lists(st.integers(0, 20), min_size=1, max_size=5))
+def test_fuzz_predict_on_damaged_folders(model_dir: Path, seed: int, picks: list[int]) -> None:
+    """A folder of 1-5 files drawn from the good kinds and the corruptions (seeded damage):
+    predict returns a report in which every file is either an image with results or skipped
+    with its reason, or (no file readable) ImageReadError, never another exception."""
+    from mrcnn.data.image_file import ImageReadError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        everything = Path(tmp) / "all"
+        damaged_folder(everything, synthetic_images()[1], seed=seed)
+        files = sorted(everything.iterdir())
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for i in sorted(set(picks)):
+            (folder / files[i].name).write_bytes(files[i].read_bytes())
+        try:
+            summary = predict.run(str(model_dir), [folder], Path(tmp) / "out", PredictParams(0.0))
+        except ImageReadError as e:
+            assert "none of the" in str(e)
+            event("no readable file: ImageReadError")
+            return
+        names = {Path(i["file_name"]).name for i in summary["images"]}
+        names |= {Path(s["path"]).name for s in summary["skipped"]}
+        assert names == {p.name for p in folder.iterdir()}
+        assert summary["complete"] and all(s["reason"] for s in summary["skipped"])
+        event(f"{summary['num_skipped']} of {len(names)} skipped")

@@ -133,3 +133,25 @@ def test_the_command_line_prints_no_traceback(tmp_path):
     assert "unknown params section 'evalute'" in done.stderr.strip().splitlines()[-1]
     debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_an_error_from_a_dataloader_worker_is_its_own_message_on_one_line(tmp_path):
+    """torch's DataLoader re-raises a worker's error with the worker's traceback in the message;
+    the one line is the original message (a damaged shard read by `evaluate.num_workers`)."""
+    import torch
+
+    from mrcnn.data import ShardReadError
+    from pipeline.cli import one_line
+
+    class Damaged(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            raise ShardReadError("shard-000001.tar: sample 1 does not decode; rebuild the split")
+
+    loader = torch.utils.data.DataLoader(Damaged(), num_workers=1)
+    with pytest.raises(ShardReadError) as caught:
+        next(iter(loader))
+    assert "Original Traceback" in str(caught.value)
+    assert one_line(caught.value) == "shard-000001.tar: sample 1 does not decode; rebuild the split"

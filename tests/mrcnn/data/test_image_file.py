@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 from PIL import Image
 
 from mrcnn.data.image_file import ImageReadError, read_image
+from tests.fuzz import fuzz, fuzz_settings
+from tests.pipeline.bad_images import encode
 
 
 def _encode(im: Image.Image, fmt: str) -> bytes:
@@ -46,3 +50,62 @@ def test_unreadable_inputs_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "missing.png")
     with pytest.raises(ImageReadError, match="row 3: it is empty"):
         read_image(b"", name="row 3")
+
+
+FORMATS = {"PNG": ("RGB", "L", "P", "I;16", "RGBA", "1"), "JPEG": ("RGB", "L", "CMYK")}
+FORMATS |= {"BMP": ("RGB", "P"), "TIFF": ("RGB", "CMYK", "I;16"), "WEBP": ("RGB",)}
+FORMATS |= {"GIF": ("P",)}
+
+
+@st.composite
+def image_file(draw) -> tuple[bytes, str, tuple[int, int] | None]:
+    """(bytes, what was done, (h, w) when the file is intact) of a real image in any format and
+    colour mode, down to 1 x 1, then maybe damaged: truncated, bytes flipped, tail zeroed, or
+    replaced by text, nothing, or a few bytes of its header."""
+    fmt = draw(st.sampled_from(sorted(FORMATS)))
+    mode = draw(st.sampled_from(FORMATS[fmt]))
+    h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**16))
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    data = encode(pixels, fmt, mode)
+    kind = draw(st.sampled_from(["intact", "truncate", "flip", "zero_tail", "text", "empty"]))
+    at = draw(st.integers(0, len(data) - 1))
+    if kind == "truncate":
+        data = data[:at]
+    elif kind == "flip":
+        out = bytearray(data)
+        for p in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=6)):
+            out[p] ^= 1 << draw(st.integers(0, 7))
+        data = bytes(out)
+    elif kind == "zero_tail":
+        data = data[:at] + bytes(len(data) - at)
+    elif kind == "text":
+        data = draw(st.text(max_size=40)).encode()
+    elif kind == "empty":
+        data = b""
+    return data, f"{fmt} {mode} {kind}", (h, w) if kind == "intact" else None
+
+
+@fuzz
+@fuzz_settings(200)
+@given(case=image_file())
+def test_fuzz_read_image_gives_rgb_or_image_read_error(tmp_path_factory, case):
+    """The decoder of predict, the pyfunc and the shards, on any image and any damage: an
+    intact file gives its pixels as uint8 [h, w, 3]; anything else gives uint8 RGB pixels (a
+    decoder may accept damage it cannot see) or `ImageReadError` naming the file, never
+    another exception or a crash."""
+    data, what, size = case
+    path = tmp_path_factory.getbasetemp() / "fuzz image.bin"
+    path.write_bytes(data)
+    try:
+        image = read_image(path, orient=True)
+    except ImageReadError as e:
+        assert size is None, f"{what}: an intact file was refused: {e}"
+        assert "fuzz image.bin" in str(e)
+        event(f"{what.split()[-1]}: ImageReadError")
+        return
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.flags.c_contiguous and image.flags.writeable
+    if size is not None:
+        assert image.shape[:2] == size, what
+    event(f"{what.split()[-1]}: read")

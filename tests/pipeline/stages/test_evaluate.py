@@ -379,3 +379,31 @@ def test_bad_evaluate_keys(tmp_path: Path) -> None:
         (tmp_path / "p.yaml").write_text(text)
         with pytest.raises(ValueError, match=message):
             load_section(tmp_path / "p.yaml", "evaluate", EvaluateParams)
+
+
+def test_a_corrupted_val_shard_stops_evaluate_before_the_model_runs(tiny_shards, tmp_path):
+    """Issue 23: evaluate verifies the val shards first; a flipped byte is one ShardReadError
+    (a ValueError: one line from `python -m pipeline.evaluate`) naming the shard, and nothing
+    is written."""
+    import shutil
+
+    from mrcnn.data import ShardReadError
+
+    val = Path(shutil.copytree(tiny_shards / "val", tmp_path / "val"))
+    shard = val / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    raw = tiny_shards.parent.parent / "data" / "raw" / "shapes"
+    paths = EvaluatePaths(
+        model_dir=tmp_path / "model",  # never opened: the shards fail first
+        shards_dir=val,
+        annotations=raw / "annotations" / "instances_val.json",
+        train_run=tmp_path / "train_run.json",
+        metrics_out=tmp_path / "eval.json",
+        reports_dir=tmp_path / "reports",
+    )
+    paths.model_dir.mkdir()
+    with pytest.raises(ShardReadError, match=f"{shard} does not match its sha256"):
+        evaluate.run(Params(), paths)
+    assert not paths.metrics_out.exists() and not paths.reports_dir.exists()

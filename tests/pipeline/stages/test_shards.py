@@ -202,3 +202,37 @@ def test_num_workers_zero_builds_in_this_process(messy, tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "build_split", spy)
     run(ShardsParams(image_size=128, mini_mask_shape=28, num_workers=0), messy[0], tmp_path / "s")
     assert seen == [1]  # the writer's 1: this process
+
+
+def _damage_split(train: Path, kind: str) -> None:
+    if kind == "truncated":
+        shard = train / "shard-000001.tar"
+        shard.write_bytes(shard.read_bytes()[:3000])
+    elif kind == "flipped":
+        shard = train / "shard-000000.tar"
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    elif kind == "missing":
+        (train / "shard-000001.tar").unlink()
+    elif kind == "empty_manifest":
+        (train / "manifest.json").write_bytes(b"")
+    else:
+        (train / "index.npy").write_bytes(b"garbage")
+
+
+def test_rerunning_the_stage_repairs_what_the_reader_reports(tiny_shards, tmp_path):
+    """Issue 23: a damaged split's error says to re-run the shards stage; doing so rebuilds
+    exactly what is damaged (truncated, flipped, missing shards, a lost manifest or index)."""
+    from mrcnn.data.shard_checks import REBUILD, ShardReadError
+
+    raw = tiny_shards.parent.parent / "data" / "raw" / "shapes"
+    out = tmp_path / "shards"
+    params = ShardsParams(image_size=64, mini_mask_shape=14, samples_per_shard=8, num_workers=0)
+    run(params, raw, out)
+    for kind in ("truncated", "flipped", "missing", "empty_manifest", "index_garbage"):
+        _damage_split(out / "train", kind)
+        with pytest.raises(ShardReadError, match=REBUILD.replace("(", r"\(").replace(")", r"\)")):
+            ShardDataset(out / "train").verify()
+        run(params, raw, out)
+        ShardDataset(out / "train").verify()

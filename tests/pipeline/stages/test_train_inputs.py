@@ -17,6 +17,7 @@ from tests.pipeline.tiny_model import TINY_MODEL
 
 def _train_cli(tmp_path: Path, shards: Path, **train) -> subprocess.CompletedProcess:
     """`python -m pipeline.train` as a user runs it, in a project of its own."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     params = {
         "model": {"preset": "shapes_small", **TINY_MODEL},
@@ -80,3 +81,35 @@ def test_a_warmup_longer_than_training_is_said(caplog):
     with caplog.at_level("WARNING"):
         warn_about_recipe(TrainParams(iterations=20, warmup_iters=50))
     assert "warmup_iters (50) is more than train.iterations (20)" in caplog.text
+
+
+def _damage(kind: str, shards: Path) -> Path:
+    """Real shards written by the real stage (`tiny_shards`), damaged the way disks and copies
+    damage them -> the file the error must name."""
+    train = shards / "train"
+    shard = train / "shard-000001.tar"
+    if kind == "truncated":
+        shard.write_bytes(shard.read_bytes()[:5000])
+    elif kind == "corrupted":  # same size: only the manifest's sha256 tells
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+        shard.write_bytes(bytes(data))
+    elif kind == "missing":
+        shard.unlink()
+    else:  # an empty manifest (a copy cut short)
+        shard = train / "manifest.json"
+        shard.write_bytes(b"")
+    return shard
+
+
+# missing shards and unreadable manifests: tests/mrcnn/data/test_shard_checks.py (in process)
+@pytest.mark.parametrize("kind", ["truncated", "corrupted"])
+def test_damaged_shards_end_the_stage_in_one_line_naming_the_file(tmp_path, tiny_shards, kind):
+    """Issue 23: a damaged shard is data loss the user must know about: the stage stops before
+    Ray with one line naming the file and how to rebuild the split, never a traceback."""
+    import shutil
+
+    shards = Path(shutil.copytree(tiny_shards, tmp_path / "shards"))
+    bad = _damage(kind, shards)
+    line = _one_line_error(_train_cli(tmp_path / "project", shards))
+    assert str(bad) in line and "python -m pipeline.shards" in line, line
