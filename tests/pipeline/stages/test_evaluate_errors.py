@@ -225,12 +225,12 @@ def test_mlflow_run_holds_the_breakdown(evaluated):
     logged = client.get_run(evaluated["run_id"]).data.metrics
     for t in ("bbox", "segm"):
         e = metrics["errors"][t]
-        assert logged[f"eval/errors/{t}_AP50"] == pytest.approx(e["AP50"])
+        assert logged[f"val/final/errors/{t}_AP50"] == pytest.approx(e["AP50"])
         for name in ERRORS:
-            assert logged[f"eval/errors/{t}_dAP_{name}"] == pytest.approx(e["dAP"][name])
-        assert logged[f"eval/errors/{t}_fp"] == pytest.approx(e["fp"])
-        assert logged[f"eval/errors/{t}_fn"] == pytest.approx(e["fn"])
-    assert logged["eval/segm_AP"] == metrics["segm"]["AP"]
+            assert logged[f"val/final/errors/{t}_dAP_{name}"] == pytest.approx(e["dAP"][name])
+        assert logged[f"val/final/errors/{t}_fp"] == pytest.approx(e["fp"])
+        assert logged[f"val/final/errors/{t}_fn"] == pytest.approx(e["fn"])
+    assert logged["val/final/segm_AP"] == metrics["segm"]["AP"]
     artifacts = {a.path for a in client.list_artifacts(evaluated["run_id"], "evaluate")}
     expected = ("errors", "worst", "confusion", "errors.json", "image_errors.csv")
     assert {f"evaluate/{n}" for n in expected} <= artifacts

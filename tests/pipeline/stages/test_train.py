@@ -92,7 +92,8 @@ def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
     assert (tmp_path / "reports/train/losses.png").is_file()
     run_info = mlflow.MlflowClient(uri).get_run(summary["mlflow_run_id"])
     assert run_info.data.params["train.num_workers"] == "2"
-    assert "loss_mask" in run_info.data.metrics and "images_per_s" in run_info.data.metrics
+    logged = run_info.data.metrics
+    assert "train/loss_mask" in logged and "train/perf/images_per_s" in logged
 
 
 def test_a_killed_worker_is_replaced_and_resumes_from_the_checkpoint(
