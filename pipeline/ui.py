@@ -5,6 +5,11 @@
 Runs `mlflow ui --backend-store-uri <mlflow.tracking_uri>` (the SQLite file in the project by
 default): runs, their metric curves and pictures, and the model registry. When the tracking URI
 is an http(s) server, that server already is the UI; this prints its address instead.
+
+The address to open is logged (`start_url`): the experiment's runs in MLflow's "Model training"
+mode. MLflow 3's UI starts a new browser in its GenAI mode (traces, token usage, no model
+registry in the sidebar) until the page is opened with `?workflowType=machine_learning` or
+"Model training" is picked at the top of the sidebar (the browser remembers the choice).
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ from pathlib import Path
 
 from pipeline.paramfile import load_section
 from pipeline.params import MlflowParams
-from pipeline.tracking.store import check_tracking_uri, project_root, redact, tracking_uri
+from pipeline.tracking.store import (
+    check_tracking_uri,
+    find_experiment,
+    project_root,
+    redact,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,17 @@ def build_command(params_path: str | Path, host: str = "127.0.0.1", port: int = 
     ]
 
 
+# MLflow 3's UI mode for model training (runs, metric charts, model registry) instead of GenAI.
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
+def start_url(base: str, experiment_id: str | None = None) -> str:
+    """The page to open on the UI at `base` (http://host:port): the runs of `experiment_id`
+    (the experiment list without one) in "Model training" mode."""
+    page = f"experiments/{experiment_id}" if experiment_id else "experiments"
+    return f"{base.rstrip('/')}/#/{page}?{MODEL_TRAINING}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", default="params.yaml", help="default: %(default)s")
@@ -57,10 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     if not argv_ui:
         uri = load_section(args.params, "mlflow", MlflowParams).tracking_uri
         print(
-            f"mlflow.tracking_uri is a tracking server; its UI is the server itself: {redact(uri)}"
+            "mlflow.tracking_uri is a tracking server; its UI is the server itself: "
+            + start_url(redact(uri))
         )
         return
-    log.info("MLflow UI on http://%s:%d (Ctrl-C stops it)", args.host, args.port)
+    params = load_section(args.params, "mlflow", MlflowParams)
+    experiment = find_experiment(tracking_uri(args.params, params.tracking_uri), params.experiment)
+    url = start_url(f"http://{args.host}:{args.port}", experiment)
+    log.info("MLflow UI: open %s (Ctrl-C stops it)", url)
     os.execv(argv_ui[0], argv_ui)
 
 
