@@ -22,13 +22,8 @@ from pathlib import Path
 
 from pipeline.paramfile import load_section
 from pipeline.params import MlflowParams
-from pipeline.tracking.store import (
-    check_tracking_uri,
-    find_experiment,
-    project_root,
-    redact,
-    tracking_uri,
-)
+from pipeline.tracking.store import check_tracking_uri, project_root, redact, tracking_uri
+from pipeline.tracking.training import find_experiment
 
 log = logging.getLogger(__name__)
 

@@ -323,15 +323,6 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
     return exp.experiment_id
 
 
-def find_experiment(uri: str, name: str) -> str | None:
-    """The id of experiment `name` in the store at `uri`, or None when it has none (nothing is
-    created)."""
-    from mlflow import MlflowClient
-
-    exp = MlflowClient(uri).get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
-
-
 def run_exists(run_id: str) -> bool:
     """Whether `run_id` is an active (not deleted) run in the current tracking store."""
     import mlflow

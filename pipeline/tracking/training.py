@@ -29,6 +29,15 @@ def run_exists(uri: str, run_id: str) -> bool:
     return store.run_exists(run_id)
 
 
+def find_experiment(uri: str, name: str) -> str | None:
+    """The id of experiment `name` (where the runs go) in the store at `uri`, or None when it
+    has none (nothing is created)."""
+    from mlflow import MlflowClient
+
+    exp = MlflowClient(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
+
+
 def open_run(
     uri: str,
     experiment: str,
