@@ -164,7 +164,7 @@ def test_a_resume_is_exact(uninterrupted, tiny_shards, tmp_path, monkeypatch, lo
 
     assert [m["iteration"] for m, _ in ray.reports] == [4]
     assert sorted(_history(uri, run_id)) == [3, 4]
-    for key in LOSS_KEYS:
+    for key in (f"train/{k}" for k in LOSS_KEYS):
         full = _history(uninterrupted["uri"], uninterrupted["run_id"], key)
         ours = _history(uri, run_id, key)
         assert ours == {3: full[3], 4: full[4]}, key  # exactly
