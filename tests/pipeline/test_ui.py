@@ -41,6 +41,7 @@ def test_ui_command_for_the_sqlite_store(tmp_path: Path) -> None:
     )
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == "5123"
+    assert argv[argv.index("--workers") + 1] == "1"  # one browser; MLflow's 4 start slowly
 
 
 def test_ui_for_a_tracking_server_is_the_server(tmp_path: Path) -> None:
