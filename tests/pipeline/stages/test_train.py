@@ -119,7 +119,8 @@ def test_restart_with_the_same_name_resumes_iterations_and_mlflow_run(
     assert summary["resumes"] == 1 and summary["iterations"] == 6
     assert summary["mlflow_run_id"] == first_run["run_id"]
     steps = [
-        m.step for m in mlflow.MlflowClient(uri).get_metric_history(first_run["run_id"], "loss")
+        m.step
+        for m in mlflow.MlflowClient(uri).get_metric_history(first_run["run_id"], "train/loss")
     ]
     assert 2 in steps and 6 in steps  # one curve across both attempts
     # A different recipe is a different run, trained from scratch.
