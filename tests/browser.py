@@ -2,8 +2,8 @@
 process per page renders it, writes a screenshot and returns the DOM as the page's scripts
 left it.
 
-    page = render(url, tmp_path / "run.png")      # Page(png, dom, text)
-    page.text                                    # the visible strings, in document order
+    page = render(url, folder / "run.png", wait_for="loss")   # Page: png, dom, text
+    page.text                                                 # the DOM's strings, in document order
 
 `make services-deps` installs chromium; without it the tests that need it skip (`find`).
 The browser runs with its own throwaway profile (nothing remembered between pages) and is
