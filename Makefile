@@ -53,14 +53,23 @@ bench: $(STAMP)
 	$(BIN)/python bench/model_speed.py
 	$(BIN)/python bench/data_speed.py
 
-services-deps:  ## PostgreSQL's initdb/postgres for the tracking-server tests (Debian, as root)
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
-	  echo "postgresql: present"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
-	else \
-	  echo "postgresql missing: install it (e.g. sudo apt-get install postgresql); its tests skip"; \
-	fi
+services-deps:  ## what the service tests need (Debian): PostgreSQL's initdb/postgres, Chromium (the UI test)
+	@$(call apt_install,postgresql,ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb)
+	@$(call apt_install,chromium,command -v chromium || command -v chromium-browser)
+
+# $(call apt_install,PACKAGE,TEST): nothing when TEST finds it; else apt-get as root, or through
+# sudo (without a password prompt) as another user; else say how, and its tests skip.
+define apt_install
+if { $(2); } >/dev/null 2>&1; then \
+  echo "$(1): present"; \
+elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
+  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; \
+else \
+  echo "$(1) missing: install it (e.g. sudo apt-get install $(1)); its tests skip"; \
+fi
+endef
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -43,7 +43,7 @@ from mrcnn.modeling.model import build_model
 from pipeline import cli, layout
 from pipeline.params import Params, load
 from pipeline.reporting.train import write_loss_reports, write_results_figure
-from pipeline.tracking import store
+from pipeline.tracking import names, store
 from pipeline.tracking import training as tracked_run
 from pipeline.tracking.store import Tracking, TrackingError
 from pipeline.train_params import TrainParams
@@ -247,19 +247,20 @@ def _log_outcome(uri: str, run_id: str, metrics: dict[str, Any], reports: Path) 
     """What the MLflow run gets at the end: wall time, images, the best validation, why it
     stopped and what was kept (tags), and the report pictures."""
     outcome = {  # wall_s: every attempt together
-        "train/wall_s": metrics["wall_s"],
-        "train/images_seen": metrics["images_seen"],
+        "wall_s": metrics["wall_s"],
+        "images_seen": metrics["images_seen"],
     }
     if metrics["best_iteration"] is not None:
-        outcome["train/best_iteration"] = metrics["best_iteration"]
-        outcome[f"train/best_{metrics['best_metric']}"] = metrics["best_value"]
+        outcome["best_iteration"] = metrics["best_iteration"]
+        outcome[f"best_{metrics['best_metric']}"] = metrics["best_value"]
     tags = {
         "train.stopped": metrics["stopped"],
         "train.kept": f"{metrics['kept']} (iteration {metrics['kept_iteration']})",
         "train.weights": metrics["weights"],
     }
     pictures = [reports / "losses.png", reports / "results.png"]
-    tracked_run.log_outcome(uri, run_id, outcome, pictures, "train", tags=tags)
+    summary = names.prefixed(names.SUMMARY, outcome)  # train/summary/wall_s, ...
+    tracked_run.log_outcome(uri, run_id, summary, pictures, "train", tags=tags)
 
 
 def _swap_in(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.paramfile import to_dict
 from pipeline.sweep import report as sweep_report
 from pipeline.sweep.records import COMPLETED, FAILED, STOPPED, TrialRecord
-from pipeline.tracking import active, trials
+from pipeline.tracking import active, names, trials
 from pipeline.tracking.store import flatten
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def finish_trial_runs(records: list[TrialRecord], sweep: Sweep) -> None:
         tags = {"tune.status": rec.status, "tune.iterations": str(rec.iteration)}
         if rec.error:
             tags["tune.error"] = rec.error[:5000]
-        final = {f"final/{k}": v for k, v in rec.metrics.items()}
+        final = names.prefixed(names.SUMMARY, rec.metrics)  # after the curves in the UI
         trials.end_run(
             sweep.tracking_uri, run_id, RUN_STATUS[rec.status], tags, final, rec.iteration
         )

@@ -14,6 +14,7 @@ from typing import Any
 from mrcnn.evaluation.coco_eval import ALL_IOU_TYPES
 from pipeline.paramfile import to_dict
 from pipeline.params import EvaluateParams
+from pipeline.tracking import names
 from pipeline.tracking.store import flatten, start_run
 
 log = logging.getLogger(__name__)
@@ -23,31 +24,33 @@ ARTIFACT_PATH = "evaluate"
 
 def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The evaluate stage's numbers (eval.json's sections, `errors`: eval_errors.json,
-    `per_category`: reports/evaluate/summary.json) -> MLflow metrics: `eval/bbox_AP`, ...,
-    `eval/segm_APl`, the error breakdown `eval/errors/bbox_AP50`,
-    `eval/errors/bbox_dAP_<type>`, `eval/errors/bbox_fp` / `_fn` (likewise segm), and
-    `eval/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth in that area range)
-    and per-category None are left out rather than logged as numbers.
+    `per_category`: reports/evaluate/summary.json) -> MLflow metrics: `val/final/bbox_AP`, ...,
+    `val/final/segm_APl`, the error breakdown `val/final/errors/bbox_AP50`,
+    `val/final/errors/bbox_dAP_<type>`, `val/final/errors/bbox_fp` / `_fn` (likewise segm), and
+    `val/final/per_category/<name>/{bbox,segm}_AP`. COCO's -1 (no ground truth in that area
+    range) and per-category None are left out rather than logged as numbers.
 
-    The UI groups charts into sections by the names' "/" prefixes: the error charts (9 per IoU
-    type) get a section beside the AP ones instead of burying them."""
+    The UI groups charts into sections by the names' "/" prefixes, in alphabetical order: these
+    single numbers come after the training's curves (`pipeline.tracking.names`), and the error
+    charts (9 per IoU type) get a section beside the AP ones instead of burying them."""
+    final = names.FINAL
     out = {}
     for iou_type in ALL_IOU_TYPES:
         for name, value in metrics.get(iou_type, {}).items():
             if value >= 0:
-                out[f"eval/{iou_type}_{name}"] = float(value)
+                out[f"{final}{iou_type}_{name}"] = float(value)
     for iou_type, e in metrics.get("errors", {}).items():
-        out[f"eval/errors/{iou_type}_AP50"] = float(e["AP50"])
+        out[f"{final}errors/{iou_type}_AP50"] = float(e["AP50"])
         for name, value in e["dAP"].items():
-            out[f"eval/errors/{iou_type}_dAP_{name}"] = float(value)
+            out[f"{final}errors/{iou_type}_dAP_{name}"] = float(value)
         for name in ("fp", "fn"):
-            out[f"eval/errors/{iou_type}_{name}"] = float(e[name])
+            out[f"{final}errors/{iou_type}_{name}"] = float(e[name])
     for name, entry in metrics.get("per_category", {}).items():
         safe = re.sub(r"[^\w.\- /]", "_", name)
         for iou_type in ALL_IOU_TYPES:
             value = entry.get(f"{iou_type}_AP")
             if value is not None:
-                out[f"eval/per_category/{safe}/{iou_type}_AP"] = float(value)
+                out[f"{final}per_category/{safe}/{iou_type}_AP"] = float(value)
     return out
 
 

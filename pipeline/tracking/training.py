@@ -3,11 +3,13 @@ on its worker, read back for the loss curves, closed with the outcome.
 
     run_id = open_run(uri, "mrcnn", name, flat_params, tags)      # driver, once per run
     resume_on_worker(uri, run_id, "running")                        # rank 0: the active run
-    active.log_metrics({"loss": 0.7}, step=20)                      # rank 0, every log_every
+    active.log_metrics({"train/loss": 0.7}, step=20)                # rank 0, every log_every
     end_on_worker("FINISHED")
     loss_history(uri, run_id)                                       # driver: one row per step
     val_history(uri, run_id)                                        # driver: one per validation
-    log_outcome(uri, run_id, {"train/wall_s": 61.0}, [losses_png], "train", tags={...})
+    log_outcome(uri, run_id, {"train/summary/wall_s": 61.0}, [losses_png], "train", tags={...})
+
+The metric names (and why they sort as they do in the MLflow UI): `pipeline.tracking.names`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.tracking import store
+from pipeline.tracking import names, store
 
 
 def run_exists(uri: str, run_id: str) -> bool:
@@ -25,6 +27,15 @@ def run_exists(uri: str, run_id: str) -> bool:
 
     mlflow.set_tracking_uri(uri)
     return store.run_exists(run_id)
+
+
+def find_experiment(uri: str, name: str) -> str | None:
+    """The id of experiment `name` (where the runs go) in the store at `uri`, or None when it
+    has none (nothing is created)."""
+    from mlflow import MlflowClient
+
+    exp = MlflowClient(uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
 
 
 def open_run(
@@ -62,20 +73,21 @@ def end_on_worker(status: str = "FINISHED") -> None:
 
 
 def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:
-    """Per-step `loss*` and `lr` metrics of a run from MLflow, one row per step (a resumed run
-    is one curve). The loss names are whatever the model's loss dict held."""
+    """Per-step `train/loss*` and `train/lr` metrics of a run from MLflow, one row per step (a
+    resumed run is one curve), without the prefix: {"step": 20, "loss": ..., "lr": ...}. The
+    loss names are whatever the model's loss dict held."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("loss"))
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if names.is_loss_or_lr(k))
     rows: dict[int, dict[str, float]] = {}
-    for key in [*keys, "lr"]:
+    for key in keys:
         for m in client.get_metric_history(run_id, key):
-            rows.setdefault(m.step, {"step": m.step})[key] = m.value
+            rows.setdefault(m.step, {"step": m.step})[names.short(key)] = m.value
     return [rows[s] for s in sorted(rows)]
 
 
-VAL_PREFIX = "val/"  # periodic validation's metrics: val/bbox_AP, val/segm_AP, ...
+VAL_PREFIX = names.VAL  # periodic validation's metrics: val/bbox_AP, val/segm_AP, ...
 
 
 def val_history(uri: str, run_id: str) -> list[dict[str, float]]:
@@ -84,7 +96,11 @@ def val_history(uri: str, run_id: str) -> list[dict[str, float]]:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith(VAL_PREFIX))
+    keys = sorted(
+        k
+        for k in client.get_run(run_id).data.metrics
+        if k.startswith(VAL_PREFIX) and not k.startswith(names.FINAL)
+    )
     rows: dict[int, dict[str, float]] = {}
     for key in keys:
         for m in client.get_metric_history(run_id, key):

@@ -5,7 +5,7 @@ out; what a sweep puts in them is `pipeline.sweep.tracking`'s business.
     run_id = trial_run(uri, experiment_id, parent_id, "a1b2", "sweep-a1b2", tags, sampled)
     log_params(uri, run_id, flat_params)        # the trial's full params, once they are valid
     trial_runs(uri, experiment_id, parent_id)   # {trial id: run id}, after the sweep
-    end_run(uri, run_id, "FINISHED", {"tune.status": "completed"}, {"final/segm_AP": 0.4}, 300)
+    end_run(uri, run_id, "FINISHED", {"tune.status": "completed"}, {"train/summary/AP": 0.4}, 30)
 """
 
 from __future__ import annotations

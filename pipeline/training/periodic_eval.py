@@ -27,7 +27,7 @@ from mrcnn.data import ShardDataset, storage
 from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.evaluation.coco_eval import COCO_PERSON_OKS_SIGMAS, coco_evaluate
 from mrcnn.evaluation.predict import predict_dataset
-from pipeline.tracking import active
+from pipeline.tracking import active, names
 from pipeline.train_params import TrainParams
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class PeriodicEval:
         )
         scores = coco_evaluate(self.gt, results, self.iou_types, image_ids=self.image_ids)
         metrics = {f"{t}_AP": scores.metrics[t]["AP"] for t in self.iou_types}
-        active.log_metrics_if_active({f"val/{k}": v for k, v in metrics.items()}, step=iteration)
+        active.log_metrics_if_active(names.prefixed(names.VAL, metrics), step=iteration)
         # the driver's progress line shows it (not a Ray worker line)
         logger.debug("iteration %d: val %s", iteration, metrics)
         return metrics

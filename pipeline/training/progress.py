@@ -1,7 +1,8 @@
 """What a person sees while a run trains: one live line in the driver, fed by rank 0.
 
 Rank 0 (`RankZeroLog`) logs the window means of the loss terms, lr, images/s and memory to
-MLflow on every log step and keeps a small progress record in the run's storage
+MLflow on every log step (`train/loss`, `train/lr`, `train/perf/images_per_s`, ...:
+`pipeline.tracking.names`) and keeps a small progress record in the run's storage
 (`PROGRESS_FILE`, at most every `WRITE_EVERY_S` seconds, and at every validation):
 
     {"iteration": 120, "total": 800, "loss": 0.81, "lr": 9.8e-4, "images_per_s": 13.2,
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from mrcnn.data import storage
-from pipeline.tracking import active
+from pipeline.tracking import active, names
 from pipeline.tracking import training as tracked_run
 
 logger = logging.getLogger(__name__)
@@ -86,16 +87,15 @@ class RankZeroLog:
         now = time.time()
         t0, it0 = self.window
         dt, n = max(now - t0, 1e-9), max(it - it0, 1)
-        metrics = dict(means)
-        metrics["lr"] = lr
-        metrics["images_per_s"] = n * self.global_batch / dt
-        metrics["memory_gb"] = memory_gb(self.device)
-        active.log_metrics(metrics, step=it)
+        images_per_s = n * self.global_batch / dt
+        perf = {"images_per_s": images_per_s, "memory_gb": memory_gb(self.device)}
+        metrics = names.prefixed(names.TRAIN, {**means, "lr": lr})
+        active.log_metrics(metrics | names.prefixed(names.PERF, perf), step=it)
         self.record |= {
             "iteration": it,
             "loss": means.get("loss"),
             "lr": lr,
-            "images_per_s": round(metrics["images_per_s"], 3),
+            "images_per_s": round(images_per_s, 3),
             "eta_s": round((self.record["total"] - it) * dt / n, 1),
         }
         self._write()

@@ -196,7 +196,7 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_last_checkpoint(
     assert digests[0] == digests[1]
     # Iterations lost = the steps trained twice (rank 0 logs every step to MLflow).
     uri = f"sqlite:///{project}/mlflow.db"
-    history = mlflow.MlflowClient(uri).get_metric_history(run_info["mlflow_run_id"], "loss")
+    history = mlflow.MlflowClient(uri).get_metric_history(run_info["mlflow_run_id"], "train/loss")
     steps = [m.step for m in history]
     assert sorted(set(steps)) == list(range(1, iterations + 1))
     lost = len(steps) - iterations

@@ -87,3 +87,64 @@ def test_dvc_deletes_outputs_of_a_failing_stage_unless_they_persist(tmp_path):
     assert done.returncode != 0
     assert (tmp_path / "kept.json").read_text() == '{"last": "success"}'
     assert not (tmp_path / "lost.json").exists()
+
+
+# What the train and evaluate stages write, as `dvc plots show` finds them: every file a plot or
+# an out of dvc.yaml names (pictures as tiny PNGs, data as a row of the real columns).
+STAGE_FILES = {
+    "reports/train/losses.png": None,
+    "reports/train/results.png": None,
+    "reports/train/losses.csv": "step,loss,loss_mask,lr\n2,1.0,0.5,0.001\n4,0.5,0.25,0.001\n",
+    "reports/evaluate/pr_curve.png": None,
+    "reports/evaluate/per_category_ap.png": None,
+    "reports/evaluate/overlays.png": None,
+    "reports/evaluate/errors/tide.png": None,
+    "reports/evaluate/errors/confusion_bbox.png": None,
+    "reports/evaluate/worst/1.png": None,
+    "reports/evaluate/pr.csv": "recall,"
+    + ",".join(f"{t}_iou{i}" for t in ("bbox", "segm") for i in ("50", "75", "50_95"))
+    + "\n0.0,"
+    + ",".join(["1.0"] * 6)
+    + "\n1.0,"
+    + ",".join(["0.5"] * 6)
+    + "\n",
+    "reports/evaluate/confusion/bbox.csv": "actual,predicted\nsquare,square\ncircle,square\n",
+}
+
+
+@pytest.mark.slow  # one DVC command: seconds
+def test_dvc_plots_show_needs_no_network(tmp_path):
+    """`dvc plots show` draws every plot from the files in the project: pictures only. A Vega
+    plot (a template over CSV / JSON data) loads vega, vega-lite and vega-embed from a CDN and
+    stays blank offline; each one we had has a picture the stage draws from the same data
+    (losses.png, pr_curve.png, errors/confusion_<iou type>.png)."""
+    from PIL import Image
+
+    for name in ("dvc.yaml", "params.yaml"):  # dvc.yaml takes values from params.yaml
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    run = {"cwd": tmp_path, "capture_output": True, "text": True}
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], check=True, **run)
+    for rel, text in STAGE_FILES.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+        else:
+            path.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", "out"], **run)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<script src=" not in page and "vega" not in page.lower(), "a plot needs a CDN"
+    pngs = [rel for rel, text in STAGE_FILES.items() if text is None]
+    assert page.count("<img") == len(pngs)  # every picture, drawn from the out folder
+    assert (tmp_path / "out" / "static").is_dir()
+
+
+def test_dvc_plots_output_is_not_committed():
+    """`dvc plots show` writes dvc_plots/ in the project: git ignores it."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    done = subprocess.run(
+        ["git", "check-ignore", "-q", "dvc_plots/index.html"], cwd=REPO_ROOT, capture_output=True
+    )
+    assert done.returncode == 0

@@ -349,5 +349,5 @@ def test_a_ray_tune_sweep_logs_every_trial_over_http(
         assert sorted(reported) == [2, 4]
         logged = client.get_metric_history(run_id, "val/segm_AP")
         assert {m.step: m.value for m in logged} == reported and len(logged) == len(reported)
-        losses = client.get_metric_history(run_id, "loss")  # every iteration (log_every 1)
+        losses = client.get_metric_history(run_id, "train/loss")  # every iteration (log_every 1)
         assert sorted(m.step for m in losses) == list(range(1, iterations + 1))

@@ -72,11 +72,11 @@ def test_summary_and_its_mlflow_names():
     )
     logged = mlflow_metrics({"bbox": {"AP": 0.5}, "errors": summary})
     assert logged == {
-        "eval/bbox_AP": 0.5,
-        "eval/errors/bbox_AP50": 50.0,
-        **{f"eval/errors/bbox_dAP_{e}": 2.5 if e == "loc" else 0.0 for e in ERROR_TYPES},
-        "eval/errors/bbox_fp": 9.0,
-        "eval/errors/bbox_fn": 11.0,
+        "val/final/bbox_AP": 0.5,
+        "val/final/errors/bbox_AP50": 50.0,
+        **{f"val/final/errors/bbox_dAP_{e}": 2.5 if e == "loc" else 0.0 for e in ERROR_TYPES},
+        "val/final/errors/bbox_fp": 9.0,
+        "val/final/errors/bbox_fn": 11.0,
     }
 
 

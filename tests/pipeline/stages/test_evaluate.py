@@ -278,10 +278,10 @@ def test_run_writes_outputs_and_logs_into_the_training_run(project: Path, tmp_pa
     logged = client.get_run(train_id).data
     for iou_type in ("bbox", "segm"):
         for name, value in metrics[iou_type].items():
-            key = f"eval/{iou_type}_{name}"
+            key = f"val/final/{iou_type}_{name}"
             assert logged.metrics.get(key) == (value if value >= 0 else None)
     assert (
-        logged.metrics["eval/per_category/star/segm_AP"]
+        logged.metrics["val/final/per_category/star/segm_AP"]
         == (summary["per_category"]["star"]["segm_AP"])
     )
     assert logged.tags["evaluate.batch_size"] == "4"
@@ -334,7 +334,7 @@ def test_main_without_training_run_and_without_detections(
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mrcnn").experiment_id])
     assert [r.info.run_name for r in runs] == ["evaluate"]
-    assert runs[0].data.metrics["eval/segm_AP"] == 0.0
+    assert runs[0].data.metrics["val/final/segm_AP"] == 0.0
 
 
 def test_main_fails_clearly_without_a_model(project: Path, tmp_path: Path, caplog) -> None:

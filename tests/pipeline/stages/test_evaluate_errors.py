@@ -204,7 +204,8 @@ def _declared(stage: dict, kind: str) -> dict[str, dict]:
 def test_dvc_yaml_declares_every_report_file(evaluated):
     """Every file the stage writes under reports/evaluate/ is a declared output (or inside a
     declared folder); the error pictures are plots (PNG renders offline in `dvc plots show`),
-    the confusion CSVs with DVC's confusion template."""
+    the confusion CSVs are data (outs: a Vega template would need a CDN; confusion_<iou>.png
+    draws them)."""
     plots = _declared("evaluate", "plots")
     outs = _declared("evaluate", "outs")
     declared = {**plots, **outs}
@@ -217,9 +218,8 @@ def test_dvc_yaml_declares_every_report_file(evaluated):
         assert owners, f"{rel} is written but dvc.yaml does not declare it"
         if path.suffix == ".png" and "/steps/" not in rel:  # steps/: an out (not ours)
             assert all(o in plots for o in owners), rel
-    assert plots["reports/evaluate/confusion"] == {
-        "persist": True, "template": "confusion", "x": "actual", "y": "predicted"
-    }  # fmt: skip
+    assert outs["reports/evaluate/confusion"] == {"persist": True}  # cached: dvc checkout
+    assert all(Path(p).suffix in ("", ".png") for p in plots), plots  # pictures or their folders
     for folder in ("errors", "worst"):
         assert f"reports/evaluate/{folder}" in plots
 
@@ -231,12 +231,12 @@ def test_mlflow_run_holds_the_breakdown(evaluated):
     logged = client.get_run(evaluated["run_id"]).data.metrics
     for t in ("bbox", "segm"):
         e = errors[t]
-        assert logged[f"eval/errors/{t}_AP50"] == pytest.approx(e["AP50"])
+        assert logged[f"val/final/errors/{t}_AP50"] == pytest.approx(e["AP50"])
         for name in ERRORS:
-            assert logged[f"eval/errors/{t}_dAP_{name}"] == pytest.approx(e["dAP"][name])
-        assert logged[f"eval/errors/{t}_fp"] == pytest.approx(e["fp"])
-        assert logged[f"eval/errors/{t}_fn"] == pytest.approx(e["fn"])
-    assert logged["eval/segm_AP"] == metrics["segm"]["AP"]
+            assert logged[f"val/final/errors/{t}_dAP_{name}"] == pytest.approx(e["dAP"][name])
+        assert logged[f"val/final/errors/{t}_fp"] == pytest.approx(e["fp"])
+        assert logged[f"val/final/errors/{t}_fn"] == pytest.approx(e["fn"])
+    assert logged["val/final/segm_AP"] == metrics["segm"]["AP"]
     artifacts = {a.path for a in client.list_artifacts(evaluated["run_id"], "evaluate")}
     expected = (
         "errors",

@@ -39,10 +39,10 @@ def test_keypoint_metrics_are_logged():
         "per_category": {"square": {"bbox_AP": 0.5, "keypoints_AP": 0.2}},
     }
     assert mlflow_metrics(metrics) == {
-        "eval/bbox_AP": 0.5,
-        "eval/keypoints_AP": 0.25,
-        "eval/per_category/square/bbox_AP": 0.5,
-        "eval/per_category/square/keypoints_AP": 0.2,
+        "val/final/bbox_AP": 0.5,
+        "val/final/keypoints_AP": 0.25,
+        "val/final/per_category/square/bbox_AP": 0.5,
+        "val/final/per_category/square/keypoints_AP": 0.2,
     }
 
 

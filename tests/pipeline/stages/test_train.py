@@ -92,7 +92,8 @@ def test_two_workers_end_with_identical_weights(tmp_path, tiny_shards):
     assert (tmp_path / "reports/train/losses.png").is_file()
     run_info = mlflow.MlflowClient(uri).get_run(summary["mlflow_run_id"])
     assert run_info.data.params["train.num_workers"] == "2"
-    assert "loss_mask" in run_info.data.metrics and "images_per_s" in run_info.data.metrics
+    logged = run_info.data.metrics
+    assert "train/loss_mask" in logged and "train/perf/images_per_s" in logged
 
 
 def test_a_killed_worker_is_replaced_and_resumes_from_the_checkpoint(
@@ -118,7 +119,8 @@ def test_restart_with_the_same_name_resumes_iterations_and_mlflow_run(
     assert summary["resumes"] == 1 and summary["iterations"] == 6
     assert summary["mlflow_run_id"] == first_run["run_id"]
     steps = [
-        m.step for m in mlflow.MlflowClient(uri).get_metric_history(first_run["run_id"], "loss")
+        m.step
+        for m in mlflow.MlflowClient(uri).get_metric_history(first_run["run_id"], "train/loss")
     ]
     assert 2 in steps and 6 in steps  # one curve across both attempts
     # A different recipe is a different run, trained from scratch.

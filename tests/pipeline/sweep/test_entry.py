@@ -121,9 +121,9 @@ def test_asha_sweep_of_four_trials_stops_the_bad_ones(tmp_path, tiny_shards, ray
         run = children[t["trial_id"]]
         assert float(run.data.params["train.lr"]) == t["values"]["train.lr"]
         assert run.data.params["train.iterations"] == "12"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert steps and max(steps) >= t["iteration"]  # a stopped trial runs on till killed
-        assert "val/segm_AP" in run.data.metrics and "final/loss" in run.data.metrics
+        assert "val/segm_AP" in run.data.metrics and "train/summary/loss" in run.data.metrics
         assert run.data.tags["tune.status"] == t["status"]
         want = {"completed": "FINISHED", "stopped_early": "KILLED"}[t["status"]]
         assert run.info.status == want

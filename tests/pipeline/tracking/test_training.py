@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.tracking import active, training
+from pipeline.tracking import active, names, training
 from tests.pipeline.registry_helpers import fresh_store
 
 
@@ -18,7 +18,9 @@ def test_a_training_run_from_open_to_outcome(tmp_path: Path) -> None:
 
     training.resume_on_worker(uri, run_id, "running")  # what rank 0 does on its worker
     for step, loss in ((2, 1.0), (4, 0.5)):
-        active.log_metrics({"loss": loss, "loss_mask": loss / 2, "lr": 0.1 * step}, step=step)
+        terms = {"loss": loss, "loss_mask": loss / 2, "lr": 0.1 * step}
+        active.log_metrics(names.prefixed(names.TRAIN, terms), step=step)  # as RankZeroLog does
+    active.log_metrics({"train/perf/images_per_s": 3.0}, step=4)
     assert active.log_metrics_if_active({"val/segm_AP": 0.3}, step=4)
     training.end_on_worker("FINISHED")
     assert not active.log_metrics_if_active({"val/segm_AP": 0.4}, step=6)  # no active run
@@ -28,12 +30,14 @@ def test_a_training_run_from_open_to_outcome(tmp_path: Path) -> None:
         {"step": 2, "loss": 1.0, "loss_mask": 0.5, "lr": 0.2},
         {"step": 4, "loss": 0.5, "loss_mask": 0.25, "lr": 0.4},
     ]
+    mlflow.MlflowClient(uri).log_metric(run_id, "val/final/segm_AP", 0.5)  # evaluate's, later
+    assert training.val_history(uri, run_id) == [{"step": 4, "segm_AP": 0.3}]
     png = tmp_path / "losses.png"
     png.write_bytes(b"\x89PNG")
-    training.log_outcome(uri, run_id, {"train/wall_s": 12.5}, [png], "train")
+    training.log_outcome(uri, run_id, {"train/summary/wall_s": 12.5}, [png], "train")
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.info.run_name == "shapes-1234" and run.data.tags["stage"] == "train"
     assert run.data.tags["train.status"] == "running" and run.data.params["train.lr"] == "0.001"
-    assert run.data.metrics["train/wall_s"] == 12.5
+    assert run.data.metrics["train/summary/wall_s"] == 12.5
     artifacts = mlflow.MlflowClient(uri).list_artifacts(run_id, "train")
     assert [a.path for a in artifacts] == ["train/losses.png"]

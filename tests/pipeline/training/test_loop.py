@@ -43,7 +43,7 @@ LOSS_KEYS = {
 }
 
 
-def _history(uri: str, run_id: str, key: str = "loss") -> dict[int, float]:
+def _history(uri: str, run_id: str, key: str = "train/loss") -> dict[int, float]:
     return {m.step: m.value for m in mlflow.MlflowClient(uri).get_metric_history(run_id, key)}
 
 
@@ -95,13 +95,15 @@ def test_steps_checkpoints_and_logged_metrics(uninterrupted):
     uri, run_id = uninterrupted["uri"], uninterrupted["run_id"]
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["train.status"] == "running"
-    assert LOSS_KEYS | {"lr", "images_per_s", "memory_gb"} <= set(run.data.metrics)
+    logged = set(run.data.metrics)
+    assert {f"train/{k}" for k in LOSS_KEYS | {"lr"}} <= logged
+    assert {"train/perf/images_per_s", "train/perf/memory_gb"} <= logged
     losses = _history(uri, run_id)
     assert sorted(losses) == [1, 2, 3, 4]  # log_every 1: every iteration, numbered from 1
     assert losses[2] == pytest.approx(reports[0][0]["loss"], rel=1e-6)
     assert losses[4] == pytest.approx(reports[1][0]["loss"], rel=1e-6)
     # warmup 1 iteration, then cosine from lr 1e-3 to 0 over the last 3
-    lrs = _history(uri, run_id, "lr")
+    lrs = _history(uri, run_id, "train/lr")
     assert lrs[4] == pytest.approx(0.0, abs=1e-12) and lrs[1] > lrs[3] > lrs[4]
 
 
@@ -123,7 +125,7 @@ def test_a_resume_is_exact(uninterrupted, tiny_shards, tmp_path, monkeypatch, lo
 
     assert [m["iteration"] for m, _ in ray.reports] == [4]
     assert sorted(_history(uri, run_id)) == [3, 4]
-    for key in LOSS_KEYS:
+    for key in (f"train/{k}" for k in LOSS_KEYS):
         full = _history(uninterrupted["uri"], uninterrupted["run_id"], key)
         ours = _history(uri, run_id, key)
         assert ours == {3: full[3], 4: full[4]}, key  # exactly

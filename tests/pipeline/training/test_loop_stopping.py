@@ -158,7 +158,7 @@ def test_a_metric_that_peaks_early_keeps_the_peak_and_patience_stops_at_the_next
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.data.tags["train.stopped"] == "early_stop"
     assert run.data.tags["train.kept"] == f"{keep} (iteration {kept_iteration})"
-    assert run.data.metrics["train/best_iteration"] == 4
+    assert run.data.metrics["train/summary/best_iteration"] == 4
     assert (tmp_path / "reports/train/results.png").is_file()
 
 

@@ -56,12 +56,15 @@ def test_rank_zero_logs_the_window_means_and_keeps_the_progress_record(tmp_path)
         log.stopped("early_stop")
     finally:
         log.close()
-    assert _history(uri, run_id, "loss_a") == {2: 2.0, 4: 1.0}
-    assert _history(uri, run_id, "loss") == {2: 3.0, 4: 1.5}
-    assert _history(uri, run_id, "lr") == pytest.approx({2: 0.2, 4: 0.1})
+    assert _history(uri, run_id, "train/loss_a") == {2: 2.0, 4: 1.0}
+    assert _history(uri, run_id, "train/loss") == {2: 3.0, 4: 1.5}
+    assert _history(uri, run_id, "train/lr") == pytest.approx({2: 0.2, 4: 0.1})
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["train.status"] == "running"
-    assert run.data.metrics["images_per_s"] > 0 and run.data.metrics["memory_gb"] > 0
+    metrics = run.data.metrics
+    assert metrics["train/perf/images_per_s"] > 0 and metrics["train/perf/memory_gb"] > 0
+    # every name prefixed: the MLflow UI shows the unprefixed ones after all the AP sections
+    assert all("/" in key for key in metrics if not key.startswith("system/"))
     last = records[-1]
     assert (last["iteration"], last["total"], last["loss"], last["lr"]) == (4, 6, 1.5, 0.1)
     assert last["val"] == {"iteration": 2, "value": 0.4} and last["best"] == last["val"]
