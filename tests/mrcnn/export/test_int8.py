@@ -3,7 +3,8 @@ with fp32 within stated bounds on a trained tiny model, are refused past an allo
 and come out the same for the same calibration seed.
 
 Bounds (the tiny model of conftest.py, calibrated on 8 of 12 seeded scenes, checked on 10
-others; measured 43 of 45 detections matched, box <= 1.3 px, score <= 0.03, mask IoU 1.0):
+others; measured on the earlier 40-step fixture: 43 of 45 detections matched, box <= 1.3 px,
+score <= 0.03, mask IoU 1.0):
 >= 90% of fp32's detections matched with the same label, every box coordinate within
 `INT8_BOX_TOL` (2 px of the 128 px frame) and score within `INT8_SCORE_TOL` (0.05); matched
 masks' mean IoU >= 0.95.
@@ -203,9 +204,10 @@ def _ground_truth(seeds) -> tuple[COCO, list[Sample]]:
 
 def test_gate_refuses_an_int8_model_past_the_allowed_drop(files, tmp_path):
     """With every layer in int8 (the heads' output layers too, `keep_fp32=()`) the tiny model
-    loses AP on scenes 0..9 (measured: bbox 0.216 -> 0.111, segm 0.185 -> 0.095); the gate
-    refuses it with one line naming the metric, both APs and the limit. The default int8 file
-    (heads' outputs in fp32) stays within 0.02 (measured drops 0.002 bbox, -0.005 segm)."""
+    loses AP on scenes 0..9 (measured with the 120-step fixture: bbox 0.496 -> 0.476; with the
+    old 40-step one 0.216 -> 0.111); the gate, set below that drop, refuses it with one line
+    naming the metric, both APs and the limit. The default int8 file (heads' outputs in fp32)
+    stays within 0.02."""
     all_int8 = quantize_int8(
         files["fp32"],
         tmp_path / "all_int8.onnx",
@@ -219,12 +221,13 @@ def test_gate_refuses_an_int8_model_past_the_allowed_drop(files, tmp_path):
         report = int8_accuracy(files["fp32"], all_int8, CHECK[:3], coco_gt=gt, dataset=samples)
         kept = int8_accuracy(files["fp32"], files["int8"], coco_gt=gt, dataset=samples)
     assert report["fp32_bbox_AP"] == pytest.approx(kept["fp32_bbox_AP"])
-    assert report["bbox_AP_drop"] > 0.03, report
+    assert report["bbox_AP_drop"] > 0.005, report  # all-int8 costs AP
+    limit = round(report["bbox_AP_drop"] / 2, 4)
     with pytest.raises(Int8AccuracyError) as refused:
-        check_ap_drop(report, max_ap_drop=0.01)
+        check_ap_drop(report, max_ap_drop=limit)
     message = str(refused.value)
     assert "\n" not in message and message.startswith("int8 model refused: bbox AP")
-    assert f"{report['fp32_bbox_AP']:.4f}" in message and "0.0100" in message
+    assert f"{report['fp32_bbox_AP']:.4f}" in message and f"{limit:.4f}" in message
     check_ap_drop(report, max_ap_drop=max(report["bbox_AP_drop"], report["segm_AP_drop"]))
     check_ap_drop(kept, max_ap_drop=0.02)  # the default int8 file passes
     assert report["agreement"]["num_images"] == 3 and "agreement" not in kept
