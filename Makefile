@@ -22,8 +22,12 @@ repro: $(STAMP)  ## run the whole DVC pipeline (shapes dataset by default)
 	@test -d .git || git init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# Tests that load OpenVINO run in a second pytest process: with OpenVINO loaded, the one
+# process of the whole suite died of a segmentation fault several tests later (three runs on
+# an AMX Xeon, 2026-12-03; no Python traceback, so in a native thread). Each part passes alone.
 test: $(STAMP)  ## the full test suite (what .ci/run calls)
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q --durations=20 -m "not openvino"
+	$(BIN)/python -m pytest -q --durations=5 -m openvino
 
 test-fast: $(STAMP)  ## skip tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"

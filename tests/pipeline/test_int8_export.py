@@ -36,7 +36,7 @@ from pipeline import int8_export
 from pipeline.serve_params import ExportParams
 from tests import REPO_ROOT
 
-TOOLCHAINS = ("onnxruntime", "openvino")
+TOOLCHAINS = ("onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino))
 # Blocks openvino and nncf in a fresh process, as if they were not installed.
 BLOCK = "import sys; sys.modules['openvino'] = None; sys.modules['nncf'] = None\n"
 
@@ -206,6 +206,7 @@ def _val_images(tiny_shards: Path, n: int) -> list[np.ndarray]:
     return [crops[i] for i in range(min(n, len(crops)))]
 
 
+@pytest.mark.openvino
 def test_pyfunc_and_predict_run_the_openvino_ir(written, fp32_file, tiny_shards, tmp_path):
     """Backend int8, toolchain openvino: the pyfunc loads the `openvino_int8` artifact (a
     folder with the IR) on OpenVINO, `pipeline.predict` runs it from an MLflow model folder
@@ -298,7 +299,9 @@ def test_without_openvino_the_stage_and_predict_say_how_to_install_it(tmp_path):
     assert "OpenVinoModel needs openvino" in lines["predict"]
 
 
-@pytest.mark.parametrize("toolchain", [None, "onnxruntime"])
+@pytest.mark.parametrize(
+    "toolchain", [pytest.param(None, marks=pytest.mark.openvino), "onnxruntime"]
+)
 def test_export_stage_writes_the_int8_section(tiny_shards, tmp_path, toolchain):
     """`python -m pipeline.export` with export.int8 on the tiny shards, with the default
     toolchain (openvino) and with onnxruntime: the int8 model beside model.onnx, export.json's

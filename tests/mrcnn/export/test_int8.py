@@ -255,6 +255,7 @@ def openvino_int8(files) -> Path:
     )
 
 
+@pytest.mark.openvino
 def test_openvino_runs_the_fp32_file_as_onnxruntime_does(files):
     """The fp32 ONNX file on OpenVINO: eager-parity bounds (box 1e-2 px, score 1e-4)."""
     pytest.importorskip("openvino")
@@ -271,6 +272,7 @@ def test_openvino_runs_the_fp32_file_as_onnxruntime_does(files):
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
 def test_openvino_int8_agrees_runs_without_torch_and_is_deterministic(files, openvino_int8):
     """NNCF's int8 IR: >= 90% of fp32's detections matched within ONNX Runtime's int8 bounds
     (but up to 20% extra detections of its own); OpenVinoModel
