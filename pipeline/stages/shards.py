@@ -157,14 +157,14 @@ def summary_lines(summary: dict[str, Any], out: Path | str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    cli.run_main(args, lambda: run_and_say(*inputs(args)))
 
-    def body() -> dict[str, Any]:
-        params, paths = inputs(args)
-        summary = run(params, paths)
-        sys.stdout.write("".join(line + "\n" for line in summary_lines(summary, paths.out)))
-        return summary
 
-    cli.run_main(args, body)
+def run_and_say(params: Params, paths: ShardsPaths) -> dict[str, Any]:
+    """`run`, then one summary line per split on stdout (the JSON stays in its files)."""
+    summary = run(params, paths)
+    sys.stdout.write("".join(line + "\n" for line in summary_lines(summary, paths.out)))
+    return summary
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
@@ -124,7 +125,7 @@ def _evaluate_and_export(uri: str, root: Path, run_id: str) -> None:
     (root / "reports" / "evaluate").mkdir()
     log_evaluation(
         metrics / "train_run.json",
-        metrics / "eval.json",
+        (metrics / "eval.json",),
         root / "reports" / "evaluate",
         evals,
         EvaluateParams(),
@@ -153,8 +154,18 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "train": {"iterations": ITERATIONS},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
-    run_id = _train(uri, root)
-    _evaluate_and_export(uri, root, run_id)
+    with pytest.MonkeyPatch.context() as mp:
+        # As in a fresh process: no experiment or run left active by an earlier test (the full
+        # suite had one, and MLflow refused to resume this store's run under it).
+        import mlflow.tracking.fluent as fluent
+
+        for key in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            mp.delenv(key, raising=False)
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mp.setattr(fluent, "_active_experiment_id", None)
+        run_id = _train(uri, root)
+        _evaluate_and_export(uri, root, run_id)
     port = services.free_port()
     log = root / "ui.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's pipeline.ui
