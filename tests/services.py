@@ -64,6 +64,15 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         proc.wait(5)
 
 
+def http_ok(url: str) -> bool:
+    """Whether GET `url` answers 200 now (a server's health check for `wait_until`)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def wait_until(what: str, ready, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

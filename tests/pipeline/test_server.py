@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -188,11 +187,7 @@ def tracking_server(postgres, s3_server, tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return services.http_ok(f"{uri}/health")
 
     try:
         services.wait_until("mlflow server", healthy, proc, log, timeout=180)

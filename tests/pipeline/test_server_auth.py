@@ -115,11 +115,7 @@ def auth_server(postgres, tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return services.http_ok(f"{uri}/health")
 
     try:
         services.wait_until("mlflow server --auth", healthy, proc, log, timeout=240)

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,11 +175,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         )
 
     def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{services.HOST}:{port}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return services.http_ok(f"http://{services.HOST}:{port}/health")
 
     try:
         services.wait_until("mlflow ui", healthy, proc, log, timeout=240)
