@@ -42,7 +42,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mrcnn.evaluation.coco_eval import BACKENDS, _load_results, _results_for
+from mrcnn.evaluation.coco_eval import BACKENDS
+from mrcnn.evaluation.coco_index import load_results, results_for, results_index
 from mrcnn.evaluation.matching import gt_rles, prepare_scene
 
 CURVES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
@@ -111,7 +112,11 @@ def pr_breakdown(
     coco_class, evaluator = _backend(backend)
     gt = _with_copies(coco_gt, [], coco_class)
     with contextlib.redirect_stdout(io.StringIO()):
-        dets = _load_results(gt, _results_for(iou_type, results), coco_class)
+        copies = results_for(iou_type, results)
+        if backend == "faster":
+            dets = results_index(gt, copies, iou_type)
+        else:  # the reference: pycocotools' own loadRes
+            dets = load_results(gt, copies, coco_class)
     std = _evaluate(evaluator, gt, dets, iou_type, ids, [0.75, 0.5, LOC_IOU])
     precision = np.zeros((7, *std.shape[1:]))  # [7, R, K, A]
     precision[0:3] = std  # IoU .75, .5, .1

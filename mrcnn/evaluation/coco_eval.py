@@ -31,7 +31,6 @@ import contextlib
 import io
 import logging
 import multiprocessing
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,12 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mrcnn.evaluation.coco_index import (
+    faster_ground_truth,
+    load_results,
+    results_for,
+    results_index,
+)
 from mrcnn.evaluation.coco_results import encode_masks
 
 log = logging.getLogger(__name__)
@@ -179,7 +184,7 @@ class _Evaluated:
 
 
 def _evaluate_type(job: _Job, iou_type: str) -> _Evaluated:
-    copies = _results_for(iou_type, job.results)
+    copies = results_for(iou_type, job.results)
     sigmas = _oks_sigmas(job.coco_gt, job.oks_sigmas) if iou_type == "keypoints" else None
     run = _run_faster if job.backend == "faster" else _run_pycocotools
     ev, summary = run(job.coco_gt, copies, iou_type, job.image_ids, sigmas)
@@ -218,23 +223,6 @@ def _evaluate_types(job: _Job, iou_types: Sequence[str], processes: int) -> list
         _FORKED_JOB = None
 
 
-def _results_for(iou_type: str, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of `results` as COCOeval wants them for one IoU type."""
-    if iou_type == "keypoints":
-        # Without bbox and segmentation, loadRes takes a result's box and area from its keypoints.
-        keep = ("image_id", "category_id", "score", "keypoints")
-        return [{k: r[k] for k in keep} for r in results if "keypoints" in r]
-    if iou_type == "segm":
-        # Without "bbox", pycocotools takes a mask result's area from the mask, so small / medium
-        # / large mean the same for segm results as for the ground truth (as in detectron2).
-        out = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        for r in out:
-            if "segm_score" in r:  # Mask Scoring R-CNN: masks ranked by their own score
-                r["score"] = r["segm_score"]
-        return out
-    return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-
-
 def _oks_sigmas(coco_gt: COCO, sigmas: Sequence[float] | None) -> np.ndarray:
     """OKS sigmas as COCOeval wants them, checked against the ground truth's keypoint count."""
     counts = {len(c.get("keypoints", [])) for c in coco_gt.dataset.get("categories", [])}
@@ -267,7 +255,7 @@ def _run_pycocotools(
     """pycocotools' evaluate, accumulate, summarize -> the evaluator and its summary table."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text):  # pycocotools prints its progress
-        ev = COCOeval(coco_gt, _load_results(coco_gt, results, COCO), iouType=iou_type)
+        ev = COCOeval(coco_gt, load_results(coco_gt, results, COCO), iouType=iou_type)
         ev.params.imgIds = ids
         if oks_sigmas is not None:
             ev.params.kpt_oks_sigmas = oks_sigmas
@@ -288,11 +276,11 @@ def _run_faster(
     """faster-coco-eval's evaluate, accumulate, summarize -> the evaluator and its summary."""
     import faster_coco_eval
 
-    gt = _faster_ground_truth(coco_gt)
+    gt = faster_ground_truth(coco_gt)
     lines: list[str] = []
     ev = faster_coco_eval.COCOeval_faster(
         gt,
-        _load_results(gt, results, faster_coco_eval.COCO),
+        results_index(gt, results, iou_type),
         iouType=iou_type,
         print_function=lambda *a: None,
     )
@@ -304,44 +292,6 @@ def _run_faster(
     ev.print_function = lines.append
     ev.summarize()
     return ev, "\n".join(str(line) for line in lines)
-
-
-# faster-coco-eval's own COCO index of each ground truth, built once per `COCO` object: its
-# evaluator adds fields ("ignore", the masks' RLE) to the annotations it reads, so it gets
-# copies, and the RLEs it caches there are reused by the next evaluation (periodic validation).
-_FASTER_GT: weakref.WeakKeyDictionary[COCO, Any] = weakref.WeakKeyDictionary()
-
-
-def _faster_ground_truth(coco_gt: COCO) -> Any:
-    import faster_coco_eval
-
-    gt = _FASTER_GT.get(coco_gt)
-    if gt is None:
-        gt = faster_coco_eval.COCO()
-        gt.print_function = lambda *a: None
-        gt.dataset = {
-            **coco_gt.dataset,
-            "annotations": [dict(a) for a in coco_gt.dataset.get("annotations", [])],
-        }
-        gt.createIndex()
-        _FASTER_GT[coco_gt] = gt
-    return gt
-
-
-def _load_results(coco_gt: Any, results: list[dict[str, Any]], coco_class: type) -> Any:
-    """`coco_gt.loadRes(results)`, or an empty results set (which `loadRes` cannot build)."""
-    if results:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes(results)
-    empty = coco_class()
-    empty.dataset = {
-        "images": list(coco_gt.dataset["images"]),
-        "categories": list(coco_gt.dataset["categories"]),
-        "annotations": [],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        empty.createIndex()
-    return empty
 
 
 def ground_truth_results(
