@@ -74,26 +74,24 @@ def load_results(coco_gt: Any, results: list[dict[str, Any]], coco_class: type) 
 
 def results_index(coco_gt: Any, results: list[dict[str, Any]], iou_type: str) -> Any:
     """faster-coco-eval's index of bbox or segm `results` (our copies: completed in place): what
-    `coco_gt.loadRes(results)` builds, without its per-result calls.
+    `coco_gt.loadRes(results)` builds, less what a bbox or segm evaluation never reads.
 
-    `loadRes` decodes each result's RLE twice, in two calls per result (its area, its box); at
-    COCO scale (500,000 results) that loop was about a fifth of a segm evaluation. Here the areas
-    and boxes of all RLEs come from one call each. The fields are loadRes's: "id" from 1 in
+    `loadRes` decodes each result's RLE twice, in two calls per result (its area, its box). Here
+    the areas of all RLEs come from one call, and segm results get no box (loadRes computes one
+    from the mask; faster-coco-eval's segm evaluation reads the masks, their areas and scores
+    only), bbox results no polygon "segmentation". The fields set are loadRes's: "id" from 1 in
     order, "iscrowd" 0, "area" (the box's w * h for bbox results, the mask's pixel count for segm
-    ones) and, for segm, the mask's box. bbox results get no polygon "segmentation" (loadRes
-    adds one; a bbox evaluation never reads it). test_coco_eval_backends holds the numbers to
-    pycocotools' loadRes path. Keypoint results (few) go through loadRes."""
+    ones). At COCO scale (5,000 images, 500,000 results) this took a segm evaluation from 19.3 s
+    to ... (docs/benchmarks.md). test_coco_eval_backends holds the numbers to pycocotools' own
+    loadRes path. Keypoint results (few) go through loadRes."""
     from faster_coco_eval.core import mask as mask_api
 
     if iou_type == "keypoints" or not results:
         return load_results(coco_gt, results, type(coco_gt))
     if iou_type == "segm":
-        rles = [r["segmentation"] for r in results]
-        areas = mask_api.area(rles).tolist()
-        boxes = mask_api.toBbox(rles).tolist()
-        for i, (r, area, box) in enumerate(zip(results, areas, boxes, strict=True), start=1):
+        areas = mask_api.area([r["segmentation"] for r in results]).tolist()
+        for i, (r, area) in enumerate(zip(results, areas, strict=True), start=1):
             r["area"], r["id"], r["iscrowd"] = area, i, 0
-            r.setdefault("bbox", box)
     else:
         for i, r in enumerate(results, start=1):
             _, _, w, h = r["bbox"]
