@@ -15,6 +15,8 @@ uint8 images in and pasted masks out for each (end to end: resize, graph, paste)
 
 The int8 files are calibrated on `--calib` other synthetic scenes (the weights are random, so
 only their speed means anything here; bench/int8_accuracy.py measures what int8 costs in AP).
+`--agree N` also matches each int8 file's detections against the fp32 file's on N more scenes
+(`mrcnn.export.compare_exported`: matched fraction, box and score error, mask IoU).
 For every (size, batch) the runtimes are timed in interleaved rounds (drift on a shared VM hits
 all alike); images/s are medians over rounds, ratios are against torchvision and against
 `onnx` (fp32 ONNX Runtime). Each (size, batch) runs in a fresh process. For the exported
@@ -74,6 +76,7 @@ def run_config(
     int8: bool = False,
     openvino: bool = False,
     calib: int = 8,
+    agree: int = 0,
 ) -> dict:
     torch.manual_seed(0)
     tv = maskrcnn_resnet50_fpn(
@@ -111,6 +114,14 @@ def run_config(
             )
             quantise_s[name] = time.perf_counter() - t0
             exported[name] = out
+    agreement = {}
+    if agree:  # each int8 file's detections against the fp32 file's, on other scenes
+        from mrcnn.export.accuracy import compare_exported
+
+        scenes_agree = list(scenes(agree, size, seed=2)[0])
+        for name in ("onnx_int8", "openvino_int8"):
+            if name in exported:
+                agreement[name] = compare_exported(path, exported[name], scenes_agree)
     if openvino:
         from mrcnn.export.openvino_model import OpenVinoModel
 
@@ -165,6 +176,7 @@ def run_config(
         "graph_seconds": graph_s,
         "export_s": export_s,
         "quantise_s": quantise_s,
+        "int8_agreement": agreement,
     }
 
 
@@ -216,6 +228,9 @@ def main() -> None:
     ap.add_argument("--int8", action="store_true", help="add int8 (ONNX Runtime; + OpenVINO)")
     ap.add_argument("--openvino", action="store_true", help="add OpenVINO (fp32; + int8)")
     ap.add_argument("--calib", type=int, default=8, help="calibration images for --int8")
+    ap.add_argument(
+        "--agree", type=int, default=0, help="with --int8: int8 vs fp32 detections on N scenes"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     commit = provenance.commit()
@@ -238,6 +253,7 @@ def main() -> None:
                 args.int8,
                 args.openvino,
                 args.calib,
+                args.agree,
             )
             results.append(r)
             ips, ratio = r["images_per_s"], r["ratio_vs_torchvision"]
@@ -255,6 +271,14 @@ def main() -> None:
                 f"  detections {r['detections_per_image']}",
                 flush=True,
             )
+            for name, a in r["int8_agreement"].items():
+                print(
+                    f"      {name} vs fp32 on {a['num_images']} scenes: matched "
+                    f"{a['matched']} of {a['expected']} ({a['matched_fraction']:.3f}), max box "
+                    f"diff {a['max_box_diff']:.3g} px, max score diff {a['max_score_diff']:.3g}, "
+                    f"mean mask IoU {a['mean_mask_iou']:.3f}",
+                    flush=True,
+                )
     load_after = os.getloadavg()
     summary = {
         "commit": commit,
