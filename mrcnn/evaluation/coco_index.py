@@ -81,9 +81,9 @@ def results_index(coco_gt: Any, results: list[dict[str, Any]], iou_type: str) ->
     from the mask; faster-coco-eval's segm evaluation reads the masks, their areas and scores
     only), bbox results no polygon "segmentation". The fields set are loadRes's: "id" from 1 in
     order, "iscrowd" 0, "area" (the box's w * h for bbox results, the mask's pixel count for segm
-    ones). At COCO scale (5,000 images, 500,000 results) this took a segm evaluation from 19.3 s
-    to ... (docs/benchmarks.md). test_coco_eval_backends holds the numbers to pycocotools' own
-    loadRes path. Keypoint results (few) go through loadRes."""
+    ones). At COCO scale (5,000 images, 500,000 results) this took `coco_evaluate` bbox + segm
+    from 19.3-20.0 s to 16.0 s (docs/benchmarks.md). test_coco_eval_backends holds the numbers
+    to pycocotools' own loadRes path. Keypoint results (few) go through loadRes."""
     from faster_coco_eval.core import mask as mask_api
 
     if iou_type == "keypoints" or not results:
