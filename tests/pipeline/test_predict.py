@@ -331,6 +331,11 @@ def test_openvino_backend_writes_the_onnxruntime_detections(
 ) -> None:
     """`--backend openvino` runs the ONNX file on OpenVINO (fp32) and writes onnxruntime's
     results within the export's parity tolerances; a weights folder is refused in one line."""
+    from mrcnn.export.openvino_model import OpenVinoModel
+
+    files = predict_model.locate(str(onnx_file), None, tmp_path, "openvino")
+    assert files.backend == "openvino" and files.onnx_file == onnx_file
+    assert isinstance(predict_model.load_predictor(files, "cpu")[0].model, OpenVinoModel)
     folder = _images_folder(tmp_path)
     _cli(onnx_file, [folder], tmp_path / "openvino", "--backend", "openvino")
     summary = json.loads((tmp_path / "openvino" / "images.json").read_text())
