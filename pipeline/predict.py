@@ -10,11 +10,13 @@ of `mlflow.tracking_uri` in params.yaml; or a local folder, either in `mrcnn.wei
 (`models/export/model_int8.xml`, OpenVINO IR, or `model_int8.onnx`). `--backend torch` rebuilds
 the network from the weights (`mrcnn.weights.load`), `--backend onnxruntime` runs the ONNX file
 (`mrcnn.export.onnx_model.OnnxModel`, the same detections within the export's parity tolerances),
-`--backend int8` the int8 model (`export.int8`; OpenVINO IR on `OpenVinoModel`, the `openvino`
-extra); the default `auto` takes onnxruntime for an .onnx file, int8 for an .xml, the registered
-model's own `export.pyfunc_backend`, else torch (`pipeline.predict_model`). From the registry
-only the files that backend needs are downloaded: the same files and code the pyfunc uses,
-without MLflow's per-call DataFrame round trip.
+`--backend openvino` runs that ONNX file on OpenVINO (`OpenVinoModel`, fp32, the `openvino`
+extra; the same detections within those tolerances), `--backend int8` the int8 model
+(`export.int8`; OpenVINO IR on `OpenVinoModel`, the `openvino` extra); the default `auto` takes
+onnxruntime for an .onnx file, int8 for an .xml, the registered model's own
+`export.pyfunc_backend`, else torch (`pipeline.predict_model`). From the registry only the files
+that backend needs are downloaded: the same files and code the pyfunc uses, without MLflow's
+per-call DataFrame round trip.
 
 `--input` takes files and folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif
 .tiff; 8/16-bit, gray, RGBA and palette images are converted to RGB, EXIF orientation is
@@ -96,7 +98,7 @@ def run(
               >= 3x the model input are named in a hint); N: tile every image larger than N px
               at N px
     skip_bad: accepted for old callers; skipping is the default now (see `strict`)
-    backend:  auto | torch | onnxruntime | int8 (`pipeline.predict_model`)
+    backend:  "auto" or one of `mrcnn.export.MODEL_BACKENDS` (`pipeline.predict_model`)
     """
     del skip_bad
     files = collect_inputs(inputs)
@@ -181,9 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="torch (the weights), onnxruntime (the ONNX file) or int8 (the int8 model, "
-        "export.int8); auto: onnxruntime for a .onnx file, int8 for an .xml, the registered "
-        "model's own backend, else torch (default: %(default)s)",
+        help="torch (the weights), onnxruntime or openvino (the ONNX file on ONNX Runtime or "
+        "on OpenVINO, fp32) or int8 (the int8 model, export.int8); auto: onnxruntime for a "
+        ".onnx file, int8 for an .xml, the registered model's own backend, else torch "
+        "(default: %(default)s)",
     )
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="files or folders")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

@@ -11,7 +11,9 @@ downloaded MLflow model (its `MLmodel` file); or a whole-model ONNX file (`*.onn
 
 Backends: `torch` rebuilds the network from the weights (`mrcnn.weights.load`); `onnxruntime` runs
 the ONNX file through `mrcnn.export.onnx_model.OnnxModel` (an MLflow model's `onnx` artifact, which
-`pipeline.export` logs with `export.portable: true`); `int8` runs the int8 model: an OpenVINO IR
+`pipeline.export` logs with `export.portable: true`); `openvino` runs the same ONNX file through
+`mrcnn.export.openvino_model.OpenVinoModel` (fp32, OpenVINO's CPU plugin, the `openvino` extra);
+`int8` runs the int8 model: an OpenVINO IR
 through `mrcnn.export.openvino_model.OpenVinoModel` (artifact `openvino_int8`), an int8 ONNX file
 through `OnnxModel` (artifact `onnx_int8`). `auto` is onnxruntime for an `.onnx` file, int8 for an
 `.xml`, the model's own `backend` (model_config, `export.pyfunc_backend`) for an MLflow model, and
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mrcnn.export import MODEL_BACKENDS
+from mrcnn.export import MODEL_BACKENDS, ONNX_BACKENDS
 from pipeline.tracking import pull
 from pipeline.tracking.pull import HOW_TO_CREATE, ModelNotFoundError
 
@@ -49,7 +51,7 @@ INT8_KEYS = (OPENVINO_INT8_KEY, INT8_KEY)  # what backend int8 runs: whichever w
 class ModelFiles:
     """What `locate` found: the backend to run and its files.
 
-    backend:     "torch" | "onnxruntime" | "int8" (never "auto")
+    backend:     one of `mrcnn.export.MODEL_BACKENDS` (never "auto")
     weights_dir: the `mrcnn.weights.save` folder (for onnxruntime it may hold only config.json;
                  None for a bare ONNX file)
     onnx_file:   the exported file the backend runs (not torch): the ONNX file, or the int8
@@ -105,8 +107,9 @@ def _local(path: Path, backend: str) -> ModelFiles:
     if path.is_file() and path.suffix == ".onnx":
         if backend == "torch":
             raise ValueError(f"{path} is an ONNX file: run it with --backend onnxruntime (or auto)")
-        # an int8 file (model_int8.onnx) is an ONNX file too: "int8" runs it the same way
-        return ModelFiles("int8" if backend == "int8" else "onnxruntime", None, path, source)
+        # an int8 file (model_int8.onnx) is an ONNX file too: "int8" runs it on ONNX Runtime
+        chosen = "onnxruntime" if backend == "auto" else backend
+        return ModelFiles(chosen, None, path, source)
     if path.is_file() and path.suffix == ".xml":  # OpenVINO IR: only export.int8 writes one
         if backend not in ("auto", "int8"):
             raise ValueError(
@@ -160,7 +163,7 @@ def _artifact_path(flavor: dict[str, Any], key: str, where: Path | str) -> str:
 def _onnx_key(backend: str, flavor: dict[str, Any]) -> str:
     """The pyfunc artifact an exported backend runs: the fp32 ONNX file, or the int8 model
     (the OpenVINO IR folder or the int8 ONNX file, whichever the model was logged with)."""
-    if backend != "int8":
+    if backend in ONNX_BACKENDS:
         return ONNX_KEY
     artifacts = flavor.get("artifacts") or {}
     return next((k for k in INT8_KEYS if k in artifacts), INT8_KEY)
@@ -305,9 +308,9 @@ def load_predictor(
     `score_thresh` >= 0 replaces the model's detection threshold."""
     from mrcnn import weights
 
-    if files.backend != "torch":  # onnxruntime or int8: an exported file on its runtime
+    if files.backend != "torch":  # an exported file on its runtime
         assert files.onnx_file is not None
-        net: Any = OnnxPredictor(_exported(files.onnx_file, device))
+        net: Any = OnnxPredictor(_exported(files, device))
         if score_thresh >= 0:
             net.check_score_thresh(score_thresh)
     else:
@@ -323,14 +326,16 @@ def load_predictor(
     return net, class_map
 
 
-def _exported(path: Path, device: str) -> Any:
-    """An exported file on its runtime: OpenVINO IR (`.xml`) on OpenVINO's CPU plugin, an
-    `.onnx` on ONNX Runtime with the providers for `device`."""
-    if path.suffix == ".xml":
+def _exported(files: ModelFiles, device: str) -> Any:
+    """An exported file on its runtime: OpenVINO IR (`.xml`) and backend openvino's `.onnx` on
+    OpenVINO's CPU plugin, any other `.onnx` on ONNX Runtime with the providers for `device`."""
+    path = files.onnx_file
+    assert path is not None
+    if path.suffix == ".xml" or files.backend == "openvino":
         from mrcnn.export.openvino_model import OpenVinoModel
 
         if device.startswith("cuda"):
-            log.warning("%s is OpenVINO IR: running on the CPU (OpenVINO's CPU plugin)", path)
+            log.warning("%s runs on OpenVINO: on the CPU (OpenVINO's CPU plugin)", path)
         return OpenVinoModel(path)
     from mrcnn.export.onnx_model import OnnxModel
 

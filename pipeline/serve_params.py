@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mrcnn.export import INT8_TOOLCHAINS, MODEL_BACKENDS
+from mrcnn.export import INT8_TOOLCHAINS, MODEL_BACKENDS, ONNX_BACKENDS
 from pipeline.paramfile import check, check_device
 
 
@@ -27,9 +27,11 @@ class ExportParams:
     # registry); true / false: always / never (the model is still logged to its MLflow run).
     register: str = "auto"
     # What the registered model's pyfunc (and `mlflow models serve`) runs by default, one of
-    # `mrcnn.export.MODEL_BACKENDS`: torch (the weights, eager PyTorch) or onnxruntime (the
-    # checked ONNX file; needs portable: true and a model with boxes + masks only, no keypoint
-    # or MaskIoU head).
+    # `mrcnn.export.MODEL_BACKENDS`: torch (the weights, eager PyTorch), onnxruntime (the
+    # checked ONNX file on ONNX Runtime) or openvino (the same file on OpenVINO's CPU plugin,
+    # fp32: faster than onnxruntime on the AVX-512 / AMX Xeon measured, slower on an AVX2-only
+    # AMD, docs/export.md; the `openvino` extra where it is served) -- both need portable: true
+    # and a model with boxes + masks only, no keypoint or MaskIoU head -- or int8 (below).
     pyfunc_backend: str = "torch"
     # int8: also an int8 model beside model.onnx (`mrcnn.export.quantize_int8`, calibrated on
     # int8_calibration_images train images), its AP on the val shards beside the fp32 file's;
@@ -78,9 +80,9 @@ class ExportParams:
         check(self.int8_calibration_images >= 1, "int8_calibration_images", "must be >= 1")
         check(self.int8_eval_images >= 0, "int8_eval_images", "must be >= 0 (0 = all)")
         check(
-            self.pyfunc_backend != "onnxruntime" or self.portable,
+            self.pyfunc_backend not in ONNX_BACKENDS or self.portable,
             "pyfunc_backend",
-            "onnxruntime runs the ONNX file: set portable: true as well",
+            f"{self.pyfunc_backend} runs the ONNX file: set portable: true as well",
         )
 
 

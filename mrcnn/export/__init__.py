@@ -37,11 +37,14 @@ if TYPE_CHECKING:
     from mrcnn.export.openvino_model import OpenVinoModel
 
 # The ways a saved model runs: eager PyTorch rebuilt from its weights (`mrcnn.weights.load`),
-# its whole-model ONNX file on ONNX Runtime (`OnnxModel`), or the int8 model quantised from that
-# (`quantize_int8`, `export.int8`: OpenVINO IR on `OpenVinoModel`, or an int8 ONNX file on
-# `OnnxModel`). The pyfunc, predict and the export params all offer these. (No OpenVINO fp32
-# backend: OpenVINO ran the fp32 file slower than ONNX Runtime, docs/export.md.)
-MODEL_BACKENDS = ("torch", "onnxruntime", "int8")
+# its whole-model ONNX file on ONNX Runtime (`OnnxModel`) or on OpenVINO's CPU plugin
+# (`OpenVinoModel`, float layers in f32; faster than ONNX Runtime on the AVX-512 / AMX Xeon
+# measured, slower on an AVX2-only AMD: docs/export.md), or the int8 model quantised from that
+# file (`quantize_int8`, `export.int8`: OpenVINO IR on `OpenVinoModel`, or an int8 ONNX file on
+# `OnnxModel`). The pyfunc, predict and the export params all offer these.
+MODEL_BACKENDS = ("torch", "onnxruntime", "openvino", "int8")
+# The backends that run the fp32 ONNX file (the pyfunc's `onnx` artifact, `model.onnx`).
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 # `quantize_int8`'s toolchains: ONNX Runtime static QDQ (an .onnx file on `OnnxModel`) or NNCF
 # for OpenVINO (OpenVINO IR .xml + .bin on `OpenVinoModel`); `export.int8_toolchain` picks one.
 INT8_TOOLCHAINS = ("onnxruntime", "openvino")
@@ -65,6 +68,7 @@ __all__ = [
     "INT8_TOOLCHAINS",
     "Int8AccuracyError",
     "MODEL_BACKENDS",
+    "ONNX_BACKENDS",
     "OnnxModel",
     "OpenVinoModel",
     "check_ap_drop",

@@ -10,8 +10,10 @@ its `framework` run-time info, also in the IR it saves. Imports numpy, Pillow an
     from mrcnn.export.openvino_model import OpenVinoModel
     detections = OpenVinoModel("model.onnx").detect([image])   # or "model_int8.xml"
 
-Why a second runtime: on the CPUs measured (docs/export.md, "int8 and the CPU runtime")
-OpenVINO runs the same fp32 graph faster than ONNX Runtime, with the same detections.
+Why a second runtime (docs/export.md, "int8 and the CPU runtime"): its int8 IR (NNCF) is the
+fastest int8 measured, and on the Intel CPU with AVX-512 / AMX measured it runs the same fp32
+graph 9-16% faster than ONNX Runtime with the same detections (the `openvino` backend of
+`mrcnn.export.MODEL_BACKENDS`; on an AVX2-only AMD it was slower).
 """
 
 from __future__ import annotations

@@ -18,14 +18,16 @@
    (`mrcnn.export.to_onnx`), checks it against eager PyTorch on up to 8 val images (the shards'
    val split; seeded images when there is none) and logs it to the run; a file whose
    detections do not match is removed and the export fails. The registered model carries the
-   checked file too (artifact `onnx`), and runs it when `export.pyfunc_backend` is onnxruntime.
+   checked file too (artifact `onnx`), and runs it when `export.pyfunc_backend` is onnxruntime
+   (or openvino: the same file on OpenVINO, fp32).
    A model without a mask head gets no file (the graph outputs masks): a warning, and
    `export.json` says `"portable": {"skipped": ...}`.
 5. With `export.int8: true`, quantises model.onnx with `export.int8_toolchain` to
    `models/export/model_int8.xml` + `.bin` (openvino) or `model_int8.onnx` (onnxruntime),
    measures its and fp32's AP on the val shards and their speed, and refuses it past
    `export.int8_max_ap_drop` (`pipeline.int8_export`); export.json's `int8` section says so.
-   The toolchain's packages are checked first, before any other work.
+   The toolchain's packages (and openvino for `export.pyfunc_backend: openvino`) are checked
+   first, before any other work.
 6. Writes `models/export/export.json`: version, alias, URIs, metric, decision.
 """
 
@@ -83,7 +85,7 @@ class Trained:
 def run(params: Params, paths: ExportPaths) -> dict[str, Any]:
     """Log, register and alias the model (`export` section) -> what `export.json` holds."""
     p = params.export
-    check_int8_toolchain(p)
+    check_runtimes(p)
     trained = read_trained(paths, p)
     sha256, tags, description = describe(trained, paths, p)
     register, register_why = registry.should_register(p.register)
@@ -292,12 +294,19 @@ def write_int8(
     return section
 
 
-def check_int8_toolchain(p: ExportParams) -> None:
-    """With `export.int8`: `ExportError` (one line: what is missing and how to install it, or
-    to switch the toolchain) when `export.int8_toolchain`'s packages are not installed."""
+def check_runtimes(p: ExportParams) -> None:
+    """`ExportError` (one line: what is missing, how to install it or what to switch to) when
+    `export.int8_toolchain`'s packages (with `export.int8`) or openvino (with
+    `export.pyfunc_backend: openvino`: the logged model pins the version it was exported with)
+    are not installed."""
     from mrcnn.export.int8 import check_toolchain
-    from mrcnn.export.openvino_model import OpenVinoMissingError
+    from mrcnn.export.openvino_model import INSTALL, OpenVinoMissingError, missing_packages
 
+    if p.pyfunc_backend == "openvino" and missing_packages(("openvino",)):
+        raise registry.ExportError(
+            f"export.pyfunc_backend: openvino needs openvino, not installed here: {INSTALL} "
+            "(or set export.pyfunc_backend: onnxruntime)"
+        )
     if not p.int8:
         return
     try:

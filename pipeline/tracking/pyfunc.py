@@ -7,17 +7,20 @@ the export wrote one, the checked whole-model ONNX file as its `onnx` artifact. 
 
     torch        (default) `mrcnn.weights.load` rebuilds the network (eager PyTorch)
     onnxruntime  `mrcnn.export.onnx_model.OnnxModel` runs the `onnx` artifact (same `detect`)
+    openvino     `mrcnn.export.openvino_model.OpenVinoModel` runs the same `onnx` artifact on
+                 OpenVINO's CPU plugin, fp32 (the `openvino` extra; faster than onnxruntime on
+                 the AVX-512 / AMX Xeon measured, slower on an AVX2-only AMD: docs/export.md)
     int8         the int8 model (`export.int8`, when it was accepted): the `openvino_int8`
                  artifact (a folder with OpenVINO IR .xml + .bin, `export.int8_toolchain:
                  openvino`) on `mrcnn.export.openvino_model.OpenVinoModel`, or the
                  `onnx_int8` artifact (toolchain onnxruntime) on `OnnxModel`
 
 `export.pyfunc_backend` in params.yaml sets the logged default; a caller can pick another one
-at load time (onnxruntime / int8 need a model logged with that file):
+at load time (onnxruntime / openvino / int8 need a model logged with that file):
 
     import mlflow, pandas as pd
     model = mlflow.pyfunc.load_model("models:/mrcnn-shapes@champion")
-    # or: mlflow.pyfunc.load_model(uri, model_config={"backend": "onnxruntime"})  # or "int8"
+    # or: mlflow.pyfunc.load_model(uri, model_config={"backend": "openvino"})  # or "int8", ...
     frame = model.predict(pd.DataFrame({"image": [open("a.jpg", "rb").read()]}))
 
 Input: a DataFrame with a binary column `image`, one encoded image file (JPEG, PNG, BMP, WebP)
@@ -56,7 +59,7 @@ from mlflow.pyfunc import PythonModel
 
 from mrcnn.data.image_file import ImageReadError, read_image
 from mrcnn.evaluation.coco_results import encode_masks
-from mrcnn.export import MODEL_BACKENDS
+from mrcnn.export import MODEL_BACKENDS, ONNX_BACKENDS
 from mrcnn.inference.detections import Detections
 
 INPUT_COLUMN = "image"
@@ -121,12 +124,14 @@ def output_columns(heads: Heads = Heads()) -> tuple[tuple[str, str], ...]:
 
 def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
     """The model that `predict` runs: `MaskRCNN` (torch), `OnnxModel` (onnxruntime, int8 from
-    ONNX Runtime's toolchain) or `OpenVinoModel` (int8 from OpenVINO's toolchain)."""
+    ONNX Runtime's toolchain) or `OpenVinoModel` (openvino: the fp32 ONNX file; int8 from
+    OpenVINO's toolchain). Without openvino installed, openvino and an OpenVINO int8 model
+    raise `OpenVinoMissingError` (one line naming the install)."""
     if backend not in MODEL_BACKENDS:
         msg = f"model_config backend must be one of {', '.join(MODEL_BACKENDS)}: {backend!r}"
         raise ValueError(msg)
-    if backend != "torch":  # onnxruntime or int8: an exported file on its runtime
-        keys = (ONNX_ARTIFACT,) if backend == "onnxruntime" else INT8_ARTIFACTS
+    if backend != "torch":  # an exported file on its runtime
+        keys = (ONNX_ARTIFACT,) if backend in ONNX_BACKENDS else INT8_ARTIFACTS
         key = next((k for k in keys if k in artifacts), None)
         if key is None:
             raise ValueError(
@@ -134,10 +139,12 @@ def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
                 "was logged without one (export.portable: true writes the ONNX file, "
                 "export.int8: true the int8 one); load it with backend torch"
             )
-        if key == OPENVINO_INT8_ARTIFACT:
+        if backend == "openvino" or key == OPENVINO_INT8_ARTIFACT:
             from mrcnn.export.openvino_model import OpenVinoModel, find_ir
 
-            return OpenVinoModel(find_ir(artifacts[key]))
+            # the ONNX file itself, or the .xml in the IR folder
+            path = artifacts[key] if key == ONNX_ARTIFACT else find_ir(artifacts[key])
+            return OpenVinoModel(path)
         from mrcnn.export.onnx_model import OnnxModel
 
         return OnnxModel(artifacts[key])
@@ -152,7 +159,7 @@ def load_backend(backend: str, artifacts: dict[str, str]) -> Any:
 class MaskRCNNModel(PythonModel):
     """pyfunc wrapper: encoded images in, one row per detection out (see the module docstring).
 
-    After `load_context`: `backend` ("torch" | "onnxruntime" | "int8"), `model` (what runs
+    After `load_context`: `backend` (one of `MODEL_BACKENDS`), `model` (what runs
     `detect`), `heads` (which optional columns the output has).
     """
 

@@ -4,7 +4,8 @@ The model is logged as MLflow "models from code": `pipeline/tracking/pyfunc.py` 
 code, the `mrcnn` package as its code path, the `mrcnn.weights.save` folder as its `model`
 artifact, the checked ONNX file (when exported) as its `onnx` artifact and an accepted int8
 model as its `onnx_int8` (ONNX) or `openvino_int8` (OpenVINO IR folder) artifact; model_config
-`backend` (`export.pyfunc_backend`) says which the pyfunc runs.
+`backend` (`export.pyfunc_backend`) says which the pyfunc runs (onnxruntime and openvino both
+run the `onnx` artifact).
 
 A version is registered once per weights file: weights already registered (same sha256, tag
 `weights.sha256`) keep their version, which only gets the new metrics and aliases
@@ -69,8 +70,9 @@ def log_model(
                signature lists; default: boxes + masks)
     onnx_file: the checked whole-model ONNX file, logged as artifact `onnx` (with onnxruntime
                among the requirements) so the pyfunc can run it
-    backend:   the pyfunc's default backend, "torch" or "onnxruntime" (model_config `backend`;
-               "onnxruntime" needs `onnx_file`, "int8" needs `int8_file`)
+    backend:   the pyfunc's default backend, one of `mrcnn.export.MODEL_BACKENDS` (model_config
+               `backend`; "onnxruntime" and "openvino" need `onnx_file`, "int8" needs
+               `int8_file`; "openvino" puts openvino among the requirements)
     int8_file: the accepted int8 model (`export.int8`): an ONNX file, logged as artifact
                `onnx_int8` (with onnxruntime among the requirements), or an OpenVINO IR
                `.xml` whose `.bin` is beside it, logged as artifact `openvino_int8` (a folder
@@ -80,7 +82,7 @@ def log_model(
 
     import mrcnn
     from mrcnn import weights
-    from mrcnn.export import MODEL_BACKENDS
+    from mrcnn.export import MODEL_BACKENDS, ONNX_BACKENDS
     from pipeline.tracking.pyfunc import (
         INT8_ARTIFACT,
         ONNX_ARTIFACT,
@@ -91,9 +93,9 @@ def log_model(
     if backend not in MODEL_BACKENDS:
         choices = ", ".join(MODEL_BACKENDS)
         raise ExportError(f"export.pyfunc_backend must be one of {choices}: {backend}")
-    if backend == "onnxruntime" and onnx_file is None:
+    if backend in ONNX_BACKENDS and onnx_file is None:
         raise ExportError(
-            "export.pyfunc_backend: onnxruntime needs the ONNX file: set export.portable: true"
+            f"export.pyfunc_backend: {backend} needs the ONNX file: set export.portable: true"
         )
     if backend == "int8" and int8_file is None:
         raise ExportError(
@@ -109,8 +111,8 @@ def log_model(
         artifacts = {MODEL_ARTIFACT: str(staged)}
         if onnx_file is not None:
             artifacts[ONNX_ARTIFACT] = str(onnx_file)
-        openvino = int8_file is not None and int8_file.suffix == ".xml"
-        if openvino:  # the IR is two files: they travel as one folder
+        openvino_ir = int8_file is not None and int8_file.suffix == ".xml"
+        if openvino_ir:  # the IR is two files: they travel as one folder
             ir = Path(tmp) / OPENVINO_INT8_ARTIFACT
             ir.mkdir()
             for path in (int8_file, int8_file.with_suffix(".bin")):
@@ -127,7 +129,9 @@ def log_model(
                 python_model=str(MODEL_CODE),
                 artifacts=artifacts,
                 code_paths=[str(Path(mrcnn.__file__).parent)],
-                pip_requirements=requirements(onnx=onnx_file is not None, openvino=openvino),
+                pip_requirements=requirements(
+                    onnx=onnx_file is not None, openvino=openvino_ir or backend == "openvino"
+                ),
                 signature=signature(heads or Heads()),
                 model_config={"backend": backend},
             )
@@ -151,7 +155,7 @@ def signature(heads: Any) -> Any:
 def requirements(onnx: bool = False, openvino: bool = False) -> list[str]:
     """Pinned requirements of the logged model (local version labels such as +cu130 dropped);
     `onnx`: with onnxruntime, for a model that carries its ONNX file; `openvino`: with
-    openvino, for one that carries an OpenVINO IR."""
+    openvino, for one that carries an OpenVINO IR or runs on OpenVINO by default."""
     out = []
     extra = (("onnxruntime",) if onnx else ()) + (("openvino",) if openvino else ())
     for dist in ("mlflow", *_REQUIREMENTS, *extra):

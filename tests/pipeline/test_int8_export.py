@@ -265,19 +265,26 @@ def test_pyfunc_and_predict_run_the_openvino_ir(written, fp32_file, tiny_shards,
 
 def test_without_openvino_the_stage_and_predict_say_how_to_install_it(tmp_path):
     """A process where openvino and nncf cannot be imported: the export stage with the default
-    toolchain stops before any work, and predict refuses an .xml, each with one error line
-    naming `pip install -e '.[openvino]'` (no traceback)."""
+    toolchain or with `pyfunc_backend: openvino` stops before any work, and predict refuses an
+    .xml and `--backend openvino`, each with one error line naming `pip install -e
+    '.[openvino]'` (no traceback)."""
     import yaml
     from PIL import Image
 
-    doc = {"export": {"int8": True}, "mlflow": {"tracking_uri": "sqlite:///mlflow.db"}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
-    (tmp_path / "model_int8.xml").write_text("<net/>")  # never read: the import fails first
+    mlflow_section = {"tracking_uri": "sqlite:///mlflow.db"}
+    for name, export in (("int8", {"int8": True}), ("fp32", {"pyfunc_backend": "openvino"})):
+        doc = {"export": export, "mlflow": mlflow_section}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    for name in ("model_int8.xml", "model.onnx"):  # never read: the import fails first
+        (tmp_path / name).write_text("x")
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    predict = "from pipeline.predict import main\nmain(['--input', 'a.png', '--out', 'out', "
     calls = {
-        "export": "from pipeline.stages.export import main\nmain(['--params', 'params.yaml'])",
-        "predict": "from pipeline.predict import main\n"
-        "main(['--model', 'model_int8.xml', '--input', 'a.png', '--out', 'out'])",
+        "export": "from pipeline.stages.export import main\nmain(['--params', 'int8.yaml'])",
+        "export_openvino": "from pipeline.stages.export import main\n"
+        "main(['--params', 'fp32.yaml'])",
+        "predict": predict + "'--model', 'model_int8.xml'])",
+        "predict_openvino": predict + "'--model', 'model.onnx', '--backend', 'openvino'])",
     }
     lines = {}
     for name, call in calls.items():
@@ -297,6 +304,9 @@ def test_without_openvino_the_stage_and_predict_say_how_to_install_it(tmp_path):
     assert "needs openvino and nncf" in lines["export"]
     assert "or set export.int8_toolchain: onnxruntime" in lines["export"]
     assert "OpenVinoModel needs openvino" in lines["predict"]
+    assert "OpenVinoModel needs openvino" in lines["predict_openvino"]
+    assert "export.pyfunc_backend: openvino needs openvino" in lines["export_openvino"]
+    assert "or set export.pyfunc_backend: onnxruntime" in lines["export_openvino"]
 
 
 @pytest.mark.parametrize(

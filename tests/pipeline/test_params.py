@@ -82,6 +82,10 @@ def test_missing_section_and_keys_keep_defaults(tmp_path):
             "export:\n  pyfunc_backend: onnxruntime\n  portable: false\n",
             "'export.pyfunc_backend' onnxruntime runs the ONNX file: set portable: true",
         ),
+        (
+            "export:\n  pyfunc_backend: openvino\n  portable: false\n",
+            "'export.pyfunc_backend' openvino runs the ONNX file: set portable: true",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

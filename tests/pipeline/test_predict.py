@@ -325,6 +325,33 @@ def test_both_backends_write_the_same_detections(
     assert (tmp_path / "onnx" / "overlays" / "imgs" / "1.png").is_file()
 
 
+@pytest.mark.openvino
+def test_openvino_backend_writes_the_onnxruntime_detections(
+    model_dir: Path, onnx_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--backend openvino` runs the ONNX file on OpenVINO (fp32) and writes onnxruntime's
+    results within the export's parity tolerances; a weights folder is refused in one line."""
+    from mrcnn.export.openvino_model import OpenVinoModel
+
+    files = predict_model.locate(str(onnx_file), None, tmp_path, "openvino")
+    assert files.backend == "openvino" and files.onnx_file == onnx_file
+    assert isinstance(predict_model.load_predictor(files, "cpu")[0].model, OpenVinoModel)
+    folder = _images_folder(tmp_path)
+    _cli(onnx_file, [folder], tmp_path / "openvino", "--backend", "openvino")
+    summary = json.loads((tmp_path / "openvino" / "images.json").read_text())
+    assert summary["model"]["backend"] == "openvino" and summary["complete"]
+    predict.run(str(onnx_file), [folder], tmp_path / "onnx", PredictParams())
+    want = json.loads((tmp_path / "onnx" / "results.json").read_text())
+    got = json.loads((tmp_path / "openvino" / "results.json").read_text())
+    assert len(want) == 20
+    scale = min(128 / max(im.shape[:2]) for im in synthetic_images())
+    assert_same_results(want, got, BOX_TOL / scale)
+    assert (tmp_path / "openvino" / "overlays" / "imgs" / "1.png").is_file()
+    with pytest.raises(SystemExit):
+        _cli(model_dir, [folder], tmp_path / "b", "--backend", "openvino")
+    assert "holds weights, not an ONNX file" in caplog.text
+
+
 def test_onnx_backend_refuses_what_it_cannot_do(
     model_dir: Path, onnx_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,5 +1,6 @@
 """The registered model's pyfunc, in process: output columns follow the model's heads, frames
-round-trip to `Detections`, and the onnxruntime backend gives the torch backend's detections."""
+round-trip to `Detections`, the onnxruntime backend gives the torch backend's detections and
+the openvino backend (the same ONNX file on OpenVINO, fp32) gives onnxruntime's."""
 
 from __future__ import annotations
 
@@ -133,6 +134,25 @@ def test_onnxruntime_backend_gives_the_torch_backends_detections(artifacts) -> N
     assert_same_detections(frame_detections(a, 2), frame_detections(b, 2), scales)
 
 
+@pytest.mark.openvino
+def test_openvino_backend_runs_the_onnx_file_as_onnxruntime_does(artifacts) -> None:
+    """model_config backend openvino: the `onnx` artifact on `OpenVinoModel` (fp32), with the
+    onnxruntime backend's detections within the export's parity tolerances."""
+    from mrcnn.export.openvino_model import OpenVinoModel
+
+    images = synthetic_images()
+    onnx_model = _loaded(artifacts, "onnxruntime")
+    ov_model = _loaded(artifacts, "openvino")
+    assert ov_model.backend == "openvino" and isinstance(ov_model.model, OpenVinoModel)
+    assert ov_model.model.path == artifacts["onnx"]
+    a = onnx_model.predict(None, _png_frame(images))
+    b = ov_model.predict(None, _png_frame(images))
+    assert list(b.columns) == BOXES + MASKS and len(b) == len(a) == 20
+    assert (a["class_name"] == b["class_name"]).all()
+    scales = [128 / max(im.shape[:2]) for im in images]
+    assert_same_detections(frame_detections(a, 2), frame_detections(b, 2), scales)
+
+
 def test_image_cells_may_be_file_bytes_or_base64() -> None:
     png = _png_frame(synthetic_images()[:1])[pyfunc.INPUT_COLUMN][0]
     text = base64.b64encode(png)
@@ -143,9 +163,10 @@ def test_image_cells_may_be_file_bytes_or_base64() -> None:
 
 
 def test_backend_errors_say_what_to_do(artifacts) -> None:
-    with pytest.raises(ValueError, match="logged without one .* load it with backend torch"):
-        _loaded({"model": artifacts["model"]}, "onnxruntime")
-    with pytest.raises(ValueError, match="backend must be one of torch, onnxruntime, int8: 'trt'"):
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ValueError, match="needs the model's onnx file, but .* backend torch"):
+            _loaded({"model": artifacts["model"]}, backend)
+    with pytest.raises(ValueError, match="one of torch, onnxruntime, openvino, int8: 'trt'"):
         _loaded(artifacts, "trt")
     from mlflow.exceptions import MlflowException
 

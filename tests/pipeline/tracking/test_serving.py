@@ -1,11 +1,13 @@
 """Serving the registered model: MLflow's scoring server takes a base64 PNG in both request
 formats (`dataframe_split` and `inputs`) and returns the pyfunc's in-process detections; once in
 process (MLflow's `invocations`, seconds) and once through a real `mlflow models serve` on
-127.0.0.1 (slow)."""
+127.0.0.1 (slow). `serve`, `post`, `png` and `requests_for` also serve the int8 model
+(test_serving_openvino.py)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -30,7 +32,7 @@ from tests.pipeline.registry_helpers import fresh_store, save_model, synthetic_i
 NAME = "mrcnn-served"
 
 
-def _png(index: int) -> bytes:
+def png(index: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(synthetic_images()[index]).save(buf, format="PNG")
     return buf.getvalue()
@@ -58,7 +60,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
     version = registry.register(NAME, info.model_uri, tags={})
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    pngs = [_png(0), _png(1)]
+    pngs = [png(0), png(1)]
     expected = model.predict(pd.DataFrame({"image": pngs}))
     assert len(expected) == 20 and set(expected["image_index"]) == {0, 1}
     return {"root": root, "uri": uri, "model": model, "pngs": pngs, "expected": expected}
@@ -95,14 +97,21 @@ def test_a_bad_image_is_a_400_that_says_which_row(served: dict) -> None:
 
 @pytest.fixture(scope="module")
 def server(served: dict) -> Iterator[str]:
-    """`mlflow models serve -m models:/NAME@champion` (one worker, the venv's Python, this
-    interpreter's environment without PYTHONPATH: the model brings its own code) on 127.0.0.1:
-    -> its base URL; stopped by pid."""
+    """`mlflow models serve -m models:/NAME@champion` -> its base URL (`serve`)."""
+    with serve(served["uri"], f"models:/{NAME}@champion", served["root"]) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(tracking_uri: str, model_uri: str, root: Path) -> Iterator[str]:
+    """`mlflow models serve -m model_uri --env-manager local` (one worker, the venv's Python,
+    this interpreter's environment without PYTHONPATH: the model brings its own code) on
+    127.0.0.1, its log in `root` -> its base URL; stopped by pid."""
     port = services.free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env |= {"MLFLOW_TRACKING_URI": served["uri"], "PATH": f"{bin_dir}:{env.get('PATH', '')}"}
-    log = served["root"] / "serve.log"
+    env |= {"MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{env.get('PATH', '')}"}
+    log = root / "serve.log"
     command = [
         sys.executable,
         "-m",
@@ -110,7 +119,7 @@ def server(served: dict) -> Iterator[str]:
         "models",
         "serve",
         "-m",
-        f"models:/{NAME}@champion",
+        model_uri,
         "--env-manager",
         "local",
         "-h",
@@ -123,7 +132,7 @@ def server(served: dict) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command,
-            cwd=served["root"],
+            cwd=root,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -145,7 +154,7 @@ def _ping(url: str) -> bool:
         return False
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
+def post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(
         f"{url}/invocations",
         data=json.dumps(body).encode(),
@@ -161,8 +170,8 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 @pytest.mark.slow  # starts `mlflow models serve`: ~20 s on 2 CPU cores
 def test_served_model_answers_both_formats_with_the_pyfunc_detections(served, server) -> None:
     for form, body in requests_for(served["pngs"]).items():
-        status, reply = _post(server, body)
+        status, reply = post(server, body)
         assert status == 200, (form, reply)
         _same(reply["predictions"], served["expected"])
-    status, reply = _post(server, {"inputs": {"image": ["bm90IGEgcG5n"]}})  # "not a png"
+    status, reply = post(server, {"inputs": {"image": ["bm90IGEgcG5n"]}})  # "not a png"
     assert status == 400 and "cannot read image row 0" in reply["message"]
