@@ -73,21 +73,26 @@ def iou_types_of(cfg: Config) -> tuple[str, ...]:
     )
 
 
-def val_annotations(shards: storage.Location) -> str:
+def val_annotations(
+    shards: storage.Location,
+    needed_by: str = "train.eval_every",
+    otherwise: str = "set train.eval_every: 0",
+) -> str:
     """Where the val split's original COCO annotations are, as a URL or an absolute path:
     `<shards>/val/annotations.json` when the split holds a copy, else (shards in a folder) the
-    file its manifest records. Shards at a URL without the copy raise: the driver's disk is not
-    the workers'."""
+    file its manifest records. Shards at a URL without the copy raise, naming `needed_by` and
+    the command that writes the copy (then `otherwise`, if given): the driver's disk is not the
+    workers'. The one place both periodic validation and the evaluate stage find them."""
     split = storage.join(shards, "val")
     beside = storage.join(split, GROUND_TRUTH)
     if storage.exists(beside):
         return str(beside)
     if storage.is_url(shards):
         raise FileNotFoundError(
-            f"train.eval_every needs the val annotations in {beside}, beside the shards (the "
-            "workers cannot read this machine's copy): write the shards there with "
-            f"`python -m pipeline.shards --out {shards}`, which uploads them, or set "
-            "train.eval_every: 0"
+            f"{needed_by} needs the val annotations in {beside}, beside the shards (no local "
+            "copy is read for shards in object storage): write the shards there with "
+            f"`python -m pipeline.shards --out {shards}`, which uploads them"
+            + (f", or {otherwise}" if otherwise else "")
         )
     manifest = ShardDataset(split).manifest
     path = Path(manifest["source"]["annotations"])
