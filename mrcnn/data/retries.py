@@ -102,7 +102,8 @@ def call(url: str, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
             if left <= 0:
                 raise StorageUnavailableError(
                     f"{what} {url}: object storage unreachable, gave up after {limit:g} s "
-                    f"({attempt} attempts; last error: {type(e).__name__}: {e}); check the "
+                    f"({attempt} attempt{'s' * (attempt > 1)}; last error: {type(e).__name__}: "
+                    f"{e}); check the "
                     f"endpoint (AWS_ENDPOINT_URL) and the network, or allow longer outages "
                     f"with {ENV}=<seconds>"
                 ) from e
