@@ -10,7 +10,7 @@ on the val shards.
    `data/raw/<data.source>/annotations/instances_val.json` (not the shards' mini-masks); with
    `--shards s3://bucket/prefix`, the copy `pipeline.shards --out` put beside the val shards
    (`<shards>/val/annotations.json`, checked against the manifest's sha256: no local raw
-   folder is read), as periodic validation reads it (`pipeline.training.periodic_eval`).
+   folder is read), as periodic validation reads it (`mrcnn.evaluation.ground_truth`).
 3. The error analysis of bbox and segm (`pipeline.reporting.errors`): TIDE's error types and
    what each costs (dAP), the confusion matrix, COCO analyze()'s PR breakdown, the images with
    the most weighted errors; the log says what to try against the costliest error types.
@@ -46,6 +46,7 @@ from mrcnn.data import category_ids as label_to_category
 from mrcnn.data import retries, storage
 from mrcnn.data.layout import annotation_file
 from mrcnn.evaluation.coco_eval import EvaluationInputError, coco_evaluate
+from mrcnn.evaluation.ground_truth import load_ground_truth, val_annotations
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
@@ -62,7 +63,6 @@ from pipeline.reporting.evaluate import (
 )
 from pipeline.tracking import runs, store
 from pipeline.tracking.store import Tracking, TrackingError
-from pipeline.training.periodic_eval import load_ground_truth, val_annotations
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def load_inputs(paths: EvaluatePaths, p: EvaluateParams) -> tuple[Any, Any, dict
 def ground_truth(annotations: Path | str, dataset: Any) -> Any:
     """The original COCO annotations (pycocotools `COCO`), checked against the shards: a
     local file that differs from the one they were built from is warned about, a copy at a URL
-    (beside shards in object storage) is refused (`periodic_eval.load_ground_truth`)."""
+    (beside shards in object storage) is refused (`mrcnn.evaluation.ground_truth`)."""
     from pycocotools.coco import COCO
 
     if storage.is_url(annotations):

@@ -20,6 +20,7 @@ from typing import Any
 
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
+from mrcnn.evaluation.ground_truth import val_annotations
 from mrcnn.fileio import json_digest
 from pipeline.paramfile import to_dict
 from pipeline.tracking import store
@@ -28,7 +29,6 @@ from pipeline.train_params import PLACEMENTS, TrainParams
 from pipeline.training import run_storage
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
-from pipeline.training.periodic_eval import val_annotations
 from pipeline.training.progress import PROGRESS_FILE, ProgressLine
 from pipeline.training.runtime import init_ray
 from pipeline.training.selection import checkpoint_config
