@@ -95,3 +95,39 @@ def ray_cluster(s3_server) -> Iterator[ray_services.RayCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(s3_server, tmp_path_factory) -> Iterator:
+    """A TCP proxy in front of the S3 server, in its own process (`tests.s3_proxy`), that a test
+    switches off for a while (`s3_proxy.outage(seconds)`): object storage unreachable without
+    losing the buckets moto keeps in memory."""
+    from tests.s3_proxy import start_proxy
+
+    try:
+        proxy = start_proxy(s3_server.endpoint, tmp_path_factory.mktemp("s3_proxy"))
+    except services.ServiceUnavailable as e:
+        pytest.skip(f"the S3 proxy cannot start here: {e}")
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture()
+def s3_via_proxy(s3_proxy, monkeypatch):
+    """This test's S3 clients (s3fs, boto3, pyarrow) reach the server through `s3_proxy`
+    (AWS_ENDPOINT_URL), with a 60 s retry budget (`MRCNN_STORAGE_RETRY_S`) unless the test
+    sets another; the proxy is up again afterwards."""
+    import s3fs
+
+    from mrcnn.data import retries
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_proxy.endpoint)
+    monkeypatch.setenv(retries.ENV, "60")
+    s3fs.S3FileSystem.clear_instance_cache()  # instances made for the direct endpoint
+    try:
+        yield s3_proxy
+    finally:
+        s3_proxy.outage(0)
+        s3fs.S3FileSystem.clear_instance_cache()

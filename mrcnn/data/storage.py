@@ -10,6 +10,10 @@ Credentials and endpoint come from the environment, as for any S3 client (`AWS_A
 `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for a non-AWS server, or an instance role);
 `storage_options` passes anything else to `fsspec` (e.g. `{"anon": True}`).
 
+Every call to a URL rides out an outage of the store (connection refused or dropped, timeouts,
+HTTP 5xx) for `MRCNN_STORAGE_RETRY_S` seconds (default 120), then raises
+`retries.StorageUnavailableError` naming the URL and the budget (`mrcnn.data.retries`).
+
 Naming: a *location* is either a folder (`str` or `Path`) or a URL (`str` with a scheme);
 `join(location, name)` works for both (`Path("s3://b/p") / "x"` would lose a slash).
 """
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from mrcnn.data import retries
 from mrcnn.data.layout import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -47,8 +52,11 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None):
     """(fsspec filesystem, path inside it) for `url`; a clear error when its driver is missing."""
     import fsspec
 
+    options = dict(storage_options or {})
+    if fsspec.core.split_protocol(url)[0] in ("s3", "s3a"):  # botocore: short, known retries
+        options.setdefault("config_kwargs", {"retries": retries.BOTOCORE_RETRIES})
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as e:
         raise ImportError(
             f"reading {url} needs the fsspec driver for its scheme ({e}); for s3:// "
@@ -156,7 +164,7 @@ class RemoteSplit:
 
     def read(self, name: str) -> bytes:
         fs = self._filesystem()
-        return fs.cat_file(self._path(name))
+        return retries.call(f"{self.url}/{name}", "reading", fs.cat_file, self._path(name))
 
     def pread(self, shard: int, ranges: Sequence[tuple[int, int]]) -> list[bytearray]:
         if self._cached is not None:
@@ -165,7 +173,10 @@ class RemoteSplit:
         start = min(o for o, _ in ranges)
         end = max(o + s for o, s in ranges)
         name = self.shards[shard]["file"]
-        data = self._filesystem().cat_file(self._path(name), start=start, end=end)
+        fs, path = self._filesystem(), self._path(name)
+        data = retries.call(
+            f"{self.url}/{name}", "reading", fs.cat_file, path, start=start, end=end
+        )
         if len(data) != end - start:
             raise OSError(f"{self.url}/{name}: short read at {start} ({len(data)}/{end - start})")
         view = memoryview(data)
@@ -181,7 +192,8 @@ class RemoteSplit:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
         remote = self._path(expected["file"])
         logger.info("caching %s/%s in %s", self.url, expected["file"], target.parent)
-        self._filesystem().get_file(remote, str(tmp))
+        url = f"{self.url}/{expected['file']}"
+        retries.call(url, "caching", self._filesystem().get_file, remote, str(tmp))
         digest = _sha256(tmp)
         if tmp.stat().st_size != expected["bytes"] or digest != expected["sha256"]:
             tmp.unlink(missing_ok=True)
@@ -219,10 +231,12 @@ def upload_split(
     order = sorted(names, key=lambda n: (not n.startswith("shard-"), n))
     fs, root = filesystem(url, storage_options)
     root = root.rstrip("/")
-    if fs.exists(f"{root}/{manifest.name}"):  # replacing a split: readers must not mix the two
-        fs.rm_file(f"{root}/{manifest.name}")
+    remote_manifest = f"{root}/{manifest.name}"
+    # replacing a split: readers must not mix the two
+    if retries.call(join(url, manifest.name), "checking", fs.exists, remote_manifest):
+        retries.call(join(url, manifest.name), "removing", fs.rm_file, remote_manifest)
     for name in [*order, manifest.name]:
-        fs.put_file(str(local / name), f"{root}/{name}")
+        retries.call(join(url, name), "uploading", fs.put_file, str(local / name), f"{root}/{name}")
     logger.info("uploaded %d files of %s to %s", len(order) + 1, local, url)
     return [*order, manifest.name]
 
@@ -239,7 +253,7 @@ def read_bytes(location: Location) -> bytes:
     """The whole file at a path or URL (FileNotFoundError when it is not there)."""
     if is_url(location):
         fs, path = filesystem(str(location))
-        return fs.cat_file(path)
+        return retries.call(str(location), "reading", fs.cat_file, path)
     return Path(str(location).removeprefix("file://")).read_bytes()
 
 
@@ -252,7 +266,7 @@ def exists(location: Location) -> bool:
     """Whether a file (or folder / prefix) is at a path or URL."""
     if is_url(location):
         fs, path = filesystem(str(location))
-        return fs.exists(path)
+        return retries.call(str(location), "checking", fs.exists, path)
     return Path(str(location).removeprefix("file://")).exists()
 
 
@@ -261,7 +275,7 @@ def write_text(location: Location, text: str) -> None:
     PUT is whole by nature)."""
     if is_url(location):
         fs, path = filesystem(str(location))
-        fs.pipe_file(path, text.encode())
+        retries.call(str(location), "writing", fs.pipe_file, path, text.encode())
         return
     from mrcnn.fileio import write_text_atomic
 
@@ -271,8 +285,8 @@ def write_text(location: Location, text: str) -> None:
 def remove(location: Location) -> None:
     """Delete the file at a path or URL if it is there."""
     if is_url(location):
-        fs, path = filesystem(str(location))
-        if fs.exists(path):
-            fs.rm_file(path)
+        if exists(location):
+            fs, path = filesystem(str(location))
+            retries.call(str(location), "removing", fs.rm_file, path)
         return
     Path(str(location).removeprefix("file://")).unlink(missing_ok=True)

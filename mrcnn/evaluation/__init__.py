@@ -3,6 +3,8 @@
     predict       `predict_dataset`: batched detection over shards -> COCO results
     coco_results  `Detections` <-> COCO results (RLE masks), encoded in worker processes
     coco_eval     `coco_evaluate` -> `CocoScores` (bbox, segm, keypoints; PR arrays kept)
+    ground_truth  `val_annotations` (where the val split's COCO annotations are, also
+                  beside shards in S3), `load_ground_truth` (checked against the manifest)
 
 Error analysis (bbox and segm; docs/evaluate.md "Error analysis"):
     matching      detections and ground truth image by image, pycocotools IoUs, COCOeval's

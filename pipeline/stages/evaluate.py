@@ -7,7 +7,10 @@ on the val shards.
    original-image pixels, model labels mapped to COCO category ids through the val manifest's
    class map, masks RLE-encoded.
 2. COCOeval for bbox and segm against the *original* annotations
-   `data/raw/<data.source>/annotations/instances_val.json` (not the shards' mini-masks).
+   `data/raw/<data.source>/annotations/instances_val.json` (not the shards' mini-masks); with
+   `--shards s3://bucket/prefix`, the copy `pipeline.shards --out` put beside the val shards
+   (`<shards>/val/annotations.json`, checked against the manifest's sha256: no local raw
+   folder is read), as periodic validation reads it (`mrcnn.evaluation.ground_truth`).
 3. The error analysis of bbox and segm (`pipeline.reporting.errors`): TIDE's error types and
    what each costs (dAP), the confusion matrix, COCO analyze()'s PR breakdown, the images with
    the most weighted errors; the log says what to try against the costliest error types.
@@ -40,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from mrcnn.data import category_ids as label_to_category
+from mrcnn.data import retries, storage
 from mrcnn.data.layout import annotation_file
 from mrcnn.evaluation.coco_eval import EvaluationInputError, coco_evaluate
+from mrcnn.evaluation.ground_truth import load_ground_truth, val_annotations
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.fileio import file_digest, write_json_atomic
 from pipeline import cli, layout
@@ -73,8 +78,8 @@ class EvaluatePaths:
     """What evaluate reads and writes."""
 
     model_dir: Path
-    shards_dir: Path  # the val split folder
-    annotations: Path  # original COCO instances_val.json
+    shards_dir: Path | str  # the val split: a folder, or a URL (s3://bucket/prefix/val)
+    annotations: Path | str  # original COCO instances_val.json, or the split's copy at a URL
     train_run: Path  # train_run.json: the MLflow run to log into
     metrics_out: Path  # eval.json
     reports_dir: Path
@@ -220,7 +225,7 @@ def load_inputs(paths: EvaluatePaths, p: EvaluateParams) -> tuple[Any, Any, dict
         (paths.shards_dir, "run `python -m pipeline.shards`"),
         (paths.annotations, "run `python -m pipeline.download`"),
     ):
-        if not path.exists():
+        if not storage.exists(path):
             raise FileNotFoundError(f"{path} does not exist; {how}")
     dataset = ShardDataset(paths.shards_dir)
     dataset.verify()  # a damaged shard: one line naming it, before the model runs
@@ -251,11 +256,15 @@ def load_inputs(paths: EvaluatePaths, p: EvaluateParams) -> tuple[Any, Any, dict
     return model, dataset, category_ids
 
 
-def ground_truth(annotations: Path, dataset: Any) -> Any:
-    """The original COCO annotations (pycocotools `COCO`), checked against the shards."""
+def ground_truth(annotations: Path | str, dataset: Any) -> Any:
+    """The original COCO annotations (pycocotools `COCO`), checked against the shards: a
+    local file that differs from the one they were built from is warned about, a copy at a URL
+    (beside shards in object storage) is refused (`mrcnn.evaluation.ground_truth`)."""
     from pycocotools.coco import COCO
 
-    check_annotations(annotations, dataset.manifest)
+    if storage.is_url(annotations):
+        return load_ground_truth(annotations, dataset.manifest)
+    check_annotations(Path(annotations), dataset.manifest)
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(annotations))
 
@@ -283,7 +292,7 @@ def check_annotations(annotations: Path, manifest: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    errors = (EvaluateError, EvaluationInputError, TrackingError)
+    errors = (EvaluateError, EvaluationInputError, TrackingError, retries.StorageUnavailableError)
     cli.run_main(args, lambda: run(*inputs(args)), errors)
 
 
@@ -292,7 +301,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--raw", type=Path, help=f"raw COCO-layout folder (default {layout.RAW}/<source>)"
     )
-    ap.add_argument("--shards", type=Path, default=layout.SHARDS)
+    ap.add_argument(
+        "--shards",
+        default=str(layout.SHARDS),
+        help="a folder or a URL (s3://bucket/prefix, as written by `pipeline.shards --out`: "
+        "the val annotations are then read from beside the val shards, not --raw)",
+    )
     ap.add_argument("--model", type=Path, default=layout.MODEL)
     ap.add_argument("--train-run", type=Path, default=layout.TRAIN_RUN)
     ap.add_argument("--metrics", type=Path, default=layout.EVAL_METRICS)
@@ -310,10 +324,15 @@ def inputs(args: argparse.Namespace) -> tuple[Params, EvaluatePaths]:
     raw = layout.under(root, args.raw) if args.raw else layout.raw_dir(root, params.data.source)
     tracking = store.locate(args.params, params.mlflow)
     store.check_tracking_uri(tracking.uri)
+    shards = layout.place(root, args.shards)
+    if storage.is_url(shards):  # nothing local: the annotations uploaded beside the val shards
+        annotations: Path | str = val_annotations(shards, "pipeline.evaluate", "")
+    else:
+        annotations = annotation_file(raw, "val")
     return params, EvaluatePaths(
         model_dir=layout.under(root, args.model),
-        shards_dir=layout.under(root, args.shards) / "val",
-        annotations=annotation_file(raw, "val"),
+        shards_dir=storage.join(shards, "val"),
+        annotations=annotations,
         train_run=layout.under(root, args.train_run),
         metrics_out=layout.under(root, args.metrics),
         reports_dir=layout.under(root, args.reports),

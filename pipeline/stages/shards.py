@@ -14,8 +14,11 @@ URL under the system temp dir, so an interrupted build resumes there too), then 
 `mrcnn.data.storage.upload_split` (shards, index, report, the manifest last) and removes the
 staging copy. The val split also gets a copy of its COCO annotations (`annotations.json`, the
 file the manifest's `source.annotations_sha256` names), so periodic validation on a cluster
-reads them from the bucket like the shards (`pipeline.training.periodic_eval`). The manifest is
-the same as a local build's.
+and the evaluate stage read them from the bucket like the shards
+(`pipeline.training.periodic_eval`). The manifest is the same as a local build's. An outage of
+the store during the upload is retried for `MRCNN_STORAGE_RETRY_S` seconds (default 120,
+`mrcnn.data.retries`); past that the stage stops with one line and the staging folder stays,
+so the same command later uploads it again without rebuilding.
 
     python -m pipeline.shards [--params params.yaml] [--raw DIR] [--out DIR | --out URL]
 """
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrcnn.data import storage
+from mrcnn.data import retries, storage
 from mrcnn.data.coco import class_map, load_coco_split
 from mrcnn.data.layout import SPLITS, annotation_file, image_dir
 from mrcnn.data.shards import GROUND_TRUTH, REPORT
@@ -81,9 +84,10 @@ def _run_to_url(params: ShardsParams, raw_dir: Path, url: str) -> dict[str, Any]
     fs, root = storage.filesystem(url)
     root = root.rstrip("/")
     for stale in sorted(set(SPLITS) - set(summary)):
-        if fs.exists(f"{root}/{stale}"):
-            logger.warning("removing %s: %s has no %s split", f"{url}/{stale}", raw_dir, stale)
-            fs.rm(f"{root}/{stale}", recursive=True)
+        where = f"{url}/{stale}"
+        if retries.call(where, "checking", fs.exists, f"{root}/{stale}"):
+            logger.warning("removing %s: %s has no %s split", where, raw_dir, stale)
+            retries.call(where, "removing", fs.rm, f"{root}/{stale}", recursive=True)
     for split in summary:
         local = staging / split
         if split in GROUND_TRUTH_SPLITS:
@@ -157,7 +161,7 @@ def summary_lines(summary: dict[str, Any], out: Path | str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    cli.run_main(args, lambda: run_and_say(*inputs(args)))
+    cli.run_main(args, lambda: run_and_say(*inputs(args)), (retries.StorageUnavailableError,))
 
 
 def run_and_say(params: Params, paths: ShardsPaths) -> dict[str, Any]:

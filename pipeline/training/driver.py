@@ -20,14 +20,15 @@ from typing import Any
 
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
+from mrcnn.evaluation.ground_truth import val_annotations
 from mrcnn.fileio import json_digest
 from pipeline.paramfile import to_dict
 from pipeline.tracking import store
 from pipeline.tracking import training as tracked_run
 from pipeline.train_params import PLACEMENTS, TrainParams
+from pipeline.training import run_storage
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
-from pipeline.training.periodic_eval import val_annotations
 from pipeline.training.progress import PROGRESS_FILE, ProgressLine
 from pipeline.training.runtime import init_ray
 from pipeline.training.selection import checkpoint_config
@@ -157,6 +158,7 @@ def fit(
 
     init_ray()
     check_resources(params, ray.cluster_resources())
+    ray_path, ray_filesystem = run_storage.for_ray(resolve(storage_path))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -169,7 +171,8 @@ def fit(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=resolve(storage_path),
+            storage_path=ray_path,
+            storage_filesystem=ray_filesystem,  # s3://: retried for MRCNN_STORAGE_RETRY_S
             failure_config=FailureConfig(max_failures=params.max_failures),
             checkpoint_config=checkpoint_config(params),
             callbacks=callbacks or [],

@@ -7,25 +7,21 @@ this process (a few dozen images: worker processes would cost more than they sav
 
 Rank 0 may run on any node, so it reads everything itself from where the driver says, never
 from the driver's disk: the val shards (a folder every node sees, or a URL) and the val COCO
-annotations (`val_annotations`: the split's own `annotations.json` when it has one, as a split
-written by `pipeline.shards --out s3://...` does, else the file its manifest records), checked
-against the manifest's sha256 (annotations edited after the shards were built give wrong AP).
+annotations (`mrcnn.evaluation.ground_truth.val_annotations`: the split's own `annotations.json`
+when it has one, as a split written by `pipeline.shards --out s3://...` does, else the file its
+manifest records), checked against the manifest's sha256 (annotations edited after the shards
+were built give wrong AP).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
-from mrcnn.data.shards import GROUND_TRUTH
 from mrcnn.evaluation.coco_eval import COCO_PERSON_OKS_SIGMAS, coco_evaluate
+from mrcnn.evaluation.ground_truth import load_ground_truth, val_annotations  # noqa: F401 (re-export)
 from mrcnn.evaluation.predict import predict_dataset
 from pipeline.tracking import active, names
 from pipeline.train_params import TrainParams
@@ -71,49 +67,3 @@ def iou_types_of(cfg: Config) -> tuple[str, ...]:
         + (("segm",) if cfg.roi_heads.masks else ())
         + (("keypoints",) if cfg.keypoints.count == len(COCO_PERSON_OKS_SIGMAS) else ())
     )
-
-
-def val_annotations(shards: storage.Location) -> str:
-    """Where the val split's original COCO annotations are, as a URL or an absolute path:
-    `<shards>/val/annotations.json` when the split holds a copy, else (shards in a folder) the
-    file its manifest records. Shards at a URL without the copy raise: the driver's disk is not
-    the workers'."""
-    split = storage.join(shards, "val")
-    beside = storage.join(split, GROUND_TRUTH)
-    if storage.exists(beside):
-        return str(beside)
-    if storage.is_url(shards):
-        raise FileNotFoundError(
-            f"train.eval_every needs the val annotations in {beside}, beside the shards (the "
-            "workers cannot read this machine's copy): write the shards there with "
-            f"`python -m pipeline.shards --out {shards}`, which uploads them, or set "
-            "train.eval_every: 0"
-        )
-    manifest = ShardDataset(split).manifest
-    path = Path(manifest["source"]["annotations"])
-    if not path.is_absolute():  # recorded relative to the project root (shards = root/data/shards)
-        path = Path(shards).resolve().parent.parent / path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"train.eval_every needs the val annotations {path} (run the download stage)"
-        )
-    return str(path)
-
-
-def load_ground_truth(location: storage.Location, manifest: dict[str, Any]) -> Any:
-    """The COCO annotations at a path or URL as a pycocotools `COCO`, after checking them
-    against the sha256 the split's manifest recorded when it was built."""
-    from pycocotools.coco import COCO
-
-    data = storage.read_bytes(location)
-    expected = (manifest.get("source") or {}).get("annotations_sha256")
-    if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise ValueError(
-            f"{location} is not the annotation file the val shards were built from (its sha256 "
-            "differs from their manifest's): rebuild the shards (`dvc repro shards`)"
-        )
-    gt = COCO()
-    gt.dataset = json.loads(data)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints
-        gt.createIndex()
-    return gt

@@ -1,14 +1,17 @@
 """`python -m pipeline.shards --out s3://...`: the stage writes its splits to a real S3 server
-(moto, tests/services.py) and they read back with `ShardDataset` as the local build does."""
+(moto, tests/services.py) and they read back with `ShardDataset` as the local build does; with
+the server unreachable (tests/s3_proxy.py) past the retry budget it stops in one line and the
+next run uploads the kept build."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
-from mrcnn.data import ShardDataset, storage
+from mrcnn.data import ShardDataset, retries, storage
 from pipeline.stages import shards
 from tests.mrcnn.data.test_storage import _samples_equal
 
@@ -68,3 +71,29 @@ def test_a_split_the_raw_folder_lacks_is_removed_from_the_bucket(
     fs, path = storage.filesystem(url)
     assert not fs.exists(f"{path}/train/manifest.json")
     assert len(ShardDataset(f"{url}/val")) == 6
+
+
+def test_an_outage_past_the_retry_budget_stops_the_upload_in_one_line(
+    tiny_shards, s3_bucket, s3_via_proxy, monkeypatch, caplog
+):
+    monkeypatch.chdir(tiny_shards.parent.parent)
+    monkeypatch.setenv(retries.ENV, "1")
+    url = f"{s3_bucket}/down/shards"
+    s3_via_proxy.outage(None)  # unreachable until switched back
+    try:
+        with pytest.raises(SystemExit) as e:
+            shards.main(["--params", "params.yaml", "--out", url])
+        assert e.value.code == 1
+        (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert f"{url}/" in line and "gave up after 1 s" in line and "\n" not in line
+        assert f"{retries.ENV}=<seconds>" in line and "Traceback" not in caplog.text
+        assert (shards.staging_dir(url) / "val" / "manifest.json").is_file()  # the build stays
+
+        s3_via_proxy.outage(0)  # reachable again: the same command finishes the job
+        shards.main(["--params", "params.yaml", "--out", url])
+        for split in ("train", "val"):
+            remote = ShardDataset(storage.join(url, split))
+            assert remote.manifest == ShardDataset(tiny_shards / split).manifest
+        assert not shards.staging_dir(url).exists()
+    finally:
+        shutil.rmtree(shards.staging_dir(url), ignore_errors=True)
