@@ -1,4 +1,5 @@
-"""Fault injection for the tests: a worker killed or a loss made NaN at a chosen iteration.
+"""Fault injection for the tests: a worker killed (at an iteration, or mid-upload of a checkpoint)
+or a loss made NaN at a chosen iteration.
 
 Never part of the public API: the tests write a JSON spec to the file named by the environment
 variable `MRCNN_TEST_FAULTS` (set before Ray starts, so every Ray worker inherits it) and remove
