@@ -71,8 +71,9 @@ def report_checkpoint(
 
 
 def _uploader(rank: int, iteration: int) -> dict[str, Any]:
-    """`ray.train.report`'s keyword for our upload (`checkpoint_upload_fn`, Ray >= 2.51); an
-    older Ray uploads the files itself, in its own order (the manifests still tell)."""
+    """`ray.train.report`'s keyword for our upload (`checkpoint_upload_fn`, in Ray Train V2
+    since late 2025; tested with 2.60); an older Ray uploads the files itself, in its own
+    order, without the tests' upload faults (the manifests still tell a partial folder)."""
     import inspect
 
     import ray.train

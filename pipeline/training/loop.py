@@ -100,7 +100,7 @@ class Worker:
             "iteration": n,
             "resumes": self.resumes,
             "patience": self.patience.state_dict(),
-            "loss_window": self.window.state_dict(),
+            "loss_window": self.window.state_dict(),  # rank 0's is the one logged
             "elapsed_s": self.budget.elapsed(),
             "stopped": stop,
         }
