@@ -1,4 +1,5 @@
-"""Fault injection for the tests: a worker killed or a loss made NaN at a chosen iteration.
+"""Fault injection for the tests: a worker killed (at an iteration, or mid-upload of a checkpoint)
+or a loss made NaN at a chosen iteration.
 
 Never part of the public API: the tests write a JSON spec to the file named by the environment
 variable `MRCNN_TEST_FAULTS` (set before Ray starts, so every Ray worker inherits it) and remove
@@ -8,6 +9,10 @@ it afterwards. Without the variable nothing is read and nothing happens.
     {"nan_iteration": 4}                                         that iteration's loss is NaN
     {"corrupt_iteration": 5}     noise (std 1, the same on every rank) added to every weight
                                  before that iteration: the validation metric collapses
+    {"cut_upload": {"rank": 0, "iteration": 4, "file": "state.pt", "fraction": 0.5,
+                    "marker": "/tmp/y"}}
+        SIGKILL that worker once while it uploads the checkpoint of iteration 4, after that
+        fraction of that file (1.0: after the whole file, before the next one)
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,35 @@ def inject(spec: dict[str, Any], rank: int, iteration: int) -> bool:
             marker.write_text(f"killed rank {rank} at iteration {iteration}\n")
             os.kill(os.getpid(), signal.SIGKILL)
     return spec.get("nan_iteration") == iteration
+
+
+@dataclass(frozen=True)
+class UploadCut:
+    """Where an upload dies: after `fraction` of the file `file` (`pipeline.training.
+    checkpoint_files.upload` asks `bytes_of` for every file it copies and calls `kill`)."""
+
+    file: str
+    fraction: float
+    marker: Path
+
+    def bytes_of(self, name: str, size: int) -> int | None:
+        """How many bytes of the file `name` (of `size` bytes) are written before the kill;
+        None for a file copied whole."""
+        return int(size * self.fraction) if name == self.file else None
+
+    def kill(self) -> None:
+        self.marker.write_text(f"killed while uploading {self.file}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def upload_cut(spec: dict[str, Any], rank: int, iteration: int) -> UploadCut | None:
+    """The cut of this rank's upload of the checkpoint of `iteration`, if `spec` has one not
+    done yet (its marker file records it)."""
+    cut = spec.get("cut_upload")
+    if not cut or cut["rank"] != rank or cut["iteration"] != iteration:
+        return None
+    marker = Path(cut["marker"])
+    return None if marker.exists() else UploadCut(cut["file"], cut["fraction"], marker)
 
 
 def corrupt(spec: dict[str, Any], model: nn.Module, iteration: int) -> None:

@@ -74,6 +74,7 @@ class Worker:
     evaluate: PeriodicEval | None
     metric: str | None
     total: int  # the run's last iteration
+    window: LossWindow
     resumes: int = 0
 
     def checkpoint(
@@ -99,6 +100,7 @@ class Worker:
             "iteration": n,
             "resumes": self.resumes,
             "patience": self.patience.state_dict(),
+            "loss_window": self.window.state_dict(),  # rank 0's is the one logged
             "elapsed_s": self.budget.elapsed(),
             "stopped": stop,
         }
@@ -107,7 +109,7 @@ class Worker:
         last = stop is not None or n == self.total
         digest = parameters_digest(self.model) if last else None
         ema_digest = parameters_digest(self.ema.module) if last and self.ema else None
-        report_checkpoint(state, metrics, self.rank, digest, ema_digest)
+        report_checkpoint(state, metrics, self.rank, digest, ema_digest, self.world)
         return stop
 
     def _validate(self, n: int) -> tuple[dict[str, float], bool]:
@@ -165,11 +167,12 @@ def train_loop(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1
 
     patience = Patience(p.patience)
+    window = LossWindow(device)
     start, resumes, elapsed, stopped = 0, 0, 0.0, None
     state = resume_state(rank)
     if state is not None:
         start, resumes, elapsed, stopped = restore(
-            state, model, optimizer, scheduler, ema, patience
+            state, model, optimizer, scheduler, ema, patience, window
         )
         logger.info("rank %d resumed at iteration %d (resume #%d)", rank, start, resumes)
         del state
@@ -217,7 +220,7 @@ def train_loop(config: dict[str, Any]) -> None:
     evaluate = PeriodicEval(config, p, iou_types_of(cfg)) if p.eval_every and rank == 0 else None
     worker = Worker(
         p, rank, world, device, model, ema, optimizer, scheduler, patience, budget, log,
-        evaluate, metric, sched.iterations, resumes,
+        evaluate, metric, sched.iterations, window, resumes,
     )  # fmt: skip
     bf16 = p.amp and device.type == "cuda"
     step = TrainStep(
@@ -230,7 +233,6 @@ def train_loop(config: dict[str, Any]) -> None:
         autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext(),
         ema=ema,
     )
-    window = LossWindow(device)
     fault = faults.load()
     batches = iter(loader)
     ddp.train()
@@ -278,6 +280,7 @@ def restore(
     scheduler: Any,
     ema: ModelEma | None,
     patience: Patience,
+    window: LossWindow,
 ) -> tuple[int, int, float, str | None]:
     """Load a checkpoint's state (and this rank's RNG state) -> (iteration, resume count,
     training seconds so far, why it stopped or None)."""
@@ -288,6 +291,8 @@ def restore(
         ema.load_state_dict(state.get("ema") or {"weights": state["model"], "updates": 0})
     if "patience" in state:
         patience.load_state_dict(state["patience"])
+    if "loss_window" in state:  # the losses since the last log step
+        window.load_state_dict(state["loss_window"])
     if "rng" in state:
         torch.set_rng_state(state["rng"])
     resumes = int(state.get("resumes", 0)) + 1

@@ -115,6 +115,9 @@ class LossWindow:
 
         window.add(it, terms, total)        # every iteration: device ops only
         first_bad, bad_terms, means = window.read(reset=True)   # log steps: one host sync
+
+    A checkpoint between two log steps keeps the window (`state_dict`), so a run resumed from
+    it logs the same means at the next log step as a run never interrupted.
     """
 
     def __init__(self, device: torch.device | str) -> None:
@@ -151,6 +154,18 @@ class LossWindow:
             self.sums.zero_()
             self.count = 0
         return (None if math.isinf(first) else int(first)), bad, means
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sums and count of the window (taken at a checkpoint, where the loop has just
+        read the window and found no non-finite loss)."""
+        sums = None if self.sums is None else self.sums.detach().cpu().clone()
+        return {"names": list(self.names), "sums": sums, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.names, self.count = list(state["names"]), int(state["count"])
+        sums = state["sums"]
+        self.sums = None if sums is None else sums.to(self.device)
+        self.bad_values = None if sums is None else torch.zeros_like(self.sums)
 
 
 def agree(first_bad: int | None, stop: bool, world: int, device: torch.device) -> tuple:

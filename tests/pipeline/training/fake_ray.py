@@ -2,7 +2,8 @@
 `pipeline.training.checkpoints` call, so the worker loop runs in the test process in seconds.
 
 What a real run does and this keeps: each `ray.train.report` is a checkpoint directory copied
-into the run's storage folder as `checkpoint_<n>` (Ray names them in increasing order), the
+into the run's storage folder as `checkpoint_<n>` (Ray names them in increasing order) by the
+caller's `checkpoint_upload_fn` when it passes one (as Ray >= 2.51 does), the
 run's storage is a local pyarrow filesystem (`get_context().get_storage()`), and
 `ray.train.get_checkpoint()` returns the checkpoint registered for a restarted run (or None).
 The real Ray Train is tested end to end in tests/pipeline/stages/test_train.py (slow).
@@ -79,8 +80,12 @@ class FakeRayTrain:
             return None
         return ray.train.Checkpoint(str(self.registered), filesystem=pyarrow.fs.LocalFileSystem())
 
-    def _report(self, metrics: dict[str, Any], checkpoint=None) -> None:
+    def _report(self, metrics: dict[str, Any], checkpoint=None, checkpoint_upload_fn=None) -> None:
         path = self.run_dir / f"checkpoint_{len(list(self.run_dir.glob('checkpoint_*'))):06d}"
-        with checkpoint.as_directory() as d:
-            shutil.copytree(d, path)
+        if checkpoint_upload_fn is not None:
+            stored = checkpoint_upload_fn(checkpoint, path.name)
+            assert Path(stored.path) == path, stored.path
+        else:
+            with checkpoint.as_directory() as d:
+                shutil.copytree(d, path)
         self.reports.append((dict(metrics), path))

@@ -1,10 +1,12 @@
-"""The checkpoint / resume protocol: what each rank writes, which checkpoint a restarted run
-resumes from (Ray's registered one, or a newer complete one Ray never registered; never a
-partial one), the non-finite marker, and the parameters digest. Ray Train is the stand-in of
+"""The checkpoint / resume protocol: what each rank writes (its manifest last), which checkpoint
+a restarted run resumes from (Ray's registered one, or a newer complete one Ray never
+registered; never a partial one: a file missing or cut, a rank's manifest missing), the
+non-finite marker, and the parameters digest. Ray Train is the stand-in of
 `fake_ray` (the real one: tests/pipeline/stages/test_train.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -34,7 +36,8 @@ def _report(ray: FakeRayTrain, iteration: int, ranks=(0,), digest: str | None = 
     paths = []
     for rank in ranks:
         torch.manual_seed(100 * iteration + rank)
-        ck.report_checkpoint(_state(iteration), {"iteration": iteration}, rank, digest)
+        metrics = {"iteration": iteration}
+        ck.report_checkpoint(_state(iteration), metrics, rank, digest, world=len(ranks))
         paths.append(ray.reports[-1][1])
     for extra in paths[1:]:
         for f in extra.iterdir():
@@ -56,13 +59,25 @@ def test_each_rank_writes_its_part(tmp_path, monkeypatch):
         torch.manual_seed(300 + rank)
         ck.report_checkpoint(_state(3), {"iteration": 3}, rank)
     (_, zero), (_, one) = ray.reports
-    assert sorted(p.name for p in zero.iterdir()) == ["rng_rank0.pt", "state.pt"]
-    assert sorted(p.name for p in one.iterdir()) == ["rng_rank1.pt"]
+    assert sorted(p.name for p in zero.iterdir()) == [
+        "manifest_rank0.json",
+        "rng_rank0.pt",
+        "state.pt",
+    ]
+    assert sorted(p.name for p in one.iterdir()) == ["manifest_rank1.json", "rng_rank1.pt"]
+    manifest = json.loads((zero / "manifest_rank0.json").read_text())
+    assert manifest["world"] == 1 and sorted(manifest["files"]) == ["rng_rank0.pt", "state.pt"]
+    state = zero / "state.pt"
+    assert manifest["files"]["state.pt"] == {
+        "size": state.stat().st_size,
+        "sha256": hashlib.sha256(state.read_bytes()).hexdigest(),
+    }
     assert [m for m, _ in ray.reports] == [{"iteration": 3}, {"iteration": 3}]
     assert torch.equal(torch.load(one / "rng_rank1.pt", weights_only=True), _rng(3, 1))
     ck.report_checkpoint(_state(6), {"iteration": 6}, 1, "abc123")
     _, last = ray.reports[-1]
     assert sorted(p.name for p in last.iterdir()) == [
+        "manifest_rank1.json",
         "node_rank1.txt",
         "rng_rank1.pt",
         "weights_rank1.sha256",
@@ -122,25 +137,61 @@ def test_a_newer_complete_checkpoint_ray_never_registered_is_taken(tmp_path, mon
     assert ck.resume_state(0)["iteration"] == 6
 
 
-@pytest.mark.parametrize("damage", ["no_state", "truncated_state"])
+@pytest.mark.parametrize(
+    "damage", ["no_state", "truncated_state", "no_rng", "no_manifest", "other_rank_missing"]
+)
 def test_a_partial_newer_checkpoint_is_skipped(tmp_path, monkeypatch, damage, caplog):
-    """Half-persisted copies (a worker killed while Ray copied it): the newest complete one
-    wins, the registered one when no unregistered one is whole."""
+    """Half-persisted copies (a worker killed during its upload): the newest complete one
+    wins, the registered one when no unregistered one is whole. A copy whose state.pt is whole
+    but whose RNG state (or one rank's whole upload) never arrived still loads: only the
+    manifests tell it apart (resuming from it would silently change the sampling)."""
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
-    ray.registered = _report(ray, 3)
-    complete = _report(ray, 6)
-    partial = _report(ray, 9)
+    ray.registered = _report(ray, 3, ranks=(0, 1))
+    complete = _report(ray, 6, ranks=(0, 1))
+    partial = _report(ray, 9, ranks=(0, 1))
     state_file = partial / ck.STATE_FILE
     if damage == "no_state":
         state_file.unlink()
-    else:
+    elif damage == "truncated_state":
         state_file.write_bytes(state_file.read_bytes()[:100])
+    elif damage == "no_rng":
+        (partial / "rng_rank0.pt").unlink()
+    elif damage == "no_manifest":
+        (partial / "manifest_rank0.json").unlink()
+    else:  # rank 1's upload never happened
+        (partial / "rng_rank1.pt").unlink()
+        (partial / "manifest_rank1.json").unlink()
     assert ck.resume_state(0)["iteration"] == 6
-    assert f"skipping unregistered checkpoint {partial}" in caplog.text
+    assert f"skipping incomplete checkpoint {partial}" in caplog.text
     # The only newer one partial: back to the registered checkpoint.
     for f in complete.iterdir():
         f.unlink()
     complete.rmdir()
+    assert ck.resume_state(1)["iteration"] == 3
+
+
+def test_a_damaged_registered_checkpoint_falls_back_to_an_older_complete_one(
+    tmp_path, monkeypatch, caplog
+):
+    ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
+    _report(ray, 3)
+    ray.registered = _report(ray, 6)
+    state_file = ray.registered / ck.STATE_FILE
+    damaged = bytearray(state_file.read_bytes())
+    damaged[-30] ^= 0xFF  # same size, one byte flipped
+    state_file.write_bytes(bytes(damaged))
+    assert ck.resume_state(0)["iteration"] == 3
+    assert "state.pt does not match its sha256" in caplog.text
+
+
+def test_a_registered_checkpoint_from_before_manifests_is_taken(tmp_path, monkeypatch):
+    """Written by an earlier version (no manifests): Ray registered it after every upload, so
+    it is resumed from; an unregistered one without manifests cannot be checked and is not."""
+    ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
+    ray.registered = _report(ray, 3)
+    newer = _report(ray, 6)
+    for folder in (ray.registered, newer):
+        (folder / "manifest_rank0.json").unlink()
     assert ck.resume_state(0)["iteration"] == 3
 
 

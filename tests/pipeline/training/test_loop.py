@@ -141,6 +141,24 @@ def test_a_resume_is_exact(uninterrupted, tiny_shards, tmp_path, monkeypatch, lo
     assert mlflow.MlflowClient(uri).get_run(run_id).data.tags["train.status"] == "resumed"
 
 
+def test_a_resume_between_log_steps_logs_the_same_means(tiny_shards, tmp_path, monkeypatch):
+    """log_every 3, checkpoint_every 2: the mean logged at step 3 covers iterations 1-3, so a run
+    resumed from the checkpoint of iteration 2 must carry the losses of 1 and 2 in its window
+    (the checkpoint's `loss_window`) to log what the uninterrupted run logs, to the last bit."""
+    uri = fresh_store(tmp_path)
+    full_id = new_run(uri)
+    ray = FakeRayTrain(tmp_path / "full").install(monkeypatch)
+    loop.train_loop(loop_config(tiny_shards, uri, full_id, log_every=3))
+    assert sorted(_history(uri, full_id)) == [3, 4]
+
+    FakeRayTrain(tmp_path / "again", registered=ray.reports[0][1]).install(monkeypatch)
+    client = mlflow.MlflowClient(uri)
+    resumed_id = client.create_run(client.get_run(full_id).info.experiment_id).info.run_id
+    loop.train_loop(loop_config(tiny_shards, uri, resumed_id, log_every=3))
+    for key in (f"train/{k}" for k in LOSS_KEYS):
+        assert _history(uri, resumed_id, key) == _history(uri, full_id, key), key
+
+
 def _flat(tree, prefix: str = "") -> dict:
     """Every tensor of a nested state dict by its path."""
     if torch.is_tensor(tree):
