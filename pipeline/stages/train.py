@@ -114,11 +114,13 @@ def prepare(params: Params, paths: TrainPaths) -> TrainingRun:
     """The run to start or resume: model config from the shards' classes and size, the run
     name (`train.run_name`, by default `<data source>-<preset>`, plus a digest), the MLflow run
     (found again beside a resumed Ray run, else new). Fails early, before the MLflow run is
-    opened, on a missing shard set, an unusable tracking store, any input file the run will
-    need (`check_inputs`) and a Ray cluster without the GPUs or CPUs asked for."""
+    opened, on a missing shard set, an unusable tracking store (a login refused, an experiment
+    the login may not use), any input file the run will need (`check_inputs`) and a Ray
+    cluster without the GPUs or CPUs asked for."""
     train_set = ShardDataset(storage.join(paths.shards, "train"))
     train_set.verify()  # a damaged shard fails here in one line, not in a worker mid-run
-    store.check_tracking_uri(paths.tracking.uri)
+    store.check_tracking_uri(paths.tracking.uri)  # a server that is down, a login refused
+    tracked_run.check_experiment(paths.tracking.uri, paths.tracking.experiment)  # 403
     manifest = train_set.manifest
     cfg = params.model_config(
         num_classes=manifest["num_classes"],

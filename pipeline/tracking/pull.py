@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.tracking.store import redact
+from pipeline.tracking import login
+from pipeline.tracking.store import TrackingError, redact
 
 HOW_TO_CREATE = (
     "Create one with `dvc repro` (train, evaluate, export) or `python -m pipeline.export` "
@@ -45,7 +46,8 @@ def download(artifact_uri: str, workdir: Path) -> Path:
 
 def registered_version(name: str, alias: str | None, version: str | None, where: str) -> str:
     """The version `models:/NAME@ALIAS` / `NAME/VERSION` / `NAME/latest` names, or a
-    `ModelNotFoundError` listing what the registry has."""
+    `ModelNotFoundError` listing what the registry has (a `TrackingError` when the login may
+    not read the model)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -53,6 +55,8 @@ def registered_version(name: str, alias: str | None, version: str | None, where:
     try:
         registered = client.get_registered_model(name)
     except MlflowException as e:
+        if e.error_code == "PERMISSION_DENIED":  # a server with --auth: no READ on the model
+            raise TrackingError(login.model_denied(name, where)) from None
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         names = [m.name for m in client.search_registered_models(max_results=50)]

@@ -33,6 +33,7 @@ from typing import Any
 
 from pipeline.layout import project_root
 from pipeline.params import MlflowParams
+from pipeline.tracking import login
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +306,7 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
     except MlflowException as e:
         if e.error_code != "PERMISSION_DENIED":
             raise
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this login")
-        raise TrackingError(
-            f"{user} may not use MLflow experiment '{name}' (HTTP 403): ask an admin of the "
-            "server for EDIT on it (docs/cluster.md), or set mlflow.experiment in params.yaml"
-        ) from None
+        raise TrackingError(login.experiment_denied(name)) from None
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(
             f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore "

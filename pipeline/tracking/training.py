@@ -1,6 +1,7 @@
 """The MLflow run of a training run: opened (or found again) by the driver, resumed by rank 0
 on its worker, read back for the loss curves, closed with the outcome.
 
+    check_experiment(uri, "mrcnn")                                 # driver: 403 before Ray
     run_id = open_run(uri, "mrcnn", name, flat_params, tags)      # driver, once per run
     resume_on_worker(uri, run_id, "running")                        # rank 0: the active run
     active.log_metrics({"train/loss": 0.7}, step=20)                # rank 0, every log_every
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.tracking import names, store
+from pipeline.tracking import login, names, store
 
 
 def run_exists(uri: str, run_id: str) -> bool:
@@ -38,6 +39,21 @@ def find_experiment(uri: str, name: str) -> str | None:
     return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
 
 
+def check_experiment(uri: str, name: str) -> None:
+    """Raise `TrackingError` (one line) when this login may not use experiment `name` of the
+    store at `uri` (HTTP 403 from a server with `--auth`): the train stage asks before Ray
+    starts. Nothing is created (a missing experiment is created with the run)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(uri).get_experiment_by_name(name)
+    except MlflowException as e:
+        if e.error_code != "PERMISSION_DENIED":
+            raise
+        raise store.TrackingError(login.experiment_denied(name)) from None
+
+
 def open_run(
     uri: str,
     experiment: str,
@@ -46,13 +62,22 @@ def open_run(
     tags: Mapping[str, str],
     artifact_location: str | None = None,
 ) -> str:
-    """A new run `name` in `experiment` with `params` logged once and `tags` set -> its id."""
+    """A new run `name` in `experiment` with `params` logged once and `tags` set -> its id. A
+    login that may read the experiment but not write it fails in one line (`TrackingError`)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    with store.start_run(uri, experiment, run_name=name, artifact_location=artifact_location) as r:
-        mlflow.log_params(dict(params))
-        mlflow.set_tags(dict(tags))
-        return r.info.run_id
+    try:
+        with store.start_run(
+            uri, experiment, run_name=name, artifact_location=artifact_location
+        ) as r:
+            mlflow.log_params(dict(params))
+            mlflow.set_tags(dict(tags))
+            return r.info.run_id
+    except MlflowException as e:
+        if e.error_code != "PERMISSION_DENIED":
+            raise
+        raise store.TrackingError(login.experiment_denied(experiment)) from None
 
 
 def resume_on_worker(uri: str, run_id: str, status: str) -> None:

@@ -23,14 +23,14 @@ from mrcnn.data import ShardDataset, storage
 from mrcnn.evaluation.ground_truth import val_annotations
 from mrcnn.fileio import json_digest
 from pipeline.paramfile import to_dict
-from pipeline.tracking import store
+from pipeline.tracking import login, store
 from pipeline.tracking import training as tracked_run
 from pipeline.train_params import PLACEMENTS, TrainParams
 from pipeline.training import run_storage
 from pipeline.training.checkpoints import NONFINITE_FILE, raise_if_nonfinite
 from pipeline.training.loop import train_loop
 from pipeline.training.progress import PROGRESS_FILE, ProgressLine
-from pipeline.training.runtime import init_ray
+from pipeline.training.runtime import init_ray, seal
 from pipeline.training.selection import checkpoint_config
 
 logger = logging.getLogger(__name__)
@@ -112,14 +112,19 @@ def loop_config(
 ) -> dict[str, Any]:
     """What `train_loop` gets on every worker: plain, serialisable values only.
 
-    Rank 0 logs into the MLflow run `mlflow_run_id` (a sweep passes each trial's nested run).
-    `shards` is a folder every node sees or a URL (s3://...), which every node reads itself."""
+    Rank 0 logs into the MLflow run `mlflow_run_id` (a sweep passes each trial's nested run),
+    signed in with this process's MLflow login (`pipeline.tracking.login`), which the config
+    carries `Sealed` (Ray is connected by now): a worker does not inherit it from the driver
+    (a cluster's workers, or a local Ray started before the login was set, lack it), and a
+    plain value would show in Ray Train's run state. `shards` is a folder every node sees or a
+    URL (s3://...), which every node reads itself."""
+    run = {"tracking_uri": tracking_uri, "run_id": mlflow_run_id}
     return {
         "train": to_dict(params),
         "model": cfg.to_dict(),
         "shards": resolve(shards),
         "val_annotations": val_annotations(shards) if params.eval_every else "",
-        "mlflow": {"tracking_uri": tracking_uri, "run_id": mlflow_run_id},
+        "mlflow": run | {"login": seal(login.current())},
     }
 
 

@@ -37,6 +37,7 @@ from mrcnn.data import Augmentation, ShardDataset, TrainLoader, storage
 from mrcnn.modeling.model import build_model
 from mrcnn.solver import build_optimizer, lr_scheduler, scale_schedule
 from pipeline.paramfile import from_dict
+from pipeline.tracking import login
 from pipeline.train_params import TrainParams
 from pipeline.training import faults
 from pipeline.training.checkpoints import (
@@ -49,6 +50,7 @@ from pipeline.training.checkpoints import (
 from pipeline.training.ema import ModelEma
 from pipeline.training.periodic_eval import PeriodicEval, iou_types_of
 from pipeline.training.progress import PROGRESS_FILE, RankZeroLog
+from pipeline.training.runtime import unseal
 from pipeline.training.selection import SCORE_KEY, UNSCORED, resolve_metric
 from pipeline.training.step import LossWindow, TrainStep, agree
 from pipeline.training.stopping import Budget, Patience, still_stopped
@@ -143,6 +145,8 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg = Config.from_dict(config["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0:  # the rank that logs to MLflow signs in as whoever started the run
+        login.use(unseal(config["mlflow"].get("login"), {}))
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(p.cpus_per_worker)

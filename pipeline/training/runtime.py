@@ -1,4 +1,5 @@
-"""Ray start-up, shared by train and tune.
+"""Ray start-up, shared by train and tune, and `Sealed`: what the driver sends its workers outside
+every config Ray shows (the MLflow login, `pipeline.training.driver.loop_config`).
 
 `init_ray` joins the cluster named by `RAY_ADDRESS` (a `ray start --head` on this or another
 machine), else starts a local Ray with its dashboard. Ray Train V2 frees a run's worker placement
@@ -25,6 +26,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 # The logger and the start of Ray's notice when `ray.init` enables token authentication for a
 # new local cluster (ray/_private/authentication/authentication_token_setup.py).
@@ -75,6 +77,39 @@ def init_ray(num_cpus: int | None = None) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
+
+
+class Sealed:
+    """A value for the Ray workers that no config Ray shows may hold (the MLflow login): it
+    travels through Ray's object store, the config holds only this handle (`str`: "Sealed").
+    Ray Train keeps a run's `train_loop_config` as its dashboard shows it (with
+    `RAY_TRAIN_ENABLE_STATE_TRACKING=1`), and a runtime_env's `env_vars` are shown with the job
+    and logged by Ray's runtime-env agent: neither sees what is sealed. The driver must be
+    connected to Ray (`init_ray`); the value lives while the driver holds the handle."""
+
+    def __init__(self, value: Any) -> None:
+        import ray
+
+        self._ref = ray.put(value)
+
+    def open(self) -> Any:
+        """The value (on a worker: fetched from the object store)."""
+        import ray
+
+        return ray.get(self._ref)
+
+    def __repr__(self) -> str:
+        return "Sealed"
+
+
+def seal(value: Any) -> Sealed | None:
+    """`Sealed(value)`, or None for an empty value (nothing to send)."""
+    return Sealed(value) if value else None
+
+
+def unseal(sealed: Sealed | None, empty: Any = None) -> Any:
+    """The value of `seal`'s result (`empty` for None)."""
+    return empty if sealed is None else sealed.open()
 
 
 def free_port() -> int:

@@ -181,3 +181,27 @@ def s3_shards(tiny_shards, s3_bucket, tmp_path) -> str:
     shards.run(Params(shards=params), shards.ShardsPaths(raw, url))
     shutil.rmtree(raw)
     return url
+
+
+@pytest.fixture(scope="session")
+def auth_server(postgres, tmp_path_factory):
+    """`python -m pipeline.server --auth` on its own database of the PostgreSQL fixture, one for
+    the session (starting one costs seconds of CPU) -> `tests.pipeline.auth_server.AuthServer`."""
+    from tests import services
+    from tests.pipeline.auth_server import start_auth_server
+
+    backend = postgres.create_database("mlflow_auth")
+    started = start_auth_server(backend, tmp_path_factory.mktemp("auth-server"), postgres.password)
+    try:
+        yield started
+    finally:
+        services.stop_process(started.proc)
+
+
+@pytest.fixture(scope="session")
+def team(auth_server) -> dict[str, str]:
+    """The users and experiments of docs/cluster.md's walkthrough on `auth_server`
+    (`tests.pipeline.auth_server.make_team`)."""
+    from tests.pipeline.auth_server import make_team
+
+    return make_team(auth_server.uri)

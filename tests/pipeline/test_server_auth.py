@@ -3,11 +3,11 @@ on a throwaway PostgreSQL (tests/services.py) and used the way docs/cluster.md t
 the admin signs in, creates users through MLflow's auth REST API, grants and denies
 experiments; the pipeline logs with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
 
-One server for the whole module (starting one costs seconds of CPU)."""
+One server for the test session (tests/pipeline/conftest.py, `auth_server` and `team`), shared
+with test_stages_auth.py (the whole stages with a login)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -16,161 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from pipeline import predict, server
 from pipeline.tracking import store
-from tests import services
-
-ADMIN_PASSWORD = "adm1n-Pa55-first"
-CAROL = ("carol", "carol-Pa55-w0rd")  # made an admin by the first one
-BOB = ("bob", "bob-Pa55-w0rd-x")  # a plain user
-WRONG = ("bob", "not-bobs-password")
-
-
-def call(
-    uri: str,
-    path: str,
-    auth: tuple[str, str] | None = None,
-    method: str = "GET",
-    body: dict | None = None,
-) -> tuple[int, dict | str]:
-    """One HTTP request to the server -> (status, JSON body or text)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(uri + path, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as r:
-            status, text = r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read().decode(errors="replace")
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
-
-
-@dataclass
-class AuthServer:
-    uri: str
-    log: Path
-    auth_dir: Path
-    proc: subprocess.Popen
-    db_password: str
-
-    def secrets(self) -> list[str]:
-        """Every secret of this setup: none may show up in a log, an error, argv or MLflow."""
-        key = (self.auth_dir / server.SECRET_FILE).read_text().strip()
-        return [ADMIN_PASSWORD, CAROL[1], BOB[1], WRONG[1], key, self.db_password]
-
-
-@pytest.fixture(scope="module")
-def auth_server(postgres, tmp_path_factory):
-    """`python -m pipeline.server --auth` on its own database of the PostgreSQL fixture,
-    artifacts in a folder, no MLFLOW_FLASK_SERVER_SECRET_KEY (generated into --auth-dir)
-    -> `AuthServer`."""
-    backend = postgres.create_database("mlflow_auth")
-    work = tmp_path_factory.mktemp("auth-server")
-    port = services.free_port()
-    log = work / "server.log"
-    env = {
-        **os.environ,
-        "MLFLOW_BACKEND_STORE_URI": backend,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
-    }
-    env.pop("MLFLOW_FLASK_SERVER_SECRET_KEY", None)  # a first start, as a new team meets it
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.server",
-            "--artifacts-destination",
-            str(work / "artifacts"),
-            "--port",
-            str(port),
-            "--workers",
-            "1",  # each worker imports MLflow's auth app: seconds of CPU
-            "--auth",
-            "--auth-dir",
-            str(work / "auth"),
-            # Each request's password is checked with a slow hash (PBKDF2): on a busy 2-core CI
-            # machine tens of seconds of CPU over this file. Refusals are never cached.
-            "--auth-cache-seconds",
-            "600",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        return services.http_ok(f"{uri}/health")
-
-    try:
-        services.wait_until("mlflow server --auth", healthy, proc, log, timeout=240)
-        yield AuthServer(uri, log, work / "auth", proc, postgres.password)
-    finally:
-        services.stop_process(proc)
-
-
-@pytest.fixture(scope="module")
-def team(auth_server) -> dict[str, str]:
-    """What the walkthrough in docs/cluster.md does, through MLflow's auth REST API: the first
-    admin makes carol an admin and bob a plain user; carol creates experiments `team` (bob
-    granted EDIT) and `secret` (bob explicitly denied), with one run in `secret`
-    -> {"team": id, "secret": id, "secret_run": run id}."""
-    uri = auth_server.uri
-    admin = ("admin", ADMIN_PASSWORD)
-    for user in (CAROL, BOB):
-        status, body = call(
-            uri,
-            "/api/2.0/mlflow/users/create",
-            admin,
-            "POST",
-            {"username": user[0], "password": user[1]},
-        )
-        assert status == 200, body
-    status, body = call(
-        uri,
-        "/api/2.0/mlflow/users/update-admin",
-        admin,
-        "PATCH",
-        {"username": "carol", "is_admin": True},
-    )
-    assert status == 200, body
-    ids = {}
-    for name in ("team", "secret"):
-        status, body = call(
-            uri, "/api/2.0/mlflow/experiments/create", CAROL, "POST", {"name": name}
-        )
-        assert status == 200, body
-        ids[name] = body["experiment_id"]
-    for name, permission in (("team", "EDIT"), ("secret", "DENY")):
-        grant = {
-            "username": "bob",
-            "resource_type": "experiment",
-            "resource_id": ids[name],
-            "permission": permission,
-        }
-        status, body = call(uri, "/api/3.0/mlflow/users/permissions/grant", CAROL, "POST", grant)
-        assert status == 200, body
-    status, body = call(
-        uri, "/api/2.0/mlflow/runs/create", CAROL, "POST", {"experiment_id": ids["secret"]}
-    )
-    assert status == 200, body
-    ids["secret_run"] = body["run"]["info"]["run_id"]
-    return ids
+from tests.pipeline.auth_server import ADMIN_PASSWORD, BOB, CAROL, WRONG, assert_no_secret, call
 
 
 @pytest.mark.slow
@@ -306,14 +157,9 @@ def test_the_pipeline_logs_with_credentials_from_the_environment(auth_server, te
     # No secret in argv, in the client's output, in the server's log, or in what MLflow stores.
     stored = json.dumps(run)
     server_log = auth_server.log.read_text(errors="replace")
-    for secret in auth_server.secrets():
-        for where, text in (
-            ("ps", seen),
-            ("client", out + err),
-            ("server log", server_log),
-            ("run", stored),
-        ):
-            assert secret not in text, f"a secret in {where}"
+    assert_no_secret(
+        auth_server.secrets(), ps=seen, client=out + err, server_log=server_log, run=stored
+    )
 
 
 @pytest.mark.slow
