@@ -30,7 +30,7 @@ from tests.pipeline.registry_helpers import fresh_store
 REPO = Path(__file__).resolve().parents[3]
 KEYS = ("train/loss", "train/lr", "train/perf/images_per_s", "train/perf/memory_gb")
 STEP_S = 0.2  # the "training step" of the logger
-BLOCK_BOUND_S = 8.0  # no log or checkpoint call may take longer (the outages last >= 20 s)
+BLOCK_BOUND_S = 8.0  # no log or checkpoint call may take longer (the outages last 20 s or more)
 
 LOGGER = textwrap.dedent(
     """
@@ -187,7 +187,7 @@ def test_postgres_restarted_then_down_for_30_s_loses_nothing(server, postgres, t
 def test_server_killed_and_restarted_loses_nothing_and_a_full_buffer_names_its_drops(
     server, tmp_path
 ):
-    """The server SIGKILLed (its whole process group) and started again on the same port 20 s
+    """The server SIGKILLed (its whole process group) and started again on the same port 10 s
     later, under two loggers: one with the default buffer loses nothing (as above); one with a
     12-point buffer (3 steps) drops the oldest waiting points, says so in a warning, and the
     run's tags name the dropped steps and count exactly the points missing from it."""
@@ -197,11 +197,12 @@ def test_server_killed_and_restarted_loses_nothing_and_a_full_buffer_names_its_d
         full.wait_for(5)
         tiny.wait_for(5)
         server.kill()
+        killed, down_at = time.monotonic(), full.step()
         try:
-            down_at = full.step()
-            time.sleep(20)
+            time.sleep(10)
         finally:
-            server.start()
+            server.start()  # on the same port: ~10 s or more
+        outage = time.monotonic() - killed
         assert full.step() - down_at >= 20  # logging went on while the server was gone
         full.wait_for(full.step() + 15)
         results = {"full": full.finish(), "tiny": tiny.finish()}
@@ -209,7 +210,7 @@ def test_server_killed_and_restarted_loses_nothing_and_a_full_buffer_names_its_d
         services.stop_process(full.proc)
         services.stop_process(tiny.proc)
     for result in results.values():
-        assert result["slowest_s"] < BLOCK_BOUND_S, result
+        assert result["slowest_s"] < min(BLOCK_BOUND_S, outage / 2), (result, outage)
     assert_complete(server.uri, full.run_id, results["full"]["steps"])
 
     client = MlflowClient(server.uri)
