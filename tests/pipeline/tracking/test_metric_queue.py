@@ -64,7 +64,9 @@ def server(postgres, tmp_path_factory):
     and restart that cluster, and kill this server)."""
     workdir = tmp_path_factory.mktemp("queue-server")
     url = postgres.create_database("metric_queue")
-    mlflow_server = services.start_mlflow_server(url, str(workdir / "artifacts"), workdir)
+    mlflow_server = services.start_mlflow_server(  # one worker: the restart is the cost
+        url, str(workdir / "artifacts"), workdir, workers=1
+    )
     try:
         yield mlflow_server
     finally:
