@@ -18,6 +18,7 @@ timestamps the loop logged), and the mean of the per-window images/s the loop lo
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import threading
@@ -135,6 +136,8 @@ def main() -> None:
         if server is not None:
             server.stop()
         pg.stop()
+        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
