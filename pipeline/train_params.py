@@ -67,6 +67,9 @@ class TrainParams:
     random_crop: tuple[float, ...] = ()  # [lo, hi]: crop U(lo, hi) of each side; [] = off
     seed: int = 0
     log_every: int = 20
+    # metric points held while the tracking server is unreachable (sent when it is back); past
+    # it the oldest are dropped and named on the run (tag tracking.dropped_steps)
+    log_buffer: int = 100_000
     checkpoint_every: int = 200
     eval_every: int = 0  # val AP every N iterations (best checkpoint, patience); 0 = off
     eval_images: int = 100  # val images used by those periodic evaluations
@@ -107,6 +110,7 @@ class TrainParams:
         check(not (self.scale_jitter and self.short_sides), "short_sides", "excludes scale_jitter")
         for name in ("log_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.log_buffer >= 1, "log_buffer", "must be >= 1")
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
         check(self.eval_images >= 1, "eval_images", "must be >= 1")
         check(

@@ -6,7 +6,9 @@
                  production
     Postgres     a throwaway PostgreSQL cluster (`initdb` + `postgres`) in a temp dir, run as an
                  unprivileged user when we are root (initdb refuses root); never the system
-                 service
+                 service. `pg_ctl("restart")`, `pg_ctl("stop")` / `pg_ctl("start")` fault it
+    MlflowServer `python -m pipeline.server` on a database of it; `kill()` SIGKILLs it,
+                 `start()` starts it again on the same port
     Ray          a two-node Ray cluster on this machine: `tests.ray_services`
 
 Every process is started in its own session and stopped by its pid (SIGTERM, then SIGKILL of its
@@ -187,9 +189,52 @@ class Postgres:
     datadir: Path
     proc: subprocess.Popen
     log: Path
+    options: list[str] = field(default_factory=list)  # the postmaster's -p / -c options
+    run_as: dict = field(default_factory=dict)  # user/group when we are root
+    env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGINT)  # SIGINT = "fast" shutdown of the postmaster
+        # A postmaster `pg_ctl` started (restart, start) is not our child: its pid is on file.
+        pid = self.postmaster_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and self.postmaster_pid() == pid:
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (its postmaster.pid file), or None."""
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def pg_ctl(self, action: str, timeout: float = 60.0) -> None:
+        """`pg_ctl <action>` on this cluster, as its owner, waiting until it is done: `stop` and
+        `restart` shut down "fast" (clients are disconnected, as a service restart does);
+        `start` and `restart` bring it back on the same port with the same options."""
+        bindir = postgres_bindir()
+        assert bindir is not None  # the cluster runs
+        argv = [str(bindir / "pg_ctl"), action, "-D", str(self.datadir), "-w"]
+        argv += ["-t", str(int(timeout)), "-l", str(self.datadir.parent / "pg_ctl.log")]
+        if action in ("stop", "restart"):
+            argv += ["-m", "fast"]
+        if action == "start":
+            argv += ["-o", " ".join(self.options)]
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd=self.datadir.parent,
+            env=self.env,
+            timeout=timeout + 30,
+            **self.run_as,
+        )
+        if done.returncode != 0:
+            raise ServiceUnavailable(f"pg_ctl {action} failed: {done.stdout}{done.stderr}"[-1500:])
 
     def create_database(self, dbname: str, timeout: float = 60.0) -> str:
         """A new empty database `dbname` in this cluster (for a server that must not share
@@ -264,22 +309,11 @@ def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float 
         shutil.rmtree(root, ignore_errors=True)
         raise ServiceUnavailable(f"initdb failed: {init.stderr[-1500:]}")
     port = free_port()
+    options = ["-p", str(port), "-c", f"listen_addresses={HOST}"]
+    options += ["-c", f"unix_socket_directories={root}", "-c", "fsync=off"]
+    options += ["-c", "max_connections=60"]
     proc = subprocess.Popen(
-        [
-            str(bindir / "postgres"),
-            "-D",
-            str(datadir),
-            "-p",
-            str(port),
-            "-c",
-            f"listen_addresses={HOST}",
-            "-c",
-            f"unix_socket_directories={root}",
-            "-c",
-            "fsync=off",
-            "-c",
-            "max_connections=60",
-        ],
+        [str(bindir / "postgres"), "-D", str(datadir), *options],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         cwd=root,
@@ -288,10 +322,78 @@ def start_postgres(dbname: str = "mlflow", user: str = "mlflow", timeout: float 
         **run_as,
     )
     wait_until("postgres", lambda: port_open(port), proc, log, timeout)
-    server = Postgres("", port, user, password, dbname, datadir, proc, log)
+    server = Postgres("", port, user, password, dbname, datadir, proc, log, options, run_as, env)
     try:
         server.url = server.create_database(dbname, timeout)
     except ServiceUnavailable:
         stop_process(proc, signal.SIGINT)
         raise
     return server
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow tracking server
+
+
+@dataclass
+class MlflowServer:
+    """`python -m pipeline.server` on 127.0.0.1:`port` (`uri`), started in its own session."""
+
+    uri: str
+    port: int
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start it (again: the same port, database and artifacts) and wait until healthy."""
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        healthy = lambda: http_ok(f"{self.uri}/health")  # noqa: E731
+        wait_until("mlflow server", healthy, self.proc, self.log, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server: its pid's process group, which is the MLflow CLI, uvicorn and
+        its workers (a kill -9 of the parent alone leaves the workers serving the port)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(20)
+        deadline = time.monotonic() + 20
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def start_mlflow_server(
+    backend_url: str,
+    artifacts: str,
+    workdir: Path,
+    *,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+) -> MlflowServer:
+    """`python -m pipeline.server` on a free port of 127.0.0.1, the database at `backend_url`
+    (its password reaches the server through the environment, as in production), artifacts
+    proxied to `artifacts`; its log is `workdir/server.log`."""
+    from pipeline import server
+
+    port = free_port()
+    argv = [sys.executable, "-m", "pipeline.server", "--artifacts-destination", artifacts]
+    argv += ["--port", str(port), "--workers", str(workers)]
+    environ = {**os.environ, **(env or {}), server.BACKEND_ENV: backend_url}
+    mlflow_server = MlflowServer(
+        f"http://{HOST}:{port}", port, argv, environ, Path(workdir) / "server.log"
+    )
+    mlflow_server.start(timeout)
+    return mlflow_server

@@ -7,6 +7,10 @@ worker, `pipeline.tracking.training.resume_on_worker`) opened in this process.
 
 Thin on purpose: the pipeline calls these instead of `mlflow` itself, so MLflow is imported in
 `pipeline/tracking/` only and a change of its API is made here once.
+
+Metrics of a run that has a metric queue open (a training worker's: `pipeline.tracking.
+metric_queue`) go into the queue and return at once; a server that is down never stalls the
+caller. Everything else is synchronous.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pipeline.tracking import metric_queue
 
 
 def log_params(params: Mapping[str, str]) -> None:
@@ -24,19 +30,26 @@ def log_params(params: Mapping[str, str]) -> None:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Metrics of the active run, at `step` when given."""
+    """Metrics of the active run, at `step` when given (through its metric queue when it has
+    one open: queued, not sent yet)."""
     import mlflow
 
-    mlflow.log_metrics(dict(metrics), step=step)
+    run = mlflow.active_run()
+    queue = metric_queue.current(run.info.run_id) if run is not None else None
+    if queue is not None:
+        queue.put(metrics, step or 0)
+    else:
+        mlflow.log_metrics(dict(metrics), step=step)
 
 
 def log_metrics_if_active(metrics: Mapping[str, float], step: int | None = None) -> bool:
-    """`log_metrics` when a run is active (else nothing) -> whether they were logged."""
+    """`log_metrics` when a run is active (else nothing) -> whether they were logged (or
+    queued)."""
     import mlflow
 
     if mlflow.active_run() is None:
         return False
-    mlflow.log_metrics(dict(metrics), step=step)
+    log_metrics(metrics, step)
     return True
 
 

@@ -3,22 +3,33 @@ on its worker, read back for the loss curves, closed with the outcome.
 
     check_experiment(uri, "mrcnn")                                 # driver: 403 before Ray
     run_id = open_run(uri, "mrcnn", name, flat_params, tags)      # driver, once per run
-    resume_on_worker(uri, run_id, "running")                        # rank 0: the active run
-    active.log_metrics({"train/loss": 0.7}, step=20)                # rank 0, every log_every
-    end_on_worker("FINISHED")
+    resume_on_worker(uri, run_id, "running", buffer=100_000)        # rank 0: the active run
+    active.log_metrics({"train/loss": 0.7}, step=20)                # rank 0: queued, returns
+    flush_on_worker()                                               # at a checkpoint
+    end_on_worker("FINISHED")                                       # sends the rest, ends it
     loss_history(uri, run_id)                                       # driver: one row per step
     val_history(uri, run_id)                                        # driver: one per validation
     log_outcome(uri, run_id, {"train/summary/wall_s": 61.0}, [losses_png], "train", tags={...})
 
 The metric names (and why they sort as they do in the MLflow UI): `pipeline.tracking.names`.
+On the worker, metrics go through a queue a background thread sends
+(`pipeline.tracking.metric_queue`): a tracking server or database that restarts or is down for a
+while does not stall training, and nothing is lost unless more than `buffer` points wait (the
+dropped ones are then named on the run).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.tracking import login, names, store
+from pipeline.tracking import login, metric_queue, names, store
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_WAIT_S = 5.0  # a checkpoint waits this long at most for the queued metrics
+END_WAIT_S = 600.0  # the end of a run waits this long at most for a server to come back
 
 
 def run_exists(uri: str, run_id: str) -> bool:
@@ -80,21 +91,38 @@ def open_run(
         raise store.TrackingError(login.experiment_denied(experiment)) from None
 
 
-def resume_on_worker(uri: str, run_id: str, status: str) -> None:
+def resume_on_worker(uri: str, run_id: str, status: str, buffer: int = 100_000) -> None:
     """Make run `run_id` this process's active run (with MLflow's system metrics: CPU, GPU and
-    memory use) and tag `train.status` = `status`."""
+    memory use), tag `train.status` = `status` and open its metric queue, which holds at most
+    `buffer` points while the tracking server is unreachable (`train.log_buffer`)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     mlflow.start_run(run_id=run_id, log_system_metrics=True)
     mlflow.set_tag("train.status", status)
+    metric_queue.open_queue(uri, run_id, buffer)
 
 
-def end_on_worker(status: str = "FINISHED") -> None:
-    """End the active run `resume_on_worker` started: FINISHED, or FAILED on an error."""
+def flush_on_worker(timeout_s: float = CHECKPOINT_WAIT_S) -> bool:
+    """Wait (at most `timeout_s`, and not at all while the server is unreachable) until the
+    metrics queued so far are in MLflow -> whether they are."""
+    queue = metric_queue.current()
+    return queue.flush(timeout_s) if queue is not None else True
+
+
+def end_on_worker(status: str = "FINISHED", timeout_s: float = END_WAIT_S) -> None:
+    """Send the queued metrics (waiting at most `timeout_s` for an unreachable server to come
+    back), then end the active run `resume_on_worker` started: FINISHED, or FAILED on an
+    error. A run that cannot be ended (the server still down) is left to the driver, which ends
+    it too (`pipeline.stages.train`), with a warning."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    mlflow.end_run(status=status)
+    metric_queue.close_current(timeout_s)
+    try:
+        mlflow.end_run(status=status)
+    except MlflowException as e:
+        logger.warning("could not end the MLflow run as %s (%s); the driver ends it", status, e)
 
 
 def loss_history(uri: str, run_id: str) -> list[dict[str, float]]:

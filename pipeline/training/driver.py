@@ -45,6 +45,7 @@ NOT_IN_RUN_NAME = (
     "max_minutes",
     "keep",
     "log_every",
+    "log_buffer",
     "loader_workers",
     "storage_path",
     "run_name",

@@ -111,6 +111,7 @@ class Worker:
         last = stop is not None or n == self.total
         digest = parameters_digest(self.model) if last else None
         ema_digest = parameters_digest(self.ema.module) if last and self.ema else None
+        self.log.flush()  # the metrics up to `n` reach MLflow before the checkpoint says n
         report_checkpoint(state, metrics, self.rank, digest, ema_digest, self.world)
         return stop
 
@@ -220,6 +221,7 @@ def train_loop(config: dict[str, Any]) -> None:
         device=device,
         metric=metric,
         write=lambda record: write_run_file(PROGRESS_FILE, record),
+        log_buffer=p.log_buffer,
     )
     evaluate = PeriodicEval(config, p, iou_types_of(cfg)) if p.eval_every and rank == 0 else None
     worker = Worker(

@@ -2,8 +2,10 @@
 
 Rank 0 (`RankZeroLog`) logs the window means of the loss terms, lr, images/s and memory to
 MLflow on every log step (`train/loss`, `train/lr`, `train/perf/images_per_s`, ...:
-`pipeline.tracking.names`) and keeps a small progress record in the run's storage
-(`PROGRESS_FILE`, at most every `WRITE_EVERY_S` seconds, and at every validation):
+`pipeline.tracking.names`; queued, sent by a background thread, so a tracking server that is
+down never stalls training: `pipeline.tracking.metric_queue`) and keeps a small progress record
+in the run's storage (`PROGRESS_FILE`, at most every `WRITE_EVERY_S` seconds, and at every
+validation):
 
     {"iteration": 120, "total": 800, "loss": 0.81, "lr": 9.8e-4, "images_per_s": 13.2,
      "eta_s": 372, "metric": "segm_AP", "val": {"iteration": 100, "value": 0.51},
@@ -49,6 +51,8 @@ class RankZeroLog:
         device: for the memory figure.
         metric: the validation metric the record shows (`train.select_metric`), or None.
         write: stores the progress record (the loop: a file in the run's storage).
+        log_buffer: the most metric points held while MLflow is unreachable
+            (`train.log_buffer`); past it the oldest are dropped and named on the run.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class RankZeroLog:
         device: torch.device | None = None,
         metric: str | None = None,
         write: Callable[[dict[str, Any]], None] | None = None,
+        log_buffer: int = 100_000,
     ) -> None:
         self.enabled, self.global_batch = enabled, global_batch
         self.device = device or torch.device("cpu")
@@ -78,7 +83,9 @@ class RankZeroLog:
         self.window = (time.time(), start)
         if enabled:
             status = "resumed" if resumed else "running"
-            tracked_run.resume_on_worker(mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"], status)
+            tracked_run.resume_on_worker(
+                mlflow_cfg["tracking_uri"], mlflow_cfg["run_id"], status, buffer=log_buffer
+            )
 
     def log(self, it: int, means: dict[str, float], lr: float) -> None:
         """A log step: `means` of the loss terms over the window ending at iteration `it`."""
@@ -124,7 +131,15 @@ class RankZeroLog:
             self.write(dict(self.record))
             self.written = time.time()
 
+    def flush(self) -> None:
+        """At a checkpoint: the metrics logged so far reach MLflow before it is reported (a
+        bounded wait, none while the server is unreachable)."""
+        if self.enabled:
+            tracked_run.flush_on_worker()
+
     def close(self, status: str = "FINISHED") -> None:
+        """The last record; the queued metrics are sent (waiting a bounded time for a server
+        that is down) and the MLflow run is ended with `status`."""
         if self.enabled:
             self._write(force=True)
             tracked_run.end_on_worker(status)

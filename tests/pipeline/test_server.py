@@ -4,7 +4,6 @@ several processes at once, then a registered model pulled by alias through it.""
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -164,36 +163,13 @@ TRIAL = textwrap.dedent(
 def tracking_server(postgres, s3_server, tmp_path_factory):
     """`python -m pipeline.server` on the PostgreSQL fixture, artifacts to s3://mlflow-art."""
     bucket = s3_server.make_bucket("mlflow-art")
-    port = services.free_port()
-    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    env = {**os.environ, server.BACKEND_ENV: postgres.url}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.server",
-            "--artifacts-destination",
-            f"{bucket}/mlflow",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+    mlflow_server = services.start_mlflow_server(
+        postgres.url, f"{bucket}/mlflow", tmp_path_factory.mktemp("mlflow-server")
     )
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        return services.http_ok(f"{uri}/health")
-
     try:
-        services.wait_until("mlflow server", healthy, proc, log, timeout=180)
-        yield uri, bucket
+        yield mlflow_server.uri, bucket
     finally:
-        services.stop_process(proc)
+        mlflow_server.stop()
 
 
 @pytest.mark.slow
