@@ -3,9 +3,10 @@
 A checkpoint is a directory that every rank reports together through `ray.train.report` (a
 barrier): rank 0 writes `state.pt` (model, optimizer, scheduler, iteration, resume count; the
 EMA (`ema`), the patience state, the training seconds and why the run stopped, if it did), each
-rank its RNG state `rng_rank<r>.pt`, and on the last iteration a digest of its parameters
-`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them), of its EMA's
-(`ema_rank<r>.sha256`) and the Ray node it ran on, `node_rank<r>.txt`. Ray Train registers the
+rank its RNG state `rng_rank<r>.pt` and the Ray node it ran on, `node_rank<r>.txt` (a run
+that lost a node shows where each stretch of it trained), and on the last iteration a digest of
+its parameters `weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them) and of
+its EMA's (`ema_rank<r>.sha256`). Ray Train registers the
 directory under the run's storage and restores the latest one when the run is started again
 with the same name (`resume_state`).
 
@@ -55,8 +56,8 @@ def report_checkpoint(
             (Path(d) / f"ema_rank{rank}.sha256").write_text(ema_digest)
         if digest:
             (Path(d) / f"weights_rank{rank}.sha256").write_text(digest)
-            node = ray.get_runtime_context().get_node_id()  # where this rank ran
-            (Path(d) / f"node_rank{rank}.txt").write_text(node)
+        node = ray.get_runtime_context().get_node_id()  # where this rank trained up to here
+        (Path(d) / f"node_rank{rank}.txt").write_text(node)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 

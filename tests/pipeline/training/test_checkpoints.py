@@ -49,15 +49,17 @@ def _rng(iteration: int, rank: int) -> torch.Tensor:
 
 
 def test_each_rank_writes_its_part(tmp_path, monkeypatch):
-    """Rank 0 the training state, every rank its RNG state; with a digest (the last
-    iteration), every rank its digest and node."""
+    """Rank 0 the training state, every rank its RNG state and the node it ran on (a run that
+    lost a node shows where each checkpoint was trained); with a digest (the last iteration),
+    every rank its digest too."""
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     for rank in (0, 1):
         torch.manual_seed(300 + rank)
         ck.report_checkpoint(_state(3), {"iteration": 3}, rank)
     (_, zero), (_, one) = ray.reports
-    assert sorted(p.name for p in zero.iterdir()) == ["rng_rank0.pt", "state.pt"]
-    assert sorted(p.name for p in one.iterdir()) == ["rng_rank1.pt"]
+    assert sorted(p.name for p in zero.iterdir()) == ["node_rank0.txt", "rng_rank0.pt", "state.pt"]
+    assert sorted(p.name for p in one.iterdir()) == ["node_rank1.txt", "rng_rank1.pt"]
+    assert (zero / "node_rank0.txt").read_text() == "node-under-test"
     assert [m for m, _ in ray.reports] == [{"iteration": 3}, {"iteration": 3}]
     assert torch.equal(torch.load(one / "rng_rank1.pt", weights_only=True), _rng(3, 1))
     ck.report_checkpoint(_state(6), {"iteration": 6}, 1, "abc123")
