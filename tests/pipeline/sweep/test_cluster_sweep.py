@@ -63,19 +63,26 @@ def _project(tmp_path: Path, bucket: str) -> Path:
     return project
 
 
+CHECKPOINT_FILES = {"node_rank0.txt", "rng_rank0.pt", "state.pt"}  # one worker per trial
+
+
 def _checkpoint_nodes(s3_server, bucket: str) -> dict[str, dict[str, str]]:
-    """{trial dir: {checkpoint folder: node id of rank 0}} of what is in S3 now."""
+    """{trial dir: {checkpoint folder: node id of rank 0}} of the checkpoints wholly in S3 now
+    (Ray uploads a checkpoint's files one by one)."""
     prefix = "tune/cluster/train/"
     client = s3_server.client()
-    keys = []
+    files: dict[tuple[str, str], set[str]] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
+        for o in page.get("Contents", []):
+            parts = o["Key"].removeprefix(prefix).split("/")
+            if len(parts) == 3 and parts[1].startswith("checkpoint_"):
+                files.setdefault((parts[0], parts[1]), set()).add(parts[2])
     found: dict[str, dict[str, str]] = {}
-    for key in keys:
-        parts = key.removeprefix(prefix).split("/")
-        if len(parts) == 3 and parts[1].startswith("checkpoint_") and parts[2] == "node_rank0.txt":
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-            found.setdefault(parts[0], {})[parts[1]] = body
+    for (trial, folder), names in files.items():
+        if names >= CHECKPOINT_FILES:
+            key = f"{prefix}{trial}/{folder}/node_rank0.txt"
+            node = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            found.setdefault(trial, {})[folder] = node
     return found
 
 
