@@ -145,6 +145,9 @@ def test_a_sweep_survives_a_lost_node(ray_cluster, s3_shards, s3_bucket, s3_serv
         if name == lost:  # resumed from its checkpoint on a live node
             assert state["resumes"] >= 1 and checkpoints[last] != victim.node_id()
         run_id = trial["mlflow_run_id"]
+        run = client.get_run(run_id)  # ended by the sweep, with no error of a lost attempt
+        assert run.info.status == "FINISHED" and run.data.tags["tune.status"] == "completed"
+        assert "tune.error" not in run.data.tags
         steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
         assert sorted(set(steps)) == list(range(1, ITERATIONS + 1))
         val = [m.step for m in client.get_metric_history(run_id, "val/segm_AP")]
