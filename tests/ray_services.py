@@ -53,6 +53,20 @@ class RayNode:
         kids = psutil.Process(self.proc.pid).children(recursive=True)
         return [p.pid for p in kids if p.name().startswith("raylet")]
 
+    def node_id(self) -> str:
+        """Ray's id of this node (hex), as `ray.get_runtime_context().get_node_id()` gives it on
+        the node: read from the raylet's log ("Setting node ID node_id=...")."""
+        import re
+
+        logs = self.temp_dir / "session_latest" / "logs"
+        for log in sorted(logs.glob("raylet*.out")):
+            for line in log.read_text(errors="replace").splitlines():
+                if "Setting node ID" in line:
+                    found = re.search(r"\b[0-9a-f]{56}\b", line)
+                    if found:
+                        return found.group(0)
+        raise AssertionError(f"no node id in the raylet logs under {logs}")
+
     def kill(self) -> None:
         """Hard node failure: SIGKILL the whole process tree of this node, now."""
         import psutil

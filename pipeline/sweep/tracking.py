@@ -28,8 +28,9 @@ RUN_STATUS = {COMPLETED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
 
 
 def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]) -> str:
-    """The trial's MLflow run under the parent -> its id: found again after a restart, else
-    created with what was sampled, as drawn, as params (the full params follow once valid)."""
+    """The trial's MLflow run under the parent -> its id: found again after a restart (the
+    error of an attempt that failed, `tune.error`, removed: Tune is trying again), else created
+    with what was sampled, as drawn, as params (the full params follow once valid)."""
     tags = {"sweep": sweep.name, "stage": "tune", "tune.status": "running"}
     tags["tune.swept"] = ",".join(values)
     sampled = {f"sampled.{k}": v for k, v in flatten(values).items()}
@@ -41,6 +42,7 @@ def trial_run(sweep: Sweep, trial_id: str, values: dict[str, Any]) -> str:
         f"{sweep.name}-{trial_id}",
         tags,
         sampled,
+        clear=("tune.error",),
     )
 
 

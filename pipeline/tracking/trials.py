@@ -10,7 +10,7 @@ out; what a sweep puts in them is `pipeline.sweep.tracking`'s business.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch
 
@@ -27,9 +27,11 @@ def trial_run(
     run_name: str,
     tags: Mapping[str, str],
     sampled: Mapping[str, str],
+    clear: Sequence[str] = (),
 ) -> str:
-    """The run of trial `trial_id` under the parent -> its id: found again (and given `tags`)
-    after a restart, else created with `tags` and the `sampled` values as params."""
+    """The run of trial `trial_id` under the parent -> its id: found again after a restart
+    (given `tags`, its tags named in `clear` removed, RUNNING again if it had ended), else
+    created with `tags` and the `sampled` values as params."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -40,8 +42,13 @@ def trial_run(
     )
     if found:
         run_id = found[0].info.run_id
+        for key in clear:
+            if key in found[0].data.tags:
+                client.delete_tag(run_id, key)
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
+        if found[0].info.status != "RUNNING":  # e.g. FAILED by the attempt that raised
+            client.update_run(run_id, status="RUNNING")
         return run_id
     run = client.create_run(
         experiment_id,

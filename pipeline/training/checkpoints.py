@@ -3,10 +3,11 @@
 A checkpoint is a directory that every rank reports together through `ray.train.report` (a
 barrier): rank 0 writes `state.pt` (model, optimizer, scheduler, iteration, resume count; the
 EMA (`ema`), the loss window since the last log step (`loss_window`), the patience state, the
-training seconds and why the run stopped, if it did), each rank its RNG state `rng_rank<r>.pt`,
-on the last iteration a digest of its parameters `weights_rank<r>.sha256` (DDP keeps them
-equal; the tests compare them), of its EMA's (`ema_rank<r>.sha256`) and the Ray node it ran
-on, `node_rank<r>.txt`, and last its manifest `manifest_rank<r>.json`
+training seconds and why the run stopped, if it did), each rank its RNG state `rng_rank<r>.pt`
+and the Ray node it ran on, `node_rank<r>.txt` (a run that lost a node shows where each
+stretch of it trained), on the last iteration a digest of its parameters
+`weights_rank<r>.sha256` (DDP keeps them equal; the tests compare them) and of its EMA's
+(`ema_rank<r>.sha256`), and last its manifest `manifest_rank<r>.json`
 (`pipeline.training.checkpoint_files`). Ray Train merges them into one directory under the
 run's storage; a run started again with the same name resumes from the newest complete one
 (`resume_state`), so it continues exactly where that checkpoint was taken: same weights,
@@ -63,8 +64,8 @@ def report_checkpoint(
             (Path(d) / f"ema_rank{rank}.sha256").write_text(ema_digest)
         if digest:
             (Path(d) / f"weights_rank{rank}.sha256").write_text(digest)
-            node = ray.get_runtime_context().get_node_id()  # where this rank ran
-            (Path(d) / f"node_rank{rank}.txt").write_text(node)
+        node = ray.get_runtime_context().get_node_id()  # where this rank trained up to here
+        (Path(d) / f"node_rank{rank}.txt").write_text(node)
         write_manifest(Path(d), rank, world)
         checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint, **_uploader(rank, metrics["iteration"]))

@@ -52,8 +52,9 @@ def _rng(iteration: int, rank: int) -> torch.Tensor:
 
 
 def test_each_rank_writes_its_part(tmp_path, monkeypatch):
-    """Rank 0 the training state, every rank its RNG state; with a digest (the last
-    iteration), every rank its digest and node."""
+    """Rank 0 the training state, every rank its RNG state and the node it ran on (a run that
+    lost a node shows where each checkpoint was trained); with a digest (the last iteration),
+    every rank its digest too."""
     ray = FakeRayTrain(tmp_path / "run").install(monkeypatch)
     for rank in (0, 1):
         torch.manual_seed(300 + rank)
@@ -61,12 +62,22 @@ def test_each_rank_writes_its_part(tmp_path, monkeypatch):
     (_, zero), (_, one) = ray.reports
     assert sorted(p.name for p in zero.iterdir()) == [
         "manifest_rank0.json",
+        "node_rank0.txt",
         "rng_rank0.pt",
         "state.pt",
     ]
-    assert sorted(p.name for p in one.iterdir()) == ["manifest_rank1.json", "rng_rank1.pt"]
+    assert sorted(p.name for p in one.iterdir()) == [
+        "manifest_rank1.json",
+        "node_rank1.txt",
+        "rng_rank1.pt",
+    ]
+    assert (zero / "node_rank0.txt").read_text() == "node-under-test"
     manifest = json.loads((zero / "manifest_rank0.json").read_text())
-    assert manifest["world"] == 1 and sorted(manifest["files"]) == ["rng_rank0.pt", "state.pt"]
+    assert manifest["world"] == 1 and sorted(manifest["files"]) == [
+        "node_rank0.txt",
+        "rng_rank0.pt",
+        "state.pt",
+    ]
     state = zero / "state.pt"
     assert manifest["files"]["state.pt"] == {
         "size": state.stat().st_size,
