@@ -30,27 +30,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import services  # noqa: E402
+from tests.pipeline.conftest import build_tiny_shards  # noqa: E402
 from tests.pipeline.training.fake_ray import FakeRayTrain  # noqa: E402
 from tests.pipeline.training.loop_helpers import loop_config  # noqa: E402
-
-
-def tiny_shards(root: Path) -> Path:
-    """The test suite's tiny shapes dataset (16 + 6 images at 64 px), built by the stages."""
-    import os
-
-    from pipeline.stages import download, shards
-    from tests.pipeline.conftest import TINY_PARAMS
-
-    root.mkdir(parents=True)
-    (root / "params.yaml").write_text(TINY_PARAMS)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        download.main(["--params", "params.yaml"])
-        shards.main(["--params", "params.yaml"])
-    finally:
-        os.chdir(cwd)
-    return root / "data" / "shards"
 
 
 def scenario(server, shards, root, args, outage: bool) -> dict:
@@ -125,7 +107,7 @@ def main() -> None:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-logging-"))
-    shards = tiny_shards(root / "project")
+    shards = build_tiny_shards(root / "project")
     pg = services.start_postgres()
     server = None
     try:

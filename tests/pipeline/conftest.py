@@ -101,9 +101,15 @@ shards:
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """A 16 + 6 image shapes dataset at 64 px, built by the real stages (session-wide)."""
+    return build_tiny_shards(tmp_path_factory.mktemp("tiny_project"))
+
+
+def build_tiny_shards(root: Path) -> Path:
+    """The tiny shapes dataset built in `root` by the download and shards stages -> its shards
+    folder (also bench/logging_outage.py's data)."""
     from pipeline.stages import download, shards
 
-    root = tmp_path_factory.mktemp("tiny_project")
+    root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(TINY_PARAMS)
     cwd = os.getcwd()
     os.chdir(root)
