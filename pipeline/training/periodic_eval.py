@@ -21,7 +21,7 @@ from typing import Any
 from mrcnn.config import Config
 from mrcnn.data import ShardDataset, storage
 from mrcnn.evaluation.coco_eval import COCO_PERSON_OKS_SIGMAS, coco_evaluate
-from mrcnn.evaluation.ground_truth import load_ground_truth, val_annotations  # noqa: F401 (re-export)
+from mrcnn.evaluation.ground_truth import load_ground_truth
 from mrcnn.evaluation.predict import predict_dataset
 from pipeline.tracking import active, names
 from pipeline.train_params import TrainParams

@@ -13,10 +13,11 @@ import torch
 
 from mrcnn import presets
 from mrcnn.data import ShardDataset, storage
+from mrcnn.evaluation.ground_truth import val_annotations
 from mrcnn.evaluation.predict import predict_dataset
 from mrcnn.modeling.model import build_model
 from pipeline.train_params import TrainParams
-from pipeline.training.periodic_eval import PeriodicEval, val_annotations
+from pipeline.training.periodic_eval import PeriodicEval
 from tests.pipeline.tiny_model import TINY_MODEL
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
