@@ -78,10 +78,22 @@ class MaskHead(nn.Module):
             x = conv(x).relu_()
         deconv = self.deconv  # weight [C_in, C_out, 2, 2]
         c_in, c_out, kh, kw = deconv.weight.shape
+        class_weight = self.logits.weight[:, :, 0, 0][labels]  # [N, C_out]
+        bias = self.logits.bias[labels][:, None, None]
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # NHWC: sub-pixel channels tap-major, (a * 2 + b) * C_out + o, so that each pixel's
+            # [4, C_out] block is a contiguous matrix and the logits a matmul on the conv's
+            # output as it lies in memory (the NCHW order below would copy all of it first).
+            weight = deconv.weight.permute(2, 3, 1, 0).reshape(kh * kw * c_out, c_in, 1, 1)
+            x = F.conv2d(x, weight, deconv.bias.repeat(kh * kw)).relu_()
+            n, _, p, _ = x.shape
+            pixels = x.permute(0, 2, 3, 1).reshape(n, p * p * kh * kw, c_out)
+            logits = torch.bmm(pixels, class_weight[:, :, None])  # [N, P * P * 4, 1]
+            logits = logits.reshape(n, p, p, kh, kw).permute(0, 1, 3, 2, 4)
+            return (logits.reshape(n, kh * p, kw * p) + bias).float().sigmoid()
         weight = deconv.weight.permute(1, 2, 3, 0).reshape(c_out * kh * kw, c_in, 1, 1)
         x = F.conv2d(x, weight, deconv.bias.repeat_interleave(kh * kw)).relu_()
         n, _, p, _ = x.shape  # x [N, C_out * 4, P, P], channel o * 4 + a * 2 + b
-        class_weight = self.logits.weight[:, :, 0, 0][labels]  # [N, C_out]
         logits = torch.bmm(class_weight[:, None, :], x.reshape(n, c_out, kh * kw * p * p))
         logits = logits.reshape(n, kh, kw, p, p).permute(0, 3, 1, 4, 2).reshape(n, kh * p, kw * p)
-        return (logits + self.logits.bias[labels][:, None, None]).float().sigmoid()
+        return (logits + bias).float().sigmoid()

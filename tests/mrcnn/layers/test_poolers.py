@@ -48,50 +48,52 @@ def test_matches_torchvision_multiscale_roi_align(aligned):
     torch.testing.assert_close(ours, ref)
 
 
+def _random_rois(g: torch.Generator, n: int, images: int) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=g) * 60 - 10  # some start outside the map
+    wh = torch.rand(n, 2, generator=g) * 40 + 0.5
+    rois = torch.cat([torch.randint(0, images, (n, 1), generator=g).float(), xy, xy + wh], dim=1)
+    rois[0, 1:] = torch.tensor([-30.0, -30, -10, -10])  # entirely off the map
+    rois[1, 1:] = torch.tensor([40.0, 44, 90, 70])  # past the right and bottom edges
+    return rois
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_forward_equals_torchvision(aligned, sampling_ratio, channels_last):
+    from torchvision.ops import roi_align
+
+    from mrcnn.layers.poolers import roi_align_cpu
+
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 5, 12, 10, generator=g)
+    if channels_last:
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    rois = _random_rois(g, 60, 2)
+    ref = roi_align(feat, rois, 7, 0.25, sampling_ratio, aligned)
+    ours = roi_align_cpu(feat, rois, 7, 0.25, sampling_ratio, aligned)
+    assert ours.shape == ref.shape == (60, 5, 7, 7)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    assert ref[1:].abs().sum() > 0 and not ref[0].any()  # the off-map RoI pools zeros
+    # channels_last in, channels_last out (the mask head's convolutions take it as it is).
+    assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert channels_last or ours.is_contiguous()
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 def test_cpu_backward_equals_torchvision(aligned):
     from torchvision.ops import roi_align
 
-    from mrcnn.layers.poolers import RoIAlignCPU
+    from mrcnn.layers.poolers import roi_align_cpu
 
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(2, 3, 12, 10, generator=g, requires_grad=True)
-    xy = torch.rand(40, 2, generator=g) * 60 - 10  # some start outside the map
-    wh = torch.rand(40, 2, generator=g) * 40 + 0.5
-    rois = torch.cat([torch.randint(0, 2, (40, 1), generator=g).float(), xy, xy + wh], dim=1)
-    rois[0, 1:] = torch.tensor([-30.0, -30, -10, -10])  # entirely off the map
+    rois = _random_rois(g, 40, 2)
     grad_out = torch.randn(40, 3, 7, 7, generator=g)
     ref = torch.autograd.grad(roi_align(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[0]
-    ours = torch.autograd.grad(RoIAlignCPU.apply(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[
-        0
-    ]
+    ours = torch.autograd.grad(roi_align_cpu(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[0]
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert ref.abs().sum() > 0
-
-
-def test_cpu_forward_split_over_threads_is_bitwise_torchvision(monkeypatch):
-    from torchvision.ops import roi_align
-
-    from mrcnn.layers import poolers
-
-    g = torch.Generator().manual_seed(1)
-    feat = torch.randn(2, 4, 16, 16, generator=g)
-    xy = torch.rand(301, 2, generator=g) * 50
-    rois = torch.cat([torch.randint(0, 2, (301, 1), generator=g).float(), xy, xy + 9], dim=1)
-    ref = roi_align(feat, rois, 7, 0.25, 2, True)
-    calls = []
-    real = poolers.roi_align
-    monkeypatch.setattr(poolers, "roi_align", lambda *a: calls.append(a[1].shape[0]) or real(*a))
-    monkeypatch.setattr(poolers.os, "cpu_count", lambda: 4)
-    with torch.no_grad():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(4)
-        try:
-            ours = poolers.roi_align_cpu(feat, rois, 7, 0.25, 2, True)
-        finally:
-            torch.set_num_threads(threads)
-    assert len(calls) == 4 and sum(calls) == 301  # really split: 4 chunks of the 301 RoIs
-    assert torch.equal(ours, ref)
 
 
 def test_inverse_order_undoes_the_level_order():

@@ -1,6 +1,7 @@
 """MaskHead: K masks per RoI at 2x the pooled side; `label_probs` (the inference formulation,
 eager and exported) is the label's channel of `forward`, sigmoided."""
 
+import pytest
 import torch
 
 from mrcnn.modeling.roi_heads.mask_head import MaskHead
@@ -22,12 +23,17 @@ def test_forward_shapes_and_fresh_predictors_start_near_zero():
     assert out.abs().max() < 0.1  # std 0.001 logits, zero bias (Detectron's init)
 
 
-def test_label_probs_is_the_label_channel_of_forward():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_label_probs_is_the_label_channel_of_forward(channels_last):
     """Deconv as a 1x1 conv to sub-pixel channels, only the label's logits: the same numbers,
-    for every RoI's own label; a wrong sub-pixel interleave or label pick fails."""
+    for every RoI's own label, in both memory layouts (each has its own channel order); a wrong
+    sub-pixel interleave or label pick fails."""
     head = _head()
     with torch.no_grad():
         pooled = torch.randn(7, 8, 14, 14)
+        if channels_last:
+            head.to(memory_format=torch.channels_last)
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
         labels = torch.tensor([0, 1, 2, 3, 4, 4, 1])
         ours = head.label_probs(pooled, labels)
         ref = head(pooled)[torch.arange(7), labels].sigmoid()
