@@ -24,6 +24,13 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+# Each image's k best survivors are decided by its best candidates alone: whether a candidate
+# survives depends only on the higher-scoring ones of its group. So NMS runs first over each
+# image's SHORTLIST_PER_SLOT * k best candidates; an image whose shortlist leaves k survivors
+# is done, exactly, and otherwise the shortlist grows by this factor (the detection layer of a
+# 91-class model has R * 90 candidates per image and keeps 100: NMS over 400 instead of 90,000).
+SHORTLIST_PER_SLOT = 4
+
 # The NMS primitive's type: (boxes, scores, groups, num_groups, candidates, iou_thresh, k) ->
 # (index, valid), as `batched_nms_top_k` below.
 NmsTopK = Callable[
@@ -46,6 +53,28 @@ def batched_nms_top_k(
     candidate n in group n % num_groups), candidates bool [B, N] (only these take part).
     -> index int64 [B, k] into N, best first; valid bool [B, k] (False slots hold index 0).
     """
+    b, n = scores.shape
+    m = SHORTLIST_PER_SLOT * k
+    while m < n:  # NMS over each image's m best candidates first (see `SHORTLIST_PER_SLOT`)
+        best = scores.masked_fill(~candidates, float("-inf")).topk(m, dim=1).indices
+        shortlist = torch.zeros_like(candidates).scatter_(1, best, True) & candidates
+        index, valid = _nms_top_k(boxes, scores, groups, num_groups, shortlist, iou_thresh, k)
+        left_out = (candidates & ~shortlist).any(dim=1)
+        if bool((valid.all(dim=1) | ~left_out).all()):
+            return index, valid
+        m *= SHORTLIST_PER_SLOT
+    return _nms_top_k(boxes, scores, groups, num_groups, candidates, iou_thresh, k)
+
+
+def _nms_top_k(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor | None,
+    num_groups: int,
+    candidates: Tensor,
+    iou_thresh: float,
+    k: int,
+) -> tuple[Tensor, Tensor]:
     b, n = scores.shape
     device = scores.device
     if groups is None:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mrcnn.layers.nms import batched_nms_top_k, gather_slots
@@ -95,3 +96,34 @@ def test_gather_slots_zeroes_invalid_slots():
     assert out.tolist() == [[[4.0, 5.0], [0.0, 1.0]], [[8.0, 9.0], [0.0, 0.0]]]
     flat = gather_slots(values[..., 0], index, valid)
     assert flat.tolist() == [[4.0, 0.0], [8.0, 0.0]]
+
+
+@pytest.mark.parametrize("spread", [300.0, 40.0])  # boxes apart (shortlist enough) / piled up
+def test_shortlist_gives_the_full_nms_result(spread, monkeypatch):
+    """NMS over each image's best candidates first is exact: the same k survivors, in the same
+    order, as torchvision's `batched_nms` over every candidate; piled-up boxes (most suppressed)
+    make the shortlist grow until k survive."""
+    from torchvision.ops import batched_nms
+
+    from mrcnn.layers import nms
+
+    g = torch.Generator().manual_seed(0)
+    b, n, groups, k = 2, 3000, 3, 40
+    xy = torch.rand(b, n, 2, generator=g) * spread
+    boxes = torch.cat([xy, xy + 30 + torch.rand(b, n, 2, generator=g) * 10], dim=-1)
+    scores = torch.rand(b, n, generator=g)
+    candidates = torch.rand(b, n, generator=g) > 0.2
+    rounds = []
+    real = nms._nms_top_k
+    monkeypatch.setattr(nms, "_nms_top_k", lambda *a: rounds.append(a[4].sum()) or real(*a))
+    index, valid = batched_nms_top_k(boxes, scores, None, groups, candidates, 0.5, k)
+    for i in range(b):
+        cand = candidates[i].nonzero().squeeze(1)
+        keys = cand % groups
+        kept = cand[batched_nms(boxes[i, cand], scores[i, cand], keys, 0.5)][:k]
+        assert index[i][valid[i]].tolist() == kept.tolist()
+    assert valid.all()  # k survivors in each image
+    if spread > 100:
+        assert len(rounds) == 1 and rounds[0] <= b * nms.SHORTLIST_PER_SLOT * k
+    else:
+        assert len(rounds) > 1  # the first shortlist was not enough
