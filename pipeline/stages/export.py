@@ -196,7 +196,8 @@ def read_trained(paths: ExportPaths, p: ExportParams) -> Trained:
     train = read_json(paths.train_metrics) if paths.train_metrics.is_file() else {}
     if not train_run:
         log.warning("%s not found: the model gets a run of its own", paths.train_run)
-    model = weights.load(paths.model_dir)  # fails early, with a clear message, on a bad folder
+    # Fails early, with a clear message, on a bad folder; NCHW: the layout the graph traces.
+    model = weights.load(paths.model_dir, channels_last=False)
     heads = pyfunc.model_heads(model)
     if p.pyfunc_backend != "torch" and heads != pyfunc.Heads():
         raise registry.ExportError(

@@ -37,13 +37,36 @@ def test_save_load_round_trip_gives_the_same_outputs(tmp_path):
         "config.json",
         "model.safetensors",
     ]
-    again = load(tmp_path / "m")
+    again = load(tmp_path / "m", channels_last=False)
     assert again.cfg == model.cfg
     out = again.predict(batch)
     torch.testing.assert_close(out.scores, ref.scores)
     torch.testing.assert_close(out.mask_probs, ref.mask_probs)
     save(again, tmp_path / "m")  # overwriting an existing save works
     assert not (tmp_path / "m.tmp").exists()
+
+
+def test_load_on_cpu_is_channels_last_with_the_same_detections(tmp_path):
+    """On CPU `load` gives the NHWC model (oneDNN's faster convolutions): same detections up to
+    float rounding, and it saves back as plain contiguous tensors."""
+    model = tiny_model(inference={"score_thresh": 0.0})
+    model.eval()
+    batch, _ = make_batch()
+    ref = model.predict(batch)
+    save(model, tmp_path / "m")
+    fast = load(tmp_path / "m")
+    conv = fast.backbone.body.conv1.weight
+    assert fast.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()  # really NHWC, not a layout both formats share
+    out = fast.predict(batch)
+    assert out.valid.sum() > 0 and torch.equal(out.valid, ref.valid)
+    torch.testing.assert_close(out.boxes, ref.boxes, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(out.scores, ref.scores, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(out.mask_probs, ref.mask_probs, atol=1e-4, rtol=1e-3)
+    save(fast, tmp_path / "again")
+    plain = load(tmp_path / "again", channels_last=False)
+    assert plain.backbone.body.conv1.weight.is_contiguous() and not plain.channels_last
+    torch.testing.assert_close(plain.predict(batch).scores, ref.scores)
 
 
 def test_config_json_records_the_preset_and_older_files_still_load(tmp_path):
