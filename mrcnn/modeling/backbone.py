@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
@@ -103,12 +104,66 @@ class ResNetBody(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if _folds_frozen_bn(self):
+            return self._forward_folded(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         return c2, c3, c4, c5
+
+    def _forward_folded(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`forward` with every frozen BN folded into the convolution before it (inference)."""
+        x = self.maxpool(conv_frozen_bn(self.conv1, self.bn1, x).relu_())
+        outs = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = _block_folded(block, x)
+            outs.append(x)
+        c2, c3, c4, c5 = outs
+        return c2, c3, c4, c5
+
+
+def _folds_frozen_bn(body: ResNetBody) -> bool:
+    """Eager inference with FrozenBatchNorm2d: each BN is folded into its convolution, one
+    pass over the activations fewer per layer (~10% of eager inference on CPU, R50-FPN at
+    512 px: docs/benchmarks.md) and the same numbers up to float rounding. Training keeps the
+    layers as they are (no change to its gradients); traced, exported and compiled graphs too
+    (ONNX Runtime, OpenVINO and inductor fold BN themselves)."""
+    return (
+        isinstance(body.bn1, FrozenBatchNorm2d)
+        and not torch.is_grad_enabled()
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    )
+
+
+def conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor) -> Tensor:
+    """bn(conv(x)) as one convolution: BN's scale w / sqrt(var + eps) multiplies the conv's
+    output channels' weights, its shift b - mean * scale becomes the bias."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    shift = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)  # keeps the weight's memory format
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _block_folded(block: nn.Module, x: Tensor) -> Tensor:
+    """torchvision's Bottleneck / BasicBlock forward with its frozen BNs folded."""
+    convs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+    if isinstance(block, Bottleneck):
+        convs.append((block.conv3, block.bn3))
+    out = x
+    for i, (conv, bn) in enumerate(convs):
+        out = conv_frozen_bn(conv, bn, out)
+        if i < len(convs) - 1:
+            out = out.relu_()
+    identity = x
+    if block.downsample is not None:
+        conv, bn = block.downsample
+        identity = conv_frozen_bn(conv, bn, x)
+    return out.add_(identity).relu_()
 
 
 def _scaled(width: int, multiplier: float) -> int:

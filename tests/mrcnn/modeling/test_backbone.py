@@ -99,3 +99,37 @@ def test_trainable_stages_freeze_from_the_bottom(stages, trainable):
     got = {n.split(".")[0] for n, p in bb.body.named_parameters() if p.requires_grad}
     assert got == trainable
     assert all(p.requires_grad for p in bb.fpn.parameters())  # the FPN always trains
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])  # BasicBlock, Bottleneck
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_folds_frozen_bn_with_the_same_features(arch, channels_last, monkeypatch):
+    """Without autograd, each frozen BN is folded into its convolution: the same pyramid up to
+    float rounding (BN statistics far from identity, so a wrong fold fails), and no BN runs."""
+    torch.manual_seed(0)
+    net = FPNBackbone(arch=arch, fpn_channels=16, width_multiplier=0.25).eval()
+    with torch.no_grad():
+        for bn in net.modules():
+            if isinstance(bn, FrozenBatchNorm2d):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.2, 3.0)
+    x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = [p.detach() for p in net(x)]  # autograd on: BN layers as they are
+    calls = []
+    real = FrozenBatchNorm2d.forward
+    spy = lambda self, t: calls.append(1) or real(self, t)  # noqa: E731
+    monkeypatch.setattr(FrozenBatchNorm2d, "forward", spy)
+    with torch.no_grad():
+        folded = net(x)
+    assert not calls  # folded: no BN layer ran
+    for a, b in zip(folded, ref, strict=True):
+        assert b.abs().max() > 0.1
+        scale = float(b.abs().max())  # rounding grows with the features through 50 layers
+        torch.testing.assert_close(a, b, atol=1e-4 * scale, rtol=1e-3)
+    net(x)  # with autograd the layers run as they are (training's gradients untouched)
+    assert calls
