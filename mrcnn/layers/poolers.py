@@ -4,17 +4,22 @@ Each RoI is pooled from one pyramid level, k = floor(k0 + log2(sqrt(wh) / 224)) 
 clamped to P2..P5: a 224 px box (ImageNet's canonical size) reads P4, one twice as large P5.
 One `roi_align` call per level covers all images of the batch; the results stay in level order.
 
-On CPU (eager, fixed sampling ratio) RoIAlign is one sparse weighted sum, `roi_align_cpu`:
-every output bin's sample points and bilinear weights are computed at once (`sample_taps`) and
-summed by `F.embedding_bag`, whose kernel is vectorised over the channels and threaded, reads a
-channels_last map in place, and whose backward scatters the same weights. torchvision's CPU
-kernel loops over (RoI, channel, bin, sample) on one core in both directions: at 512 px, batch
-2, its forward was ~18% of eager inference and its backward ~40% of a small model's training
-step (docs/benchmarks.md). Traced, exported or compiled, the pooler calls torchvision's op.
+On CPU, eager inference (fixed sampling ratio) runs RoIAlign as one sparse weighted sum,
+`roi_align_cpu`: every output bin's sample points and bilinear weights are computed at once
+(`sample_taps`) and summed by `F.embedding_bag`, whose kernel is vectorised over the channels
+and threaded, and which reads a channels_last map in place. torchvision's CPU kernel loops over
+(RoI, channel, bin, sample) on one core: at 512 px, batch 2, it was ~18% of eager inference.
+Training keeps torchvision's forward, split over torch's intra-op threads (`roi_align_threads`;
+each RoI is pooled on its own, so the result is the same to the bit), with our own backward
+(`RoIAlignCPU`): torchvision's CPU backward is a single-threaded loop that took ~40% of a small
+model's training step; ours computes every sample's four bilinear weights at once and
+accumulates them with one `index_add_`. Traced or exported, the pooler calls torchvision's op.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +28,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 K_MIN, K_MAX = 2, 5  # RoIs pool from P2..P5 (P6 only feeds the RPN)
+MIN_ROIS_PER_THREAD = 64  # below this a thread hand-off costs more than it saves
 
 
 def assign_levels(
@@ -113,10 +119,14 @@ def rois_with_image_index(boxes: Tensor) -> Tensor:
 def _roi_align(
     feat: Tensor, rois: Tensor, size: int, scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
-    if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
         return roi_align(feat, rois, size, scale, sampling_ratio, aligned)  # the ONNX op
-    if feat.device.type == "cpu" and sampling_ratio > 0:
-        return roi_align_cpu(feat, rois, size, scale, sampling_ratio, aligned)
+    if feat.device.type == "cpu" and feat.requires_grad and sampling_ratio > 0:
+        return RoIAlignCPU.apply(feat, rois, size, scale, sampling_ratio, aligned)
+    if feat.device.type == "cpu" and not torch.compiler.is_compiling():
+        if sampling_ratio > 0 and not feat.requires_grad:
+            return roi_align_cpu(feat, rois, size, scale, sampling_ratio, aligned)
+        return roi_align_threads(feat, rois, size, scale, sampling_ratio, aligned)
     return roi_align(feat, rois, size, scale, sampling_ratio, aligned)
 
 
@@ -125,7 +135,8 @@ def roi_align_cpu(
 ) -> Tensor:
     """torchvision's `roi_align` (fixed sampling ratio) as one sparse weighted sum over the
     feature map's positions, `F.embedding_bag`: its CPU kernel is vectorised over channels and
-    threaded, and autograd's backward scatters the same weights.
+    threaded. Eager inference pools here (5-12x torchvision's kernel at 512 px). Training
+    does not: its numbers stay those of torchvision's forward and `RoIAlignCPU`'s backward.
 
     feat [B, C, H, W] (channels_last reads it in place), rois [N, 5] -> [N, C, size, size]
     (channels_last memory when `feat` is). Equal to torchvision's up to float rounding (the
@@ -173,6 +184,77 @@ def sample_taps(
     )
     rows = rois.shape[0] * size * size
     return index.reshape(rows, 4 * s * s), weight.reshape(rows, 4 * s * s)
+
+
+_threads: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    global _threads
+    if _threads is None or _threads[0] != os.getpid():
+        _threads = (os.getpid(), ThreadPoolExecutor(os.cpu_count() or 1, "mrcnn-roi-align"))
+    return _threads[1]
+
+
+def roi_align_threads(
+    feat: Tensor, rois: Tensor, size: int, scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """torchvision's `roi_align` (no autograd) with the RoIs split over torch's intra-op threads:
+    its CPU kernel is a single-threaded loop over RoIs. The ops release the GIL."""
+    n = min(torch.get_num_threads(), rois.shape[0] // MIN_ROIS_PER_THREAD, os.cpu_count() or 1)
+    if n <= 1 or torch.compiler.is_compiling():
+        return roi_align(feat, rois, size, scale, sampling_ratio, aligned)
+    parts = _thread_pool().map(
+        lambda r: roi_align(feat, r, size, scale, sampling_ratio, aligned), rois.chunk(n)
+    )
+    return torch.cat(list(parts))
+
+
+class RoIAlignCPU(torch.autograd.Function):
+    """torchvision's `roi_align` forward with a vectorised backward (fixed sampling ratio).
+
+    The gradient is exactly torchvision's: each output bin spreads its gradient over its
+    s x s sample points, each point over its four bilinear neighbours, with torchvision's border
+    rules (points beyond -1 or H contribute nothing, points in [-1, 0] clamp to the edge).
+    """
+
+    @staticmethod
+    def forward(ctx, feat, rois, size, scale, sampling_ratio, aligned):  # noqa: D102
+        ctx.save_for_backward(rois)
+        ctx.args = (feat.shape, size, scale, sampling_ratio, aligned)
+        return roi_align_threads(feat.detach(), rois, size, scale, sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        (rois,) = ctx.saved_tensors
+        (b, c, h, w), size, scale, s, aligned = ctx.args
+        # The taps of `sample_taps` up to float rounding (positions as start + step * bin);
+        # left as they are so that training's numbers do not move.
+        offset = 0.5 if aligned else 0.0
+        start = rois[:, 1:3] * scale - offset  # [N, 2] (x, y)
+        extent = rois[:, 3:5] * scale - offset - start
+        if not aligned:
+            extent = extent.clamp(min=1.0)
+        bin_size = extent / size  # [N, 2]
+        # Sample positions along each axis: [N, size, s] (bin, sample)
+        steps = torch.arange(size, dtype=rois.dtype)[:, None] + (torch.arange(s) + 0.5)[None] / s
+        xs = start[:, 0, None, None] + steps * bin_size[:, 0, None, None]
+        ys = start[:, 1, None, None] + steps * bin_size[:, 1, None, None]
+        ix, wx = _corners(xs, w)  # [N, size, s, 2] indices and weights
+        iy, wy = _corners(ys, h)
+        # Every (bin y, bin x, sample y, sample x, corner y, corner x) of every RoI.
+        weight = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :] / (s * s)
+        index = (
+            rois[:, 0].long()[:, None, None, None, None, None, None] * (h * w)
+            + iy[:, :, None, :, None, :, None] * w
+            + ix[:, None, :, None, :, None, :]
+        )
+        g = grad_out.permute(0, 2, 3, 1)  # [N, size, size, C]
+        contrib = g[:, :, :, None, None, None, None, :] * weight[..., None]
+        grad = grad_out.new_zeros((b * h * w, c))
+        grad.index_add_(0, index.reshape(-1), contrib.reshape(-1, c))
+        feat_grad = grad.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+        return feat_grad, None, None, None, None, None
 
 
 def _corners(pos: Tensor, length: int) -> tuple[Tensor, Tensor]:

@@ -84,16 +84,64 @@ def test_cpu_forward_equals_torchvision(aligned, sampling_ratio, channels_last):
 def test_cpu_backward_equals_torchvision(aligned):
     from torchvision.ops import roi_align
 
-    from mrcnn.layers.poolers import roi_align_cpu
+    from mrcnn.layers.poolers import RoIAlignCPU
 
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(2, 3, 12, 10, generator=g, requires_grad=True)
     rois = _random_rois(g, 40, 2)
     grad_out = torch.randn(40, 3, 7, 7, generator=g)
     ref = torch.autograd.grad(roi_align(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[0]
-    ours = torch.autograd.grad(roi_align_cpu(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[0]
+    ours = torch.autograd.grad(RoIAlignCPU.apply(feat, rois, 7, 0.25, 2, aligned), feat, grad_out)[
+        0
+    ]
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert ref.abs().sum() > 0
+
+
+def test_cpu_forward_split_over_threads_is_bitwise_torchvision(monkeypatch):
+    """Training's forward (and adaptive sampling's): torchvision's kernel on chunks of RoIs."""
+    from torchvision.ops import roi_align
+
+    from mrcnn.layers import poolers
+
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 4, 16, 16, generator=g)
+    xy = torch.rand(301, 2, generator=g) * 50
+    rois = torch.cat([torch.randint(0, 2, (301, 1), generator=g).float(), xy, xy + 9], dim=1)
+    ref = roi_align(feat, rois, 7, 0.25, 2, True)
+    calls = []
+    real = poolers.roi_align
+    monkeypatch.setattr(poolers, "roi_align", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    monkeypatch.setattr(poolers.os, "cpu_count", lambda: 4)
+    with torch.no_grad():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(4)
+        try:
+            ours = poolers.roi_align_threads(feat, rois, 7, 0.25, 2, True)
+        finally:
+            torch.set_num_threads(threads)
+    assert len(calls) == 4 and sum(calls) == 301  # really split: 4 chunks of the 301 RoIs
+    assert torch.equal(ours, ref)
+
+
+def test_pooler_dispatch_inference_training_and_adaptive(monkeypatch):
+    """Eager inference with a fixed sampling ratio takes the embedding_bag sum; training and
+    adaptive sampling (0) take torchvision's forward."""
+    from mrcnn.layers import poolers
+
+    taken = []
+    for name in ("roi_align_cpu", "roi_align_threads"):
+        real = getattr(poolers, name)
+        monkeypatch.setattr(
+            poolers, name, lambda *a, real=real, name=name: taken.append(name) or real(*a)
+        )
+    feat = torch.randn(1, 2, 16, 16)
+    rois = torch.tensor([[0.0, 4, 4, 40, 40]])
+    with torch.no_grad():
+        poolers._roi_align(feat, rois, 7, 0.25, 2, False)
+        poolers._roi_align(feat, rois, 7, 0.25, 0, False)
+    poolers._roi_align(feat.requires_grad_(), rois, 7, 0.25, 2, False).sum().backward()
+    assert taken == ["roi_align_cpu", "roi_align_threads", "roi_align_threads"]
 
 
 def test_inverse_order_undoes_the_level_order():
