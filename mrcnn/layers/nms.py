@@ -53,7 +53,7 @@ def batched_nms_top_k(
     candidate n in group n % num_groups), candidates bool [B, N] (only these take part).
     -> index int64 [B, k] into N, best first; valid bool [B, k] (False slots hold index 0).
     """
-    b, n = scores.shape
+    n = scores.shape[1]
     m = SHORTLIST_PER_SLOT * k
     while m < n:  # NMS over each image's m best candidates first (see `SHORTLIST_PER_SLOT`)
         best = scores.masked_fill(~candidates, float("-inf")).topk(m, dim=1).indices
