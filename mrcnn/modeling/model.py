@@ -137,7 +137,8 @@ class MaskRCNN(nn.Module):
         return self.pixel_mean.device
 
     def use_channels_last(self) -> MaskRCNN:
-        """NHWC convolutions (faster with tensor cores / bf16)."""
+        """NHWC convolutions: faster with tensor cores / bf16, and on CPU (oneDNN: eager
+        inference 1.2-1.4x NCHW, docs/benchmarks.md), where `mrcnn.weights.load` picks it."""
         self.to(memory_format=torch.channels_last)
         self.channels_last = True
         return self
