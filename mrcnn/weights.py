@@ -320,7 +320,7 @@ def load(
     """Rebuild a model saved by `save` (eval mode, on `device`).
 
     `channels_last` (`MaskRCNN.use_channels_last`): None picks it on CPU, where oneDNN's NHWC
-    convolutions make eager inference ~1.2x faster with the same detections up to float
+    convolutions make eager inference 1.2-1.4x faster with the same detections up to float
     rounding (docs/benchmarks.md, "Model"); an exporter passes False to trace the plain layout.
 
     Raises `NotASavedModelError` (a `FileNotFoundError` and a `ValueError`) when `path` is not
@@ -347,7 +347,9 @@ def load(
             f"{path / WEIGHTS_FILE} does not fit the model its {CONFIG_FILE} describes: {details}"
         ) from None
     model = model.to(device).eval()
-    if channels_last if channels_last is not None else model.device.type == "cpu":
+    if channels_last is None:
+        channels_last = model.device.type == "cpu"
+    if channels_last:
         model.use_channels_last()
     return model
 
