@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -139,14 +140,12 @@ def _folds_frozen_bn(body: ResNetBody) -> bool:
 
 
 def conv_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor) -> Tensor:
-    """bn(conv(x)) as one convolution: BN's scale w / sqrt(var + eps) multiplies the conv's
-    output channels' weights, its shift b - mean * scale becomes the bias."""
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    shift = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        shift = shift + conv.bias * scale
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1)  # keeps the weight's memory format
-    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    """bn(conv(x)) as one convolution (PyTorch's `fuse_conv_bn_weights`: BN's scale multiplies
+    the conv's output channels' weights, keeping their memory format; its shift is the bias)."""
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def _block_folded(block: nn.Module, x: Tensor) -> Tensor:
